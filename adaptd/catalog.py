@@ -1,0 +1,61 @@
+"""What the daemon knows about each series without asking SQL: counts and time range.
+
+Loaded from the store at start-up and kept exact afterwards by the ingest writer, which
+tells it, for every committed record, whether the (series, ts) was new.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from .store import SeriesSummary
+
+
+@dataclass
+class SeriesInfo:
+    observations: int
+    first_ts: float
+    last_ts: float
+    late: int = 0        # records older than the newest one already stored
+    overwritten: int = 0  # re-sent (series, ts) pairs whose value was replaced
+
+
+class SeriesCatalog:
+    def __init__(self, summaries: list[SeriesSummary] | None = None):
+        self._lock = threading.Lock()
+        self._series: dict[str, SeriesInfo] = {
+            s.name: SeriesInfo(s.observations, s.first_ts, s.last_ts) for s in summaries or []}
+
+    def last_ts(self, name: str) -> float | None:
+        info = self._series.get(name)
+        return info.last_ts if info else None
+
+    def record(self, name: str, ts: float, new: bool) -> None:
+        with self._lock:
+            info = self._series.get(name)
+            if info is None:
+                self._series[name] = SeriesInfo(1, ts, ts)
+                return
+            if not new:
+                info.overwritten += 1
+                return
+            info.observations += 1
+            if ts > info.last_ts:
+                info.last_ts = ts
+            else:
+                info.late += 1
+                info.first_ts = min(info.first_ts, ts)
+
+    def get(self, name: str) -> SeriesInfo | None:
+        return self._series.get(name)
+
+    def snapshot(self) -> dict[str, SeriesInfo]:
+        with self._lock:
+            return {name: SeriesInfo(**vars(info)) for name, info in self._series.items()}
+
+    def __len__(self) -> int:
+        return len(self._series)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._series

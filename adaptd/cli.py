@@ -1,0 +1,168 @@
+"""The `adaptd` command line (DESIGN.md §4): the daemon and its clients.
+
+Exit codes: 0 success; 1 the daemon refused something (rejected records, error answers,
+not reachable); 2 bad usage or bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+from . import __version__
+from .client import Client, ClientError
+from .config import ConfigError, Settings, load_config
+
+log = logging.getLogger("adaptd")
+
+
+def _setup_logging(level: str) -> None:
+    # Under systemd, journald stamps the time itself.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"adaptd: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
+    from .daemon import StartupError, serve
+    from .server import SocketInUse
+    from .store import StoreError
+
+    _setup_logging(settings.daemon.log_level)
+    try:
+        return serve(settings)
+    except (StoreError, SocketInUse, StartupError) as exc:
+        log.error("%s", exc)
+        return 2
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+
+
+def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
+    print(f"{settings.source}: OK (store {settings.store.url}, socket {settings.server.socket})")
+    return 0
+
+
+def _ask(settings: Settings, request: dict[str, Any]) -> dict[str, Any]:
+    with Client(settings.socket_path()) as client:
+        return client.request(request)
+
+
+def _error_text(response: dict[str, Any]) -> str:
+    err = response.get("error", {})
+    return f"{err.get('code')}: {err.get('message')}"
+
+
+def cmd_forecast(settings: Settings, args: argparse.Namespace) -> int:
+    from .render import forecast_table
+
+    response = _ask(settings, {"op": "forecast", "series": args.series, "horizon": args.horizon})
+    if not response.get("ok"):
+        return _fail(_error_text(response))
+    print(json.dumps(response) if args.json else forecast_table(response, settings.model.coverage))
+    return 0
+
+
+def cmd_series(settings: Settings, args: argparse.Namespace) -> int:
+    from .render import series_table
+
+    response = _ask(settings, {"op": "series"})
+    if not response.get("ok"):
+        return _fail(_error_text(response))
+    print(json.dumps(response["series"]) if args.json else series_table(response["series"]))
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from .render import status_text
+
+    response = _ask(settings, {"op": "stats"})
+    if not response.get("ok"):
+        return _fail(_error_text(response))
+    print(json.dumps(response) if args.json else status_text(response))
+    return 0 if response.get("health") == "ok" else 1
+
+
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from .datafile import FormatError
+    from .upload import upload
+
+    try:
+        report = upload(settings, args.path, batch=args.batch, progress=not args.no_progress)
+    except FormatError as exc:
+        return _fail(f"{args.path}: {exc}", 2)
+    except UnicodeDecodeError:
+        return _fail(f"{args.path}: not UTF-8 text", 2)
+    except FileNotFoundError:
+        return _fail(f"{args.path}: no such file", 2)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(args.bench, settings, args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adaptd", description="Online forecasting daemon for drifting series.")
+    parser.add_argument("--version", action="version", version=f"adaptd {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help="config file (default: $ADAPTD_CONFIG, else built-in defaults)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[Settings, argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    add("serve", cmd_serve, "run the daemon in the foreground")
+    p = add("ingest", cmd_ingest, "send records from a CSV (long or wide) or JSON-lines file, or - for stdin")
+    p.add_argument("path", help="file to read, or - for standard input")
+    p.add_argument("--batch", type=int, default=1000, help="records per request (default 1000)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p = add("forecast", cmd_forecast, "print the forecast of one series")
+    p.add_argument("series")
+    p.add_argument("-H", "--horizon", type=int, default=24, help="steps ahead (default 24)")
+    p.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
+    p = add("series", cmd_series, "list series with counts and last timestamps")
+    p.add_argument("--json", action="store_true")
+    p = add("status", cmd_status, "show the daemon's health and counters")
+    p.add_argument("--json", action="store_true")
+    add("check-config", cmd_check_config, "validate a config file and exit")
+    p = add("bench", cmd_bench, "run a benchmark and print its report")
+    bench = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    b = bench.add_parser("ingest", help="records/s through the socket vs raw sqlite3 executemany")
+    b.add_argument("--clients", type=int, default=8)
+    b.add_argument("--batch", type=int, default=1000)
+    b.add_argument("--records", type=int, default=400_000, help="records in all, over all clients")
+    b.add_argument("--synchronous", choices=("normal", "full"), default="full")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc), 2)
+    try:
+        return int(args.func(settings, args))
+    except ClientError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except BrokenPipeError:
+        return 1

@@ -1,0 +1,154 @@
+"""Reading records from files: long CSV (`series,ts,value`), wide CSV (a time column, then
+one column per series, as in ETTh2.csv) and JSON lines. The format is detected.
+
+Problems are reported per line, with the line number, and never stop the read:
+
+>>> import io
+>>> reader = DataReader(io.StringIO("date,a,b\\n2024-01-01 00:00,1,\\n2024-01-01 01:00,x,2\\n"))
+>>> [item for item in reader]
+[(2, {'series': 'a', 'ts': 1704067200.0, 'value': 1.0}), (3, "column 'a': 'x' is not a number"), \
+(3, {'series': 'b', 'ts': 1704070800.0, 'value': 2.0})]
+>>> reader.format, reader.skipped
+('wide', 1)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from datetime import datetime, timezone
+from typing import Any, Iterator, TextIO
+
+from .records import Rejected, parse_ts
+
+LONG_COLUMNS = ("series", "ts", "value")
+# Besides epoch seconds and ISO-8601: the US month/day/year form used by WTH.csv.
+EXTRA_TIME_FORMATS = ("%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S", "%m/%d/%Y")
+
+Item = tuple[int, "dict[str, Any] | str"]
+
+
+class FormatError(ValueError):
+    """The file as a whole cannot be read (e.g. a bad header); the message says why."""
+
+
+def parse_time_cell(text: str) -> float:
+    """Epoch seconds, ISO-8601 (naive = UTC) or M/D/YYYY H:MM, as epoch seconds."""
+    text = text.strip()
+    try:
+        return parse_ts(float(text))
+    except ValueError:
+        pass
+    try:
+        return parse_ts(text)
+    except Rejected:
+        for fmt in EXTRA_TIME_FORMATS:
+            try:
+                return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc).timestamp()
+            except ValueError:
+                continue
+    raise Rejected(f"time {text[:40]!r} is not epoch seconds, ISO-8601 or M/D/YYYY H:MM", "ts")
+
+
+def parse_value_cell(text: str, column: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise Rejected(f"column {column!r}: {text[:40]!r} is not a number", "value") from None
+    if not math.isfinite(value):
+        raise Rejected(f"column {column!r}: {text!r} is not a finite number", "value")
+    return value
+
+
+class DataReader:
+    """Iterates (line number, record dict or problem message) over a text stream."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.format = "unknown"
+        self.skipped = 0  # empty cells of wide files: no observation, not an error
+        self.columns: list[str] = []
+
+    def __iter__(self) -> Iterator[Item]:
+        first = self.stream.readline()
+        line_no = 1
+        while first and not first.strip():
+            first = self.stream.readline()
+            line_no += 1
+        if not first:
+            self.format = "empty"
+            return
+        if first.lstrip().startswith("{"):
+            self.format = "jsonl"
+            yield from self._jsonl(first, line_no)
+            return
+        header = [c.strip() for c in next(csv.reader([first]))]
+        if [c.lower() for c in header] and sorted(c.lower() for c in header) == sorted(LONG_COLUMNS):
+            self.format = "long"
+            yield from self._long(header, line_no)
+        else:
+            self.format = "wide"
+            yield from self._wide(header, line_no)
+
+    def _jsonl(self, first: str, line_no: int) -> Iterator[Item]:
+        line: str | None = first
+        while line is not None:
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except (json.JSONDecodeError, RecursionError):
+                    yield line_no, "not a valid JSON object"
+                else:
+                    yield (line_no, record) if isinstance(record, dict) else (line_no, "not a JSON object")
+            line = self.stream.readline() or None
+            line_no += 1
+
+    def _rows(self, line_no: int) -> Iterator[tuple[int, list[str]]]:
+        for row in csv.reader(self.stream):
+            line_no += 1
+            if row and any(cell.strip() for cell in row):
+                yield line_no, row
+
+    def _long(self, header: list[str], line_no: int) -> Iterator[Item]:
+        where = {name.lower(): i for i, name in enumerate(header)}
+        for n, row in self._rows(line_no):
+            if len(row) != 3:
+                yield n, f"expected 3 cells (series, ts, value), got {len(row)}"
+                continue
+            try:
+                yield n, {"series": row[where["series"]].strip(), "ts": parse_time_cell(row[where["ts"]]),
+                          "value": parse_value_cell(row[where["value"]].strip(), "value")}
+            except Rejected as exc:
+                yield n, str(exc)
+
+    def _wide(self, header: list[str], line_no: int) -> Iterator[Item]:
+        names = header[1:]
+        if not names:
+            raise FormatError("a wide CSV needs a time column and at least one series column")
+        seen: set[str] = set()
+        for name in names:
+            if not name:
+                raise FormatError("a series column has an empty name in the header")
+            if name in seen:
+                raise FormatError(f"column {name!r} appears twice in the header")
+            seen.add(name)
+        self.columns = names
+        for n, row in self._rows(line_no):
+            if len(row) != len(header):
+                yield n, f"expected {len(header)} cells, got {len(row)}"
+                continue
+            try:
+                ts = parse_time_cell(row[0])
+            except Rejected as exc:
+                yield n, str(exc)
+                continue
+            for name, cell in zip(names, row[1:]):
+                cell = cell.strip()
+                if not cell:
+                    self.skipped += 1
+                    continue
+                try:
+                    yield n, {"series": name, "ts": ts, "value": parse_value_cell(cell, name)}
+                except Rejected as exc:
+                    yield n, str(exc)

@@ -1,0 +1,62 @@
+"""The engine interface the daemon, replay and benchmarks drive."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from ..records import Observation
+
+
+class UnknownSeries(LookupError):
+    """No observation of this series has been stored."""
+
+
+class NotReady(RuntimeError):
+    """The series exists but cannot be forecast yet; the message says what it needs."""
+
+
+@dataclass(frozen=True)
+class ForecastPoint:
+    ts: float
+    value: float
+    lo: float
+    hi: float
+
+
+@dataclass(frozen=True)
+class Forecast:
+    series: str
+    origin: float
+    step: float
+    points: tuple[ForecastPoint, ...]
+    model: dict[str, Any] = field(default_factory=dict)
+
+    def head(self, horizon: int) -> "Forecast":
+        return Forecast(self.series, self.origin, self.step, self.points[:horizon], self.model)
+
+
+class Engine(ABC):
+    """Observes committed records (in commit order) and answers forecasts.
+
+    `observe` runs on the ingest writer thread after each commit and before the ack, so a
+    forecast asked after an ack reflects that ack's records (read-your-writes).
+    `forecast` may run concurrently with `observe` from another thread.
+    """
+
+    kind: str = "engine"
+
+    @abstractmethod
+    def observe(self, batch: Sequence[Observation]) -> None: ...
+
+    @abstractmethod
+    def forecast(self, series: str, horizon: int) -> Forecast: ...
+
+    def restore(self, history: dict[str, list[tuple[float, float]]]) -> None:
+        """Rebuild state from the newest stored observations of every series."""
+        for name, rows in history.items():
+            self.observe([Observation(name, ts, value) for ts, value in rows])
+
+    def stats(self) -> dict[str, Any]:
+        return {"kind": self.kind}

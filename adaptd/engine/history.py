@@ -1,0 +1,68 @@
+"""A bounded, time-ordered buffer of one series' newest observations, and its time grid."""
+
+from __future__ import annotations
+
+import bisect
+
+import numpy as np
+
+DAY = 86_400.0
+WEEK = 7 * DAY
+
+
+class SeriesHistory:
+    """Newest `capacity` (ts, value) pairs in time order; late records are slotted in place."""
+
+    __slots__ = ("capacity", "ts", "values", "version")
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.ts: list[float] = []
+        self.values: list[float] = []
+        self.version = 0  # bumps on every change, so derived caches know when they are stale
+
+    def add(self, ts: float, value: float) -> None:
+        self.version += 1
+        if not self.ts or ts > self.ts[-1]:
+            self.ts.append(ts)
+            self.values.append(value)
+        else:
+            i = bisect.bisect_left(self.ts, ts)
+            if i < len(self.ts) and self.ts[i] == ts:
+                self.values[i] = value  # a re-sent record: the last value wins, as in the store
+                return
+            if i == 0 and len(self.ts) >= self.capacity:
+                return  # older than everything kept: stored, but too old to matter here
+            self.ts.insert(i, ts)
+            self.values.insert(i, value)
+        if len(self.ts) > self.capacity:
+            del self.ts[: len(self.ts) - self.capacity]
+            del self.values[: len(self.values) - self.capacity]
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def array(self) -> np.ndarray:
+        return np.asarray(self.values, dtype=np.float64)
+
+
+def infer_step(ts: list[float]) -> float | None:
+    """The sampling interval: the median gap of the newest timestamps (robust to a few gaps)."""
+    if len(ts) < 2:
+        return None
+    gaps = np.diff(np.asarray(ts[-65:], dtype=np.float64))
+    gaps = gaps[gaps > 0]
+    return float(np.median(gaps)) if gaps.size else None
+
+
+def infer_season(step: float, configured: int = 0) -> int:
+    """Steps per season: as configured, else a day for sub-daily data, a week for daily data."""
+    if configured > 0:
+        return configured
+    if step < DAY:
+        per_day = DAY / step
+        if abs(per_day - round(per_day)) < 1e-6 and round(per_day) >= 2:
+            return int(round(per_day))
+    elif abs(step - DAY) < 1e-6:
+        return 7
+    return 1

@@ -1,0 +1,102 @@
+"""Seasonal-naive / last-value forecasting: the fallback for series with little history.
+
+Intervals are split-conformal: the `coverage` quantile of the rule's own past absolute
+errors at each lead (the rule has no parameters, so its past errors are honest out-of-sample).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..records import Observation
+from .base import Engine, Forecast, ForecastPoint, NotReady, UnknownSeries
+from .history import SeriesHistory, infer_season, infer_step
+
+FORMAT_VERSION = 1
+MAX_RESIDUAL_ORIGINS = 512
+MIN_RESIDUALS = 8
+
+
+def naive_lags(horizon: int, season: int) -> np.ndarray:
+    """How far back the value forecast for lead h (1..H) lies: m*ceil(h/m) (m=1: last value)."""
+    h = np.arange(1, horizon + 1)
+    return season * np.ceil(h / season).astype(np.int64)
+
+
+def interval_halfwidths(y: np.ndarray, lags: np.ndarray, coverage: float) -> np.ndarray:
+    """Per lead, the `coverage` quantile of |y[j] - y[j - lag]| over recent targets j."""
+    n = len(y)
+    widths = np.empty(len(lags))
+    fallback = None
+    for i, lag in enumerate(lags):
+        lo = max(int(lag), n - MAX_RESIDUAL_ORIGINS)
+        errors = np.abs(y[lo:] - y[lo - lag: n - lag]) if lo < n else np.empty(0)
+        if errors.size >= MIN_RESIDUALS:
+            level = min(1.0, coverage * (1 + 1 / errors.size))  # finite-sample conformal correction
+            widths[i] = np.quantile(errors, level)
+        else:
+            if fallback is None:  # too little history: spread of one-step changes, grown with sqrt(h)
+                one_step = np.abs(np.diff(y))
+                fallback = float(one_step.max()) if one_step.size else 0.0
+            widths[i] = fallback * np.sqrt(i + 1)
+    return widths
+
+
+class NaiveEngine(Engine):
+    kind = "naive"
+
+    def __init__(self, history: int = 1024, max_horizon: int = 168, season: int = 0, coverage: float = 0.9):
+        self.capacity = history
+        self.max_horizon = max_horizon
+        self.season = season
+        self.coverage = coverage
+        self._series: dict[str, SeriesHistory] = {}
+        self._cache: dict[str, tuple[int, Forecast]] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, batch: Sequence[Observation]) -> None:
+        with self._lock:
+            for obs in batch:
+                hist = self._series.get(obs.series)
+                if hist is None:
+                    hist = self._series[obs.series] = SeriesHistory(self.capacity)
+                hist.add(obs.ts, obs.value)
+
+    def forecast(self, series: str, horizon: int) -> Forecast:
+        with self._lock:
+            hist = self._series.get(series)
+            if hist is None:
+                raise UnknownSeries(series)
+            cached = self._cache.get(series)
+            if cached is not None and cached[0] == hist.version:
+                return cached[1].head(horizon)
+            ts, y, version = list(hist.ts), hist.array(), hist.version
+        full = self._compute(series, ts, y)
+        with self._lock:
+            self._cache[series] = (version, full)
+        return full.head(horizon)
+
+    def _compute(self, series: str, ts: list[float], y: np.ndarray) -> Forecast:
+        step = infer_step(ts)
+        if step is None:
+            raise NotReady(f"series {series!r} has {len(ts)} observation(s) at one time; "
+                           "a forecast needs at least 2 timestamps to know its step")
+        season = infer_season(step, self.season)
+        if len(y) < 2 * season:
+            season = 1
+        lags = naive_lags(self.max_horizon, season)
+        leads = np.arange(1, self.max_horizon + 1)
+        values = y[len(y) - 1 + leads - lags]  # always within the newest season
+        widths = interval_halfwidths(y, lags, self.coverage)
+        origin = ts[-1]
+        points = tuple(ForecastPoint(origin + step * (i + 1), float(v), float(v - w), float(v + w))
+                       for i, (v, w) in enumerate(zip(values, widths)))
+        model = {"kind": "seasonal_naive" if season > 1 else "last_value", "version": FORMAT_VERSION,
+                 "init": None, "last_drift": None, "adaptations": 0, "season": season}
+        return Forecast(series, origin, step, points, model)
+
+    def stats(self) -> dict[str, Any]:
+        return {"kind": self.kind, "series": len(self._series)}

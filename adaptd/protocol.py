@@ -1,0 +1,49 @@
+"""Socket protocol v1 framing: one JSON object per line in, one per line out (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+BAD_REQUEST = "bad_request"
+UNKNOWN_OP = "unknown_op"
+UNKNOWN_SERIES = "unknown_series"
+NOT_READY = "not_ready"
+TOO_LARGE = "too_large"
+OVERLOADED = "overloaded"
+INTERNAL = "internal"
+CODES = (BAD_REQUEST, UNKNOWN_OP, UNKNOWN_SERIES, NOT_READY, TOO_LARGE, OVERLOADED, INTERNAL)
+
+
+class RequestError(Exception):
+    """A request that gets an error response; the connection stays open."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    try:
+        request = json.loads(line)
+    except UnicodeDecodeError:
+        raise RequestError(BAD_REQUEST, "request is not valid UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise RequestError(BAD_REQUEST, f"request is not valid JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        raise RequestError(BAD_REQUEST, "request is nested too deeply") from None
+    if not isinstance(request, dict):
+        raise RequestError(BAD_REQUEST, f"request must be a JSON object, got {type(request).__name__}")
+    return request
+
+
+def encode(response: dict[str, Any]) -> bytes:
+    return json.dumps(response, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode() + b"\n"
+
+
+def error(code: str, message: str, request_id: Any = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"ok": False, "error": {"code": code, "message": message}}
+    if request_id is not None:
+        response["id"] = request_id
+    return response

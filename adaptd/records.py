@@ -1,0 +1,101 @@
+"""Observations and the validation every input path shares.
+
+>>> validate_record({"series": "load", "ts": "2024-01-01T00:00:00", "value": 3})
+Observation(series='load', ts=1704067200.0, value=3.0)
+>>> validate_record({"series": "load", "ts": 0, "value": float("nan")})
+Traceback (most recent call last):
+...
+adaptd.records.Rejected: value must be a finite number, got nan
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
+
+MAX_SERIES_NAME = 200
+# datetime's own range (years 1..9999), so every accepted ts can be printed as a date.
+MIN_TS = -62_135_596_800.0
+MAX_TS = 253_402_300_799.0
+
+
+class Observation(NamedTuple):
+    series: str
+    ts: float
+    value: float
+
+
+class Rejected(ValueError):
+    """A record that cannot be stored; the message says why, `field` which part was wrong."""
+
+    def __init__(self, message: str, field: str = "record"):
+        super().__init__(message)
+        self.field = field
+
+
+def parse_ts(raw: Any) -> float:
+    """Unix epoch seconds from a number or an ISO-8601 string (naive means UTC)."""
+    if isinstance(raw, bool):
+        raise Rejected(f"ts must be epoch seconds or an ISO-8601 string, got {raw!r}", "ts")
+    if isinstance(raw, (int, float)):
+        try:
+            ts = float(raw)
+        except OverflowError:
+            raise Rejected("ts is out of range", "ts") from None
+    elif isinstance(raw, str):
+        ts = _parse_iso(raw)
+    else:
+        raise Rejected(f"ts must be epoch seconds or an ISO-8601 string, got {type(raw).__name__}", "ts")
+    if not math.isfinite(ts) or not MIN_TS <= ts <= MAX_TS:
+        raise Rejected(f"ts {raw!r} is out of range (years 1 to 9999)", "ts")
+    return ts
+
+
+def _parse_iso(text: str) -> float:
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise Rejected(f"ts {shown!r} is not an ISO-8601 timestamp", "ts") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def format_ts(ts: float) -> str:
+    """ISO-8601 in UTC, seconds resolution unless the timestamp has a fraction."""
+    moment = datetime.fromtimestamp(ts, tz=timezone.utc)
+    spec = "seconds" if ts == int(ts) else "milliseconds"
+    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def check_series(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise Rejected(f"series must be a string, got {type(raw).__name__}", "series")
+    if not 1 <= len(raw) <= MAX_SERIES_NAME:
+        raise Rejected(f"series name must be 1 to {MAX_SERIES_NAME} characters, got {len(raw)}", "series")
+    if not raw.isprintable():
+        raise Rejected("series name must contain only printable characters", "series")
+    return raw
+
+
+def check_value(raw: Any) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise Rejected(f"value must be a finite number, got {type(raw).__name__}", "value")
+    try:
+        value = float(raw)
+    except OverflowError:
+        raise Rejected("value must be a finite number, got an integer too large for a float", "value") from None
+    if not math.isfinite(value):
+        raise Rejected(f"value must be a finite number, got {value}", "value")
+    return value
+
+
+def validate_record(raw: Any) -> Observation:
+    if not isinstance(raw, dict):
+        raise Rejected(f"record must be an object with series, ts and value, got {type(raw).__name__}")
+    missing = [key for key in ("series", "ts", "value") if key not in raw]
+    if missing:
+        raise Rejected(f"record is missing {', '.join(missing)}")
+    return Observation(check_series(raw["series"]), parse_ts(raw["ts"]), check_value(raw["value"]))

@@ -1,0 +1,62 @@
+"""Human-readable views of the daemon's answers for the CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .records import format_ts
+
+
+def _num(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def forecast_table(answer: dict[str, Any], coverage: float) -> str:
+    model = answer.get("model", {})
+    pct = f"{coverage * 100:g}%"
+    title = (f"{answer['series']}: {len(answer['points'])} steps of {_duration(answer['step'])} after "
+             f"{format_ts(answer['origin'])}; model {model.get('kind')}"
+             f" (init {model.get('init') or '-'}, adaptations {model.get('adaptations', 0)})")
+    rows = [[format_ts(p["ts"]), _num(p["value"]), _num(p["lo"]), _num(p["hi"])] for p in answer["points"]]
+    return title + "\n" + _table(["time (UTC)", "forecast", f"lo {pct}", f"hi {pct}"], rows)
+
+
+def series_table(listing: list[dict[str, Any]]) -> str:
+    if not listing:
+        return "no series yet: send records with `adaptd ingest FILE`"
+    rows = [[s["series"], str(s["observations"]), format_ts(s["first_ts"]), format_ts(s["last_ts"])]
+            for s in listing]
+    return _table(["series", "observations", "first (UTC)", "last (UTC)"], rows)
+
+
+def status_text(stats: dict[str, Any]) -> str:
+    engine = stats.get("engine", {})
+    store = stats.get("store", {})
+    lines = [
+        f"health:            {stats.get('health')}",
+        f"version:           {stats.get('version')}",
+        f"uptime:            {stats.get('uptime_s', 0):.0f}s",
+        f"series:            {stats.get('series')}",
+        f"records ingested:  {stats.get('records_ingested')} (rejected {stats.get('records_rejected')}, "
+        f"late {stats.get('records_late')})",
+        f"ingest queue:      {stats.get('ingest_queue_records')} records",
+        f"connections:       {stats.get('connections')}",
+        f"engine:            {engine.get('kind')}",
+        f"store:             {store.get('url')}",
+        f"config:            {stats.get('config')}",
+    ]
+    return "\n".join(lines)

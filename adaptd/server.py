@@ -1,0 +1,136 @@
+"""The asyncio Unix socket server: framing, connections, permissions, graceful close.
+
+Requests on one connection are answered in order; connections are served concurrently.
+A line over the limit cannot be framed: it gets `too_large` and the connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import grp
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from .metrics import Metrics
+from .protocol import TOO_LARGE, encode, error
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[bytes], Awaitable[bytes]]
+
+
+class SocketInUse(RuntimeError):
+    """Another process is answering on the socket path."""
+
+
+def clear_stale_socket(path: Path) -> None:
+    """Remove a socket file left by a crashed run; refuse if a live daemon still answers on it."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_socket():
+        raise SocketInUse(f"{path} exists and is not a socket; refusing to remove it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        log.warning("removing stale socket %s left by an earlier run", path)
+        path.unlink(missing_ok=True)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise SocketInUse(f"another adaptd is already serving on {path}")
+
+
+class SocketServer:
+    def __init__(self, path: Path, handler: Handler, metrics: Metrics, *, mode: int = 0o660,
+                 group: str = "", max_line_bytes: int = 1 << 20):
+        self.path = path
+        self.handler = handler
+        self.metrics = metrics
+        self.mode = mode
+        self.group = group
+        self.max_line_bytes = max_line_bytes
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: dict[asyncio.Task[None], bool] = {}  # task -> busy answering a request
+        self._closing = False
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        clear_stale_socket(self.path)
+        # The umask keeps the socket private between bind() and chmod().
+        old_umask = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._serve_client, path=str(self.path), limit=self.max_line_bytes + 1)
+        finally:
+            os.umask(old_umask)
+        if self.group:
+            os.chown(self.path, -1, grp.getgrnam(self.group).gr_gid)
+        os.chmod(self.path, self.mode)
+        log.info("listening on %s (mode %04o%s)", self.path, self.mode, f", group {self.group}" if self.group else "")
+
+    async def close(self, timeout: float) -> None:
+        """Stop accepting, let requests in flight finish (bounded), close every connection."""
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for task, busy in list(self._connections.items()):
+            if not busy:
+                task.cancel()
+        if self._connections:
+            _done, pending = await asyncio.wait(list(self._connections), timeout=timeout)
+            for task in pending:
+                log.warning("closing a connection whose request did not finish in %.0fs", timeout)
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[task] = False
+        self.metrics.connections.inc()
+        try:
+            await self._converse(task, reader, writer)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._connections.pop(task, None)
+            self.metrics.connections.dec()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _converse(self, task: asyncio.Task[None], reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
+        while not self._closing:
+            try:
+                line = await reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError:
+                return  # client closed, possibly mid-line: nothing complete to answer
+            except asyncio.LimitOverrunError:
+                writer.write(encode(error(TOO_LARGE, f"request line is over {self.max_line_bytes} bytes; "
+                                          "split the batch")))
+                self.metrics.requests.labels("invalid", TOO_LARGE).inc()
+                await writer.drain()
+                return
+            if not line.strip():
+                continue  # blank lines between requests are harmless
+            self._connections[task] = True
+            response = await self.handler(line)
+            writer.write(response)
+            await writer.drain()
+            self._connections[task] = False

@@ -1,0 +1,154 @@
+"""The ops of socket protocol v1: one request object in, one response object out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+from . import __version__
+from .catalog import SeriesCatalog
+from .config import Settings
+from .engine import Engine, NotReady, UnknownSeries
+from .ingest import IngestWriter
+from .metrics import OPS, Metrics
+from .protocol import (BAD_REQUEST, INTERNAL, NOT_READY, OVERLOADED, TOO_LARGE, UNKNOWN_OP, UNKNOWN_SERIES,
+                       RequestError, decode, encode, error)
+from .records import Observation, Rejected, check_series, validate_record
+from .store import Store, redact
+
+log = logging.getLogger(__name__)
+
+Op = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+MAX_REJECTIONS_LISTED = 1000
+
+
+class Service:
+    def __init__(self, settings: Settings, store: Store, writer: IngestWriter, engine: Engine,
+                 catalog: SeriesCatalog, metrics: Metrics):
+        self.settings = settings
+        self.store = store
+        self.writer = writer
+        self.engine = engine
+        self.catalog = catalog
+        self.metrics = metrics
+        self.started = time.time()
+        self.ops: dict[str, Op] = {
+            "ping": self.ping, "ingest": self.ingest, "forecast": self.forecast,
+            "series": self.series, "stats": self.stats,
+        }
+
+    async def handle_line(self, line: bytes) -> bytes:
+        started = time.perf_counter()
+        op, request_id = "invalid", None
+        try:
+            request = decode(line)
+            request_id = request.get("id")
+            name = request.get("op")
+            if not isinstance(name, str):
+                raise RequestError(BAD_REQUEST, "request needs an \"op\" string")
+            if name not in self.ops:
+                raise RequestError(UNKNOWN_OP, f"unknown op {name[:40]!r} (ops: {', '.join(self.ops)})")
+            op = name
+            response = await self.ops[name](request)
+            if request_id is not None:
+                response["id"] = request_id
+            payload, outcome = encode(response), "ok"
+        except RequestError as exc:
+            payload, outcome = encode(error(exc.code, exc.message, request_id)), exc.code
+        except Exception:
+            log.exception("internal error answering a %s request", op)
+            payload, outcome = encode(error(INTERNAL, "internal error; see the daemon's log", request_id)), INTERNAL
+        self.metrics.requests.labels(op, outcome).inc()
+        if op in OPS:
+            self.metrics.request_seconds.labels(op).observe(time.perf_counter() - started)
+        return payload
+
+    async def ping(self, _request: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "version": __version__}
+
+    async def ingest(self, request: dict[str, Any]) -> dict[str, Any]:
+        records = request.get("records")
+        if not isinstance(records, list):
+            raise RequestError(BAD_REQUEST, "ingest needs \"records\": a list of {series, ts, value}")
+        limit = self.settings.server.max_batch_records
+        if len(records) > limit:
+            raise RequestError(TOO_LARGE, f"{len(records)} records in one batch; the limit is {limit}")
+        accepted: list[Observation] = []
+        rejected: list[dict[str, Any]] = []
+        for index, raw in enumerate(records):
+            try:
+                accepted.append(validate_record(raw))
+            except Rejected as exc:
+                self.metrics.records_rejected.labels(exc.field).inc()
+                if len(rejected) < MAX_REJECTIONS_LISTED:
+                    rejected.append({"index": index, "code": BAD_REQUEST, "message": str(exc)})
+        await self._wait_for_room(len(accepted))
+        try:
+            await asyncio.wrap_future(self.writer.submit(accepted))
+        except Exception:
+            log.exception("ingest of %d records failed", len(accepted))
+            raise RequestError(INTERNAL, "the store could not commit this batch; nothing of it was "
+                               "acknowledged, re-send it") from None
+        response: dict[str, Any] = {"ok": True, "accepted": len(accepted), "rejected": rejected}
+        if len(records) - len(accepted) > len(rejected):
+            response["rejected_total"] = len(records) - len(accepted)
+        return response
+
+    async def _wait_for_room(self, n: int) -> None:
+        """Backpressure: wait (bounded) while the writer's queue is full, then refuse."""
+        cap = self.settings.server.max_pending_records
+        deadline = time.monotonic() + self.settings.server.overload_wait
+        while self.writer.pending_records > 0 and self.writer.pending_records + n > cap:
+            if time.monotonic() >= deadline:
+                raise RequestError(OVERLOADED, f"{self.writer.pending_records} records are waiting for the "
+                                   "store; retry after a short pause")
+            await asyncio.sleep(0.005)
+
+    async def forecast(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            series = check_series(request.get("series"))
+        except Rejected as exc:
+            raise RequestError(BAD_REQUEST, str(exc)) from None
+        horizon = request.get("horizon")
+        top = self.settings.model.max_horizon
+        if isinstance(horizon, bool) or not isinstance(horizon, int) or not 1 <= horizon <= top:
+            raise RequestError(BAD_REQUEST, f"horizon must be an integer from 1 to {top}, got {horizon!r}")
+        try:
+            fc = self.engine.forecast(series, horizon)
+        except UnknownSeries:
+            raise RequestError(UNKNOWN_SERIES, f"no observations of series {series!r}") from None
+        except NotReady as exc:
+            raise RequestError(NOT_READY, str(exc)) from None
+        return {
+            "ok": True, "series": fc.series, "origin": fc.origin, "step": fc.step,
+            "points": [{"ts": p.ts, "value": p.value, "lo": p.lo, "hi": p.hi} for p in fc.points],
+            "model": fc.model,
+        }
+
+    async def series(self, _request: dict[str, Any]) -> dict[str, Any]:
+        listing = [{"series": name, "observations": info.observations, "first_ts": info.first_ts,
+                    "last_ts": info.last_ts, "late": info.late, "overwritten": info.overwritten}
+                   for name, info in sorted(self.catalog.snapshot().items())]
+        return {"ok": True, "series": listing}
+
+    async def stats(self, _request: dict[str, Any]) -> dict[str, Any]:
+        m = self.metrics
+        healthy = self.writer.alive
+        return {
+            "ok": True,
+            "health": "ok" if healthy else "store writer stopped",
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started, 3),
+            "series": len(self.catalog),
+            "records_ingested": int(m.value("adaptd_records_ingested_total")),
+            "records_rejected": int(m.rejected_total()),
+            "records_late": int(m.value("adaptd_records_late_total")),
+            "ingest_queue_records": self.writer.pending_records,
+            "commit_failures": int(m.value("adaptd_store_commit_failures_total")),
+            "connections": int(m.value("adaptd_connections")),
+            "engine": self.engine.stats(),
+            "store": {"url": redact(str(self.store.engine.url)), "dialect": self.store.dialect},
+            "config": self.settings.source,
+        }

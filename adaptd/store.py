@@ -1,0 +1,292 @@
+"""The SQL store: schema, migrations and the queries the daemon needs.
+
+One code path for SQLite (embedded default, WAL) and PostgreSQL, through SQLAlchemy Core.
+Every persisted artifact carries a format version; the schema itself is versioned in
+`schema_version` so that a newer adaptd migrates an older database instead of breaking it,
+and an older adaptd refuses a newer database instead of corrupting it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from .records import Observation
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "schema_version", metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.Double, nullable=False),
+)
+
+series_table = sa.Table(
+    "series", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("created_at", sa.Double, nullable=False),
+)
+
+observations = sa.Table(
+    "observations", metadata,
+    sa.Column("series_id", sa.Integer, sa.ForeignKey("series.id"), primary_key=True),
+    sa.Column("ts", sa.Double, primary_key=True),
+    sa.Column("value", sa.Double, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+forecasts = sa.Table(
+    "forecasts", metadata,
+    sa.Column("series_id", sa.Integer, sa.ForeignKey("series.id"), primary_key=True),
+    sa.Column("origin", sa.Double, primary_key=True),
+    sa.Column("step", sa.Integer, primary_key=True),
+    sa.Column("target", sa.Double, nullable=False),
+    sa.Column("value", sa.Double, nullable=False),
+    sa.Column("lo", sa.Double, nullable=False),
+    sa.Column("hi", sa.Double, nullable=False),
+    sa.Column("model_kind", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+)
+
+drift_events = sa.Table(
+    "drift_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("series_id", sa.Integer, sa.ForeignKey("series.id"), nullable=False, index=True),
+    sa.Column("ts", sa.Double, nullable=False),
+    sa.Column("detector", sa.String(32), nullable=False),
+    sa.Column("statistic", sa.Double),
+    sa.Column("created_at", sa.Double, nullable=False),
+)
+
+model_checkpoints = sa.Table(
+    "model_checkpoints", metadata,
+    sa.Column("series_id", sa.Integer, sa.ForeignKey("series.id"), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("format_version", sa.Integer, nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+initializers = sa.Table(
+    "initializers", metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("algorithm", sa.String(32), nullable=False),
+    sa.Column("format_version", sa.Integer, nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("training", sa.JSON, nullable=False),
+    sa.Column("val_score", sa.Double),
+    sa.Column("promoted", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+)
+
+# version N -> function migrating a database at version N-1 to N (none yet past 1).
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used as it is; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    name: str
+    observations: int
+    first_ts: float
+    last_ts: float
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    series: str
+    kind: str
+    format_version: int
+    payload: bytes
+
+
+def _sqlite_pragmas(synchronous: str) -> Callable[..., None]:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+    return on_connect
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and `status`."""
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+class Store:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._ids: dict[str, int] = {}
+        if self.dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        elif self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
+        else:
+            raise StoreError(f"store.url: unsupported database {self.dialect!r} (use sqlite or postgresql)")
+        self._insert = insert
+
+    @classmethod
+    def open(cls, url: str, sqlite_synchronous: str = "full", pool_size: int = 4) -> "Store":
+        try:
+            parsed = sa.engine.make_url(url)
+        except sa.exc.ArgumentError as exc:
+            raise StoreError(f"store.url: {exc}") from None
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            engine = sa.create_engine(parsed, pool_size=pool_size, max_overflow=pool_size)
+            sa.event.listen(engine, "connect", _sqlite_pragmas(sqlite_synchronous))
+        else:
+            try:
+                engine = sa.create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            except (ImportError, sa.exc.NoSuchModuleError) as exc:
+                raise StoreError(f"store.url: no driver for {parsed.drivername!r}: {exc}") from None
+        store = cls(engine)
+        store.migrate()
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- schema ---------------------------------------------------------------------------
+    def migrate(self) -> None:
+        try:
+            with self.engine.begin() as conn:
+                inspector = sa.inspect(conn)
+                if not inspector.has_table("schema_version"):
+                    if inspector.has_table("observations"):
+                        raise StoreError("database has adaptd tables but no schema_version; refusing to guess")
+                    metadata.create_all(conn)
+                    conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, applied_at=time.time()))
+                    log.info("created store schema version %d", SCHEMA_VERSION)
+                    return
+                current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar_one()
+                if current > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"database schema version {current} is newer than this adaptd supports "
+                        f"({SCHEMA_VERSION}); upgrade adaptd instead of pointing an old one at it")
+                for version in range(current + 1, SCHEMA_VERSION + 1):
+                    log.info("migrating store schema %d -> %d", version - 1, version)
+                    MIGRATIONS[version](conn)
+                    conn.execute(schema_version.insert().values(version=version, applied_at=time.time()))
+        except sa.exc.OperationalError as exc:
+            raise StoreError(f"cannot open store {redact(str(self.engine.url))}: {exc.orig}") from None
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar_one())
+
+    # -- series ---------------------------------------------------------------------------
+    def series_ids(self, conn: Connection, names: Iterable[str]) -> dict[str, int]:
+        """Ids for these names, creating the series that are new (cached: ids never change)."""
+        missing = sorted({n for n in names if n not in self._ids})
+        if missing:
+            now = time.time()
+            stmt = self._insert(series_table).on_conflict_do_nothing(index_elements=["name"])
+            conn.execute(stmt, [{"name": n, "created_at": now} for n in missing])
+            rows = conn.execute(sa.select(series_table.c.name, series_table.c.id)
+                                .where(series_table.c.name.in_(missing)))
+            # A rolled-back transaction leaves cached ids that do not exist (and SQLite may hand
+            # them to other names later): whoever rolls back calls forget_ids().
+            self._ids.update({name: sid for name, sid in rows})
+        return self._ids
+
+    def forget_ids(self) -> None:
+        self._ids.clear()
+
+    def series_summary(self) -> list[SeriesSummary]:
+        o = observations
+        query = (sa.select(series_table.c.name, sa.func.count(), sa.func.min(o.c.ts), sa.func.max(o.c.ts))
+                 .select_from(series_table.join(o, o.c.series_id == series_table.c.id))
+                 .group_by(series_table.c.name))
+        with self.engine.connect() as conn:
+            return [SeriesSummary(n, int(c), float(a), float(b)) for n, c, a, b in conn.execute(query)]
+
+    # -- observations ---------------------------------------------------------------------
+    def existing_ts(self, conn: Connection, series_id: int, ts: Sequence[float]) -> set[float]:
+        o = observations
+        found: set[float] = set()
+        for start in range(0, len(ts), 500):
+            chunk = list(ts[start:start + 500])
+            rows = conn.execute(sa.select(o.c.ts).where(o.c.series_id == series_id, o.c.ts.in_(chunk)))
+            found.update(float(r[0]) for r in rows)
+        return found
+
+    def upsert_observations(self, conn: Connection, rows: Sequence[Observation]) -> None:
+        """Insert or overwrite (series, ts): re-sending a record is idempotent, the last value wins."""
+        if not rows:
+            return
+        ids = self.series_ids(conn, {r.series for r in rows})
+        stmt = self._insert(observations)
+        stmt = stmt.on_conflict_do_update(index_elements=["series_id", "ts"], set_={"value": stmt.excluded.value})
+        conn.execute(stmt, [{"series_id": ids[r.series], "ts": r.ts, "value": r.value} for r in rows])
+
+    def write(self, rows: Sequence[Observation]) -> None:
+        with self.engine.begin() as conn:
+            self.upsert_observations(conn, rows)
+
+    def history(self, name: str, limit: int | None = None) -> list[tuple[float, float]]:
+        """(ts, value) of one series in time order; the newest `limit` if given."""
+        o, s = observations, series_table
+        query = (sa.select(o.c.ts, o.c.value).join(s, s.c.id == o.c.series_id)
+                 .where(s.c.name == name).order_by(o.c.ts.desc()))
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            rows = [(float(t), float(v)) for t, v in conn.execute(query)]
+        rows.reverse()
+        return rows
+
+    def recent(self, per_series: int) -> dict[str, list[tuple[float, float]]]:
+        """The newest `per_series` observations of every series, in time order."""
+        o, s = observations, series_table
+        ranked = (sa.select(o.c.series_id, o.c.ts, o.c.value,
+                            sa.func.row_number().over(partition_by=o.c.series_id, order_by=o.c.ts.desc())
+                            .label("rank"))
+                  .subquery())
+        query = (sa.select(s.c.name, ranked.c.ts, ranked.c.value)
+                 .join(s, s.c.id == ranked.c.series_id)
+                 .where(ranked.c.rank <= per_series)
+                 .order_by(s.c.name, ranked.c.ts))
+        out: dict[str, list[tuple[float, float]]] = {}
+        with self.engine.connect() as conn:
+            for name, ts, value in conn.execute(query):
+                out.setdefault(name, []).append((float(ts), float(value)))
+        return out
+
+    # -- model checkpoints ----------------------------------------------------------------
+    def save_checkpoints(self, items: Sequence[Checkpoint]) -> None:
+        if not items:
+            return
+        now = time.time()
+        with self.engine.begin() as conn:
+            ids = self.series_ids(conn, {c.series for c in items})
+            stmt = self._insert(model_checkpoints)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["series_id"],
+                set_={k: stmt.excluded[k] for k in ("kind", "format_version", "payload", "updated_at")})
+            conn.execute(stmt, [{"series_id": ids[c.series], "kind": c.kind, "format_version": c.format_version,
+                                 "payload": c.payload, "updated_at": now} for c in items])
+
+    def load_checkpoints(self) -> list[Checkpoint]:
+        m, s = model_checkpoints, series_table
+        query = sa.select(s.c.name, m.c.kind, m.c.format_version, m.c.payload).join(s, s.c.id == m.c.series_id)
+        with self.engine.connect() as conn:
+            return [Checkpoint(n, k, int(v), bytes(p)) for n, k, v, p in conn.execute(query)]

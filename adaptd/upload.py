@@ -1,0 +1,140 @@
+"""`adaptd ingest`: stream a data file to the daemon in batches, with progress and a report."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from .client import Client, ClientError
+from .config import Settings
+from .datafile import DataReader
+
+IN_FLIGHT = 4          # batches sent ahead of their answers, to keep the daemon busy
+SHOWN_REASONS = 5
+OVERLOAD_RETRIES = 50
+
+
+@dataclass
+class UploadReport:
+    format: str = "unknown"
+    accepted: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    reasons: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.rejected == 0
+
+    def reject(self, line: int, message: str) -> None:
+        self.rejected += 1
+        if len(self.reasons) < SHOWN_REASONS:
+            self.reasons.append(f"line {line}: {message}")
+
+    def summary(self) -> str:
+        rate = self.accepted / self.seconds if self.seconds > 0 else 0.0
+        text = f"accepted {self.accepted} records, rejected {self.rejected} ({self.format} input, " \
+               f"{self.seconds:.1f}s, {rate:,.0f} records/s)"
+        if self.skipped:
+            text += f"; {self.skipped} empty cells skipped"
+        if self.reasons:
+            more = self.rejected - len(self.reasons)
+            text += "\nfirst reasons:\n  " + "\n  ".join(self.reasons)
+            if more > 0:
+                text += f"\n  ... and {more} more"
+        return text
+
+
+def _open(path: str, progress: bool) -> tuple[BinaryIO, Any]:
+    if path == "-":
+        return sys.stdin.buffer, None
+    raw: BinaryIO = open(path, "rb")
+    if not progress:
+        return raw, None
+    from tqdm import tqdm
+    from tqdm.utils import CallbackIOWrapper
+
+    bar = tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc=os.path.basename(path),
+               disable=None, leave=False)
+    return CallbackIOWrapper(bar.update, raw, "read"), bar  # type: ignore[return-value]
+
+
+class _Sender:
+    """Keeps up to IN_FLIGHT batches outstanding; maps rejected indices back to line numbers.
+
+    Answers come back in request order, so a batch refused as `overloaded` is re-sent behind
+    the batches still outstanding and waited for in that place.
+    """
+
+    def __init__(self, client: Client, report: UploadReport):
+        self.client = client
+        self.report = report
+        self.waiting: deque[tuple[list[dict[str, Any]], list[int], int]] = deque()
+
+    def send(self, records: list[dict[str, Any]], lines: list[int], attempt: int = 0) -> None:
+        self.client.request_nowait({"op": "ingest", "records": records})
+        self.waiting.append((records, lines, attempt))
+        while len(self.waiting) >= IN_FLIGHT:
+            self.collect_one()
+
+    def finish(self) -> None:
+        while self.waiting:
+            self.collect_one()
+
+    def collect_one(self) -> None:
+        records, lines, attempt = self.waiting.popleft()
+        answer = self.client.read_response()
+        if not answer.get("ok"):
+            error = answer.get("error", {})
+            if error.get("code") == "overloaded" and attempt < OVERLOAD_RETRIES:
+                time.sleep(min(2.0, 0.05 * 2 ** attempt))  # back off, then try the same batch again
+                self.client.request_nowait({"op": "ingest", "records": records})
+                self.waiting.append((records, lines, attempt + 1))
+                return
+            raise ClientError(f"the daemon refused a batch ({error.get('code')}: {error.get('message')}); "
+                              f"{self.report.accepted} records were acknowledged before it")
+        self.report.accepted += answer["accepted"]
+        for item in answer["rejected"]:
+            self.report.reject(lines[item["index"]], item["message"])
+        hidden = answer.get("rejected_total", 0) - len(answer["rejected"])
+        self.report.rejected += max(0, hidden)
+
+
+def upload(settings: Settings, path: str, batch: int = 1000, progress: bool = True) -> UploadReport:
+    report = UploadReport()
+    started = time.perf_counter()
+    raw, bar = _open(path, progress)
+    stream = io.TextIOWrapper(raw, encoding="utf-8", newline="")  # type: ignore[arg-type]
+    reader = DataReader(stream)
+    try:
+        with Client(settings.socket_path()) as client:
+            sender = _Sender(client, report)
+            records: list[dict[str, Any]] = []
+            lines: list[int] = []
+            for line, item in reader:
+                if isinstance(item, str):
+                    report.reject(line, item)
+                    continue
+                records.append(item)
+                lines.append(line)
+                if len(records) >= batch:
+                    sender.send(records, lines)
+                    records, lines = [], []
+            if records:
+                sender.send(records, lines)
+            sender.finish()
+    finally:
+        if bar is not None:
+            bar.close()
+        if path != "-":
+            stream.close()
+    report.format = reader.format
+    report.skipped = reader.skipped
+    report.seconds = time.perf_counter() - started
+    return report
