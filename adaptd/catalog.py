@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Iterable
 
+from .records import Observation
 from .store import SeriesSummary
 
 
@@ -31,21 +33,29 @@ class SeriesCatalog:
         info = self._series.get(name)
         return info.last_ts if info else None
 
-    def record(self, name: str, ts: float, new: bool) -> None:
+    def record(self, rows: Iterable[Observation], stored_before: set[tuple[str, float]]) -> int:
+        """Count committed rows; `stored_before` holds the (series, ts) that were overwritten.
+
+        Returns how many rows were late (new, but older than their series' newest record).
+        """
+        late = 0
+        series = self._series
         with self._lock:
-            info = self._series.get(name)
-            if info is None:
-                self._series[name] = SeriesInfo(1, ts, ts)
-                return
-            if not new:
-                info.overwritten += 1
-                return
-            info.observations += 1
-            if ts > info.last_ts:
-                info.last_ts = ts
-            else:
-                info.late += 1
-                info.first_ts = min(info.first_ts, ts)
+            for name, ts, _value in rows:
+                info = series.get(name)
+                if info is None:
+                    series[name] = SeriesInfo(1, ts, ts)
+                elif ts > info.last_ts:
+                    info.observations += 1
+                    info.last_ts = ts
+                elif (name, ts) in stored_before:
+                    info.overwritten += 1
+                else:
+                    info.observations += 1
+                    info.late += 1
+                    info.first_ts = min(info.first_ts, ts)
+                    late += 1
+        return late
 
     def get(self, name: str) -> SeriesInfo | None:
         return self._series.get(name)

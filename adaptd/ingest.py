@@ -132,10 +132,11 @@ class IngestWriter:
     def _already_stored(self, conn: object, rows: list[Observation]) -> set[tuple[str, float]]:
         """(series, ts) pairs that were stored before this group (only late records can be)."""
         suspects: dict[str, list[float]] = {}
-        for r in rows:
-            last = self.catalog.last_ts(r.series)
-            if last is not None and r.ts <= last:
-                suspects.setdefault(r.series, []).append(r.ts)
+        last_ts = self.catalog.last_ts
+        for name, ts, _value in rows:
+            last = last_ts(name)
+            if last is not None and ts <= last:
+                suspects.setdefault(name, []).append(ts)
         if not suspects:
             return set()
         ids = self.store.series_ids(conn, suspects)  # type: ignore[arg-type]
@@ -144,13 +145,7 @@ class IngestWriter:
 
     def _account(self, rows: list[Observation], existing: set[tuple[str, float]]) -> None:
         before = len(self.catalog)
-        late = 0
-        for r in rows:
-            new = (r.series, r.ts) not in existing
-            if new:
-                last = self.catalog.last_ts(r.series)
-                late += last is not None and r.ts <= last
-            self.catalog.record(r.series, r.ts, new)
+        late = self.catalog.record(rows, existing)
         self.metrics.records_ingested.inc(len(rows))
         if existing:
             self.metrics.records_overwritten.inc(len(existing))

@@ -99,3 +99,33 @@ def validate_record(raw: Any) -> Observation:
     if missing:
         raise Rejected(f"record is missing {', '.join(missing)}")
     return Observation(check_series(raw["series"]), parse_ts(raw["ts"]), check_value(raw["value"]))
+
+
+_FAST_TYPES = (int, float)  # exact types: bool (a subclass of int) takes the slow path and is refused
+
+
+def validate_batch(records: list[Any]) -> tuple[list[Observation], list[tuple[int, Rejected]]]:
+    """Validate many records: (accepted observations, (index, reason) of the rejected).
+
+    The loop inlines the checks for well-formed records (the hot path of every ingest);
+    anything unusual goes through `validate_record`, which decides and explains.
+    """
+    accepted: list[Observation] = []
+    rejected: list[tuple[int, Rejected]] = []
+    make, isfinite, fast = tuple.__new__, math.isfinite, _FAST_TYPES
+    for index, raw in enumerate(records):
+        try:
+            s, t, v = raw["series"], raw["ts"], raw["value"]
+            if (type(s) is str and 0 < len(s) <= MAX_SERIES_NAME and type(t) in fast and type(v) in fast
+                    and s.isprintable()):
+                ts, value = float(t), float(v)
+                if MIN_TS <= ts <= MAX_TS and isfinite(value):
+                    accepted.append(make(Observation, (s, ts, value)))
+                    continue
+        except (TypeError, KeyError, IndexError, OverflowError):
+            pass
+        try:
+            accepted.append(validate_record(raw))
+        except Rejected as exc:
+            rejected.append((index, exc))
+    return accepted, rejected

@@ -15,7 +15,7 @@ from .ingest import IngestWriter
 from .metrics import OPS, Metrics
 from .protocol import (BAD_REQUEST, INTERNAL, NOT_READY, OVERLOADED, TOO_LARGE, UNKNOWN_OP, UNKNOWN_SERIES,
                        RequestError, decode, encode, error)
-from .records import Observation, Rejected, check_series, validate_record
+from .records import Rejected, check_series, validate_batch
 from .store import Store, redact
 
 log = logging.getLogger(__name__)
@@ -75,15 +75,11 @@ class Service:
         limit = self.settings.server.max_batch_records
         if len(records) > limit:
             raise RequestError(TOO_LARGE, f"{len(records)} records in one batch; the limit is {limit}")
-        accepted: list[Observation] = []
-        rejected: list[dict[str, Any]] = []
-        for index, raw in enumerate(records):
-            try:
-                accepted.append(validate_record(raw))
-            except Rejected as exc:
-                self.metrics.records_rejected.labels(exc.field).inc()
-                if len(rejected) < MAX_REJECTIONS_LISTED:
-                    rejected.append({"index": index, "code": BAD_REQUEST, "message": str(exc)})
+        accepted, problems = validate_batch(records)
+        rejected = [{"index": index, "code": BAD_REQUEST, "message": str(exc)}
+                    for index, exc in problems[:MAX_REJECTIONS_LISTED]]
+        for _index, exc in problems:
+            self.metrics.records_rejected.labels(exc.field).inc()
         await self._wait_for_room(len(accepted))
         try:
             await asyncio.wrap_future(self.writer.submit(accepted))

@@ -1,0 +1,14 @@
+"""Benchmark commands (`adaptd bench NAME`): ratios against baselines measured in the same run."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import Settings
+
+
+def run_bench(name: str, settings: Settings, args: argparse.Namespace) -> int:
+    if name == "ingest":
+        from .ingest import main
+        return main(args)
+    raise SystemExit(f"adaptd: unknown benchmark {name!r}")
