@@ -1,8 +1,7 @@
 """A blocking client for socket protocol v1, used by the CLI, benchmarks and tests.
 
->>> with Client("/run/adaptd/adaptd.sock") as c:        # doctest: +SKIP
-...     c.request({"op": "ping"})
-{'ok': True, 'version': '0.1.0'}
+    with Client("/run/adaptd/adaptd.sock") as client:
+        client.request({"op": "ping"})      # {'ok': True, 'version': '0.1.0'}
 """
 
 from __future__ import annotations
@@ -38,7 +37,8 @@ class Client:
             sock.connect(self.path)
         except FileNotFoundError:
             sock.close()
-            raise ClientError(f"no daemon socket at {self.path}: is adaptd running (adaptd serve)?") from None
+            raise ClientError(f"no daemon socket at {self.path}: adaptd is not running "
+                              "(start it with `adaptd serve`)") from None
         except ConnectionRefusedError:
             sock.close()
             raise ClientError(f"nothing is listening on {self.path}: adaptd is not running") from None

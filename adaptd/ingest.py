@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import NamedTuple, Sequence
 
 from .catalog import SeriesCatalog
@@ -30,6 +30,18 @@ class _Batch(NamedTuple):
 
 
 _STOP = object()
+
+
+def _resolve(done: Future[int], result: int = 0, exception: BaseException | None = None) -> None:
+    """Settle a batch's future unless its client cancelled it (e.g. a connection closed at
+    shutdown): setting a cancelled future raises, which would kill the writer thread."""
+    try:
+        if exception is not None:
+            done.set_exception(exception)
+        else:
+            done.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 class IngestWriter:
@@ -117,7 +129,7 @@ class IngestWriter:
             self.metrics.commit_failures.inc()
             log.exception("store commit of %d records failed; their clients get an error", len(rows))
             for batch in group:
-                batch.done.set_exception(exc)
+                _resolve(batch.done, exception=exc)
             return
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
         self.metrics.commit_records.observe(len(rows))
@@ -127,7 +139,7 @@ class IngestWriter:
         except Exception:  # the records are durable; a model that failed to learn must not lose the ack
             log.exception("engine failed to observe %d committed records", len(rows))
         for batch in group:
-            batch.done.set_result(len(batch.rows))
+            _resolve(batch.done, result=len(batch.rows))
 
     def _already_stored(self, conn: object, rows: list[Observation]) -> set[tuple[str, float]]:
         """(series, ts) pairs that were stored before this group (only late records can be)."""

@@ -26,7 +26,8 @@ class RequestError(Exception):
 
 def decode(line: bytes) -> dict[str, Any]:
     try:
-        request = json.loads(line)
+        # Decode first: json.loads(bytes) would also take UTF-16/32 and encoded surrogates.
+        request = json.loads(line.decode("utf-8"))
     except UnicodeDecodeError:
         raise RequestError(BAD_REQUEST, "request is not valid UTF-8") from None
     except json.JSONDecodeError as exc:
@@ -39,7 +40,10 @@ def decode(line: bytes) -> dict[str, Any]:
 
 
 def encode(response: dict[str, Any]) -> bytes:
-    return json.dumps(response, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode() + b"\n"
+    text = json.dumps(response, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    # A lone surrogate (valid as a JSON escape in a request, e.g. in an "id") has no UTF-8 form;
+    # written back as the same \uXXXX escape, the answer stays valid JSON and echoes it exactly.
+    return text.encode("utf-8", "backslashreplace") + b"\n"
 
 
 def error(code: str, message: str, request_id: Any = None) -> dict[str, Any]:

@@ -72,7 +72,7 @@ class SocketServer:
         old_umask = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(
-                self._serve_client, path=str(self.path), limit=self.max_line_bytes + 1)
+                self._serve_client, path=str(self.path), limit=self.max_line_bytes)
         finally:
             os.umask(old_umask)
         if self.group:

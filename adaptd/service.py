@@ -24,6 +24,17 @@ Op = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 MAX_REJECTIONS_LISTED = 1000
 
 
+def _echoable_id(request_id: Any) -> Any:
+    """The request's id if it can be written back as JSON; else a bad_request (without the id)."""
+    if request_id is not None:
+        try:
+            encode({"id": request_id})
+        except (ValueError, RecursionError):
+            raise RequestError(BAD_REQUEST, "id must be a JSON value that can be echoed back "
+                               "(no NaN or Infinity, not nested too deeply)") from None
+    return request_id
+
+
 class Service:
     def __init__(self, settings: Settings, store: Store, writer: IngestWriter, engine: Engine,
                  catalog: SeriesCatalog, metrics: Metrics):
@@ -44,7 +55,7 @@ class Service:
         op, request_id = "invalid", None
         try:
             request = decode(line)
-            request_id = request.get("id")
+            request_id = _echoable_id(request.get("id"))
             name = request.get("op")
             if not isinstance(name, str):
                 raise RequestError(BAD_REQUEST, "request needs an \"op\" string")

@@ -18,6 +18,7 @@ from .history import SeriesHistory, infer_season, infer_step
 FORMAT_VERSION = 1
 MAX_RESIDUAL_ORIGINS = 512
 MIN_RESIDUALS = 8
+_FLOAT_MAX = float(np.finfo(np.float64).max)
 
 
 def naive_lags(horizon: int, season: int) -> np.ndarray:
@@ -90,10 +91,16 @@ class NaiveEngine(Engine):
         lags = naive_lags(self.max_horizon, season)
         leads = np.arange(1, self.max_horizon + 1)
         values = y[len(y) - 1 + leads - lags]  # always within the newest season
-        widths = interval_halfwidths(y, lags, self.coverage)
+        with np.errstate(over="ignore", invalid="ignore"):
+            widths = interval_halfwidths(y, lags, self.coverage)
+            # Finite values near the float limit make errors overflow; keep the interval finite
+            # (a forecast with inf/NaN in it cannot be answered in JSON at all).
+            widths = np.nan_to_num(widths, nan=_FLOAT_MAX, posinf=_FLOAT_MAX)
+            lo = np.clip(values - widths, -_FLOAT_MAX, _FLOAT_MAX)
+            hi = np.clip(values + widths, -_FLOAT_MAX, _FLOAT_MAX)
         origin = ts[-1]
-        points = tuple(ForecastPoint(origin + step * (i + 1), float(v), float(v - w), float(v + w))
-                       for i, (v, w) in enumerate(zip(values, widths)))
+        points = tuple(ForecastPoint(origin + step * (i + 1), float(v), float(a), float(b))
+                       for i, (v, a, b) in enumerate(zip(values, lo, hi)))
         model = {"kind": "seasonal_naive" if season > 1 else "last_value", "version": FORMAT_VERSION,
                  "init": None, "last_drift": None, "adaptations": 0, "season": season}
         return Forecast(series, origin, step, points, model)
