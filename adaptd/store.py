@@ -196,7 +196,7 @@ class Store:
                     log.info("migrating store schema %d -> %d", version - 1, version)
                     MIGRATIONS[version](conn)
                     conn.execute(schema_version.insert().values(version=version, applied_at=time.time()))
-        except sa.exc.OperationalError as exc:
+        except sa.exc.DBAPIError as exc:  # unreachable, but also e.g. no permission to create tables
             raise StoreError(f"cannot open store {redact(str(self.engine.url))}: {exc.orig}") from None
 
     def schema_version(self) -> int:

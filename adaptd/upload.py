@@ -13,6 +13,7 @@ from typing import Any, BinaryIO
 from .client import Client, ClientError
 from .config import Settings
 from .datafile import DataReader
+from .records import Rejected, validate_record
 
 IN_FLIGHT = 4          # batches sent ahead of their answers, to keep the daemon busy
 SHOWN_REASONS = 5
@@ -121,7 +122,14 @@ def upload(settings: Settings, path: str, batch: int = 1000, progress: bool = Tr
                 if isinstance(item, str):
                     report.reject(line, item)
                     continue
-                records.append(item)
+                # The daemon's own check, here: a JSON-lines NaN/Infinity could not even be sent
+                # (protocol JSON has none), and reasons stay in line order.
+                try:
+                    validate_record(item)
+                except Rejected as exc:
+                    report.reject(line, str(exc))
+                    continue
+                records.append({key: item[key] for key in ("series", "ts", "value")})
                 lines.append(line)
                 if len(records) >= batch:
                     sender.send(records, lines)

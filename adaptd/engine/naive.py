@@ -105,5 +105,11 @@ class NaiveEngine(Engine):
                  "init": None, "last_drift": None, "adaptations": 0, "season": season}
         return Forecast(series, origin, step, points, model)
 
+    def step(self, series: str) -> float | None:
+        """The series' sampling interval, inferred from its newest timestamps."""
+        with self._lock:
+            hist = self._series.get(series)
+            return infer_step(hist.ts) if hist is not None else None
+
     def stats(self) -> dict[str, Any]:
         return {"kind": self.kind, "series": len(self._series)}

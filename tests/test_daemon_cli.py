@@ -1,0 +1,224 @@
+"""The `adaptd` command line end to end: `python -m adaptd ...` against a real daemon (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from daemon_harness import DaemonProcess, run_cli, running_daemon, short_tempdir, write_config
+
+pytestmark = pytest.mark.integration
+
+# The shared data directory sits beside the repository (DESIGN.md §7).
+ETTH1 = Path(__file__).resolve().parents[2] / "shared" / "data" / "ett" / "ETTh1.csv"
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[DaemonProcess]:
+    with running_daemon(sections={"model": {"max_horizon": 48}}) as d:
+        yield d
+        rc, log = d.stop()
+        assert rc == 0, log
+        assert "Traceback" not in log, log
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    directory = short_tempdir()
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def summary_counts(stdout: str) -> tuple[int, int]:
+    match = re.search(r"accepted (\d+) records, rejected (\d+)", stdout)
+    assert match, stdout
+    return int(match.group(1)), int(match.group(2))
+
+
+def series_json(daemon: DaemonProcess) -> dict[str, dict]:
+    out = run_cli("series", "--json", config=daemon.config)
+    assert out.returncode == 0, out.stderr
+    return {s["series"]: s for s in json.loads(out.stdout)}
+
+
+def test_ingest_wide_csv(daemon: DaemonProcess, workdir: Path) -> None:
+    rows = ["date,wa,wb"] + [f"2024-01-01 {h:02d}:00,{h + 0.5},{'' if h == 7 else h * 2}" for h in range(24)]
+    path = workdir / "wide.csv"
+    path.write_text("\n".join(rows) + "\n")
+    out = run_cli("ingest", str(path), "--no-progress", config=daemon.config)
+    assert out.returncode == 0, out.stderr
+    assert summary_counts(out.stdout) == (47, 0)
+    assert "wide input" in out.stdout and "1 empty cells skipped" in out.stdout
+    listed = series_json(daemon)
+    assert listed["wa"]["observations"] == 24 and listed["wb"]["observations"] == 23
+    assert listed["wa"]["first_ts"] == 1704067200.0  # naive times are UTC
+
+
+def test_ingest_real_wide_dataset(daemon: DaemonProcess, workdir: Path) -> None:
+    if not ETTH1.exists():
+        pytest.skip(f"{ETTH1} not found")
+    lines = ETTH1.read_text().splitlines()[:2001]
+    path = workdir / "etth1-head.csv"
+    path.write_text("\n".join(lines) + "\n")
+    columns = lines[0].split(",")[1:]
+    out = run_cli("ingest", str(path), "--no-progress", "--batch", "700", config=daemon.config)
+    assert out.returncode == 0, out.stderr
+    assert summary_counts(out.stdout) == (2000 * len(columns), 0)
+    listed = series_json(daemon)
+    for name in columns:
+        assert listed[name]["observations"] == 2000
+    fc = run_cli("forecast", "OT", "-H", "24", "--json", config=daemon.config)
+    answer = json.loads(fc.stdout)
+    assert answer["step"] == 3600 and len(answer["points"]) == 24
+    assert answer["model"]["kind"]  # whichever engine: it says what it is
+
+
+def test_ingest_long_csv_with_bad_rows(daemon: DaemonProcess, workdir: Path) -> None:
+    path = workdir / "long.csv"
+    path.write_text(
+        "series,ts,value\n"                 # line 1
+        "lg,2024-01-01 00:00,1\n"           # 2 ok
+        "lg,2024-01-01 01:00,x\n"           # 3 not a number
+        "lg,notatime,3\n"                   # 4 bad time
+        "lg,2024-01-01 02:00,nan\n"         # 5 not finite
+        ",2024-01-01 03:00,4\n"             # 6 empty series name (the daemon refuses it)
+        "lg,2024-01-01 04:00\n"             # 7 two cells
+        "\n"                                # 8 blank: not a record, not an error
+        "lg,2024-01-01 05:00,inf\n"         # 9 not finite
+        "lg,1704088800,6\n")                # 10 ok (epoch seconds, 06:00)
+    out = run_cli("ingest", str(path), "--no-progress", config=daemon.config)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert summary_counts(out.stdout) == (2, 6)
+    assert "long input" in out.stdout
+    reasons = re.findall(r"line (\d+): (.+)", out.stdout)
+    assert [int(n) for n, _ in reasons] == [3, 4, 5, 6, 7]  # the first five, by line
+    assert "and 1 more" in out.stdout
+    shown = {int(n): why for n, why in reasons}
+    assert "number" in shown[3] and "time" in shown[4] and "finite" in shown[5]
+    assert "series" in shown[6] and "cells" in shown[7]
+    listed = series_json(daemon)
+    assert listed["lg"]["observations"] == 2
+    assert (listed["lg"]["first_ts"], listed["lg"]["last_ts"]) == (1704067200.0, 1704088800.0)
+
+
+def test_ingest_from_stdin_json_lines(daemon: DaemonProcess) -> None:
+    lines = [json.dumps({"series": "js", "ts": 1704067200 + 60 * i, "value": i * 1.5}) for i in range(10)]
+    out = run_cli("ingest", "-", config=daemon.config, stdin=("\n".join(lines) + "\n").encode())
+    assert out.returncode == 0, out.stderr
+    assert summary_counts(out.stdout) == (10, 0)
+    assert "jsonl input" in out.stdout
+    assert series_json(daemon)["js"]["observations"] == 10
+
+
+def test_ingest_from_stdin_with_bad_json_lines(daemon: DaemonProcess) -> None:
+    text = ('{"series": "jb", "ts": 0, "value": 1}\n'          # 1 ok
+            'not json\n'                                       # 2
+            '[1, 2]\n'                                         # 3 not an object
+            '{"series": "jb", "ts": 60, "value": NaN}\n'       # 4 not finite
+            '{"series": "jb", "ts": 120, "value": 1e999}\n'    # 5 not finite
+            '{"series": "jb", "ts": "soon", "value": 2}\n'     # 6 bad ts
+            '{"series": "jb", "ts": 180, "value": 3}\n')       # 7 ok
+    out = run_cli("ingest", "-", config=daemon.config, stdin=text.encode())
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr, out.stderr
+    assert summary_counts(out.stdout) == (2, 5)
+    assert sorted(int(n) for n in re.findall(r"line (\d+):", out.stdout)) == [2, 3, 4, 5, 6]
+    assert series_json(daemon)["jb"]["observations"] == 2
+
+
+def test_forecast_table_and_json(daemon: DaemonProcess, workdir: Path) -> None:
+    path = workdir / "fc.csv"
+    path.write_text("series,ts,value\n" + "".join(f"fc,2024-03-01T{h:02d}:00:00,{h}\n" for h in range(12)))
+    assert run_cli("ingest", str(path), "--no-progress", config=daemon.config).returncode == 0
+
+    table = run_cli("forecast", "fc", "-H", "3", config=daemon.config)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.strip().splitlines()
+    assert len(lines) == 5, table.stdout  # title, header, 3 steps
+    assert "fc" in lines[0] and "2024-03-01T11:00:00Z" in lines[0] and "1h" in lines[0]
+    assert lines[1].split()[:2] == ["time", "(UTC)"]
+    assert [line.split()[0] for line in lines[2:]] == ["2024-03-01T12:00:00Z", "2024-03-01T13:00:00Z",
+                                                       "2024-03-01T14:00:00Z"]
+
+    out = run_cli("forecast", "fc", "--horizon", "3", "--json", config=daemon.config)
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["ok"] is True and answer["series"] == "fc" and len(answer["points"]) == 3
+    assert answer["origin"] == 1709290800.0  # 2024-03-01T11:00Z
+    assert [p["ts"] for p in answer["points"]] == [1709290800.0 + 3600 * k for k in (1, 2, 3)]
+    # The table shows the same numbers as the JSON.
+    assert [float(line.split()[1]) for line in lines[2:]] == pytest.approx([p["value"] for p in answer["points"]],
+                                                                          rel=1e-5)
+
+
+def test_forecast_errors_exit_1(daemon: DaemonProcess) -> None:
+    out = run_cli("forecast", "no-such-series", "-H", "3", config=daemon.config)
+    assert out.returncode == 1 and "unknown_series" in out.stderr, out
+    out = run_cli("forecast", "wa", "-H", "10000", config=daemon.config)
+    assert out.returncode == 1 and "bad_request" in out.stderr, out
+
+
+def test_series_and_status(daemon: DaemonProcess) -> None:
+    daemon.ingest([{"series": "st", "ts": 1704067200 + 3600 * i, "value": 1.0} for i in range(5)])
+    out = run_cli("series", config=daemon.config)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:2] == ["series", "observations"]
+    row = next(line.split() for line in lines[1:] if line.split()[0] == "st")
+    assert row[1:] == ["5", "2024-01-01T00:00:00Z", "2024-01-01T04:00:00Z"]
+
+    out = run_cli("status", config=daemon.config)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^health:\s+ok$", out.stdout, re.M), out.stdout
+    assert re.search(r"^series:\s+\d+$", out.stdout, re.M)
+    stats = json.loads(run_cli("status", "--json", config=daemon.config).stdout)
+    assert stats["health"] == "ok" and stats["series"] == len(daemon.series())
+
+
+def test_adaptd_config_environment_variable_names_the_file(daemon: DaemonProcess) -> None:
+    out = run_cli("status", "--json", env={"ADAPTD_CONFIG": str(daemon.config)})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["config"] == str(daemon.config)
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["no-socket-file", "stale-socket-file"])
+def test_client_commands_without_a_daemon_say_it_is_not_running(workdir: Path, stale: bool) -> None:
+    config = write_config(workdir)
+    if stale:  # a socket file nobody listens on, as a crash leaves it
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.bind(str(workdir / "adaptd.sock"))
+    data = workdir / "d.csv"
+    data.write_text("series,ts,value\na,0,1\n")
+    for argv in (["status"], ["series"], ["forecast", "a", "-H", "3"], ["ingest", str(data), "--no-progress"]):
+        out = run_cli(*argv, config=config)
+        assert out.returncode == 1, (argv, out)
+        assert "not running" in out.stderr, (argv, out.stderr)
+        assert "Traceback" not in out.stderr
+
+
+def test_bad_config_value_fails_serve_with_exit_2_naming_the_key(workdir: Path) -> None:
+    config = workdir / "bad.toml"
+    config.write_text(f'[server]\nsocket = "{workdir}/s.sock"\nmax_line_bytes = "x"\n[metrics]\nlisten = ""\n')
+    out = run_cli("serve", config=config, timeout=30)
+    assert out.returncode == 2, out
+    assert "server.max_line_bytes" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (workdir / "s.sock").exists()
+    # Client commands read the same file and refuse it the same way.
+    out = run_cli("status", config=config)
+    assert out.returncode == 2 and "server.max_line_bytes" in out.stderr
+
+
+def test_unknown_config_key_and_missing_file(workdir: Path) -> None:
+    config = workdir / "typo.toml"
+    config.write_text("[server]\nmax_line_byte = 4096\n")
+    out = run_cli("check-config", config=config)
+    assert out.returncode == 2 and "server.max_line_byte" in out.stderr and "max_line_bytes" in out.stderr
+    out = run_cli("serve", config=workdir / "missing.toml")
+    assert out.returncode == 2 and "not found" in out.stderr
