@@ -1,0 +1,421 @@
+"""Configuration: the documented defaults, validation messages, file choice and path resolution."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from adaptd.cli import main
+from adaptd.config import CHECKS, ENV_VAR, ConfigError, Settings, load_config, parse_config
+
+REPO = Path(__file__).resolve().parent.parent
+REPO_CONFIG = REPO / "config.toml"
+SECTIONS = [f.name for f in dataclasses.fields(Settings) if f.name != "source"]
+
+
+def section_fields(name: str) -> dict[str, dataclasses.Field]:  # type: ignore[type-arg]
+    cls = {f.name: f for f in dataclasses.fields(Settings)}[name].default_factory  # type: ignore[misc]
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def write(tmp_path: Path, text: str, name: str = "adaptd.toml") -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def no_env_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+
+
+# -- the documented defaults ----------------------------------------------------------------
+
+def test_repo_config_documents_every_key_with_its_default() -> None:
+    raw = tomllib.loads(REPO_CONFIG.read_text(encoding="utf-8"))
+    assert sorted(raw) == sorted(SECTIONS)
+    defaults = Settings()
+    for section in SECTIONS:
+        fields = section_fields(section)
+        assert sorted(raw[section]) == sorted(fields), f"[{section}] keys differ from the dataclass"
+        for key in fields:
+            assert raw[section][key] == getattr(getattr(defaults, section), key), f"{section}.{key}"
+
+
+def test_repo_config_equals_the_builtin_defaults_after_path_resolution() -> None:
+    from_file = load_config(str(REPO_CONFIG))
+    builtin = parse_config({}, "<defaults>", REPO)
+    assert dataclasses.replace(from_file, source="x") == dataclasses.replace(builtin, source="x")
+    assert from_file.source == str(REPO_CONFIG)
+    assert from_file.store.url == f"sqlite:///{REPO}/state/adaptd.db"
+    assert from_file.server.socket == str(REPO / "state" / "adaptd.sock")
+    assert from_file.daemon.state_dir == str(REPO / "state")
+    assert from_file.socket_mode() == 0o660
+    assert from_file.metrics.listen == "127.0.0.1:9464"
+
+
+def test_every_key_has_a_check_and_every_check_a_key() -> None:
+    assert sorted(CHECKS) == sorted(SECTIONS)
+    for section in SECTIONS:
+        assert sorted(CHECKS[section]) == sorted(section_fields(section))
+
+
+def test_a_partial_file_changes_only_its_keys(tmp_path: Path) -> None:
+    settings = load_config(str(write(tmp_path, "[model]\nseason = 24\n")))
+    assert settings.model.season == 24
+    defaults = parse_config({}, "x", tmp_path)
+    assert dataclasses.replace(settings, model=defaults.model, source="x") == defaults
+
+
+def test_no_file_and_no_env_means_defaults_relative_to_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_config(None)
+    assert settings.source == "<defaults>"
+    assert settings.server.socket == str(tmp_path / "state" / "adaptd.sock")
+    assert settings.server.max_line_bytes == 1 << 20
+
+
+def test_integers_are_accepted_for_float_keys(tmp_path: Path) -> None:
+    settings = load_config(str(write(tmp_path, "[daemon]\nshutdown_timeout = 5\n[server]\noverload_wait = 0\n")))
+    assert settings.daemon.shutdown_timeout == 5.0 and isinstance(settings.daemon.shutdown_timeout, float)
+    assert settings.server.overload_wait == 0.0 and isinstance(settings.server.overload_wait, float)
+
+
+@pytest.mark.parametrize("section, key, literal", [
+    ("metrics", "listen", '""'),
+    ("metrics", "listen", '"[::1]:9464"'),
+    ("metrics", "listen", '"0.0.0.0:65535"'),
+    ("server", "socket_mode", '"600"'),
+    ("server", "socket_mode", '"0777"'),
+    ("server", "max_line_bytes", "1024"),
+    ("server", "max_line_bytes", str(1 << 30)),
+    ("store", "url", '"postgresql+psycopg://adaptd:secret@db.example/adaptd"'),
+    ("store", "sqlite_synchronous", '"normal"'),
+    ("store", "pool_size", "64"),
+    ("daemon", "log_level", '"debug"'),
+    ("model", "season", "0"),
+    ("model", "history", "16"),
+    ("model", "max_horizon", "1024"),
+    ("model", "coverage", "0.5"),
+    ("model", "learning_rate", "0"),
+    ("model", "rls_forgetting", "1"),
+    ("drift", "cooldown", "0"),
+    ("adapt", "steps", "0"),
+    ("adapt", "workers", "0"),
+    ("adapt", "enabled", "false"),
+])
+def test_edge_values_that_are_allowed(tmp_path: Path, section: str, key: str, literal: str) -> None:
+    settings = load_config(str(write(tmp_path, f"[{section}]\n{key} = {literal}\n")))
+    assert getattr(getattr(settings, section), key) == tomllib.loads(f"v = {literal}")["v"]
+
+
+BAD_VALUES = [
+    ("daemon", "state_dir", '""'),
+    ("daemon", "log_level", '"verbose"'),
+    ("daemon", "log_level", '"INFO "'),
+    ("daemon", "shutdown_timeout", "0"),
+    ("daemon", "shutdown_timeout", "-1.5"),
+    ("daemon", "shutdown_timeout", "nan"),
+    ("daemon", "shutdown_timeout", "inf"),
+    ("daemon", "shutdown_timeout", "1e300"),
+    ("store", "url", '"state/adaptd.db"'),
+    ("store", "url", '""'),
+    ("store", "sqlite_synchronous", '"off"'),
+    ("store", "pool_size", "0"),
+    ("store", "pool_size", "65"),
+    ("server", "socket", '""'),
+    ("server", "socket", '"' + "s" * 100 + '"'),
+    ("server", "socket_mode", '"rw-rw----"'),
+    ("server", "socket_mode", '"0999"'),
+    ("server", "socket_mode", '"1777"'),
+    ("server", "socket_mode", '""'),
+    ("server", "max_line_bytes", "1023"),
+    ("server", "max_line_bytes", str((1 << 30) + 1)),
+    ("server", "max_batch_records", "0"),
+    ("server", "max_pending_records", "-1"),
+    ("server", "overload_wait", "-0.5"),
+    ("server", "overload_wait", "inf"),
+    ("ingest", "group_commit_records", "0"),
+    ("metrics", "listen", '"9464"'),
+    ("metrics", "listen", '":9464"'),
+    ("metrics", "listen", '"localhost:0"'),
+    ("metrics", "listen", '"localhost:65536"'),
+    ("metrics", "listen", '"localhost:http"'),
+    ("model", "engine", '"gru"'),
+    ("model", "max_horizon", "0"),
+    ("model", "max_horizon", "1025"),
+    ("model", "history", "15"),
+    ("model", "season", "-1"),
+    ("model", "coverage", "0"),
+    ("model", "coverage", "1"),
+    ("model", "coverage", "1.5"),
+    ("model", "coverage", "nan"),
+    ("model", "interval_rate", "0"),
+    ("model", "interval_rate", "1.5"),
+    ("model", "window", "3"),
+    ("model", "window", "1025"),
+    ("model", "patch", "0"),
+    ("model", "patch", "65"),
+    ("model", "hidden", "0"),
+    ("model", "hidden", "513"),
+    ("model", "learning_rate", "-0.1"),
+    ("model", "learning_rate", "1.5"),
+    ("model", "learning_rate", "nan"),
+    ("model", "train_every", "0"),
+    ("model", "rls_lags", "0"),
+    ("model", "rls_lags", "257"),
+    ("model", "rls_forgetting", "0.8"),
+    ("model", "rls_forgetting", "1.01"),
+    ("model", "mixture_eta", "-1"),
+    ("model", "mixture_eta", "101"),
+    ("model", "mixture_eta", "inf"),
+    ("model", "mixture_memory", "0"),
+    ("model", "mixture_memory", "1.5"),
+    ("model", "torch_threads", "0"),
+    ("model", "torch_threads", "65"),
+    ("drift", "detector", '"ddm"'),
+    ("drift", "cooldown", "-1"),
+    ("drift", "adwin_delta", "0"),
+    ("drift", "adwin_delta", "1"),
+    ("drift", "kswin_alpha", "0"),
+    ("drift", "kswin_window_size", "9"),
+    ("drift", "kswin_stat_size", "1"),
+    ("drift", "ph_min_instances", "0"),
+    ("drift", "ph_delta", "-0.001"),
+    ("drift", "ph_threshold", "0"),
+    ("drift", "ph_threshold", "inf"),
+    ("drift", "ph_delta", "inf"),
+    ("model", "learning_rate", "-inf"),
+    ("drift", "ph_alpha", "0"),
+    ("drift", "ph_alpha", "1.1"),
+    ("adapt", "init", '"zeros"'),
+    ("adapt", "steps", "-1"),
+    ("adapt", "steps", "1001"),
+    ("adapt", "window", "3"),
+    ("adapt", "validation", "0"),
+    ("adapt", "validation", "1001"),
+    ("adapt", "step_size", "0"),
+    ("adapt", "step_size", "11"),
+    ("adapt", "workers", "-1"),
+    ("adapt", "workers", "65"),
+    ("scheduler", "checkpoint_interval", "0.5"),
+    ("scheduler", "checkpoint_interval", "1e12"),  # APScheduler cannot compute the next date
+    ("scheduler", "checkpoint_interval", "inf"),
+    ("scheduler", "misfire_grace_time", "0"),
+    ("scheduler", "misfire_grace_time", "1e300"),
+]
+
+WRONG_TYPES = [
+    ("store", "pool_size", '"4"'),
+    ("store", "pool_size", "true"),
+    ("store", "pool_size", "4.0"),
+    ("server", "max_line_bytes", "false"),
+    ("server", "socket_mode", "0o660"),  # TOML octal integer: the mode must be a string
+    ("store", "url", "5"),
+    ("store", "url", '["sqlite:///a.db"]'),
+    ("daemon", "shutdown_timeout", '"30"'),
+    ("daemon", "shutdown_timeout", "true"),
+    ("daemon", "log_level", "1"),
+    ("model", "season", "1.5"),
+    ("model", "season", "true"),
+    ("model", "coverage", '"0.9"'),
+    ("metrics", "listen", "9464"),
+    ("server", "socket", "{ path = \"a.sock\" }"),
+]
+
+
+@pytest.mark.parametrize("section, key, literal", BAD_VALUES + WRONG_TYPES)
+def test_bad_values_name_the_key_and_what_is_allowed(tmp_path: Path, section: str, key: str, literal: str) -> None:
+    path = write(tmp_path, f"[{section}]\n{key} = {literal}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    message = str(info.value)
+    assert f"{section}.{key}" in message
+    assert str(path) in message
+    assert f"must be {CHECKS[section][key][1]}" in message
+
+
+def test_every_key_is_exercised_with_a_bad_value() -> None:
+    # Booleans and the socket group (any name) can only be wrong in type: see the test below.
+    covered = {(s, k) for s, k, _ in BAD_VALUES}
+    missing = [f"{s}.{k}" for s in SECTIONS for k, f in section_fields(s).items()
+               if (s, k) not in covered and k != "socket_group" and str(f.type) != "bool"]
+    assert missing == []
+
+
+WRONG_TYPE_LITERALS = {
+    "int": ['"1"', "true", "1.5"],
+    "float": ['"1.0"', "true", "[1.0]"],
+    "str": ["1", "true", "[]"],
+    "bool": ["1", '"true"', "0"],
+}
+EVERY_KEY = [(s, k, str(f.type)) for s in SECTIONS for k, f in section_fields(s).items()]
+
+
+@pytest.mark.parametrize("section, key, kind", EVERY_KEY, ids=[f"{s}.{k}" for s, k, _ in EVERY_KEY])
+def test_every_key_refuses_values_of_the_wrong_type(tmp_path: Path, section: str, key: str, kind: str) -> None:
+    for literal in WRONG_TYPE_LITERALS[kind]:
+        path = write(tmp_path, f"[{section}]\n{key} = {literal}\n")
+        with pytest.raises(ConfigError) as info:
+            load_config(str(path))
+        assert f"{section}.{key} = " in str(info.value), literal
+        assert f"must be {CHECKS[section][key][1]}" in str(info.value)
+
+
+def test_unknown_section_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown section \[storage\] \(allowed: daemon, store"):
+        load_config(str(write(tmp_path, '[storage]\nurl = "sqlite:///x.db"\n')))
+
+
+def test_top_level_key_is_an_unknown_section(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown section \[url\]"):
+        load_config(str(write(tmp_path, 'url = "sqlite:///x.db"\n')))
+
+
+def test_source_is_not_a_section(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown section \[source\]"):
+        load_config(str(write(tmp_path, 'source = "forged"\n')))
+
+
+def test_unknown_key_is_named_with_the_allowed_keys(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(str(write(tmp_path, '[store]\nuri = "sqlite:///x.db"\n')))
+    assert "store.uri: unknown key" in str(info.value)
+    assert "url, sqlite_synchronous, pool_size" in str(info.value)
+
+
+def test_a_section_that_is_not_a_table(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[model\] must be a table"):
+        load_config(str(write(tmp_path, "model = 3\n")))
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[store\nurl = \n")
+    with pytest.raises(ConfigError, match="not valid TOML") as info:
+        load_config(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_duplicate_key_is_invalid_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(str(write(tmp_path, "[model]\nseason = 1\nseason = 2\n")))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found") as info:
+        load_config(str(tmp_path / "nope.toml"))
+    assert "nope.toml" in str(info.value)
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    (tmp_path / "latin1.toml").write_bytes(b'[daemon]\nstate_dir = "\xe9t\xe9"\n')
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(str(tmp_path / "latin1.toml"))
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(str(tmp_path))  # a directory
+
+
+# -- which file ---------------------------------------------------------------------------
+
+def test_env_var_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "[model]\nseason = 12\n")
+    monkeypatch.setenv(ENV_VAR, str(path))
+    settings = load_config(None)
+    assert settings.model.season == 12
+    assert settings.source == str(path)
+
+
+def test_flag_wins_over_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_VAR, str(write(tmp_path, "[model]\nseason = -5\n", "bad.toml")))
+    good = write(tmp_path, "[model]\nseason = 3\n", "good.toml")
+    assert load_config(str(good)).model.season == 3
+    with pytest.raises(ConfigError, match="model.season"):
+        load_config(None)
+
+
+# -- path resolution ----------------------------------------------------------------------
+
+def test_relative_paths_resolve_against_the_file_not_the_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf_dir = tmp_path / "etc"
+    path = write(conf_dir, '[daemon]\nstate_dir = "var"\n[store]\nurl = "sqlite:///db/a.db"\n'
+                           '[server]\nsocket = "run/a.sock"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for given in (str(path), os.path.relpath(path, elsewhere)):
+        settings = load_config(given)
+        assert settings.daemon.state_dir == str(conf_dir / "var")
+        assert settings.store.url == f"sqlite:///{conf_dir}/db/a.db"
+        assert settings.server.socket == str(conf_dir / "run" / "a.sock")
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("sqlite:///rel/a.db", "sqlite:///{base}/rel/a.db"),
+    ("sqlite+pysqlite:///rel/a.db", "sqlite+pysqlite:///{base}/rel/a.db"),
+    ("sqlite:////abs/a.db", "sqlite:////abs/a.db"),
+    ("sqlite:///:memory:", "sqlite:///:memory:"),
+    ("sqlite://", "sqlite://"),
+    ("postgresql+psycopg://u:p@host/db", "postgresql+psycopg://u:p@host/db"),
+])
+def test_store_url_resolution(tmp_path: Path, url: str, expected: str) -> None:
+    settings = load_config(str(write(tmp_path, f'[store]\nurl = "{url}"\n')))
+    assert settings.store.url == expected.format(base=tmp_path)
+
+
+def test_absolute_paths_are_kept(tmp_path: Path) -> None:
+    settings = load_config(str(write(tmp_path, '[daemon]\nstate_dir = "/var/lib/adaptd"\n'
+                                               '[server]\nsocket = "/run/adaptd/adaptd.sock"\n')))
+    assert settings.daemon.state_dir == "/var/lib/adaptd"
+    assert settings.server.socket == "/run/adaptd/adaptd.sock"
+
+
+def test_a_relative_socket_too_long_once_resolved_is_refused(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60)
+    with pytest.raises(ConfigError, match="server.socket") as info:
+        load_config(str(write(deep, '[server]\nsocket = "' + "s" * 50 + '.sock"\n')))
+    assert "shorter than 100 bytes" in str(info.value)
+
+
+# -- adaptd check-config ----------------------------------------------------------------------
+
+def test_check_config_accepts_a_good_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "[model]\nseason = 24\n")
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}: OK" in out
+    assert str(tmp_path / "state" / "adaptd.sock") in out
+
+
+def test_check_config_accepts_the_repo_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--config", str(REPO_CONFIG)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_check_config_rejects_a_bad_file_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "[store]\npool_size = 0\n")
+    assert main(["check-config", "--config", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert "store.pool_size" in captured.err
+    assert "from 1 to 64" in captured.err
+    assert captured.out == ""
+
+
+def test_check_config_uses_the_env_var_and_the_flag_wins(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = write(tmp_path, '[metrics]\nlisten = "nowhere"\n', "bad.toml")
+    good = write(tmp_path, "", "good.toml")
+    monkeypatch.setenv(ENV_VAR, str(bad))
+    assert main(["check-config"]) == 2
+    assert "metrics.listen" in capsys.readouterr().err
+    assert main(["check-config", "--config", str(good)]) == 0
+    assert f"{good}: OK" in capsys.readouterr().out
+
+
+def test_check_config_with_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -1,0 +1,474 @@
+"""The SQL store on SQLite and PostgreSQL, and the group-commit ingest writer on top of it."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from typing import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from adaptd.catalog import SeriesCatalog
+from adaptd.engine import UnknownSeries
+from adaptd.engine.naive import NaiveEngine
+from adaptd.ingest import IngestWriter
+from adaptd.metrics import Metrics
+from adaptd.records import Observation as Obs
+from adaptd.store import (SCHEMA_VERSION, Checkpoint, SeriesSummary, Store, StoreError, schema_version,
+                          series_table)
+
+HOUR = 3600.0
+
+
+def reopen(store: Store) -> Store:
+    url = store.engine.url.render_as_string(hide_password=False)
+    store.close()
+    return Store.open(url)
+
+
+# -- schema -------------------------------------------------------------------------------
+
+def test_new_database_gets_the_current_schema(store: Store) -> None:
+    assert SCHEMA_VERSION == 1
+    assert store.schema_version() == SCHEMA_VERSION
+    tables = set(sa.inspect(store.engine).get_table_names())
+    assert {"schema_version", "series", "observations", "forecasts", "drift_events",
+            "model_checkpoints", "initializers"} <= tables
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(schema_version)).scalar_one() == 1
+
+
+def test_reopening_keeps_data_and_does_not_recreate_the_schema(store: Store) -> None:
+    store.write([Obs("a", 1.0, 10.0), Obs("a", 2.0, 20.0), Obs("b", 1.0, -1.5)])
+    store.save_checkpoints([Checkpoint("a", "naive", 1, b"state")])
+    with store.engine.connect() as conn:
+        ids_before = dict(conn.execute(sa.select(series_table.c.name, series_table.c.id)).all())
+    store = reopen(store)
+    try:
+        assert store.history("a") == [(1.0, 10.0), (2.0, 20.0)]
+        assert store.history("b") == [(1.0, -1.5)]
+        assert store.load_checkpoints() == [Checkpoint("a", "naive", 1, b"state")]
+        with store.engine.connect() as conn:
+            assert dict(conn.execute(sa.select(series_table.c.name, series_table.c.id)).all()) == ids_before
+            assert conn.execute(sa.select(sa.func.count()).select_from(schema_version)).scalar_one() == 1
+        # Existing series keep their ids: new records of "a" land in "a", not in a new series.
+        store.write([Obs("a", 3.0, 30.0)])
+        assert [s.observations for s in sorted(store.series_summary(), key=lambda s: s.name)] == [3, 1]
+    finally:
+        store.close()
+
+
+def test_a_newer_schema_is_refused_naming_both_versions(store: Store) -> None:
+    store.write([Obs("a", 1.0, 1.0)])
+    newer = SCHEMA_VERSION + 41
+    with store.engine.begin() as conn:
+        conn.execute(schema_version.insert().values(version=newer, applied_at=time.time()))
+    url = store.engine.url.render_as_string(hide_password=False)
+    store.close()
+    with pytest.raises(StoreError) as info:
+        Store.open(url).close()
+    message = str(info.value)
+    assert f"version {newer} is newer" in message
+    assert f"({SCHEMA_VERSION})" in message
+    # Refusing did not touch the database.
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            versions = sorted(conn.execute(sa.select(schema_version.c.version)).scalars())
+            assert versions == [SCHEMA_VERSION, newer]
+            assert conn.execute(sa.text("SELECT count(*) FROM observations")).scalar_one() == 1
+    finally:
+        engine.dispose()
+
+
+def test_adaptd_tables_without_schema_version_are_refused(store: Store) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE schema_version"))
+    with pytest.raises(StoreError, match="no schema_version"):
+        reopen(store)
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("mysql://adaptd@localhost/adaptd", "mysql"),
+    ("nosuchdb://x/y", "nosuchdb"),
+    ("not a url at all", "store.url"),
+])
+def test_unusable_urls_give_store_error(url: str, expected: str) -> None:
+    with pytest.raises(StoreError, match=expected):
+        Store.open(url)
+
+
+def test_a_dialect_other_than_sqlite_or_postgresql_is_refused() -> None:
+    # A dialect whose driver is importable reaches the dialect check itself.
+    engine = sa.create_mock_engine("mysql://", lambda *args, **kwargs: None)
+    with pytest.raises(StoreError, match=r"unsupported database 'mysql' \(use sqlite or postgresql\)"):
+        Store(engine)  # type: ignore[arg-type]
+
+
+def test_unreachable_postgresql_gives_store_error() -> None:
+    pytest.importorskip("psycopg")
+    with pytest.raises(StoreError, match="cannot open store"):
+        Store.open("postgresql+psycopg://nobody:secret@127.0.0.1:1/adaptd?connect_timeout=2")
+
+
+def test_password_is_not_shown_in_store_errors() -> None:
+    pytest.importorskip("psycopg")
+    with pytest.raises(StoreError) as info:
+        Store.open("postgresql+psycopg://nobody:hunter2@127.0.0.1:1/adaptd?connect_timeout=2")
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_in_memory_sqlite_is_one_database_for_all_threads(url: str) -> None:
+    store = Store.open(url)
+    try:
+        writer = threading.Thread(target=store.write, args=([Obs("a", 1.0, 2.0)],))
+        writer.start()
+        writer.join()
+        assert store.history("a") == [(1.0, 2.0)]
+    finally:
+        store.close()
+
+
+# -- observations ---------------------------------------------------------------------------
+
+def test_upsert_is_idempotent_and_the_last_value_wins(store: Store) -> None:
+    store.write([Obs("a", 1.0, 1.0), Obs("a", 2.0, 2.0)])
+    store.write([Obs("a", 1.0, 1.0)])
+    store.write([Obs("a", 2.0, 5.0)])
+    assert store.history("a") == [(1.0, 1.0), (2.0, 5.0)]
+    assert store.series_summary() == [SeriesSummary("a", 2, 1.0, 2.0)]
+    store.write([Obs("a", 3.0, 1.0), Obs("a", 3.0, 2.0), Obs("a", 3.0, 3.0)])  # within one write
+    assert store.history("a")[-1] == (3.0, 3.0)
+    assert store.series_summary() == [SeriesSummary("a", 3, 1.0, 3.0)]
+    store.write([])
+    assert store.series_summary() == [SeriesSummary("a", 3, 1.0, 3.0)]
+
+
+def test_history_is_in_time_order_and_limit_keeps_the_newest(store: Store) -> None:
+    ts = [5.0, 1.0, 4.0, 2.0, 3.0]
+    store.write([Obs("a", t, t * 10) for t in ts] + [Obs("b", 9.0, 0.0)])
+    assert store.history("a") == [(t, t * 10) for t in sorted(ts)]
+    assert store.history("a", limit=2) == [(4.0, 40.0), (5.0, 50.0)]
+    assert store.history("a", limit=50) == store.history("a")
+    assert store.history("missing") == []
+
+
+def test_recent_returns_the_newest_n_of_every_series_in_time_order(store: Store) -> None:
+    store.write([Obs("long", float(t), float(t)) for t in (7, 3, 9, 1, 5, 8)]
+                + [Obs("short", 100.0, -1.0)]
+                + [Obs("other", float(t), 2.0 * t) for t in range(10, 0, -1)])
+    recent = store.recent(3)
+    assert recent == {
+        "long": [(7.0, 7.0), (8.0, 8.0), (9.0, 9.0)],
+        "short": [(100.0, -1.0)],
+        "other": [(8.0, 16.0), (9.0, 18.0), (10.0, 20.0)],
+    }
+
+
+def test_series_summary_counts_first_and_last(store: Store) -> None:
+    store.write([Obs("a", t, 0.0) for t in (30.0, 10.0, 20.0)] + [Obs("b", -5.0, 1.0)])
+    store.save_checkpoints([Checkpoint("no-observations", "naive", 1, b"")])
+    summary = sorted(store.series_summary(), key=lambda s: s.name)
+    assert summary == [SeriesSummary("a", 3, 10.0, 30.0), SeriesSummary("b", 1, -5.0, -5.0)]
+
+
+def test_existing_ts_finds_stored_timestamps_over_many_chunks(store: Store) -> None:
+    stored = [float(t) for t in range(0, 2400, 2)]  # even seconds
+    store.write([Obs("a", t, 1.0) for t in stored] + [Obs("b", 1.0, 1.0)])
+    asked = [float(t) for t in range(0, 2400)]  # 2400 probes: several chunks of 500
+    with store.engine.connect() as conn:
+        ids = store.series_ids(conn, ["a", "b"])
+        assert store.existing_ts(conn, ids["a"], asked) == set(stored)
+        assert store.existing_ts(conn, ids["b"], asked) == {1.0}
+        assert store.existing_ts(conn, ids["a"], [1.0, 3.5]) == set()
+        assert store.existing_ts(conn, ids["a"], []) == set()
+
+
+def test_fractional_and_negative_timestamps_round_trip(store: Store) -> None:
+    rows = [Obs("a", -62_135_596_800.0, 1.0), Obs("a", 0.125, 2.0), Obs("a", 1_704_067_200.5, 3.0),
+            Obs("a", 253_402_300_799.0, 1e300)]
+    store.write(rows)
+    assert store.history("a") == [(r.ts, r.value) for r in rows]
+
+
+def test_unicode_and_long_series_names_are_stored(store: Store) -> None:
+    names = ["température/capteur 3", "x" * 200, "負荷 🌡"]
+    store.write([Obs(n, 1.0, float(i)) for i, n in enumerate(names)])
+    assert sorted(s.name for s in store.series_summary()) == sorted(names)
+    assert store.history("x" * 200) == [(1.0, 1.0)]
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+
+def by_series(c: Checkpoint) -> str:
+    return c.series
+
+
+def test_checkpoints_round_trip_and_overwrite(store: Store) -> None:
+    blob = bytes(range(256)) * 10  # every byte value, NULs included
+    store.write([Obs("a", 1.0, 1.0)])
+    store.save_checkpoints([Checkpoint("a", "naive", 1, blob), Checkpoint("b", "gru", 3, b"\x00")])
+    assert sorted(store.load_checkpoints(), key=by_series) == [Checkpoint("a", "naive", 1, blob),
+                                               Checkpoint("b", "gru", 3, b"\x00")]
+    store.save_checkpoints([Checkpoint("a", "gru", 2, b"newer")])
+    assert sorted(store.load_checkpoints(), key=by_series) == [Checkpoint("a", "gru", 2, b"newer"),
+                                               Checkpoint("b", "gru", 3, b"\x00")]
+    store.save_checkpoints([])
+    assert len(store.load_checkpoints()) == 2
+
+
+# -- ids after a rollback -------------------------------------------------------------------
+
+class Boom(Exception):
+    pass
+
+
+def test_forget_ids_after_a_rollback_leaves_no_stale_ids(store: Store) -> None:
+    with pytest.raises(Boom):
+        with store.engine.begin() as conn:
+            store.upsert_observations(conn, [Obs("ghost", 1.0, 1.0)])  # creates "ghost" in this txn
+            raise Boom
+    store.forget_ids()
+    # On SQLite the rolled-back id would be handed to the next new series; a stale cache would
+    # then file "ghost" records under "b" (PostgreSQL would refuse them instead).
+    store.write([Obs("b", 1.0, 2.0)])
+    store.write([Obs("ghost", 2.0, 3.0)])
+    assert store.history("b") == [(1.0, 2.0)]
+    assert store.history("ghost") == [(2.0, 3.0)]
+    assert sorted(store.series_summary(), key=lambda s: s.name) == [
+        SeriesSummary("b", 1, 1.0, 1.0), SeriesSummary("ghost", 1, 2.0, 2.0)]
+
+
+# -- the ingest writer ----------------------------------------------------------------------
+
+class GatedEngine(NaiveEngine):
+    """A naive engine whose observe() waits for the test to open the gate."""
+
+    def __init__(self) -> None:
+        super().__init__(history=64, max_horizon=8)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.batches: list[int] = []
+
+    def observe(self, batch):  # type: ignore[no-untyped-def]
+        self.entered.set()
+        if not self.gate.wait(10):
+            raise AssertionError("the test never opened the gate")
+        self.batches.append(len(batch))
+        super().observe(batch)
+
+
+class Harness:
+    def __init__(self, store: Store, engine: NaiveEngine | None = None, group_records: int = 50_000):
+        self.store = store
+        self.engine = engine or NaiveEngine(history=64, max_horizon=8)
+        self.catalog = SeriesCatalog(store.series_summary())
+        self.metrics = Metrics()
+        self.writer = IngestWriter(store, self.engine, self.catalog, self.metrics, group_records=group_records)
+        self.writer.start()
+
+    def put(self, rows: list[Obs]) -> int:
+        return self.writer.submit(rows).result(timeout=20)
+
+    def metric(self, name: str) -> float:
+        return self.metrics.value(name)
+
+    def stop(self) -> None:
+        if isinstance(self.engine, GatedEngine):
+            self.engine.gate.set()
+        self.writer.stop(timeout=20)
+        assert not self.writer.alive
+
+
+@pytest.fixture
+def harness(store: Store) -> Iterator[Harness]:
+    h = Harness(store)
+    yield h
+    h.stop()
+
+
+def catalog_matches_store(h: Harness) -> None:
+    db = {s.name: s for s in h.store.series_summary()}
+    cat = h.catalog.snapshot()
+    assert set(cat) == set(db)
+    for name, s in db.items():
+        assert (cat[name].observations, cat[name].first_ts, cat[name].last_ts) == \
+            (s.observations, s.first_ts, s.last_ts), name
+
+
+def test_a_future_resolves_only_after_commit_and_engine(store: Store) -> None:
+    h = Harness(store, GatedEngine())
+    try:
+        rows = [Obs("a", i * HOUR, float(i)) for i in range(3)]
+        done = h.writer.submit(rows)
+        assert h.engine.entered.wait(10)  # type: ignore[attr-defined]
+        # Committed and visible to other connections, yet not acknowledged: the engine has not seen it.
+        assert store.history("a") == [(r.ts, r.value) for r in rows]
+        time.sleep(0.05)
+        assert not done.done()
+        h.engine.gate.set()  # type: ignore[attr-defined]
+        assert done.result(timeout=10) == 3
+        # Read-your-writes: once the ack is out the engine forecasts from those records.
+        assert h.engine.forecast("a", 1).origin == 2 * HOUR
+        assert h.metric("adaptd_records_ingested_total") == 3
+    finally:
+        h.stop()
+
+
+def test_empty_submit_resolves_immediately(harness: Harness) -> None:
+    assert harness.writer.submit([]).result(timeout=1) == 0
+
+
+def test_concurrent_submits_are_all_committed(store: Store) -> None:
+    h = Harness(store, group_records=500)  # small groups: many commits, some grouping
+    threads, batches, size = 6, 20, 25
+    futures: list[Future[int]] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        for b in range(batches):
+            rows = [Obs(f"s{k}", float(b * size + i), float(k)) for i in range(size)]
+            f = h.writer.submit(rows)
+            with lock:
+                futures.append(f)
+
+    try:
+        workers = [threading.Thread(target=client, args=(k,)) for k in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert sum(f.result(timeout=30) for f in futures) == threads * batches * size
+        assert sorted(store.series_summary(), key=lambda s: s.name) == [
+            SeriesSummary(f"s{k}", batches * size, 0.0, float(batches * size - 1)) for k in range(threads)]
+        catalog_matches_store(h)
+        assert h.metric("adaptd_records_ingested_total") == threads * batches * size
+        assert h.metric("adaptd_records_late_total") == 0
+        assert h.writer.pending_records == 0
+        assert h.engine.forecast("s3", 1).origin == float(batches * size - 1)
+    finally:
+        h.stop()
+
+
+def test_late_and_duplicate_records_are_counted_like_the_database(harness: Harness) -> None:
+    h = harness
+    h.put([Obs("s", float(t), 1.0) for t in range(10)])          # 10 new, in order
+    h.put([Obs("s", 5.0, 99.0)])                                   # re-sent: overwritten
+    h.put([Obs("s", 20.0, 2.0)])                                   # new, newest
+    h.put([Obs("s", 15.0, 3.0), Obs("s", -5.0, 4.0)])              # new but late (one before first)
+    h.put([Obs("s", 15.0, 33.0)])                                  # re-sent late record: overwritten
+    h.put([Obs("d", 1.0, 1.0), Obs("d", 1.0, 2.0)])                # duplicate inside one batch
+    info = h.catalog.snapshot()["s"]
+    assert (info.observations, info.first_ts, info.last_ts) == (13, -5.0, 20.0)
+    assert (info.late, info.overwritten) == (2, 2)
+    d = h.catalog.snapshot()["d"]
+    assert (d.observations, d.late, d.overwritten) == (1, 0, 0)
+    catalog_matches_store(h)
+    assert h.store.history("s", limit=3) == [(9.0, 1.0), (15.0, 33.0), (20.0, 2.0)]
+    assert dict(h.store.history("s"))[5.0] == 99.0
+    assert dict(h.store.history("s"))[15.0] == 33.0
+    assert h.store.history("d") == [(1.0, 2.0)]
+    assert h.metric("adaptd_records_overwritten_total") == 2
+    assert h.metric("adaptd_records_late_total") == 2
+    assert h.metric("adaptd_records_ingested_total") == 10 + 1 + 1 + 2 + 1 + 1
+    # The engine saw the late record in its place and the re-sent value.
+    fc_hist = h.engine._series["s"]  # type: ignore[attr-defined]
+    assert fc_hist.ts == sorted(fc_hist.ts) and fc_hist.values[fc_hist.ts.index(15.0)] == 33.0
+
+
+def test_a_restarted_writer_counts_resent_records_as_overwritten(store: Store) -> None:
+    first = Harness(store)
+    first.put([Obs("s", float(t), 1.0) for t in range(5)])
+    first.stop()
+    second = Harness(store)  # its catalog comes from the store, as at daemon start-up
+    try:
+        second.put([Obs("s", 4.0, 7.0), Obs("s", 2.0, 7.0), Obs("s", 5.0, 7.0)])
+        info = second.catalog.snapshot()["s"]
+        assert (info.observations, info.overwritten, info.late, info.last_ts) == (6, 2, 0, 5.0)
+        catalog_matches_store(second)
+    finally:
+        second.stop()
+
+
+def test_a_failed_commit_fails_its_futures_and_the_writer_goes_on(harness: Harness) -> None:
+    h = harness
+    h.put([Obs("good", 1.0, 1.0)])
+    bad = h.writer.submit([Obs("fresh", 1.0, 1.0), Obs("good", 2.0, None)])  # type: ignore[arg-type]
+    with pytest.raises(sa.exc.IntegrityError):
+        bad.result(timeout=20)
+    assert h.metric("adaptd_store_commit_failures_total") == 1
+    # Nothing of the failed batch is stored, counted or known to the engine.
+    assert h.store.history("good") == [(1.0, 1.0)]
+    assert "fresh" not in h.catalog
+    with pytest.raises(UnknownSeries):
+        h.engine.forecast("fresh", 1)
+    # The writer still works, and the series created in the rolled-back transaction get real ids.
+    assert h.writer.alive
+    assert h.put([Obs("other", 5.0, 5.0)]) == 1
+    assert h.put([Obs("fresh", 2.0, 2.0), Obs("good", 2.0, 2.0)]) == 2
+    assert h.store.history("fresh") == [(2.0, 2.0)]
+    assert h.store.history("other") == [(5.0, 5.0)]
+    assert h.store.history("good") == [(1.0, 1.0), (2.0, 2.0)]
+    catalog_matches_store(h)
+    assert h.writer.pending_records == 0
+
+
+def test_a_missing_table_fails_the_commit_and_recovery_resumes(harness: Harness) -> None:
+    h = harness
+    h.put([Obs("a", 1.0, 1.0)])
+    with h.store.engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE observations"))
+    with pytest.raises(sa.exc.DBAPIError):
+        h.writer.submit([Obs("a", 2.0, 2.0)]).result(timeout=20)
+    from adaptd.store import observations
+    observations.create(h.store.engine)
+    assert h.put([Obs("a", 3.0, 3.0)]) == 1
+    assert h.store.history("a") == [(3.0, 3.0)]
+
+
+def test_a_cancelled_future_does_not_stop_the_writer(store: Store) -> None:
+    # The socket server awaits asyncio.wrap_future(submit(...)); cancelling that task (e.g. at
+    # shutdown) cancels the concurrent future the writer will later resolve.
+    h = Harness(store, GatedEngine())
+    try:
+        cancelled = h.writer.submit([Obs("a", 1.0, 1.0)])
+        assert h.engine.entered.wait(10)  # type: ignore[attr-defined]
+        assert cancelled.cancel()
+        h.engine.gate.set()  # type: ignore[attr-defined]
+        assert h.put([Obs("a", 2.0, 2.0)]) == 1
+        assert h.writer.alive
+        assert store.history("a") == [(1.0, 1.0), (2.0, 2.0)]
+    finally:
+        h.stop()
+
+
+def test_stop_commits_everything_already_submitted(store: Store) -> None:
+    h = Harness(store, group_records=100)
+    futures = [h.writer.submit([Obs("a", float(b * 50 + i), 1.0) for i in range(50)]) for b in range(20)]
+    h.stop()
+    assert all(f.done() and f.result() == 50 for f in futures)
+    assert store.series_summary() == [SeriesSummary("a", 1000, 0.0, 999.0)]
+    late = h.writer.submit([Obs("a", 5000.0, 1.0)])
+    with pytest.raises(RuntimeError, match="not running"):
+        late.result(timeout=1)
+
+
+@pytest.mark.postgres
+def test_a_role_that_may_not_create_tables_gets_store_error(fresh_postgres_url: str) -> None:
+    # PostgreSQL 15 no longer lets every role create tables in `public`: a common set-up mistake.
+    role = f"limited_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(fresh_postgres_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE ROLE {role} LOGIN"))
+            conn.execute(sa.text("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
+        with pytest.raises(StoreError, match="permission denied for schema public"):
+            Store.open(fresh_postgres_url.replace("postgres@", f"{role}@"))
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP ROLE IF EXISTS {role}"))
+        admin.dispose()
