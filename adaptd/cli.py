@@ -110,6 +110,18 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from .datafile import FormatError
+    from .replay import main as replay
+
+    _setup_logging("warning")
+    try:
+        return replay(settings, args.data, args.horizon, args.warmup_frac, args.seed, args.forecasts_out,
+                      args.report_out, progress=not args.no_progress)
+    except (FormatError, FileNotFoundError, UnicodeDecodeError) as exc:
+        return _fail(f"{args.data}: {exc}", 2)
+
+
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     from .bench import run_bench
 
@@ -141,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = add("status", cmd_status, "show the daemon's health and counters")
     p.add_argument("--json", action="store_true")
+    p = add("replay", cmd_replay, "backtest the engine on a CSV, leak-free (DESIGN.md §3)")
+    p.add_argument("data", metavar="DATA.csv", help="wide (time column + one column per series) or long CSV")
+    p.add_argument("--horizon", type=int, required=True, help="steps ahead forecast after every observation")
+    p.add_argument("--warmup-frac", type=float, default=0.25,
+                   help="first fraction of each series used for fitting only, never scored (default 0.25)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--forecasts-out", metavar="OUT.csv", help="write series,origin,target,step,forecast,lo,hi")
+    p.add_argument("--report-out", metavar="OUT.json", help="write the per-series and overall report")
+    p.add_argument("--no-progress", action="store_true")
     add("check-config", cmd_check_config, "validate a config file and exit")
     p = add("bench", cmd_bench, "run a benchmark and print its report")
     bench = p.add_subparsers(dest="bench", required=True, metavar="BENCH")

@@ -10,7 +10,9 @@ unknown keys and bad values raise `ConfigError` naming the key and what is allow
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,10 +62,62 @@ class MetricsSettings:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    max_horizon: int = 168
+    engine: str = "online"
+    max_horizon: int = 48
     history: int = 1024
     season: int = 0
     coverage: float = 0.9
+    interval_rate: float = 0.02
+    window: int = 48
+    patch: int = 4
+    hidden: int = 32
+    learning_rate: float = 0.01
+    train_every: int = 1
+    rls_lags: int = 32
+    rls_forgetting: float = 0.999
+    mixture_eta: float = 4.0
+    mixture_memory: float = 0.05
+    torch_threads: int = 1
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    detector: str = "adwin"
+    cooldown: int = 48
+    adwin_delta: float = 0.002
+    kswin_alpha: float = 0.005
+    kswin_window_size: int = 100
+    kswin_stat_size: int = 30
+    ph_min_instances: int = 30
+    ph_delta: float = 0.005
+    ph_threshold: float = 50.0
+    ph_alpha: float = 0.9999
+
+    def detector_params(self, seed: int = 0) -> dict[str, Any]:
+        if self.detector == "adwin":
+            return {"delta": self.adwin_delta}
+        if self.detector == "kswin":
+            return {"alpha": self.kswin_alpha, "window_size": self.kswin_window_size,
+                    "stat_size": self.kswin_stat_size, "seed": seed}
+        return {"min_instances": self.ph_min_instances, "delta": self.ph_delta,
+                "threshold": self.ph_threshold, "alpha": self.ph_alpha}
+
+
+@dataclass(frozen=True)
+class AdaptSettings:
+    enabled: bool = True
+    init: str = "meta"
+    steps: int = 5
+    window: int = 96
+    validation: int = 8
+    step_size: float = 0.05
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    checkpoint_interval: float = 300.0
+    misfire_grace_time: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +128,9 @@ class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
+    drift: DriftSettings = field(default_factory=DriftSettings)
+    adapt: AdaptSettings = field(default_factory=AdaptSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     source: str = "<defaults>"
 
     def socket_path(self) -> Path:
@@ -86,6 +143,8 @@ class Settings:
 # Per-key checks: (predicate, what is allowed).
 Check = tuple[Callable[[Any], bool], str]
 _LEVELS = ("debug", "info", "warning", "error")
+MAX_WAIT = 86_400.0  # a day: longer waits are mistakes (and inf is valid TOML)
+MAX_SCHEDULE = 30 * 86_400  # 30 days
 
 
 def _positive(v: Any) -> bool:
@@ -108,7 +167,8 @@ CHECKS: dict[str, dict[str, Check]] = {
     "daemon": {
         "state_dir": (bool, "a non-empty path"),
         "log_level": (lambda v: v in _LEVELS, f"one of {', '.join(_LEVELS)}"),
-        "shutdown_timeout": (_positive, "a number of seconds > 0"),
+        # Bounded: TOML allows inf, and thread joins/waits overflow on huge timeouts.
+        "shutdown_timeout": (lambda v: 0 < v <= MAX_WAIT, f"a number of seconds > 0 and <= {MAX_WAIT:.0f}"),
     },
     "store": {
         "url": (lambda v: "://" in v, "an SQLAlchemy URL such as sqlite:///state/adaptd.db"),
@@ -122,7 +182,7 @@ CHECKS: dict[str, dict[str, Check]] = {
         "max_line_bytes": (lambda v: 1024 <= v <= 1 << 30, "an integer from 1024 to 2^30"),
         "max_batch_records": (_positive, "an integer > 0"),
         "max_pending_records": (_positive, "an integer > 0"),
-        "overload_wait": (lambda v: v >= 0, "a number of seconds >= 0"),
+        "overload_wait": (lambda v: 0 <= v <= MAX_WAIT, f"a number of seconds from 0 to {MAX_WAIT:.0f}"),
     },
     "ingest": {
         "group_commit_records": (_positive, "an integer > 0"),
@@ -131,17 +191,55 @@ CHECKS: dict[str, dict[str, Check]] = {
         "listen": (_host_port, "HOST:PORT such as 127.0.0.1:9464, or empty to disable"),
     },
     "model": {
-        "max_horizon": (lambda v: 1 <= v <= 10_000, "an integer from 1 to 10000"),
+        "engine": (lambda v: v in ("online", "naive"), "'online' or 'naive'"),
+        "max_horizon": (lambda v: 1 <= v <= 1024, "an integer from 1 to 1024"),
         "history": (lambda v: 16 <= v <= 1_000_000, "an integer from 16 to 1000000"),
         "season": (lambda v: v >= 0, "an integer >= 0 (0 = infer from the step)"),
         "coverage": (lambda v: 0 < v < 1, "a number between 0 and 1"),
+        "interval_rate": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+        "window": (lambda v: 4 <= v <= 1024, "an integer from 4 to 1024"),
+        "patch": (lambda v: 1 <= v <= 64, "an integer from 1 to 64 dividing model.window"),
+        "hidden": (lambda v: 1 <= v <= 512, "an integer from 1 to 512"),
+        "learning_rate": (lambda v: 0 <= v <= 1, "a number from 0 (no online learning) to 1"),
+        "train_every": (lambda v: 1 <= v <= 10_000, "an integer >= 1"),
+        "rls_lags": (lambda v: 1 <= v <= 256, "an integer from 1 to 256, at most model.window - 1"),
+        "rls_forgetting": (lambda v: 0.9 <= v <= 1, "a number from 0.9 to 1"),
+        "mixture_eta": (lambda v: 0 <= v <= 100, "a number from 0 (equal weights) to 100"),
+        "mixture_memory": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+        "torch_threads": (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
+    },
+    "drift": {
+        "detector": (lambda v: v in ("adwin", "kswin", "page_hinkley"), "'adwin', 'kswin' or 'page_hinkley'"),
+        "cooldown": (lambda v: v >= 0, "an integer >= 0 (observations)"),
+        "adwin_delta": (lambda v: 0 < v < 1, "a number between 0 and 1"),
+        "kswin_alpha": (lambda v: 0 < v < 1, "a number between 0 and 1"),
+        "kswin_window_size": (lambda v: v >= 10, "an integer >= 10"),
+        "kswin_stat_size": (lambda v: v >= 2, "an integer >= 2, below kswin_window_size"),
+        "ph_min_instances": (lambda v: v >= 1, "an integer >= 1"),
+        "ph_delta": (lambda v: v >= 0, "a number >= 0"),
+        "ph_threshold": (_positive, "a number > 0"),
+        "ph_alpha": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    },
+    "adapt": {
+        "enabled": (lambda v: True, "true or false"),
+        "init": (lambda v: v in ("meta", "pretrained", "random"), "'meta', 'pretrained' or 'random'"),
+        "steps": (lambda v: 0 <= v <= 1000, "an integer from 0 to 1000"),
+        "window": (lambda v: 4 <= v <= 10_000, "an integer from 4 to 10000"),
+        "validation": (lambda v: 1 <= v <= 1000, "an integer from 1 to 1000, below adapt.window"),
+        "step_size": (lambda v: 0 < v <= 10, "a number in (0, 10]: the inner-loop SGD step"),
+        "workers": (lambda v: 0 <= v <= 64, "an integer from 0 (adapt inline) to 64"),
+    },
+    "scheduler": {
+        # Bounded: APScheduler overflows computing dates from huge intervals.
+        "checkpoint_interval": (lambda v: 1 <= v <= MAX_SCHEDULE, f"a number of seconds from 1 to {MAX_SCHEDULE}"),
+        "misfire_grace_time": (lambda v: 1 <= v <= MAX_SCHEDULE, f"a number of seconds from 1 to {MAX_SCHEDULE}"),
     },
 }
 
 
 def _type_ok(value: Any, annotation: str) -> bool:
-    if annotation == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation == "float":  # TOML has inf and nan; no setting means them
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if annotation == "int":
         return isinstance(value, int) and not isinstance(value, bool)
     if annotation == "bool":
@@ -173,9 +271,11 @@ def _relative_to(base: Path, value: str) -> str:
 def _resolve_paths(settings: Settings, base: Path) -> Settings:
     """Relative paths in a file are relative to the file, so clients anywhere agree."""
     url = settings.store.url
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and url != prefix and not url[len(prefix):].startswith(("/", ":memory:")):
-        url = prefix + _relative_to(base, url[len(prefix):])
+    sqlite = re.match(r"sqlite(\+\w+)?:///", url)  # with or without a driver, e.g. sqlite+pysqlite:///
+    if sqlite:
+        path = url[sqlite.end():]
+        if path and not path.startswith(("/", ":memory:")):
+            url = sqlite.group(0) + _relative_to(base, path)
     return dataclasses.replace(
         settings,
         daemon=dataclasses.replace(settings.daemon, state_dir=_relative_to(base, settings.daemon.state_dir)),
@@ -192,7 +292,13 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base: Path | No
             raise ConfigError(f"{source}: unknown section [{name}] (allowed: {', '.join(sections)})")
         built[name] = _build_section(name, sections[name].default_factory, raw, source)  # type: ignore[misc]
     settings = Settings(**built, source=source)
-    return _resolve_paths(settings, base if base is not None else Path.cwd())
+    resolved = _resolve_paths(settings, base if base is not None else Path.cwd())
+    # A relative socket path is checked again once resolved: bind() fails on long paths.
+    if not CHECKS["server"]["socket"][0](resolved.server.socket):
+        raise ConfigError(f"{source}: server.socket = {settings.server.socket!r} resolves to "
+                          f"{resolved.server.socket!r}: must be {CHECKS['server']['socket'][1]}; "
+                          "use a shorter absolute path")
+    return resolved
 
 
 def config_path(explicit: str | None) -> Path | None:

@@ -17,7 +17,7 @@ import time
 from .catalog import SeriesCatalog
 from .config import Settings
 from .engine.base import Engine
-from .engine.naive import NaiveEngine
+from .engine.factory import build_engine, online_config, stored_initializer
 from .ingest import IngestWriter
 from .metrics import Metrics
 from .sdnotify import Notifier
@@ -32,11 +32,6 @@ class StartupError(RuntimeError):
     """The daemon cannot start as configured; the message names the setting."""
 
 
-def build_engine(settings: Settings) -> Engine:
-    m = settings.model
-    return NaiveEngine(history=m.history, max_horizon=m.max_horizon, season=m.season, coverage=m.coverage)
-
-
 class Daemon:
     def __init__(self, settings: Settings, metrics: Metrics | None = None, notifier: Notifier | None = None):
         self.settings = settings
@@ -46,6 +41,8 @@ class Daemon:
         self.store: Store | None = None
         self.writer: IngestWriter | None = None
         self.server: SocketServer | None = None
+        self.engine: Engine | None = None
+        self.scheduler = None
         self._metrics_server = None
 
     async def startup(self) -> None:
@@ -55,11 +52,11 @@ class Daemon:
         self.store = await asyncio.to_thread(Store.open, s.store.url, s.store.sqlite_synchronous,
                                              s.store.pool_size)
         catalog = SeriesCatalog(await asyncio.to_thread(self.store.series_summary))
-        engine = build_engine(s)
-        engine.restore(await asyncio.to_thread(self.store.recent, s.model.history))
+        self.engine = engine = await asyncio.to_thread(self._restore_engine)
         self.metrics.series.set(len(catalog))
         self.writer = IngestWriter(self.store, engine, catalog, self.metrics, s.ingest.group_commit_records)
         self.writer.start()
+        self._start_scheduler()
         service = Service(s, self.store, self.writer, engine, catalog, self.metrics)
         try:
             self._metrics_server = self.metrics.serve(s.metrics.listen)
@@ -106,6 +103,39 @@ class Daemon:
                 log.error("store writer is not running; withholding the watchdog ping")
             await asyncio.sleep(interval)
 
+    def _restore_engine(self) -> Engine:
+        s, store = self.settings, self.store
+        assert store is not None
+        init = None
+        if s.model.engine == "online":
+            init = stored_initializer(s, store, online_config(s))
+        engine = build_engine(s, init)
+        engine.restore(store.recent(s.model.history), store.load_checkpoints())
+        return engine
+
+    def _start_scheduler(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        sched = self.settings.scheduler
+        self.scheduler = BackgroundScheduler(daemon=True)
+        self.scheduler.add_job(self.checkpoint, "interval", seconds=sched.checkpoint_interval, id="checkpoint",
+                               max_instances=1, coalesce=True, misfire_grace_time=int(sched.misfire_grace_time))
+        self.scheduler.start()
+
+    def checkpoint(self) -> None:
+        """Save every series' model state (runs on the scheduler's thread and at shutdown)."""
+        if self.engine is None or self.store is None:
+            return
+        started = time.monotonic()
+        try:
+            items = self.engine.checkpoint()
+            self.store.save_checkpoints(items)
+        except Exception:
+            log.exception("checkpoint failed; the previous one stays in the store")
+            return
+        if items:
+            log.info("checkpointed %d series in %.2fs", len(items), time.monotonic() - started)
+
     async def shutdown(self) -> None:
         self.notifier.notify("STOPPING=1")
         timeout = self.settings.daemon.shutdown_timeout
@@ -113,6 +143,11 @@ class Daemon:
             await self.server.close(timeout)
         if self.writer is not None:
             await asyncio.to_thread(self.writer.stop, timeout)
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
+        if self.engine is not None:
+            self.engine.close()
+            await asyncio.to_thread(self.checkpoint)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         if self.store is not None:

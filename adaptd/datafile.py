@@ -64,14 +64,15 @@ def parse_value_cell(text: str, column: str) -> float:
 class DataReader:
     """Iterates (line number, record dict or problem message) over a text stream."""
 
-    def __init__(self, stream: TextIO):
+    def __init__(self, stream: TextIO, keep_labels: bool = False):
         self.stream = stream
+        self.keep_labels = keep_labels  # add each record's time as written, under "label"
         self.format = "unknown"
         self.skipped = 0  # empty cells of wide files: no observation, not an error
         self.columns: list[str] = []
 
     def __iter__(self) -> Iterator[Item]:
-        first = self.stream.readline()
+        first = self.stream.readline().removeprefix("\ufeff")  # the BOM spreadsheet exports start with
         line_no = 1
         while first and not first.strip():
             first = self.stream.readline()
@@ -117,10 +118,14 @@ class DataReader:
                 yield n, f"expected 3 cells (series, ts, value), got {len(row)}"
                 continue
             try:
-                yield n, {"series": row[where["series"]].strip(), "ts": parse_time_cell(row[where["ts"]]),
+                record = {"series": row[where["series"]].strip(), "ts": parse_time_cell(row[where["ts"]]),
                           "value": parse_value_cell(row[where["value"]].strip(), "value")}
             except Rejected as exc:
                 yield n, str(exc)
+                continue
+            if self.keep_labels:
+                record["label"] = row[where["ts"]].strip()
+            yield n, record
 
     def _wide(self, header: list[str], line_no: int) -> Iterator[Item]:
         names = header[1:]
@@ -149,6 +154,10 @@ class DataReader:
                     self.skipped += 1
                     continue
                 try:
-                    yield n, {"series": name, "ts": ts, "value": parse_value_cell(cell, name)}
+                    record = {"series": name, "ts": ts, "value": parse_value_cell(cell, name)}
                 except Rejected as exc:
                     yield n, str(exc)
+                    continue
+                if self.keep_labels:
+                    record["label"] = row[0].strip()
+                yield n, record

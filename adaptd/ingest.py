@@ -140,6 +140,18 @@ class IngestWriter:
             log.exception("engine failed to observe %d committed records", len(rows))
         for batch in group:
             _resolve(batch.done, result=len(batch.rows))
+        self._record_drift()
+
+    def _record_drift(self) -> None:
+        """Persist the engine's drift detections (after the acks: they are not client data)."""
+        events = self.engine.take_drift_events()
+        if not events:
+            return
+        self.metrics.drift_events.inc(len(events))
+        try:
+            self.store.add_drift_events(events)
+        except Exception:
+            log.exception("could not record %d drift events", len(events))
 
     def _already_stored(self, conn: object, rows: list[Observation]) -> set[tuple[str, float]]:
         """(series, ts) pairs that were stored before this group (only late records can be)."""

@@ -45,6 +45,8 @@ class Metrics:
             registry=r)
         self.ingest_queue_records = Gauge(
             "adaptd_ingest_queue_records", "Validated records waiting for the store writer", registry=r)
+        self.drift_events = Counter(
+            "adaptd_drift_events", "Drift detections on forecast residuals", registry=r)
         self.series = Gauge("adaptd_series", "Series with at least one stored observation", registry=r)
         self.connections = Gauge("adaptd_connections", "Open socket connections", registry=r)
         self.build_info = Gauge(

@@ -295,6 +295,40 @@ class Store:
             conn.execute(stmt, [{"series_id": ids[c.series], "kind": c.kind, "format_version": c.format_version,
                                  "payload": c.payload, "updated_at": now} for c in items])
 
+    def add_drift_events(self, events: Sequence[Any]) -> None:
+        """Record detections: objects with series, ts, detector and statistic."""
+        if not events:
+            return
+        now = time.time()
+        with self.engine.begin() as conn:
+            ids = self.series_ids(conn, {e.series for e in events})
+            conn.execute(drift_events.insert(), [
+                {"series_id": ids[e.series], "ts": e.ts, "detector": e.detector, "statistic": e.statistic,
+                 "created_at": now} for e in events])
+
+    def drift_history(self, name: str) -> list[tuple[float, str, float]]:
+        d, s = drift_events, series_table
+        query = (sa.select(d.c.ts, d.c.detector, d.c.statistic).join(s, s.c.id == d.c.series_id)
+                 .where(s.c.name == name).order_by(d.c.ts))
+        with self.engine.connect() as conn:
+            return [(float(t), str(k), float(v)) for t, k, v in conn.execute(query)]
+
+    def save_initializer(self, algorithm: str, format_version: int, payload: bytes, training: dict[str, Any],
+                         val_score: float | None, promoted: bool) -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(initializers.insert().values(
+                algorithm=algorithm, format_version=format_version, payload=payload, training=training,
+                val_score=val_score, promoted=promoted, created_at=time.time()))
+            return int(result.inserted_primary_key[0])
+
+    def promoted_initializers(self) -> list[tuple[int, str, int, bytes]]:
+        """(version, algorithm, format_version, payload) of promoted initializers, newest first."""
+        i = initializers
+        query = (sa.select(i.c.version, i.c.algorithm, i.c.format_version, i.c.payload)
+                 .where(i.c.promoted.is_(True)).order_by(i.c.version.desc()))
+        with self.engine.connect() as conn:
+            return [(int(v), str(a), int(f), bytes(p)) for v, a, f, p in conn.execute(query)]
+
     def load_checkpoints(self) -> list[Checkpoint]:
         m, s = model_checkpoints, series_table
         query = sa.select(s.c.name, m.c.kind, m.c.format_version, m.c.payload).join(s, s.c.id == m.c.series_id)

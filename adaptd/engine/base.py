@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..records import Observation
+from ..store import Checkpoint
 
 
 class UnknownSeries(LookupError):
@@ -53,10 +54,20 @@ class Engine(ABC):
     @abstractmethod
     def forecast(self, series: str, horizon: int) -> Forecast: ...
 
-    def restore(self, history: dict[str, list[tuple[float, float]]]) -> None:
-        """Rebuild state from the newest stored observations of every series."""
+    def restore(self, history: dict[str, list[tuple[float, float]]], checkpoints: Sequence[Checkpoint] = ()) -> None:
+        """Rebuild state from checkpoints and the newest stored observations of every series."""
         for name, rows in history.items():
             self.observe([Observation(name, ts, value) for ts, value in rows])
 
+    def checkpoint(self) -> list[Checkpoint]:
+        """State worth saving beyond the stored observations (none for stateless engines)."""
+        return []
+
+    def take_drift_events(self) -> list[Any]:
+        return []
+
     def stats(self) -> dict[str, Any]:
         return {"kind": self.kind}
+
+    def close(self) -> None:
+        """Stop background work (adaptations in flight)."""

@@ -1,0 +1,177 @@
+"""Training the recurrent forecaster: per-series online SGD, adaptation, global pretraining.
+
+Per-series weights live stacked in one tensor per parameter (`StackedGRU`), so the online
+update of every series that saw a new observation is one batched step. Adaptation and
+pretraining are pure functions of tensors, which the meta-learner reuses.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .gru import GRUShape, Params, forward, init_params
+
+log = logging.getLogger(__name__)
+
+INIT_KINDS = ("meta", "pretrained", "random")
+
+
+@dataclass
+class Initializer:
+    """Where a series (re)starts: θ* (leading dimension 1) and per-tensor inner-loop step sizes."""
+
+    params: Params
+    step_sizes: dict[str, float]
+    kind: str                      # meta | pretrained | random
+    version: int | None = None
+    meta: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def random(cls, shape: GRUShape, seed: int, step_size: float) -> "Initializer":
+        generator = torch.Generator().manual_seed(seed)
+        params = init_params(1, shape, generator)
+        return cls(params, {name: step_size for name in params}, "random")
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Training examples of n series x D origins: inputs, targets and which leads are known."""
+
+    window: torch.Tensor   # (n, D, W)
+    level: torch.Tensor    # (n, D)
+    target: torch.Tensor   # (n, D, H)
+    mask: torch.Tensor     # (n, D, H), 1 where the target was observed (and may be used)
+
+    @classmethod
+    def from_numpy(cls, window: np.ndarray, level: np.ndarray, target: np.ndarray, mask: np.ndarray) -> "Examples":
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+        return cls(t(np.nan_to_num(window)), t(np.nan_to_num(level)), t(np.nan_to_num(target)), t(mask))
+
+
+def example_loss(params: Params, ex: Examples) -> torch.Tensor:
+    """(n,) masked MSE per series; weights have one row per series (n, ...) or one shared (1, ...)."""
+    n, D, W = ex.window.shape
+    rows = {k: v.repeat_interleave(D, dim=0) if v.shape[0] > 1 else v for k, v in params.items()}
+    pred = forward(rows, ex.window.reshape(n * D, W), ex.level.reshape(n * D))
+    H = pred.shape[1]
+    err = torch.where(ex.mask.reshape(n * D, H) > 0, pred - ex.target.reshape(n * D, H), torch.zeros_like(pred))
+    return (err * err).reshape(n, D * H).sum(dim=1) / ex.mask.reshape(n, D * H).sum(dim=1).clamp(min=1)
+
+
+def sgd_steps(params: Params, ex: Examples, steps: int, step_sizes: dict[str, float],
+              clip: float = 1.0) -> tuple[Params, torch.Tensor]:
+    """`steps` plain SGD steps of every series on its own examples; returns (params, last losses).
+
+    Each series' gradient is clipped to norm `clip`; a series whose loss or gradient is not
+    finite keeps its weights (the step is rolled back for it alone).
+    """
+    current = {k: v.detach().clone() for k, v in params.items()}
+    n = ex.window.shape[0]
+    loss = torch.full((n,), float("nan"))
+    for _ in range(steps):
+        leaves = {k: v.requires_grad_(True) for k, v in current.items()}
+        loss = example_loss(leaves, ex)
+        grads = torch.autograd.grad(loss.sum(), list(leaves.values()), allow_unused=True)
+        with torch.no_grad():
+            flat = [g.reshape(n, -1) if g is not None else torch.zeros(n, 1) for g in grads]
+            norm = torch.sqrt(sum((g * g).sum(dim=1) for g in flat))
+            ok = torch.isfinite(loss) & torch.isfinite(norm)
+            scale = torch.where(ok, clip / torch.clamp(norm, min=clip), torch.zeros_like(norm))
+            updated = {}
+            for (name, value), grad in zip(leaves.items(), grads):
+                if grad is None:
+                    updated[name] = value.detach()
+                    continue
+                shape = (n,) + (1,) * (grad.dim() - 1)
+                step = step_sizes[name] * scale.reshape(shape) * torch.nan_to_num(grad)
+                updated[name] = (value - step).detach()
+            current = updated
+    return current, loss.detach()
+
+
+class StackedGRU:
+    """The recurrent weights of every series, one row per slot."""
+
+    def __init__(self, shape: GRUShape):
+        self.shape = shape
+        self.params: Params = {}
+
+    @property
+    def capacity(self) -> int:
+        return next(iter(self.params.values())).shape[0] if self.params else 0
+
+    def resize(self, capacity: int, init: Initializer) -> None:
+        old = self.capacity
+        if capacity <= old:
+            return
+        grown = {k: v.expand(capacity, *v.shape[1:]).clone() for k, v in init.params.items()}
+        for k, v in self.params.items():
+            grown[k][:old] = v
+        self.params = grown
+
+    def load(self, slots: np.ndarray, source: Params) -> None:
+        """Set these slots' weights from `source` (rows per slot, or one shared row)."""
+        index = torch.from_numpy(np.asarray(slots, dtype=np.int64))
+        for k, v in source.items():
+            self.params[k][index] = v.to(self.params[k].dtype)
+
+    def rows(self, slots: np.ndarray) -> Params:
+        index = torch.from_numpy(np.asarray(slots, dtype=np.int64))
+        return {k: v[index] for k, v in self.params.items()}
+
+    @torch.no_grad()
+    def predict(self, slots: np.ndarray, window: np.ndarray, level: np.ndarray) -> np.ndarray:
+        out = forward(self.rows(slots), torch.from_numpy(window.astype(np.float32)),
+                      torch.from_numpy(level.astype(np.float32)))
+        return out.double().numpy()
+
+    def learn(self, slots: np.ndarray, ex: Examples, step_sizes: dict[str, float], clip: float) -> None:
+        updated, _ = sgd_steps(self.rows(slots), ex, 1, step_sizes, clip)
+        self.load(slots, updated)
+
+
+def adapt(init: Initializer, current: Params, train: Examples, valid: Examples, steps: int,
+          clip: float = 1.0) -> tuple[Params, bool, float, float]:
+    """Restart one series from θ*, take `steps` steps on `train`, keep the better on `valid`.
+
+    Returns (weights to use, whether the adapted ones won, adapted loss, previous loss).
+    """
+    start = {k: v.clone() for k, v in init.params.items()}
+    adapted, _ = sgd_steps(start, train, steps, init.step_sizes, clip) if steps > 0 else (start, None)
+    with torch.no_grad():
+        new_loss = float(example_loss(adapted, valid)[0])
+        old_loss = float(example_loss(current, valid)[0])
+    finite = all(bool(torch.isfinite(v).all()) for v in adapted.values()) and np.isfinite(new_loss)
+    if finite and new_loss <= old_loss:
+        return adapted, True, new_loss, old_loss
+    return current, False, new_loss, old_loss
+
+
+def pretrain(init: Initializer, ex: Examples, epochs: int, batch: int, seed: int,
+             lr: float = 3e-3) -> Initializer:
+    """One set of weights for all series, fitted with Adam on pooled examples, shaped (N, 1, ...)."""
+    params = {k: v.clone().requires_grad_(True) for k, v in init.params.items()}
+    optimizer = torch.optim.Adam(params.values(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    n = ex.window.shape[0]
+    for _epoch in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch):
+            idx = order[start:start + batch]
+            # The pooled examples of a minibatch act as one "series" with shared weights.
+            sub = Examples(ex.window[idx].transpose(0, 1), ex.level[idx].transpose(0, 1),
+                           ex.target[idx].transpose(0, 1), ex.mask[idx].transpose(0, 1))
+            loss = example_loss(params, sub).mean()
+            if not torch.isfinite(loss):
+                continue
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
+            optimizer.step()
+    trained = {k: v.detach().clone() for k, v in params.items()}
+    return Initializer(trained, dict(init.step_sizes), "pretrained", meta={"epochs": epochs, "examples": n})

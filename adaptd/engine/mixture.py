@@ -1,0 +1,48 @@
+"""Online weighting of the experts' forecasts: exponentiated gradient on recent losses.
+
+Each series and scored lead keeps an exponentially weighted mean of every expert's squared
+normalised error; weights are a softmax of -eta * loss / (typical loss), so they follow
+whichever expert has been better lately, and a reset (after drift) can hand the weight to a
+chosen expert.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Mixture:
+    def __init__(self, experts: int, eta: float = 4.0, memory: float = 0.05):
+        self.experts = experts
+        self.eta = eta
+        self.memory = memory  # weight of the newest loss in the running mean
+        self.loss = np.zeros((0, experts, 0))
+
+    def resize(self, capacity: int, leads: int) -> None:
+        old = self.loss.shape[0]
+        if capacity > old or self.loss.shape[2] != leads:
+            loss = np.ones((capacity, self.experts, leads))
+            loss[:old, :, : self.loss.shape[2]] = self.loss[:, :, :leads]
+            self.loss = loss
+
+    def update(self, slots: np.ndarray, lead_index: np.ndarray, sq_errors: np.ndarray) -> None:
+        """sq_errors: (n, experts) squared normalised errors for (slot, lead) pairs."""
+        ok = np.isfinite(sq_errors).all(axis=1)
+        slots, lead_index, sq = slots[ok], lead_index[ok], np.minimum(sq_errors[ok], 1e6)
+        current = self.loss[slots, :, lead_index]
+        self.loss[slots, :, lead_index] = (1 - self.memory) * current + self.memory * sq
+
+    def weights(self, slots: np.ndarray, spread: np.ndarray) -> np.ndarray:
+        """(n, experts, H) weights at every lead (spread: the (L, H) interpolation matrix)."""
+        loss = self.loss[slots] @ spread                      # (n, K, H)
+        typical = loss.min(axis=1, keepdims=True) + 1e-12
+        logits = -self.eta * loss / typical
+        logits -= logits.max(axis=1, keepdims=True)
+        w = np.exp(logits)
+        return w / w.sum(axis=1, keepdims=True)
+
+    def favour(self, slots: np.ndarray, expert: int, factor: float = 0.5) -> None:
+        """Forget the record: every expert starts level, `expert` a little ahead."""
+        level = self.loss[slots].mean(axis=1, keepdims=True)
+        self.loss[slots] = level
+        self.loss[slots, expert, :] = level[:, 0, :] * factor

@@ -1,0 +1,555 @@
+"""The online engine: per-series recurrent + linear forecasters that notice drift and re-adapt.
+
+Every series owns a slot in stacked arrays. Each new observation of a series:
+1. scores the forecasts that just matured (per expert and combined) -> mixture weights,
+   conformal interval widths, and the one-step residual for the drift detector;
+2. teaches the experts the newly observed targets (RLS: every lead; GRU: one SGD step on a
+   few recent origins, each using only the leads already observed);
+3. on drift: the GRU restarts from the initializer θ*, takes k steps on the newest window and
+   is kept only if it beats the current weights on the newest points; the RLS is reset and
+   refitted on that window; the mixture forgets and leans toward the adapted GRU;
+4. forecasts all H leads from the new origin and caches them with their intervals.
+Series with fewer than `window` observations are served by the naive engine meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..records import Observation
+from ..store import Checkpoint
+from .base import Engine, Forecast, ForecastPoint, UnknownSeries
+from .conformal import QuantileTracker
+from .drift import DriftMonitor
+from .features import (MIN_SCALE, VALUE_CLIP, rls_feature_count, rls_features, safe_scale, update_stats, update_typical,
+                       windows)
+from .gru import GRUShape
+from .history import infer_step
+from .leads import interpolation, scored_leads
+from .learner import Examples, Initializer, StackedGRU, adapt
+from .mixture import Mixture
+from .naive import NaiveEngine
+from .rls import BatchedRLS
+from .snapshot import FORMAT_VERSION, SnapshotError, decode, encode
+
+log = logging.getLogger(__name__)
+
+# Per-series arrays (one row per slot) and what a fresh series holds in them.
+FRESH: dict[str, float] = {
+    "count": 0, "first_origin": -1, "last_ts": -np.inf, "hist": np.nan, "scale_h": np.nan, "mean_h": np.nan,
+    "raw_scale": 0.0, "typical": 0.0, "preds": np.nan, "fc_value": np.nan, "fc_lo": np.nan, "fc_hi": np.nan,
+    "fc_origin": np.nan, "last_drift": np.nan, "adaptations": 0, "restarts": 0,
+}
+PER_SLOT = tuple(FRESH)
+EXPERTS = ("rls", "gru", "last")
+RLS, GRU, LAST = 0, 1, 2
+COMBINED = len(EXPERTS)
+FLOAT_MAX = float(np.finfo(np.float64).max)
+
+
+@dataclass(frozen=True)
+class OnlineConfig:
+    window: int = 48
+    patch: int = 4
+    hidden: int = 32
+    horizon: int = 48
+    rls_lags: int = 32
+    rls_forgetting: float = 0.999
+    learning_rate: float = 0.01
+    train_every: int = 1
+    clip: float = 1.0
+    mixture_eta: float = 4.0
+    mixture_memory: float = 0.05
+    coverage: float = 0.9
+    interval_rate: float = 0.02
+    scale_rate: float = 0.04
+    mean_rate: float = 0.005
+    detector: str = "adwin"
+    detector_params: dict[str, Any] = field(default_factory=dict)
+    cooldown: int = 48
+    adapt: bool = True
+    adapt_steps: int = 5
+    adapt_window: int = 96
+    adapt_validation: int = 8
+    adapt_workers: int = 0      # 0: adapt inline (replay: deterministic); n: a pool of n threads
+    history: int = 1024
+    season: int = 0
+    seed: int = 0
+
+    @property
+    def shape(self) -> GRUShape:
+        return GRUShape(self.window, self.patch, self.hidden, self.horizon)
+
+
+@dataclass(frozen=True)
+class DriftEvent:
+    series: str
+    ts: float
+    detector: str
+    statistic: float
+
+
+@dataclass
+class Adaptation:
+    slot: int
+    params: Any
+    won: bool
+    new_loss: float
+    old_loss: float
+    seconds: float = 0.0
+
+
+class OnlineEngine(Engine):
+    kind = "online"
+
+    def __init__(self, config: OnlineConfig, init: Initializer):
+        c = self.config = config
+        if c.window % c.patch:
+            raise ValueError(f"model.window ({c.window}) must be a multiple of model.patch ({c.patch})")
+        self.init = init
+        self.naive = NaiveEngine(history=c.history, max_horizon=c.horizon, season=c.season, coverage=c.coverage)
+        self.leads = scored_leads(c.horizon)
+        self.spread = interpolation(self.leads, c.horizon)
+        self.span = c.window + max(c.horizon, c.adapt_window) + 2   # history kept per series
+        self.origins = max(c.horizon, c.adapt_window) + 1              # origins whose scale we keep
+        self.rls = BatchedRLS(rls_feature_count(c.rls_lags), c.horizon, c.rls_forgetting)
+        self.gru = StackedGRU(c.shape)
+        self.mixture = Mixture(len(EXPERTS), c.mixture_eta, c.mixture_memory)
+        self.conformal = QuantileTracker(c.coverage, c.interval_rate)
+        self.drift = DriftMonitor(c.detector, c.detector_params, c.cooldown)
+        self.names: list[str] = []
+        self.slots: dict[str, int] = {}
+        self._cache_lock = threading.Lock()    # held briefly: forecasts never wait for learning
+        self._state_lock = threading.RLock()   # learning vs checkpointing
+        self._pool = ThreadPoolExecutor(c.adapt_workers, "adaptd-adapt") if c.adapt_workers > 0 else None
+        self._running: dict[int, Future[Adaptation]] = {}
+        self.drift_events: list[DriftEvent] = []   # drained by the daemon into SQL
+        self.counters = {"drifts": 0, "adapted": 0, "kept": 0, "failed": 0, "late_skipped": 0,
+                         "nonfinite": 0, "adapt_seconds": 0.0}
+        self._allocate(0)
+
+    # -- storage ----------------------------------------------------------------------------
+    def _allocate(self, capacity: int) -> None:
+        c, L, K = self.config, len(self.leads), len(EXPERTS)
+
+        shapes = {"hist": (self.span,), "scale_h": (self.origins + 1,), "mean_h": (self.origins + 1,),
+                  "preds": (c.horizon + 1, K + 1, L), "fc_value": (c.horizon,), "fc_lo": (c.horizon,),
+                  "fc_hi": (c.horizon,)}
+        for name in PER_SLOT:
+            grown = np.full((capacity, *shapes.get(name, ())), FRESH[name])
+            old = getattr(self, name, None)
+            if old is not None:
+                grown[: old.shape[0]] = old
+            setattr(self, name, grown)
+        self.rls.resize(capacity)
+        self.gru.resize(capacity, self.init)
+        self.mixture.resize(capacity, L)
+        self.conformal.resize(capacity, L)
+
+    def _slot(self, name: str) -> int:
+        slot = self.slots.get(name)
+        if slot is None:
+            slot = len(self.names)
+            if slot >= self.count.shape[0]:
+                self._allocate(max(16, 2 * slot))
+            self.names.append(name)
+            self.slots[name] = slot
+        return slot
+
+    # -- observing ----------------------------------------------------------------------------
+    def observe(self, batch: Sequence[Observation]) -> None:
+        self.naive.observe(batch)
+        with self._state_lock:
+            self._observe_models(batch)
+
+    def _observe_models(self, batch: Sequence[Observation]) -> None:
+        rounds: list[list[Observation]] = []
+        seen: dict[str, int] = {}
+        for obs in batch:   # round k holds each series' k-th record: series move in lockstep
+            k = seen.get(obs.series, 0)
+            seen[obs.series] = k + 1
+            if k == len(rounds):
+                rounds.append([])
+            rounds[k].append(obs)
+        for records in rounds:
+            slots = np.fromiter((self._slot(r.series) for r in records), dtype=np.int64, count=len(records))
+            ts = np.fromiter((r.ts for r in records), dtype=np.float64, count=len(records))
+            y = np.fromiter((r.value for r in records), dtype=np.float64, count=len(records))
+            self._step(slots, ts, y)
+
+    def _step(self, slots: np.ndarray, ts: np.ndarray, y: np.ndarray) -> None:
+        self._apply_finished_adaptations()
+        fresh = ts > self.last_ts[slots]
+        if not fresh.all():
+            # Late or re-sent records are stored (and the naive fallback sees them), but the
+            # models learn in time order only.
+            self.counters["late_skipped"] += int((~fresh).sum())
+            slots, ts, y = slots[fresh], ts[fresh], y[fresh]
+        if slots.size == 0:
+            return
+        # Values may be anything finite (up to ±1.8e308): intermediate overflow is expected
+        # and handled (clipping, non-finite guards), not a reason to warn.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            self._append(slots, ts, y)
+            residuals = self._score(slots)
+            self._learn(slots)
+            if self.config.adapt:
+                self._watch_for_drift(slots, ts, residuals)
+            self._forecast(slots)
+
+    def _append(self, slots: np.ndarray, ts: np.ndarray, y: np.ndarray) -> None:
+        c = self.config
+        first = self.count[slots] == 0
+        prev = np.where(first, y, self.hist[slots, -1])
+        raw_scale, mean = update_stats(self.raw_scale[slots], np.where(first, y, self.mean_h[slots, -1]),
+                                       prev, y, c.scale_rate, c.mean_rate)
+        typical = update_typical(self.typical[slots], raw_scale, np.abs(y - prev))
+        for name in ("hist", "scale_h", "mean_h", "preds"):
+            array = getattr(self, name)
+            array[slots, :-1] = array[slots, 1:]
+        self.preds[slots, -1] = np.nan
+        self.hist[slots, -1] = y
+        self.raw_scale[slots] = raw_scale
+        self.typical[slots] = typical
+        self.scale_h[slots, -1] = safe_scale(raw_scale, typical)
+        self.mean_h[slots, -1] = mean
+        self.count[slots] += 1
+        self.last_ts[slots] = ts
+
+    # -- scoring matured forecasts -------------------------------------------------------------
+    def _score(self, slots: np.ndarray) -> np.ndarray:
+        """Fold matured forecasts into mixture and intervals; returns lead-1 residuals (NaN: none)."""
+        residual = np.full(slots.size, np.nan)
+        pick_slots, pick_leads, errors = [], [], []
+        y = self.hist[slots, -1]
+        for j, h in enumerate(self.leads):
+            made = (self.first_origin[slots] >= 0) & (self.count[slots] - h >= self.first_origin[slots])
+            if not made.any():
+                continue
+            s = slots[made]
+            origin_y = self.hist[s, -1 - h]
+            origin_scale = self.scale_h[s, -1 - h]
+            target = np.clip((y[made] - origin_y) / origin_scale, -VALUE_CLIP, VALUE_CLIP)
+            err = self.preds[s, -1 - h, :, j] - target[:, None]
+            pick_slots.append(s)
+            pick_leads.append(np.full(s.size, j))
+            errors.append(err)
+            if h == 1:
+                # In units of the series' long-run scale, not the fast one the models use:
+                # the fast scale absorbs a change in volatility the detector should notice.
+                residual[made] = np.abs(err[:, COMBINED]) * origin_scale / np.maximum(self.typical[s], MIN_SCALE)
+        if pick_slots:
+            s_all, j_all, e_all = np.concatenate(pick_slots), np.concatenate(pick_leads), np.concatenate(errors)
+            self.mixture.update(s_all, j_all, e_all[:, :COMBINED] ** 2)
+            self.conformal.update(s_all, j_all, np.abs(e_all[:, COMBINED]))
+        return residual
+
+    # -- learning ------------------------------------------------------------------------------
+    def _origins(self, slots: np.ndarray, back: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Normalised windows (n, D, W), levels (n, D) and validity (n, D) of origins `back` steps ago."""
+        W = self.config.window
+        views = sliding_window_view(self.hist[slots], W, axis=1)      # (n, span-W+1, W)
+        raw = views[:, self.span - W - back]                            # (n, D, W)
+        scale = self.scale_h[slots][:, self.origins - back]             # (n, D)
+        mean = self.mean_h[slots][:, self.origins - back]
+        last = raw[:, :, -1]
+        window = np.clip((raw - last[:, :, None]) / scale[:, :, None], -VALUE_CLIP, VALUE_CLIP)
+        level = np.clip((last - mean) / scale, -10.0, 10.0)
+        valid = (self.count[slots][:, None] - back >= W) & np.isfinite(scale)
+        return window, level, valid
+
+    def _targets(self, slots: np.ndarray, back: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, D, H) normalised targets of origins `back` ago and the mask of leads h <= usable."""
+        H = self.config.horizon
+        h = np.arange(1, H + 1)
+        cols = self.span - 1 - back[:, None] + h[None, :]              # (D, H)
+        mask = (h[None, :] <= usable[:, None]).astype(np.float64)
+        cols = np.minimum(cols, self.span - 1)
+        values = self.hist[slots][:, cols]                              # (n, D, H)
+        origin_y = self.hist[slots][:, self.span - 1 - back]           # (n, D)
+        scale = self.scale_h[slots][:, self.origins - back]
+        target = np.clip((values - origin_y[:, :, None]) / scale[:, :, None], -VALUE_CLIP, VALUE_CLIP)
+        return target, np.broadcast_to(mask, target.shape).copy()
+
+    def _learn(self, slots: np.ndarray) -> None:
+        c = self.config
+        H = c.horizon
+        back = np.arange(1, H + 1)
+        window, level, valid = self._origins(slots, back)
+        y_o = self.hist[slots][:, self.span - 1 - back]
+        scale = self.scale_h[slots][:, self.origins - back]
+        with np.errstate(invalid="ignore"):
+            target = np.clip((self.hist[slots, -1][:, None] - y_o) / scale, -VALUE_CLIP, VALUE_CLIP)
+        ok = valid & np.isfinite(target)
+        x = rls_features(window.reshape(-1, c.window), level.reshape(-1), c.rls_lags).reshape(
+            slots.size, H, -1)
+        first = ok[:, 0]
+        if first.any():
+            self.rls.learn_inputs(slots[first], x[first, 0])
+        if ok.any():
+            # B[:, :, d-1] += x(origin d) * target(origin d, lead d), all leads at once.
+            self.rls.B[slots] += np.einsum("ndp,nd->npd", np.nan_to_num(x), np.where(ok, target, 0.0))
+        due = ok[:, 0] & (self.count[slots] % c.train_every == 0)
+        if c.learning_rate > 0 and due.any():
+            self._gru_step(slots[due])
+
+    def _gru_step(self, slots: np.ndarray) -> None:
+        c = self.config
+        back = np.unique(np.concatenate([2 ** np.arange(int(np.log2(c.horizon)) + 1), [c.horizon]]))
+        back = back[back <= c.horizon]
+        window, level, valid = self._origins(slots, back)
+        target, mask = self._targets(slots, back, back)
+        mask *= valid[:, :, None]
+        mask *= np.isfinite(target)
+        ex = Examples.from_numpy(window, level, target, mask)
+        self.gru.learn(slots, ex, {k: c.learning_rate for k in self.gru.params}, c.clip)
+
+    # -- drift and adaptation ------------------------------------------------------------------
+    def _watch_for_drift(self, slots: np.ndarray, ts: np.ndarray, residuals: np.ndarray) -> None:
+        for i in np.flatnonzero(np.isfinite(residuals)):
+            slot = int(slots[i])
+            if not self.drift.update(slot, float(residuals[i]), int(self.count[slot])):
+                continue
+            self.counters["drifts"] += 1
+            self.last_drift[slot] = ts[i]
+            self.drift_events.append(DriftEvent(self.names[slot], float(ts[i]), self.config.detector,
+                                                float(residuals[i])))
+            if slot in self._running:
+                continue
+            job = self._adaptation_job(slot)
+            if job is None:
+                continue
+            if self._pool is None:
+                self._apply(job())
+            else:
+                self._running[slot] = self._pool.submit(job)
+
+    def _support(self, slot: int) -> tuple[Examples, Examples]:
+        """Train/validation examples from the newest window: validation = the newest points."""
+        c = self.config
+        v = c.adapt_validation
+        back = np.arange(1, c.adapt_window + 1)
+        slots = np.array([slot])
+        window, level, valid = self._origins(slots, back)
+        # Training may use targets up to v steps ago; validation scores the newest v targets.
+        train_target, train_mask = self._targets(slots, back, back - v)
+        valid_target, valid_mask = self._targets(slots, back, back)
+        valid_mask -= train_mask
+        for mask, target in ((train_mask, train_target), (valid_mask, valid_target)):
+            mask *= valid[:, :, None]
+            mask *= np.isfinite(target)
+        return (Examples.from_numpy(window, level, train_target, train_mask),
+                Examples.from_numpy(window, level, valid_target, valid_mask))
+
+    def _adaptation_job(self, slot: int) -> Any:
+        train, valid = self._support(slot)
+        if float(valid.mask.sum()) == 0 or float(train.mask.sum()) == 0:
+            return None
+        current = {k: v.clone() for k, v in self.gru.rows(np.array([slot])).items()}
+        init, steps, clip = self.init, self.config.adapt_steps, self.config.clip
+
+        def job() -> Adaptation:
+            started = time.perf_counter()
+            try:
+                params, won, new, old = adapt(init, current, train, valid, steps, clip)
+            except Exception:
+                log.exception("adaptation of slot %d failed; keeping its model", slot)
+                return Adaptation(slot, None, False, float("nan"), float("nan"), time.perf_counter() - started)
+            return Adaptation(slot, params, won, new, old, time.perf_counter() - started)
+        return job
+
+    def _apply_finished_adaptations(self) -> None:
+        for slot, future in list(self._running.items()):
+            if future.done():
+                del self._running[slot]
+                self._apply(future.result())
+
+    def _apply(self, result: Adaptation) -> None:
+        slot = result.slot
+        self.counters["adapt_seconds"] += result.seconds
+        if result.params is None:
+            self.counters["failed"] += 1
+            return
+        slots = np.array([slot])
+        if result.won:
+            self.gru.load(slots, result.params)
+            self.counters["adapted"] += 1
+            self.adaptations[slot] += 1
+        else:
+            self.counters["kept"] += 1
+        self.restarts[slot] += 1
+        self._refit_rls(slot)
+        self.mixture.favour(slots, GRU)
+
+    def _refit_rls(self, slot: int) -> None:
+        """Reset the linear learner and let it learn only the newest window (its old memory
+        mixes the previous regime)."""
+        c = self.config
+        slots = np.array([slot])
+        self.rls.reset(slots)
+        back = np.arange(c.adapt_window, 0, -1)
+        window, level, valid = self._origins(slots, back)
+        target, mask = self._targets(slots, back, back)
+        x = rls_features(window[0], level[0], c.rls_lags)
+        for i, d in enumerate(back):
+            if not valid[0, i]:
+                continue
+            self.rls.learn_inputs(slots, x[None, i])
+            known = np.nan_to_num(target[0, i] * mask[0, i])[None, :]
+            self.rls.B[slot] += x[i][:, None] * known
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def fingerprint(self) -> dict[str, Any]:
+        c = self.config
+        return {"kind": self.kind, "window": c.window, "patch": c.patch, "hidden": c.hidden,
+                "horizon": c.horizon, "rls_lags": c.rls_lags, "span": self.span, "origins": self.origins}
+
+    def checkpoint(self) -> list[Checkpoint]:
+        """Every series' complete model state, so a restart forecasts exactly as before."""
+        with self._state_lock:
+            self._apply_finished_adaptations()
+            header = self.fingerprint()
+            out = []
+            for name, slot in self.slots.items():
+                arrays = {key: getattr(self, key)[slot] for key in PER_SLOT}
+                arrays.update(self.rls.state(slot))
+                arrays.update({f"gru_{k}": v[slot].numpy() for k, v in self.gru.params.items()})
+                arrays["mixture_loss"] = self.mixture.loss[slot]
+                arrays["conformal_q"] = self.conformal.q[slot]
+                out.append(Checkpoint(name, self.kind, FORMAT_VERSION, encode(arrays, header)))
+            return out
+
+    def restore(self, history: dict[str, list[tuple[float, float]]],
+                checkpoints: Sequence[Checkpoint] = ()) -> None:
+        """Load checkpoints; series without a usable one relearn from their stored history."""
+        for name, rows in history.items():
+            self.naive.observe([Observation(name, ts, value) for ts, value in rows])
+        restored: set[str] = set()
+        expect = self.fingerprint()
+        with self._state_lock:
+            for cp in checkpoints:
+                try:
+                    if cp.kind != self.kind:
+                        raise SnapshotError(f"checkpoint is of a {cp.kind!r} model")
+                    arrays, _ = decode(cp.payload, expect)
+                    self._load_slot(self._slot(cp.series), arrays)
+                except (SnapshotError, KeyError, ValueError) as exc:
+                    log.warning("series %r: ignoring its checkpoint (%s); relearning from stored history",
+                                cp.series, exc)
+                    self._forget(cp.series)
+                    continue
+                restored.add(cp.series)
+            for name, rows in history.items():
+                if name not in restored:
+                    self._observe_models([Observation(name, ts, value) for ts, value in rows])
+        if checkpoints:
+            log.info("restored %d series from checkpoints, %d from history", len(restored),
+                     len(set(history) - restored))
+
+    def _load_slot(self, slot: int, arrays: dict[str, np.ndarray]) -> None:
+        for key in PER_SLOT:
+            target = getattr(self, key)
+            if arrays[key].shape != target[slot].shape or not np.isfinite(arrays["hist"][-1]):
+                raise SnapshotError(f"{key} has shape {arrays[key].shape}, expected {target[slot].shape}")
+        params = {k: torch.from_numpy(arrays[f"gru_{k}"]) for k in self.gru.params}
+        if not all(bool(torch.isfinite(v).all()) for v in params.values()):
+            raise SnapshotError("recurrent weights are not finite")
+        for key in PER_SLOT:
+            getattr(self, key)[slot] = arrays[key]
+        self.rls.load_state(slot, arrays)
+        self.gru.load(np.array([slot]), {k: v[None] for k, v in params.items()})
+        self.mixture.loss[slot] = arrays["mixture_loss"]
+        self.conformal.q[slot] = arrays["conformal_q"]
+
+    def _forget(self, name: str) -> None:
+        """Return a series' slot to a fresh state (after a refused checkpoint)."""
+        slot = self.slots.get(name)
+        if slot is None:
+            return
+        for key in PER_SLOT:
+            getattr(self, key)[slot] = FRESH[key]
+        self.rls.reset(np.array([slot]))
+        self.gru.load(np.array([slot]), self.init.params)
+        self.mixture.loss[slot] = 1.0
+        self.conformal.q[slot] = self.conformal.initial
+
+    def take_drift_events(self) -> list[DriftEvent]:
+        with self._state_lock:
+            events, self.drift_events = self.drift_events, []
+            return events
+
+    # -- forecasting ---------------------------------------------------------------------------
+    def _forecast(self, slots: np.ndarray) -> None:
+        c = self.config
+        warm = self.count[slots] >= c.window
+        slots = slots[warm]
+        if slots.size == 0:
+            return
+        scale = self.scale_h[slots, -1]
+        window, level = windows(self.hist[slots, -c.window:], scale, self.mean_h[slots, -1])
+        experts = np.stack([
+            self.rls.predict(slots, rls_features(window, level, c.rls_lags)),
+            self.gru.predict(slots, window, level),
+            np.zeros((slots.size, c.horizon)),
+        ], axis=1)                                                        # (n, K, H)
+        bad = ~np.isfinite(experts)
+        if bad.any():
+            self.counters["nonfinite"] += int(bad.any(axis=(1, 2)).sum())
+            experts[bad] = 0.0
+        weights = self.mixture.weights(slots, self.spread)
+        combined = (weights * experts).sum(axis=1)
+        self.preds[slots, -1, :COMBINED] = experts[:, :, self.leads - 1]
+        self.preds[slots, -1, COMBINED] = combined[:, self.leads - 1]
+        self.first_origin[slots] = np.where(self.first_origin[slots] < 0, self.count[slots],
+                                            self.first_origin[slots])
+        width = self.conformal.q[slots] @ self.spread
+        last = self.hist[slots, -1]
+        value = np.clip(last[:, None] + scale[:, None] * combined, -FLOAT_MAX, FLOAT_MAX)
+        half = scale[:, None] * width
+        lo, hi = np.clip(value - half, -FLOAT_MAX, FLOAT_MAX), np.clip(value + half, -FLOAT_MAX, FLOAT_MAX)
+        with self._cache_lock:
+            self.fc_value[slots] = value
+            self.fc_lo[slots] = lo
+            self.fc_hi[slots] = hi
+            self.fc_origin[slots] = self.last_ts[slots]
+
+    def forecast(self, series: str, horizon: int) -> Forecast:
+        slot = self.slots.get(series)
+        if slot is None:
+            raise UnknownSeries(series)
+        with self._cache_lock:
+            origin = float(self.fc_origin[slot])
+            if not np.isfinite(origin):
+                return self.naive.forecast(series, horizon)
+            value = self.fc_value[slot, :horizon].tolist()
+            lo = self.fc_lo[slot, :horizon].tolist()
+            hi = self.fc_hi[slot, :horizon].tolist()
+        step = self.naive.step(series) or 1.0
+        points = tuple(ForecastPoint(origin + step * (i + 1), v, l, u) for i, (v, l, u) in enumerate(zip(value, lo, hi)))
+        drift = float(self.last_drift[slot])
+        model = {"kind": "online", "version": FORMAT_VERSION, "init": self.init.kind,
+                 "last_drift": drift if np.isfinite(drift) else None,
+                 "adaptations": int(self.adaptations[slot])}
+        return Forecast(series, origin, step, points, model)
+
+    def weights(self, series: str) -> dict[str, float]:
+        """The mixture's current weights at lead 1 (for status and tests)."""
+        w = self.mixture.weights(np.array([self.slots[series]]), self.spread)[0, :, 0]
+        return dict(zip(EXPERTS, map(float, w)))
+
+    def stats(self) -> dict[str, Any]:
+        return {"kind": self.kind, "series": len(self.names), "init": self.init.kind,
+                "adapting": len(self._running), **self.counters}
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,195 @@
+"""The online engine: what a user of forecasts would notice — no look-ahead, drift changes
+what it does, intervals cover, state survives a restart, hostile series stay finite."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from adaptd.engine.learner import Initializer
+from adaptd.engine.online import OnlineConfig, OnlineEngine
+from adaptd.records import Observation
+from adaptd.store import Checkpoint
+
+torch.set_num_threads(1)   # as the daemon runs it: tiny tensors, threads only add overhead
+HOUR = 3600.0
+SMALL = OnlineConfig(window=16, patch=4, hidden=8, horizon=4, rls_lags=8, adapt_window=32,
+                     adapt_validation=4, cooldown=16, adapt_steps=3, history=256)
+
+
+def make_engine(config: OnlineConfig = SMALL, seed: int = 0) -> OnlineEngine:
+    return OnlineEngine(config, Initializer.random(config.shape, seed, 0.05))
+
+
+def feed(engine: OnlineEngine, values: np.ndarray, name: str = "s", start: int = 0) -> list[np.ndarray]:
+    """Observe values one by one; the engine's forecast (values) after each, once it has one."""
+    out = []
+    for t, v in enumerate(values, start=start):
+        engine.observe([Observation(name, t * HOUR, float(v))])
+        if t > start:   # one observation has no step yet (not_ready)
+            out.append(np.array([p.value for p in engine.forecast(name, engine.config.horizon).points]))
+    return [out[0]] + out if out else out   # index t: the forecast issued after observing t
+
+
+def seasonal(n: int, seed: int = 0, level: float = 10.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    return level + np.sin(2 * np.pi * t / 24) * 3 + rng.normal(0, 0.3, n)
+
+
+def test_forecasts_issued_before_k_ignore_every_value_after_k():
+    y = seasonal(200)
+    changed = y.copy()
+    k = 120
+    changed[k:] += np.random.default_rng(1).normal(0, 5, len(y) - k)
+    a = feed(make_engine(), y)
+    b = feed(make_engine(), changed)
+    for t in range(k):   # the forecast issued after observing t used values <= t only
+        np.testing.assert_array_equal(a[t], b[t])
+    assert not np.allclose(a[k], b[k])
+
+
+def test_forecast_points_step_forward_from_the_last_observation():
+    engine = make_engine()
+    feed(engine, seasonal(60))
+    fc = engine.forecast("s", 3)
+    assert fc.origin == 59 * HOUR
+    assert [p.ts for p in fc.points] == [60 * HOUR, 61 * HOUR, 62 * HOUR]
+    assert fc.model["kind"] == "online"
+    assert all(p.lo <= p.value <= p.hi for p in fc.points)
+
+
+def test_young_series_are_served_by_the_naive_fallback():
+    engine = make_engine()
+    feed(engine, seasonal(5))
+    assert engine.forecast("s", 2).model["kind"] in ("last_value", "seasonal_naive")
+
+
+def level_shift(n: int, at: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    ar = np.zeros(n)
+    for t in range(1, n):
+        ar[t] = 0.6 * ar[t - 1] + rng.normal(0, 1)
+    y = 5 + ar
+    y[at:] = 40 - 2.5 * ar[at:]   # new level, new dynamics, new scale
+    return y
+
+
+def test_a_regime_change_is_detected_recorded_and_changes_the_model():
+    y = level_shift(600, 400)
+    engine = make_engine()
+    feed(engine, y)
+    events = engine.take_drift_events()
+    assert any(400 <= e.ts / HOUR < 460 for e in events), [e.ts / HOUR for e in events]
+    assert engine.counters["adapted"] + engine.counters["kept"] >= 1
+    assert engine.take_drift_events() == []
+
+
+def post_change_error(adapt: bool, seed: int) -> float:
+    y = level_shift(700, 450, seed)
+    engine = make_engine(dataclasses.replace(SMALL, adapt=adapt))
+    forecasts = feed(engine, y)
+    errors = [(forecasts[t][0] - y[t + 1]) ** 2 for t in range(450, 520)]
+    return float(np.mean(errors))
+
+
+@pytest.mark.slow
+def test_drift_adaptation_measurably_lowers_error_right_after_a_change():
+    with_adaptation = np.mean([post_change_error(True, s) for s in range(3)])
+    without = np.mean([post_change_error(False, s) for s in range(3)])
+    assert with_adaptation < without
+
+
+def test_intervals_cover_close_to_their_target_on_a_stationary_series():
+    engine = make_engine(dataclasses.replace(SMALL, coverage=0.9))
+    y = seasonal(1500, seed=3)
+    forecasts, inside = [], []
+    for t, v in enumerate(y):
+        if forecasts and t >= 500:
+            lo, hi = forecasts[-1]
+            inside.append(lo <= v <= hi)
+        engine.observe([Observation("s", t * HOUR, float(v))])
+        p = engine.forecast("s", 1).points[0] if t else None
+        forecasts.append((p.lo, p.hi) if p else (np.nan, np.nan))
+    assert 0.84 <= np.mean(inside) <= 0.95
+
+
+def test_a_restored_engine_forecasts_exactly_as_before():
+    y = seasonal(150)
+    engine = make_engine()
+    feed(engine, y)
+    before = engine.forecast("s", 4)
+    checkpoints = engine.checkpoint()
+    history = {"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}
+    restored = make_engine()
+    restored.restore(history, checkpoints)
+    assert restored.forecast("s", 4) == before
+    # ... and keeps learning the same way afterwards.
+    nxt = [Observation("s", 150 * HOUR, 11.0)]
+    engine.observe(nxt)
+    restored.observe(nxt)
+    assert restored.forecast("s", 4) == engine.forecast("s", 4)
+
+
+@pytest.mark.parametrize("payload", [b"garbage", b"", b"PK\x03\x04broken"])
+def test_a_corrupt_checkpoint_is_refused_and_the_series_relearns(payload, caplog):
+    y = seasonal(100)
+    history = {"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}
+    engine = make_engine()
+    engine.restore(history, [Checkpoint("s", "online", 1, payload)])
+    assert "ignoring its checkpoint" in caplog.text
+    reference = make_engine()
+    reference.restore(history)
+    assert engine.forecast("s", 4) == reference.forecast("s", 4)
+
+
+def test_a_checkpoint_for_another_model_shape_is_refused(caplog):
+    y = seasonal(100)
+    other = make_engine(dataclasses.replace(SMALL, hidden=4))
+    feed(other, y)
+    engine = make_engine()
+    engine.restore({"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}, other.checkpoint())
+    assert "hidden" in caplog.text
+    assert np.isfinite(engine.forecast("s", 4).points[0].value)
+
+
+@pytest.mark.parametrize("kind", ["constant", "spikes", "alternating", "tiny", "huge"])
+def test_hostile_series_never_produce_non_finite_forecasts(kind):
+    n = 300
+    t = np.arange(n)
+    y = {
+        "constant": np.full(n, 7.0),
+        "spikes": np.where(t % 37 == 0, 1e30, 1.0),
+        "alternating": np.where(t % 2 == 0, 1e6, -1e6),
+        "tiny": 1e-12 * np.sin(t),
+        "huge": 1e300 * np.sign(np.sin(t) + 0.1),
+    }[kind]
+    engine = make_engine()
+    for i, v in enumerate(y):
+        engine.observe([Observation("s", i * HOUR, float(v))])
+        if i == 0:
+            continue
+        fc = engine.forecast("s", 4)
+        assert all(np.isfinite([p.value, p.lo, p.hi]).all() for p in fc.points), (kind, i)
+    for params in engine.gru.params.values():
+        assert bool(np.isfinite(params.numpy()).all())
+
+
+def test_late_records_are_skipped_by_the_models_but_counted():
+    engine = make_engine()
+    feed(engine, seasonal(40))
+    before = engine.forecast("s", 4)
+    engine.observe([Observation("s", 10 * HOUR, 99.0)])
+    assert engine.counters["late_skipped"] == 1
+    assert engine.forecast("s", 4).points == before.points
+
+
+def test_many_series_in_one_batch_move_in_lockstep():
+    engine = make_engine()
+    batch = [Observation(f"s{k}", t * HOUR, float(v)) for t, v in enumerate(seasonal(50)) for k in range(3)]
+    engine.observe(batch)
+    values = [engine.forecast(f"s{k}", 4).points[0].value for k in range(3)]
+    assert values[0] == values[1] == values[2]
