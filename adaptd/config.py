@@ -48,6 +48,7 @@ class ServerSettings:
     max_batch_records: int = 100_000
     max_pending_records: int = 500_000
     overload_wait: float = 2.0
+    forecast_wait: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class ModelSettings:
     mixture_eta: float = 4.0
     mixture_memory: float = 0.05
     torch_threads: int = 1
+    learning_backlog: int = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,7 @@ CHECKS: dict[str, dict[str, Check]] = {
         "max_batch_records": (_positive, "an integer > 0"),
         "max_pending_records": (_positive, "an integer > 0"),
         "overload_wait": (lambda v: 0 <= v <= MAX_WAIT, f"a number of seconds from 0 to {MAX_WAIT:.0f}"),
+        "forecast_wait": (lambda v: 0 <= v <= 60, "a number of seconds from 0 to 60"),
     },
     "ingest": {
         "group_commit_records": (_positive, "an integer > 0"),
@@ -207,6 +210,7 @@ CHECKS: dict[str, dict[str, Check]] = {
         "mixture_eta": (lambda v: 0 <= v <= 100, "a number from 0 (equal weights) to 100"),
         "mixture_memory": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
         "torch_threads": (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
+        "learning_backlog": (lambda v: 1000 <= v <= 100_000_000, "an integer from 1000 to 100000000"),
     },
     "drift": {
         "detector": (lambda v: v in ("adwin", "kswin", "page_hinkley"), "'adwin', 'kswin' or 'page_hinkley'"),

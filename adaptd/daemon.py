@@ -19,6 +19,7 @@ from .config import Settings
 from .engine.base import Engine
 from .engine.factory import build_engine, online_config, stored_initializer
 from .ingest import IngestWriter
+from .learning import LearningWorker
 from .metrics import Metrics
 from .sdnotify import Notifier
 from .server import SocketServer
@@ -42,6 +43,7 @@ class Daemon:
         self.writer: IngestWriter | None = None
         self.server: SocketServer | None = None
         self.engine: Engine | None = None
+        self.learner: LearningWorker | None = None
         self.scheduler = None
         self._metrics_server = None
 
@@ -54,10 +56,13 @@ class Daemon:
         catalog = SeriesCatalog(await asyncio.to_thread(self.store.series_summary))
         self.engine = engine = await asyncio.to_thread(self._restore_engine)
         self.metrics.series.set(len(catalog))
-        self.writer = IngestWriter(self.store, engine, catalog, self.metrics, s.ingest.group_commit_records)
+        self.learner = LearningWorker(engine, self.store, self.metrics, s.model.learning_backlog)
+        self.learner.start()
+        self.writer = IngestWriter(self.store, engine, catalog, self.metrics, s.ingest.group_commit_records,
+                                   self.learner)
         self.writer.start()
         self._start_scheduler()
-        service = Service(s, self.store, self.writer, engine, catalog, self.metrics)
+        service = Service(s, self.store, self.writer, engine, catalog, self.metrics, self.learner)
         try:
             self._metrics_server = self.metrics.serve(s.metrics.listen)
         except OSError as exc:
@@ -97,10 +102,11 @@ class Daemon:
         if interval is None:
             return
         while True:
-            if self.writer is not None and self.writer.alive:
+            workers = (self.writer, self.learner)
+            if all(w is not None and w.alive for w in workers):
                 self.notifier.notify("WATCHDOG=1")
             else:
-                log.error("store writer is not running; withholding the watchdog ping")
+                log.error("the store writer or the learning thread stopped; withholding the watchdog ping")
             await asyncio.sleep(interval)
 
     def _restore_engine(self) -> Engine:
@@ -143,6 +149,8 @@ class Daemon:
             await self.server.close(timeout)
         if self.writer is not None:
             await asyncio.to_thread(self.writer.stop, timeout)
+        if self.learner is not None:
+            await asyncio.to_thread(self.learner.stop, timeout)
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
         if self.engine is not None:

@@ -3,7 +3,8 @@
 Client batches queue up while a commit is in flight; the writer takes everything waiting
 (up to `group_records`) into one transaction. That amortises the commit (an fsync) over
 many clients, which is what lets socket ingest approach SQLite's raw insert rate.
-A batch's future resolves only after its transaction committed and the engine saw it.
+A batch's future resolves only after its transaction committed and the engine recorded it;
+the models learn it afterwards, on the learning thread.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import NamedTuple, Sequence
 
 from .catalog import SeriesCatalog
 from .engine import Engine
+from .learning import LearningWorker
 from .metrics import Metrics
 from .records import Observation
 from .store import Store
@@ -46,12 +48,13 @@ def _resolve(done: Future[int], result: int = 0, exception: BaseException | None
 
 class IngestWriter:
     def __init__(self, store: Store, engine: Engine, catalog: SeriesCatalog, metrics: Metrics,
-                 group_records: int = 50_000):
+                 group_records: int = 50_000, learner: LearningWorker | None = None):
         self.store = store
         self.engine = engine
         self.catalog = catalog
         self.metrics = metrics
         self.group_records = group_records
+        self.learner = learner
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._pending = 0
         self._pending_lock = threading.Lock()
@@ -135,23 +138,13 @@ class IngestWriter:
         self.metrics.commit_records.observe(len(rows))
         self._account(rows, existing)
         try:
-            self.engine.observe(rows)
-        except Exception:  # the records are durable; a model that failed to learn must not lose the ack
-            log.exception("engine failed to observe %d committed records", len(rows))
+            self.engine.record(rows)
+        except Exception:  # the records are durable; a model that failed to see them must not lose the ack
+            log.exception("engine failed to record %d committed records", len(rows))
+        if self.learner is not None:
+            self.learner.submit(rows)
         for batch in group:
             _resolve(batch.done, result=len(batch.rows))
-        self._record_drift()
-
-    def _record_drift(self) -> None:
-        """Persist the engine's drift detections (after the acks: they are not client data)."""
-        events = self.engine.take_drift_events()
-        if not events:
-            return
-        self.metrics.drift_events.inc(len(events))
-        try:
-            self.store.add_drift_events(events)
-        except Exception:
-            log.exception("could not record %d drift events", len(events))
 
     def _already_stored(self, conn: object, rows: list[Observation]) -> set[tuple[str, float]]:
         """(series, ts) pairs that were stored before this group (only late records can be)."""

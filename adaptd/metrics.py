@@ -47,6 +47,11 @@ class Metrics:
             "adaptd_ingest_queue_records", "Validated records waiting for the store writer", registry=r)
         self.drift_events = Counter(
             "adaptd_drift_events", "Drift detections on forecast residuals", registry=r)
+        self.learning_backlog = Gauge(
+            "adaptd_learning_backlog_records", "Committed records the models have not learnt yet", registry=r)
+        self.learn_seconds = Histogram(
+            "adaptd_learn_duration_seconds", "Time the models took to learn one chunk of records",
+            buckets=LATENCY_BUCKETS, registry=r)
         self.series = Gauge("adaptd_series", "Series with at least one stored observation", registry=r)
         self.connections = Gauge("adaptd_connections", "Open socket connections", registry=r)
         self.build_info = Gauge(

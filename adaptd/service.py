@@ -12,6 +12,7 @@ from .catalog import SeriesCatalog
 from .config import Settings
 from .engine import Engine, NotReady, UnknownSeries
 from .ingest import IngestWriter
+from .learning import LearningWorker
 from .metrics import OPS, Metrics
 from .protocol import (BAD_REQUEST, INTERNAL, NOT_READY, OVERLOADED, TOO_LARGE, UNKNOWN_OP, UNKNOWN_SERIES,
                        RequestError, decode, encode, error)
@@ -37,13 +38,14 @@ def _echoable_id(request_id: Any) -> Any:
 
 class Service:
     def __init__(self, settings: Settings, store: Store, writer: IngestWriter, engine: Engine,
-                 catalog: SeriesCatalog, metrics: Metrics):
+                 catalog: SeriesCatalog, metrics: Metrics, learner: LearningWorker | None = None):
         self.settings = settings
         self.store = store
         self.writer = writer
         self.engine = engine
         self.catalog = catalog
         self.metrics = metrics
+        self.learner = learner
         self.started = time.time()
         self.ops: dict[str, Op] = {
             "ping": self.ping, "ingest": self.ingest, "forecast": self.forecast,
@@ -122,6 +124,7 @@ class Service:
         top = self.settings.model.max_horizon
         if isinstance(horizon, bool) or not isinstance(horizon, int) or not 1 <= horizon <= top:
             raise RequestError(BAD_REQUEST, f"horizon must be an integer from 1 to {top}, got {horizon!r}")
+        await self._wait_for_models(series)
         try:
             fc = self.engine.forecast(series, horizon)
         except UnknownSeries:
@@ -134,6 +137,13 @@ class Service:
             "model": fc.model,
         }
 
+    async def _wait_for_models(self, series: str) -> None:
+        """Give the learning thread a moment to learn this series' newest records, so the answer
+        comes from its models; past `forecast_wait` the naive fallback answers (still current)."""
+        deadline = time.monotonic() + self.settings.server.forecast_wait
+        while not self.engine.caught_up(series) and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+
     async def series(self, _request: dict[str, Any]) -> dict[str, Any]:
         listing = [{"series": name, "observations": info.observations, "first_ts": info.first_ts,
                     "last_ts": info.last_ts, "late": info.late, "overwritten": info.overwritten}
@@ -142,10 +152,10 @@ class Service:
 
     async def stats(self, _request: dict[str, Any]) -> dict[str, Any]:
         m = self.metrics
-        healthy = self.writer.alive
+        healthy = self.writer.alive and (self.learner is None or self.learner.alive)
         return {
             "ok": True,
-            "health": "ok" if healthy else "store writer stopped",
+            "health": "ok" if healthy else "store writer or learning thread stopped",
             "version": __version__,
             "uptime_s": round(time.time() - self.started, 3),
             "series": len(self.catalog),
@@ -153,6 +163,7 @@ class Service:
             "records_rejected": int(m.rejected_total()),
             "records_late": int(m.value("adaptd_records_late_total")),
             "ingest_queue_records": self.writer.pending_records,
+            "learning_backlog_records": self.learner.backlog if self.learner else 0,
             "commit_failures": int(m.value("adaptd_store_commit_failures_total")),
             "connections": int(m.value("adaptd_connections")),
             "engine": self.engine.stats(),

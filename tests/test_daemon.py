@@ -630,6 +630,13 @@ def test_default_engine_end_to_end_and_across_a_restart() -> None:
                 assert c.request({"op": "ingest", "records": batch})["accepted"] == 100
             fc = c.request({"op": "forecast", "series": "default", "horizon": horizon})
             assert fc["ok"] is True, fc
+            assert fc["origin"] == T0 + 299 * H  # read-your-writes, even while the models still learn
+            # The models learn behind the acks; once they caught up, the online model answers.
+            deadline = time.monotonic() + 120
+            while c.request({"op": "stats"})["learning_backlog_records"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            fc = c.request({"op": "forecast", "series": "default", "horizon": horizon})
+            assert fc["model"]["kind"] == "online", fc["model"]
             assert fc["origin"] == T0 + 299 * H and fc["step"] == H and len(fc["points"]) == horizon
             assert [p["ts"] for p in fc["points"]] == [T0 + (299 + k) * H for k in range(1, horizon + 1)]
             for p in fc["points"]:
@@ -640,6 +647,7 @@ def test_default_engine_end_to_end_and_across_a_restart() -> None:
                                                            "value": 11.0}]})["accepted"] == 1
             before = c.request({"op": "forecast", "series": "default", "horizon": horizon})
             assert before["origin"] == T0 + 300 * H  # read-your-writes
+            assert before["model"]["kind"] == "online"  # one record is learnt within forecast_wait
         rc, log = d.stop()
         assert rc == 0, log
         d.start(timeout=60)

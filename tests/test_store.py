@@ -246,7 +246,7 @@ def test_forget_ids_after_a_rollback_leaves_no_stale_ids(store: Store) -> None:
 # -- the ingest writer ----------------------------------------------------------------------
 
 class GatedEngine(NaiveEngine):
-    """A naive engine whose observe() waits for the test to open the gate."""
+    """A naive engine whose record() (what the writer calls before the ack) waits for the test."""
 
     def __init__(self) -> None:
         super().__init__(history=64, max_horizon=8)
@@ -254,12 +254,12 @@ class GatedEngine(NaiveEngine):
         self.entered = threading.Event()
         self.batches: list[int] = []
 
-    def observe(self, batch):  # type: ignore[no-untyped-def]
+    def record(self, batch):  # type: ignore[no-untyped-def]
         self.entered.set()
         if not self.gate.wait(10):
             raise AssertionError("the test never opened the gate")
         self.batches.append(len(batch))
-        super().observe(batch)
+        super().record(batch)
 
 
 class Harness:

@@ -39,17 +39,30 @@ class Forecast:
 
 
 class Engine(ABC):
-    """Observes committed records (in commit order) and answers forecasts.
+    """Takes committed records (in commit order) and answers forecasts.
 
-    `observe` runs on the ingest writer thread after each commit and before the ack, so a
-    forecast asked after an ack reflects that ack's records (read-your-writes).
-    `forecast` may run concurrently with `observe` from another thread.
+    Two halves: `record` is cheap and runs on the ingest writer thread before the ack, so a
+    forecast asked after an ack knows that ack's records (read-your-writes); `learn` may be
+    slow and runs later on the learning thread. Until a series' models have learnt its newest
+    records (`caught_up`), its forecast comes from a model that has (the naive fallback).
+    `forecast` may run concurrently with both, from another thread.
     """
 
     kind: str = "engine"
 
     @abstractmethod
-    def observe(self, batch: Sequence[Observation]) -> None: ...
+    def record(self, batch: Sequence[Observation]) -> None: ...
+
+    def learn(self, batch: Sequence[Observation]) -> None:
+        """Update the models with records already passed to `record`."""
+
+    def observe(self, batch: Sequence[Observation]) -> None:
+        """Record and learn at once (replay, tests)."""
+        self.record(batch)
+        self.learn(batch)
+
+    def caught_up(self, series: str) -> bool:
+        return True
 
     @abstractmethod
     def forecast(self, series: str, horizon: int) -> Forecast: ...
@@ -58,6 +71,9 @@ class Engine(ABC):
         """Rebuild state from checkpoints and the newest stored observations of every series."""
         for name, rows in history.items():
             self.observe([Observation(name, ts, value) for ts, value in rows])
+
+    def learning_backlog(self) -> int:
+        return 0
 
     def checkpoint(self) -> list[Checkpoint]:
         """State worth saving beyond the stored observations (none for stateless engines)."""

@@ -58,7 +58,7 @@ class NaiveEngine(Engine):
         self._cache: dict[str, tuple[int, Forecast]] = {}
         self._lock = threading.Lock()
 
-    def observe(self, batch: Sequence[Observation]) -> None:
+    def record(self, batch: Sequence[Observation]) -> None:
         with self._lock:
             for obs in batch:
                 hist = self._series.get(obs.series)
@@ -104,6 +104,10 @@ class NaiveEngine(Engine):
         model = {"kind": "seasonal_naive" if season > 1 else "last_value", "version": FORMAT_VERSION,
                  "init": None, "last_drift": None, "adaptations": 0, "season": season}
         return Forecast(series, origin, step, points, model)
+
+    def last_ts(self, series: str) -> float | None:
+        hist = self._series.get(series)
+        return hist.ts[-1] if hist is not None and hist.ts else None
 
     def step(self, series: str) -> float | None:
         """The series' sampling interval, inferred from its newest timestamps."""

@@ -27,7 +27,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..records import Observation
 from ..store import Checkpoint
-from .base import Engine, Forecast, ForecastPoint, UnknownSeries
+from .base import Engine, Forecast, ForecastPoint
 from .conformal import QuantileTracker
 from .drift import DriftMonitor
 from .features import (MIN_SCALE, VALUE_CLIP, rls_feature_count, rls_features, safe_scale, update_stats, update_typical,
@@ -166,10 +166,22 @@ class OnlineEngine(Engine):
         return slot
 
     # -- observing ----------------------------------------------------------------------------
-    def observe(self, batch: Sequence[Observation]) -> None:
-        self.naive.observe(batch)
+    def record(self, batch: Sequence[Observation]) -> None:
+        self.naive.record(batch)
+
+    def learn(self, batch: Sequence[Observation]) -> None:
         with self._state_lock:
             self._observe_models(batch)
+
+    def caught_up(self, series: str) -> bool:
+        slot = self.slots.get(series)
+        newest = self.naive.last_ts(series)
+        if slot is None or newest is None:
+            return False
+        # A warm series is caught up once its cached forecast starts from the newest record
+        # (written last in a step); a young one once it has stepped (the fallback answers it).
+        done = self.fc_origin[slot] if self.count[slot] >= self.config.window else self.last_ts[slot]
+        return bool(done >= newest)
 
     def _observe_models(self, batch: Sequence[Observation]) -> None:
         rounds: list[list[Observation]] = []
@@ -432,7 +444,7 @@ class OnlineEngine(Engine):
                 checkpoints: Sequence[Checkpoint] = ()) -> None:
         """Load checkpoints; series without a usable one relearn from their stored history."""
         for name, rows in history.items():
-            self.naive.observe([Observation(name, ts, value) for ts, value in rows])
+            self.naive.record([Observation(name, ts, value) for ts, value in rows])
         restored: set[str] = set()
         expect = self.fingerprint()
         with self._state_lock:
@@ -448,9 +460,12 @@ class OnlineEngine(Engine):
                     self._forget(cp.series)
                     continue
                 restored.add(cp.series)
+            # Every series learns what its checkpoint (if any) has not seen: after a crash, the
+            # records acknowledged since the last checkpoint.
             for name, rows in history.items():
-                if name not in restored:
-                    self._observe_models([Observation(name, ts, value) for ts, value in rows])
+                slot = self.slots.get(name)
+                seen = self.last_ts[slot] if slot is not None else -np.inf
+                self._observe_models([Observation(name, ts, value) for ts, value in rows if ts > seen])
         if checkpoints:
             log.info("restored %d series from checkpoints, %d from history", len(restored),
                      len(set(history) - restored))
@@ -524,8 +539,8 @@ class OnlineEngine(Engine):
 
     def forecast(self, series: str, horizon: int) -> Forecast:
         slot = self.slots.get(series)
-        if slot is None:
-            raise UnknownSeries(series)
+        if slot is None or not self.caught_up(series):
+            return self.naive.forecast(series, horizon)   # raises UnknownSeries if nothing is stored
         with self._cache_lock:
             origin = float(self.fc_origin[slot])
             if not np.isfinite(origin):

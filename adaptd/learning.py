@@ -1,0 +1,115 @@
+"""The learning thread: models learn committed records behind the ack path.
+
+Acks wait only for the store (and the engine's cheap `record`); learning — scoring, gradient
+steps, drift detection — runs here, taking everything queued at once so that many series'
+records are learnt in one batched step. A bounded backlog keeps memory flat: when learning
+falls behind by more than `max_backlog` records, `submit` waits, which slows acks and, through
+the ingest queue, makes clients see `overloaded` instead of the daemon growing without limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Sequence
+
+from .engine import Engine
+from .metrics import Metrics
+from .records import Observation
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+class LearningWorker:
+    def __init__(self, engine: Engine, store: Store, metrics: Metrics, max_backlog: int = 1_000_000,
+                 max_chunk: int = 20_000):
+        self.engine = engine
+        self.store = store
+        self.metrics = metrics
+        self.max_backlog = max_backlog
+        self.max_chunk = max_chunk
+        self._queue: deque[Sequence[Observation]] = deque()
+        self._backlog = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="adaptd-learner", daemon=True)
+        self.last_beat = time.monotonic()
+
+    @property
+    def backlog(self) -> int:
+        return self._backlog
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, rows: Sequence[Observation]) -> None:
+        with self._cond:
+            while self._backlog >= self.max_backlog and not self._stopping and self.alive:
+                self._cond.wait(0.5)
+            self._queue.append(rows)
+            self._backlog += len(rows)
+            self.metrics.learning_backlog.set(self._backlog)
+            self._cond.notify_all()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish the chunk in progress and stop. What was not learnt is in the store: the next
+        start learns it from there (after its checkpoint)."""
+        with self._cond:
+            self._stopping = True
+            dropped = self._backlog
+            self._queue.clear()
+            self._backlog = 0
+            self._cond.notify_all()
+        if dropped:
+            log.info("stopping with %d records not yet learnt; they will be learnt after restart", dropped)
+        self._thread.join(timeout)
+
+    def _take(self) -> list[Observation] | None:
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait(1.0)
+                self.last_beat = time.monotonic()
+            if self._stopping:
+                return None
+            chunk: list[Observation] = []
+            while self._queue and len(chunk) < self.max_chunk:
+                chunk.extend(self._queue.popleft())
+            return chunk  # still counted in the backlog until learnt
+
+    def _done(self, n: int) -> None:
+        with self._cond:
+            self._backlog = max(0, self._backlog - n)
+            self.metrics.learning_backlog.set(self._backlog)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            chunk = self._take()
+            if chunk is None:
+                return
+            self.last_beat = time.monotonic()
+            started = time.perf_counter()
+            try:
+                self.engine.learn(chunk)
+            except Exception:
+                log.exception("models failed to learn %d records; they stay stored", len(chunk))
+            self.metrics.learn_seconds.observe(time.perf_counter() - started)
+            self._done(len(chunk))
+            self._record_drift()
+
+    def _record_drift(self) -> None:
+        events = self.engine.take_drift_events()
+        if not events:
+            return
+        self.metrics.drift_events.inc(len(events))
+        try:
+            self.store.add_drift_events(events)
+        except Exception:
+            log.exception("could not record %d drift events", len(events))
