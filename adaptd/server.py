@@ -25,7 +25,7 @@ Handler = Callable[[bytes], Awaitable[bytes]]
 
 
 class SocketInUse(RuntimeError):
-    """Another process is answering on the socket path."""
+    """The socket path cannot be ours: another daemon answers on it, or it cannot be set up."""
 
 
 def clear_stale_socket(path: Path) -> None:
@@ -75,9 +75,14 @@ class SocketServer:
                 self._serve_client, path=str(self.path), limit=self.max_line_bytes)
         finally:
             os.umask(old_umask)
-        if self.group:
-            os.chown(self.path, -1, grp.getgrnam(self.group).gr_gid)
-        os.chmod(self.path, self.mode)
+        try:
+            if self.group:
+                os.chown(self.path, -1, grp.getgrnam(self.group).gr_gid)
+            os.chmod(self.path, self.mode)
+        except (KeyError, OSError) as exc:
+            self.path.unlink(missing_ok=True)
+            reason = f"no group named {self.group!r}" if isinstance(exc, KeyError) else str(exc)
+            raise SocketInUse(f"server.socket_group / socket_mode: cannot set on {self.path}: {reason}") from None
         log.info("listening on %s (mode %04o%s)", self.path, self.mode, f", group {self.group}" if self.group else "")
 
     async def close(self, timeout: float) -> None:

@@ -806,3 +806,16 @@ def test_metrics_port_in_use_fails_startup_naming_the_key() -> None:
         assert not d.socket_path.exists()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_unknown_socket_group_fails_startup_naming_the_key() -> None:
+    directory = short_tempdir()
+    try:
+        d = DaemonProcess(write_config(directory, sections={"server": {"socket_group": "no-such-group-xyz"}}))
+        d.start(wait=False)
+        assert d.wait_exit() == 2
+        assert "server.socket_group" in d.stderr and "no-such-group-xyz" in d.stderr, d.stderr
+        assert "Traceback" not in d.stderr
+        assert not d.socket_path.exists()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -56,8 +56,8 @@ def _client(socket: str, client: int, batches: int, batch: int, start: "mp.synch
         out.put((client, time.perf_counter(), latencies))
 
 
-def socket_rate(clients: int, batches: int, batch: int, synchronous: str) -> tuple[float, list[float]]:
-    with ScratchDaemon({"store": {"sqlite_synchronous": synchronous}}) as daemon:
+def socket_rate(clients: int, batches: int, batch: int, synchronous: str, engine: str) -> tuple[float, list[float]]:
+    with ScratchDaemon({"store": {"sqlite_synchronous": synchronous}, "model": {"engine": engine}}) as daemon:
         ctx = mp.get_context("fork")
         start = ctx.Barrier(clients + 1)
         out: mp.Queue[tuple[int, float, list[float]]] = ctx.Queue()
@@ -102,15 +102,19 @@ def main(args: argparse.Namespace) -> int:
           f"= {total} records, SQLite synchronous={args.synchronous}, {os.cpu_count()} CPUs", flush=True)
     raw_batch = sqlite_rate(total, args.batch, args.synchronous)
     raw_group = sqlite_rate(total, GROUP, args.synchronous)
-    rate, latencies = socket_rate(args.clients, batches, args.batch, args.synchronous)
+    runs = {engine: socket_rate(args.clients, batches, args.batch, args.synchronous, engine)
+            for engine in args.engines.split(",")}
     raw_best = max(raw_batch, raw_group)
-    q = statistics.quantiles(latencies, n=100)
-    print(f"{'path':<44}{'records/s':>12}")
-    print(f"{'raw sqlite3 executemany, commit per batch':<44}{raw_batch:>12,.0f}")
-    print(f"{'raw sqlite3 executemany, commit per ' + format(GROUP, ',') + ' rows':<44}{raw_group:>12,.0f}")
-    print(f"{'adaptd socket ingest (acked = committed)':<44}{rate:>12,.0f}")
-    print(f"ratio to the best raw rate: {rate / raw_best:.2f} (target >= 0.50)")
-    print(f"ack latency per batch: p50 {q[49] * 1e3:.1f} ms, p99 {q[98] * 1e3:.1f} ms")
+    width = 52
+    print(f"{'path':<{width}}{'records/s':>12}{'ratio':>8}{'ack p50':>10}{'ack p99':>10}")
+    print(f"{'raw sqlite3 executemany, commit per batch':<{width}}{raw_batch:>12,.0f}{raw_batch / raw_best:>8.2f}")
+    print(f"{'raw sqlite3 executemany, commit per ' + format(GROUP, ',') + ' rows':<{width}}"
+          f"{raw_group:>12,.0f}{raw_group / raw_best:>8.2f}")
+    for engine, (rate, latencies) in runs.items():
+        q = statistics.quantiles(latencies, n=100)
+        label = f"adaptd socket ingest, engine={engine} (ack = committed)"
+        print(f"{label:<{width}}{rate:>12,.0f}{rate / raw_best:>8.2f}{q[49] * 1e3:>8.1f}ms{q[98] * 1e3:>8.1f}ms")
+    print("ratio: to the best raw rate; target >= 0.50")
     print(f"reproduce: adaptd bench ingest --clients {args.clients} --batch {args.batch} "
-          f"--records {args.records} --synchronous {args.synchronous}")
+          f"--records {args.records} --synchronous {args.synchronous} --engines {args.engines}")
     return 0
