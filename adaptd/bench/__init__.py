@@ -11,4 +11,8 @@ def run_bench(name: str, settings: Settings, args: argparse.Namespace) -> int:
     if name == "ingest":
         from .ingest import main
         return main(args)
+    if name == "accuracy":
+        from .accuracy.engine_model import engine_specs
+        from .accuracy.report import main as accuracy
+        return accuracy(args, extra_models=engine_specs(settings))
     raise SystemExit(f"adaptd: unknown benchmark {name!r}")

@@ -1,0 +1,398 @@
+"""`adaptd bench accuracy`: online-forecasting accuracy of models vs baselines and published numbers.
+
+Datasets x horizons x models, each model run through the leak-free runner on the split that
+BENCHMARK_ANCHORS.md uses for that (dataset, horizon); prints a Markdown table (rows = methods,
+columns = dataset/horizon MSE) with the published numbers beside, timings, the date, the machine
+and the command that reproduces it.
+
+Extra models (the engine's row) plug in as `ModelSpec`s::
+
+    from adaptd.bench.accuracy import ModelSpec, run, render_markdown
+    report = run([ModelSpec("adaptd", lambda ctx: MyAdapter(ctx))], datasets=["etth2"], horizons=[1])
+    print(render_markdown(report))
+
+or ``main(args, extra_models=[...])`` from the command line handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .baselines import DEFAULT_MODELS, baseline_specs
+from .datasets import DISPLAY, FILES, REPO_ROOT, DataMissing, has_protocol, load_split, resolve_data_dir
+from .published import anchors_for
+from .runner import BenchContext, EvalResult, ModelSpec, OnlineModel, SkipModel, evaluate, scored_origins
+
+PROG = "adaptd bench accuracy"
+DEFAULT_DATASETS = ("etth2", "ettm1", "wth")
+DEFAULT_HORIZONS = (1, 24, 48)
+DEFAULT_RIVER_BUDGET = 900.0
+
+
+@dataclass(frozen=True)
+class Column:
+    dataset: str
+    protocol: str
+    horizon: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.protocol}/H{self.horizon}"
+
+    @property
+    def title(self) -> str:
+        full = " full" if self.dataset == "ettm1" and self.protocol == "dsof" else ""
+        return f"{DISPLAY[self.dataset]}{full} H={self.horizon}"
+
+
+@dataclass
+class BenchReport:
+    date: str
+    command: str
+    machine: dict[str, Any]
+    columns: list[Column]
+    splits: dict[str, str]                       # column key -> split description
+    results: dict[str, dict[str, EvalResult]]    # model row name -> column key -> result
+    row_names: dict[str, str]                    # spec name -> the models' own names, ' / '-joined
+    descriptions: dict[str, str]
+    skipped: list[str] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "date": self.date, "command": self.command, "machine": self.machine,
+            "metric": "MSE and MAE on z-scored data, equal weight over channels, origins and steps",
+            "columns": [dict(key=c.key, title=c.title, dataset=c.dataset, protocol=c.protocol,
+                             horizon=c.horizon, split=self.splits.get(c.key)) for c in self.columns],
+            "results": [dict(row=row, column=key, **res.as_dict())
+                        for row, cells in self.results.items() for key, res in cells.items()],
+            "models": {row: dict(name=self.row_names.get(row, row), description=self.descriptions.get(row, ""))
+                       for row in self.results},
+            "published": [dict(column=c.key, **a.as_dict()) for c in self.columns
+                          for a in anchors_for(c.dataset, c.protocol, c.horizon)],
+            "skipped": self.skipped, "wall_seconds": self.wall_seconds,
+        }
+
+
+# ---------------------------------------------------------------- planning and running
+
+def plan_columns(datasets: Sequence[str], horizons: Sequence[int], protocol: str = "auto"
+                 ) -> tuple[list[Column], list[str]]:
+    """Which split each (dataset, horizon) runs on, and what is skipped (with the reason).
+
+    ``auto``: H = 1 on the FSNet/OneNet split; H > 1 on the leak-free DSOF split (ETTh2, ETTm1
+    over 20 months). WTH has no DSOF split, so WTH at H > 1 needs ``--protocol fsnet``.
+
+    >>> cols, skipped = plan_columns(["etth2", "wth"], [1, 24])
+    >>> [c.key for c in cols]
+    ['etth2/fsnet/H1', 'wth/fsnet/H1', 'etth2/dsof/H24']
+    >>> len(skipped)
+    1
+    """
+    columns, skipped = [], []
+    for h in horizons:
+        for ds in datasets:
+            proto = protocol if protocol != "auto" else ("fsnet" if h == 1 else "dsof")
+            if not has_protocol(ds, proto):
+                skipped.append(f"{DISPLAY[ds]} H={h}: no {proto.upper()} split for {DISPLAY[ds]} (the leak-free DSOF "
+                               f"paper does not report it; FSNet/OneNet H>1 numbers leak labels). "
+                               f"Pass --protocol fsnet to run it on the 20/5/75 split without a published anchor.")
+                continue
+            columns.append(Column(ds, proto, h))
+    return columns, skipped
+
+
+def _as_spec(model: ModelSpec | Callable[[BenchContext], OnlineModel]) -> ModelSpec:
+    if isinstance(model, ModelSpec):
+        return model
+    if callable(model) and not hasattr(model, "forecast"):
+        return ModelSpec(getattr(model, "__name__", "model"), model)
+    raise TypeError("pass models as ModelSpec(name, build) or build(context) -> OnlineModel factories: "
+                    "a model instance carries state and cannot be reused across tasks")
+
+
+def run(models: Sequence[ModelSpec | Callable[[BenchContext], OnlineModel]] | None = None,
+        datasets: Sequence[str] = DEFAULT_DATASETS, horizons: Sequence[int] = DEFAULT_HORIZONS,
+        protocol: str = "auto", data_dir: str | Path | None = None, *,
+        baselines: Sequence[str] | None = DEFAULT_MODELS, river_budget: float | None = DEFAULT_RIVER_BUDGET,
+        command: str | None = None, log: Callable[[str], None] | None = None) -> BenchReport:
+    """Run `baselines` (names, see `baseline_specs`) plus the extra `models` on every column."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    for ds in datasets:
+        if ds not in FILES:
+            raise ValueError(f"unknown dataset {ds!r}; choose from {', '.join(FILES)}")
+    available = baseline_specs(river_budget)
+    specs: list[ModelSpec] = []
+    for name in baselines or ():
+        if name not in available:
+            raise ValueError(f"unknown model {name!r}; choose from {', '.join(available)}")
+        specs.append(available[name])
+    specs += [_as_spec(m) for m in models or ()]
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model names must be unique, got {names}")
+
+    columns, skipped = plan_columns(datasets, horizons, protocol)
+    started = time.perf_counter()
+    report = BenchReport(date=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+                         command=command or "", machine=machine_info(data_dir), columns=columns,
+                         splits={}, results={s.name: {} for s in specs}, row_names={},
+                         descriptions={s.name: s.description for s in specs}, skipped=skipped)
+    for note in skipped:
+        log(f"skipped: {note}")
+    total = len(columns) * len(specs)
+    done = 0
+    for col in columns:
+        split = load_split(col.dataset, col.protocol, data_dir)
+        report.splits[col.key] = split.describe()
+        n_origins = len(scored_origins(split.first_target, split.test_end, col.horizon))
+        context = BenchContext(col.dataset, col.protocol, col.horizon, split.channels, split.period,
+                               split.step_seconds, split.warmup_rows, n_origins, split.test_end)
+        for spec in specs:
+            done += 1
+            where = f"[{done}/{total}] {col.title} ({col.protocol} split) {spec.name}"
+            try:
+                model = spec.build(context)
+            except SkipModel as exc:
+                msg = f"{spec.name} on {col.title}: {exc}"
+                report.skipped.append(msg)
+                log(f"{where}: SKIPPED: {exc}")
+                continue
+            res = evaluate(model, split.values, split.first_target, split.test_end, col.horizon)
+            report.results[spec.name][col.key] = res
+            names = report.row_names.get(spec.name, "")
+            if res.model not in names.split(" / "):
+                report.row_names[spec.name] = f"{names} / {res.model}" if names else res.model
+            log(f"{where}: MSE {res.mse:.4f} MAE {res.mae:.4f} ({res.wall_seconds:.1f} s)")
+    report.wall_seconds = time.perf_counter() - started
+    return report
+
+
+# ---------------------------------------------------------------- rendering
+
+def _fmt(x: float | None, bold: bool = False) -> str:
+    if x is None:
+        return ""
+    s = f"{x:.3f}" if x < 100 else f"{x:.1f}"
+    return f"**{s}**" if bold else s
+
+
+def render_markdown(report: BenchReport) -> str:
+    cols = report.columns
+    out = [f"# adaptd bench accuracy — {report.date}", ""]
+    out.append(f"Reproduce: `{report.command}`" if report.command else "")
+    m = report.machine
+    out.append("")
+    out.append(f"Machine: {m.get('cpu', '?')}, {m.get('cpus_usable', '?')} usable of {m.get('cpus', '?')} CPUs, "
+               f"{m.get('memory', '?')}; {m.get('platform', '')}; Python {m.get('python', '')}; "
+               + ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items())
+               + f"; adaptd {m.get('adaptd', '?')} (git {m.get('git', '?')}).")
+    out.append("")
+    out += [
+        "Metric: MSE on z-scored data (per channel: mean and population std of the train rows), equal weight",
+        "over channels, forecast origins and horizon steps; every channel forecast independently.",
+        "Runner: leak-free by construction — at origin t a model has been given rows <= t only, and learns a",
+        "target only after observing it. Warm-up (train + validation rows) may be used for fitting; only",
+        "targets in the test range are scored.",
+        "Splits: H=1 uses the FSNet/OneNet split (ETTm1 = its first 14400 rows); H=24/48 use the leak-free DSOF",
+        "split (ETTh2 the same rows; ETTm1 full = all 20 months, borders x4). FSNet/OneNet H>1 numbers leak",
+        "labels and are not shown.",
+        "",
+    ]
+    for c in cols:
+        out.append(f"- {c.title}: {report.splits.get(c.key, '')}")
+    out.append("")
+    header = "| method | " + " | ".join(c.title for c in cols) + " |"
+    rule = "|---|" + "---:|" * len(cols)
+
+    def best_of(key: str) -> float | None:
+        vals = [cells[key].mse for cells in report.results.values() if key in cells]
+        return min(vals) if vals else None
+
+    bests = {c.key: best_of(c.key) for c in cols}
+    out += ["## MSE (same run; best same-run number in bold)", "", header, rule]
+    for row, cells in report.results.items():
+        out.append(f"| {row} | " + " | ".join(
+            _fmt(cells[c.key].mse, cells[c.key].mse == bests[c.key]) if c.key in cells else "skipped"
+            for c in cols) + " |")
+    # Published / anchor rows, one per method, in the columns they cover.
+    pub: dict[tuple[str, str], dict[str, float]] = {}
+    for c in cols:
+        for a in anchors_for(c.dataset, c.protocol, c.horizon):
+            pub.setdefault((a.kind, a.method), {})[c.key] = a.mse
+    for (kind, method), cells in sorted(pub.items(), key=lambda kv: kv[0][0] != "published"):
+        label = "published" if kind == "published" else "anchor, computed (not published)"
+        out.append(f"| *{label}:* {method} | " + " | ".join(_fmt(cells.get(c.key)) for c in cols) + " |")
+    out.append("")
+    out += ["## MAE (same run)", "", header, rule]
+    for row, cells in report.results.items():
+        out.append(f"| {row} | " + " | ".join(_fmt(cells[c.key].mae) if c.key in cells else "skipped"
+                                             for c in cols) + " |")
+    out.append("")
+    out += ["## Wall time: seconds for the whole column (µs of model time per scored origin)", "", header, rule]
+    for row, cells in report.results.items():
+        out.append(f"| {row} | " + " | ".join(
+            f"{cells[c.key].wall_seconds:.1f} ({cells[c.key].us_per_origin:.0f})" if c.key in cells else "skipped"
+            for c in cols) + " |")
+    out.append("")
+    out.append("## Models")
+    out.append("")
+    for row in report.results:
+        name = report.row_names.get(row, row)
+        desc = report.descriptions.get(row, "")
+        diverged = {c.title: cells[c.key].extra.get("diverged_fallbacks", 0) for c in report.columns
+                    if c.key in cells and cells[c.key].extra.get("diverged_fallbacks")}
+        note = (" Diverged forecast paths replaced by the last value (channel-origins): "
+                + ", ".join(f"{k}: {v}" for k, v in diverged.items()) + ".") if diverged else ""
+        out.append(f"- **{row}**: {name}" + (f" — {desc}." if desc else "") + note)
+    if report.skipped:
+        out += ["", "## Skipped", ""] + [f"- {s}" for s in report.skipped]
+    out += ["", f"Total wall time {report.wall_seconds:.0f} s.", ""]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- machine, command line
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _git(*args: str) -> str:
+    try:
+        env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # read-only: never touch the index
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
+                              env=env).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine_info(data_dir: str | Path | None = None) -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
+                if line.startswith("model name")), platform.processor() or "?")
+    mem = next((line.split()[1] for line in _read("/proc/meminfo").splitlines() if line.startswith("MemTotal")), None)
+    packages = {}
+    for pkg in ("numpy", "river", "torch"):
+        try:
+            packages[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            packages[pkg] = "absent"
+    try:
+        from ... import __version__ as adaptd_version
+    except ImportError:
+        adaptd_version = "?"
+    commit = _git("rev-parse", "--short", "HEAD") or "?"
+    if _git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+uncommitted changes"
+    return {
+        "cpu": cpu, "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory": f"{int(mem) / 2**20:.1f} GiB RAM" if mem else "?",
+        "platform": platform.platform(), "python": platform.python_version(), "packages": packages,
+        "adaptd": adaptd_version, "git": commit, "data_dir": str(resolve_data_dir(data_dir)),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def speed_up_malloc() -> bool:
+    """Stop glibc from mmapping and unmapping every mid-sized temporary (the RLS updates make
+    hundreds of KB of them per step): 2-4x faster here. Process-wide; glibc only."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 256 * 2**20))
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip().lower() for t in text.split(",") if t.strip()]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `adaptd bench accuracy` (for the CLI to register)."""
+    p.add_argument("--datasets", default=",".join(DEFAULT_DATASETS),
+                   help=f"comma-separated, from {','.join(FILES)} (default: all)")
+    p.add_argument("--horizons", default=",".join(map(str, DEFAULT_HORIZONS)),
+                   help="comma-separated forecast horizons (default 1,24,48)")
+    p.add_argument("--models", default=None,
+                   help=f"comma-separated model names (default: {','.join(DEFAULT_MODELS)} plus any registered "
+                        f"extra models); available baselines: {','.join(baseline_specs())}")
+    p.add_argument("--protocol", choices=("auto", "fsnet", "dsof"), default="auto",
+                   help="split: auto = FSNet/OneNet for H=1, leak-free DSOF for H>1 (default)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="directory holding ett/ and wth/ (default: ../shared/data relative to the repo root)")
+    p.add_argument("--river-budget", type=float, default=DEFAULT_RIVER_BUDGET, metavar="SECONDS",
+                   help="skip a river model on a column when its estimated run time exceeds this "
+                        f"(printed, never silent; default {DEFAULT_RIVER_BUDGET:.0f}; 0 = no limit)")
+    p.add_argument("--json-out", default=None, metavar="FILE", help="also write all numbers as JSON")
+
+
+def _command(args: argparse.Namespace, prog: str) -> str:
+    parts = shlex.split(prog)
+    for flag in ("datasets", "horizons", "models", "protocol", "data_dir", "river_budget", "json_out"):
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if isinstance(value, float):
+            value = f"{value:g}"
+        parts += [f"--{flag.replace('_', '-')}", str(value)]
+    return shlex.join(parts)
+
+
+def main(args: argparse.Namespace, extra_models: Sequence[ModelSpec] | None = None) -> int:
+    prog = getattr(args, "prog", None) or PROG
+    try:
+        datasets = _csv_list(args.datasets)
+        horizons = [int(h) for h in _csv_list(args.horizons)]
+        if not datasets or not horizons or min(horizons) < 1:
+            raise ValueError("need at least one dataset and horizons >= 1")
+        extra = list(extra_models or ())
+        extra_names = {m.name for m in extra}
+        if args.models:
+            wanted = _csv_list(args.models)
+            baselines = [m for m in wanted if m not in extra_names]
+            extra = [m for m in extra if m.name in wanted]
+            models_arg = ",".join(wanted)
+        else:
+            baselines = list(DEFAULT_MODELS)
+            models_arg = ",".join(baselines + [m.name for m in extra])
+        args.models = models_arg
+        args.datasets, args.horizons = ",".join(datasets), ",".join(map(str, horizons))
+        for ds in datasets:  # fail early and clearly if a file is missing
+            from .datasets import data_path
+            data_path(ds, args.data_dir)
+    except DataMissing as exc:
+        print(f"adaptd: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"adaptd: bench accuracy: {exc}", file=sys.stderr)
+        return 2
+    budget = args.river_budget if args.river_budget and args.river_budget > 0 else None
+    speed_up_malloc()
+    command = _command(args, prog)
+    try:
+        report = run(extra, datasets, horizons, args.protocol, args.data_dir, baselines=baselines,
+                     river_budget=budget, command=command)
+    except ValueError as exc:
+        print(f"adaptd: bench accuracy: {exc}", file=sys.stderr)
+        return 2
+    print(render_markdown(report))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report.as_dict(), indent=1) + "\n")
+    return 0
