@@ -46,12 +46,15 @@ log = logging.getLogger(__name__)
 # Per-series arrays (one row per slot) and what a fresh series holds in them.
 FRESH: dict[str, float] = {
     "count": 0, "first_origin": -1, "last_ts": -np.inf, "hist": np.nan, "scale_h": np.nan, "mean_h": np.nan,
+    "typical_h": np.nan,
     "raw_scale": 0.0, "typical": 0.0, "preds": np.nan, "fc_value": np.nan, "fc_lo": np.nan, "fc_hi": np.nan,
     "fc_origin": np.nan, "last_drift": np.nan, "adaptations": 0, "restarts": 0,
 }
 PER_SLOT = tuple(FRESH)
-EXPERTS = ("rls", "gru", "last")
-RLS, GRU, LAST = 0, 1, 2
+# Two linear learners: one with long memory, one restarted at every drift on the newest window.
+# After a real change the recent one wins; after a false alarm the long one keeps its weight.
+EXPERTS = ("rls", "rls_recent", "gru", "last")
+RLS, RLS_RECENT, GRU, LAST = 0, 1, 2, 3
 COMBINED = len(EXPERTS)
 FLOAT_MAX = float(np.finfo(np.float64).max)
 
@@ -122,6 +125,7 @@ class OnlineEngine(Engine):
         self.span = c.window + max(c.horizon, c.adapt_window) + 2   # history kept per series
         self.origins = max(c.horizon, c.adapt_window) + 1              # origins whose scale we keep
         self.rls = BatchedRLS(rls_feature_count(c.rls_lags), c.horizon, c.rls_forgetting)
+        self.rls_recent = BatchedRLS(rls_feature_count(c.rls_lags), c.horizon, c.rls_forgetting)
         self.gru = StackedGRU(c.shape)
         self.mixture = Mixture(len(EXPERTS), c.mixture_eta, c.mixture_memory)
         self.conformal = QuantileTracker(c.coverage, c.interval_rate)
@@ -142,6 +146,7 @@ class OnlineEngine(Engine):
         c, L, K = self.config, len(self.leads), len(EXPERTS)
 
         shapes = {"hist": (self.span,), "scale_h": (self.origins + 1,), "mean_h": (self.origins + 1,),
+                  "typical_h": (self.origins + 1,),
                   "preds": (c.horizon + 1, K + 1, L), "fc_value": (c.horizon,), "fc_lo": (c.horizon,),
                   "fc_hi": (c.horizon,)}
         for name in PER_SLOT:
@@ -151,6 +156,7 @@ class OnlineEngine(Engine):
                 grown[: old.shape[0]] = old
             setattr(self, name, grown)
         self.rls.resize(capacity)
+        self.rls_recent.resize(capacity)
         self.gru.resize(capacity, self.init)
         self.mixture.resize(capacity, L)
         self.conformal.resize(capacity, L)
@@ -225,7 +231,7 @@ class OnlineEngine(Engine):
         raw_scale, mean = update_stats(self.raw_scale[slots], np.where(first, y, self.mean_h[slots, -1]),
                                        prev, y, c.scale_rate, c.mean_rate)
         typical = update_typical(self.typical[slots], raw_scale, np.abs(y - prev))
-        for name in ("hist", "scale_h", "mean_h", "preds"):
+        for name in ("hist", "scale_h", "mean_h", "typical_h", "preds"):
             array = getattr(self, name)
             array[slots, :-1] = array[slots, 1:]
         self.preds[slots, -1] = np.nan
@@ -233,6 +239,7 @@ class OnlineEngine(Engine):
         self.raw_scale[slots] = raw_scale
         self.typical[slots] = typical
         self.scale_h[slots, -1] = safe_scale(raw_scale, typical)
+        self.typical_h[slots, -1] = np.maximum(typical, MIN_SCALE)
         self.mean_h[slots, -1] = mean
         self.count[slots] += 1
         self.last_ts[slots] = ts
@@ -301,18 +308,31 @@ class OnlineEngine(Engine):
         scale = self.scale_h[slots][:, self.origins - back]
         with np.errstate(invalid="ignore"):
             target = np.clip((self.hist[slots, -1][:, None] - y_o) / scale, -VALUE_CLIP, VALUE_CLIP)
-        ok = valid & np.isfinite(target)
-        x = rls_features(window.reshape(-1, c.window), level.reshape(-1), c.rls_lags).reshape(
-            slots.size, H, -1)
+        ratio = self._rls_ratio(slots, back)
+        ok = valid & np.isfinite(target) & np.isfinite(ratio)
+        x = rls_features((window * ratio[:, :, None]).reshape(-1, c.window), (level * ratio).reshape(-1),
+                         c.rls_lags).reshape(slots.size, H, -1)
         first = ok[:, 0]
-        if first.any():
-            self.rls.learn_inputs(slots[first], x[first, 0])
         if ok.any():
             # B[:, :, d-1] += x(origin d) * target(origin d, lead d), all leads at once.
-            self.rls.B[slots] += np.einsum("ndp,nd->npd", np.nan_to_num(x), np.where(ok, target, 0.0))
+            cross = np.einsum("ndp,nd->npd", np.nan_to_num(x), np.where(ok, target * ratio, 0.0))
+            for rls in (self.rls, self.rls_recent):
+                if first.any():
+                    rls.learn_inputs(slots[first], x[first, 0])
+                rls.B[slots] += cross
         due = ok[:, 0] & (self.count[slots] % c.train_every == 0)
         if c.learning_rate > 0 and due.any():
             self._gru_step(slots[due])
+
+    def _rls_ratio(self, slots: np.ndarray, back: np.ndarray) -> np.ndarray:
+        """(n, D) fast scale / long-run scale at origins `back` ago.
+
+        RLS works in units of the long-run scale: the fast scale would weight its squared errors
+        by the inverse local volatility, favouring calm stretches over the volatile ones that
+        dominate the mean squared error. Multiplying normalised values by this ratio converts.
+        """
+        idx = self.origins - back
+        return self.scale_h[slots][:, idx] / self.typical_h[slots][:, idx]
 
     def _gru_step(self, slots: np.ndarray) -> None:
         c = self.config
@@ -403,21 +423,23 @@ class OnlineEngine(Engine):
         self.mixture.favour(slots, GRU)
 
     def _refit_rls(self, slot: int) -> None:
-        """Reset the linear learner and let it learn only the newest window (its old memory
-        mixes the previous regime)."""
+        """Restart the recent linear learner on the newest window only (the long one's memory
+        mixes the previous regime; the mixture decides between them)."""
         c = self.config
         slots = np.array([slot])
-        self.rls.reset(slots)
+        rls = self.rls_recent
+        rls.reset(slots)
         back = np.arange(c.adapt_window, 0, -1)
         window, level, valid = self._origins(slots, back)
         target, mask = self._targets(slots, back, back)
-        x = rls_features(window[0], level[0], c.rls_lags)
+        ratio = self._rls_ratio(slots, back)[0]
+        x = rls_features(window[0] * ratio[:, None], level[0] * ratio, c.rls_lags)
         for i, d in enumerate(back):
-            if not valid[0, i]:
+            if not (valid[0, i] and np.isfinite(ratio[i])):
                 continue
-            self.rls.learn_inputs(slots, x[None, i])
-            known = np.nan_to_num(target[0, i] * mask[0, i])[None, :]
-            self.rls.B[slot] += x[i][:, None] * known
+            rls.learn_inputs(slots, x[None, i])
+            known = np.nan_to_num(target[0, i] * ratio[i] * mask[0, i])[None, :]
+            rls.B[slot] += x[i][:, None] * known
 
     # -- checkpoints ---------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
@@ -434,6 +456,7 @@ class OnlineEngine(Engine):
             for name, slot in self.slots.items():
                 arrays = {key: getattr(self, key)[slot] for key in PER_SLOT}
                 arrays.update(self.rls.state(slot))
+                arrays.update(self.rls_recent.state(slot, "rls_recent"))
                 arrays.update({f"gru_{k}": v[slot].numpy() for k, v in self.gru.params.items()})
                 arrays["mixture_loss"] = self.mixture.loss[slot]
                 arrays["conformal_q"] = self.conformal.q[slot]
@@ -481,6 +504,7 @@ class OnlineEngine(Engine):
         for key in PER_SLOT:
             getattr(self, key)[slot] = arrays[key]
         self.rls.load_state(slot, arrays)
+        self.rls_recent.load_state(slot, arrays, "rls_recent")
         self.gru.load(np.array([slot]), {k: v[None] for k, v in params.items()})
         self.mixture.loss[slot] = arrays["mixture_loss"]
         self.conformal.q[slot] = arrays["conformal_q"]
@@ -493,6 +517,7 @@ class OnlineEngine(Engine):
         for key in PER_SLOT:
             getattr(self, key)[slot] = FRESH[key]
         self.rls.reset(np.array([slot]))
+        self.rls_recent.reset(np.array([slot]))
         self.gru.load(np.array([slot]), self.init.params)
         self.mixture.loss[slot] = 1.0
         self.conformal.q[slot] = self.conformal.initial
@@ -511,8 +536,11 @@ class OnlineEngine(Engine):
             return
         scale = self.scale_h[slots, -1]
         window, level = windows(self.hist[slots, -c.window:], scale, self.mean_h[slots, -1])
+        ratio = self._rls_ratio(slots, np.array([0]))[:, 0]
+        x = rls_features(window * ratio[:, None], level * ratio, c.rls_lags)
         experts = np.stack([
-            self.rls.predict(slots, rls_features(window, level, c.rls_lags)),
+            self.rls.predict(slots, x) / ratio[:, None],
+            self.rls_recent.predict(slots, x) / ratio[:, None],
             self.gru.predict(slots, window, level),
             np.zeros((slots.size, c.horizon)),
         ], axis=1)                                                        # (n, K, H)

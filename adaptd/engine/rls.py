@@ -80,9 +80,9 @@ class BatchedRLS:
         Px = np.einsum("nij,nj->ni", self.P[slots], x)
         return np.einsum("ni,nih->nh", Px, self.B[slots])
 
-    def state(self, slot: int) -> dict[str, np.ndarray]:
-        return {"rls_P": self.P[slot].copy(), "rls_B": self.B[slot].copy()}
+    def state(self, slot: int, prefix: str = "rls") -> dict[str, np.ndarray]:
+        return {f"{prefix}_P": self.P[slot].copy(), f"{prefix}_B": self.B[slot].copy()}
 
-    def load_state(self, slot: int, state: dict[str, np.ndarray]) -> None:
-        self.P[slot] = state["rls_P"]
-        self.B[slot] = state["rls_B"]
+    def load_state(self, slot: int, state: dict[str, np.ndarray], prefix: str = "rls") -> None:
+        self.P[slot] = state[f"{prefix}_P"]
+        self.B[slot] = state[f"{prefix}_B"]

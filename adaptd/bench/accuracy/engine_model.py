@@ -2,7 +2,7 @@
 benchmark's OnlineModel protocol (same code as `adaptd serve` and `adaptd replay`).
 
 The model shape follows the data's seasonal period (a rule, not a fit to scored rows): the
-window covers two days of hourly data, one day of 15-minute data; RLS reads the whole window.
+window covers 64 hours of hourly data, one day of 15-minute data; RLS reads the whole window.
 The initializer is pretrained on the warm-up rows only.
 """
 
@@ -24,9 +24,9 @@ T0 = 1_600_000_000.0
 
 
 def shape_for(period: int) -> dict[str, int]:
-    window = min(96, max(48, 2 * period))
-    patch = 4 if window <= 48 else 8
-    return {"window": window, "patch": patch, "rls_lags": window - 1}
+    """At least a day and a bit (64 hourly steps), at most 96 steps; RLS reads the whole window."""
+    window = min(96, max(64, period))
+    return {"window": window, "patch": 8, "rls_lags": window - 1}
 
 
 class EngineModel:
