@@ -170,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=1000)
     b.add_argument("--records", type=int, default=400_000, help="records in all, over all clients")
     b.add_argument("--synchronous", choices=("normal", "full"), default="full")
+    a = bench.add_parser("adapt", help="time of one drift adaptation (k steps) of one series")
+    a.add_argument("--repeats", type=int, default=50)
     from .bench.accuracy.report import add_arguments as accuracy_arguments
     accuracy_arguments(bench.add_parser("accuracy", help="H=1/24/48 MSE of adaptd vs baselines and published results"))
     b.add_argument("--engines", default="online,naive",

@@ -11,6 +11,9 @@ def run_bench(name: str, settings: Settings, args: argparse.Namespace) -> int:
     if name == "ingest":
         from .ingest import main
         return main(args)
+    if name == "adapt":
+        from .adapt import main as adapt
+        return adapt(settings, args)
     if name == "accuracy":
         from .accuracy.engine_model import engine_specs
         from .accuracy.report import main as accuracy
