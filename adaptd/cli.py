@@ -170,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=1000)
     b.add_argument("--records", type=int, default=400_000, help="records in all, over all clients")
     b.add_argument("--synchronous", choices=("normal", "full"), default="full")
+    lat = bench.add_parser("latency", help="forecast answer times over the socket while ingest runs")
+    lat.add_argument("--series", type=int, default=2000)
+    lat.add_argument("--clients", type=int, default=4)
+    lat.add_argument("--seconds", type=float, default=30.0)
+    lat.add_argument("--interval", type=float, default=1.0, help="seconds between observations of a series")
     a = bench.add_parser("adapt", help="time of one drift adaptation (k steps) of one series")
     a.add_argument("--repeats", type=int, default=50)
     from .bench.accuracy.report import add_arguments as accuracy_arguments

@@ -11,6 +11,9 @@ def run_bench(name: str, settings: Settings, args: argparse.Namespace) -> int:
     if name == "ingest":
         from .ingest import main
         return main(args)
+    if name == "latency":
+        from .latency import main as latency
+        return latency(args)
     if name == "adapt":
         from .adapt import main as adapt
         return adapt(settings, args)
