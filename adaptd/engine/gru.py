@@ -52,28 +52,38 @@ def init_params(n: int, shape: GRUShape, generator: torch.Generator) -> Params:
 
 
 def _matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x (n, a) times each series' own w (n, a, b), or one shared w (1, a, b): (n, b)."""
-    if w.shape[0] == 1:
-        return x @ w[0]
-    return torch.bmm(x.unsqueeze(1), w).squeeze(1)
+    """x (n, m, a) times each series' own w (n, a, b), or one shared w (1, a, b): (n, m, b)."""
+    return x @ w[0] if w.shape[0] == 1 else torch.bmm(x, w)
+
+
+def forward_many(params: Params, window: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """Forecasts (n, D, H) for D windows per series: window (n, D, W), level (n, D).
+
+    The D examples of a series share its weights as the rows of one batched matmul, so
+    training on several origins per series never copies weights.
+    """
+    n, D, W = window.shape
+    w_x, w_h, b_x, b_h = params["w_x"], params["w_h"], params["b_x"], params["b_h"]
+    hidden, patch = w_h.shape[1], w_x.shape[1]
+    steps = W // patch
+    # Input projections of every patch at once; only the recurrence is sequential.
+    gx = (_matmul(window.reshape(n, D * steps, patch), w_x) + b_x[:, None, :]).reshape(n, D, steps, -1)
+    state = window.new_zeros(n, D, hidden)
+    h2 = 2 * hidden
+    b_h = b_h[:, None, :]
+    for step in range(steps):
+        gh = _matmul(state, w_h) + b_h
+        gxs = gx[:, :, step]
+        rz = torch.sigmoid(gxs[..., :h2] + gh[..., :h2])
+        candidate = torch.tanh(gxs[..., h2:] + rz[..., :hidden] * gh[..., h2:])
+        state = candidate + rz[..., hidden:] * (state - candidate)
+    lvl = level[..., None]
+    return (_matmul(torch.cat([state, lvl], dim=2), params["head"])
+            + _matmul(torch.cat([window, lvl], dim=2), params["skip"]) + params["bias"][:, None, :])
 
 
 def forward(params: Params, window: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
     """Normalised forecasts (n, H) from normalised windows (n, W) and levels (n,)."""
-    n, W = window.shape
-    w_x, w_h, b_x, b_h = params["w_x"], params["w_h"], params["b_x"], params["b_h"]
-    hidden = w_h.shape[1]
-    patches = window.reshape(n, -1, w_x.shape[1])
-    # Input projections of every patch at once; only the recurrence is sequential.
-    gx = (patches @ w_x[0] if w_x.shape[0] == 1 else torch.bmm(patches, w_x)) + b_x[:, None, :]
-    state = window.new_zeros(n, hidden)
-    h2 = 2 * hidden
-    for step in range(patches.shape[1]):
-        gh = _matmul(state, w_h) + b_h
-        gxs = gx[:, step]
-        rz = torch.sigmoid(gxs[:, :h2] + gh[:, :h2])
-        candidate = torch.tanh(gxs[:, h2:] + rz[:, :hidden] * gh[:, h2:])
-        state = candidate + rz[:, hidden:] * (state - candidate)
-    lvl = level[:, None]
-    return (_matmul(torch.cat([state, lvl], dim=1), params["head"])
-            + _matmul(torch.cat([window, lvl], dim=1), params["skip"]) + params["bias"])
+    if params["w_x"].shape[0] == 1:   # shared weights: all windows are rows of one matmul
+        return forward_many(params, window[None], level[None])[0]
+    return forward_many(params, window[:, None], level[:, None])[:, 0]

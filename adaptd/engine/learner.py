@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .gru import GRUShape, Params, forward, init_params
+from .gru import GRUShape, Params, forward, forward_many, init_params
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,12 @@ class Examples:
 def example_loss(params: Params, ex: Examples) -> torch.Tensor:
     """(n,) masked MSE per series; weights have one row per series (n, ...) or one shared (1, ...)."""
     n, D, W = ex.window.shape
-    rows = {k: v.repeat_interleave(D, dim=0) if v.shape[0] > 1 else v for k, v in params.items()}
-    pred = forward(rows, ex.window.reshape(n * D, W), ex.level.reshape(n * D))
-    H = pred.shape[1]
-    err = torch.where(ex.mask.reshape(n * D, H) > 0, pred - ex.target.reshape(n * D, H), torch.zeros_like(pred))
-    return (err * err).reshape(n, D * H).sum(dim=1) / ex.mask.reshape(n, D * H).sum(dim=1).clamp(min=1)
+    if next(iter(params.values())).shape[0] == 1 and n > 1:   # shared weights: one series of n*D rows
+        pred = forward_many(params, ex.window.reshape(1, n * D, W), ex.level.reshape(1, n * D)).reshape(n, D, -1)
+    else:
+        pred = forward_many(params, ex.window, ex.level)
+    err = torch.where(ex.mask > 0, pred - ex.target, torch.zeros_like(pred))
+    return (err * err).reshape(n, -1).sum(dim=1) / ex.mask.reshape(n, -1).sum(dim=1).clamp(min=1)
 
 
 def sgd_steps(params: Params, ex: Examples, steps: int, step_sizes: dict[str, float],
