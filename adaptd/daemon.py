@@ -54,10 +54,14 @@ class Daemon:
         self.store = await asyncio.to_thread(Store.open, s.store.url, s.store.sqlite_synchronous,
                                              s.store.pool_size)
         catalog = SeriesCatalog(await asyncio.to_thread(self.store.series_summary))
-        self.engine = engine = await asyncio.to_thread(self._restore_engine)
+        self.engine = engine = await asyncio.to_thread(self._build_engine)
+        pending = await asyncio.to_thread(engine.restore, await asyncio.to_thread(self.store.recent, s.model.history),
+                                          await asyncio.to_thread(self.store.load_checkpoints))
         self.metrics.series.set(len(catalog))
         self.learner = LearningWorker(engine, self.store, self.metrics, s.model.learning_backlog)
         self.learner.start()
+        if pending:   # learnt in the background; the fallback answers those series meanwhile
+            await asyncio.to_thread(self.learner.submit, pending)
         self.writer = IngestWriter(self.store, engine, catalog, self.metrics, s.ingest.group_commit_records,
                                    self.learner)
         self.writer.start()
@@ -109,15 +113,11 @@ class Daemon:
                 log.error("the store writer or the learning thread stopped; withholding the watchdog ping")
             await asyncio.sleep(interval)
 
-    def _restore_engine(self) -> Engine:
+    def _build_engine(self) -> Engine:
         s, store = self.settings, self.store
         assert store is not None
-        init = None
-        if s.model.engine == "online":
-            init = stored_initializer(s, store, online_config(s))
-        engine = build_engine(s, init)
-        engine.restore(store.recent(s.model.history), store.load_checkpoints())
-        return engine
+        init = stored_initializer(s, store, online_config(s)) if s.model.engine == "online" else None
+        return build_engine(s, init)
 
     def _start_scheduler(self) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler

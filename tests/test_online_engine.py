@@ -125,7 +125,7 @@ def test_a_restored_engine_forecasts_exactly_as_before():
     checkpoints = engine.checkpoint()
     history = {"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}
     restored = make_engine()
-    restored.restore(history, checkpoints)
+    assert restored.restore(history, checkpoints) == []   # nothing newer than the checkpoint
     assert restored.forecast("s", 4) == before
     # ... and keeps learning the same way afterwards.
     nxt = [Observation("s", 150 * HOUR, 11.0)]
@@ -139,10 +139,10 @@ def test_a_corrupt_checkpoint_is_refused_and_the_series_relearns(payload, caplog
     y = seasonal(100)
     history = {"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}
     engine = make_engine()
-    engine.restore(history, [Checkpoint("s", "online", 1, payload)])
+    engine.learn(engine.restore(history, [Checkpoint("s", "online", 1, payload)]))
     assert "ignoring its checkpoint" in caplog.text
     reference = make_engine()
-    reference.restore(history)
+    reference.learn(reference.restore(history))
     assert engine.forecast("s", 4) == reference.forecast("s", 4)
 
 
@@ -151,7 +151,7 @@ def test_a_checkpoint_for_another_model_shape_is_refused(caplog):
     other = make_engine(dataclasses.replace(SMALL, hidden=4))
     feed(other, y)
     engine = make_engine()
-    engine.restore({"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}, other.checkpoint())
+    engine.learn(engine.restore({"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}, other.checkpoint()))
     assert "hidden" in caplog.text
     assert np.isfinite(engine.forecast("s", 4).points[0].value)
 

@@ -67,10 +67,13 @@ class Engine(ABC):
     @abstractmethod
     def forecast(self, series: str, horizon: int) -> Forecast: ...
 
-    def restore(self, history: dict[str, list[tuple[float, float]]], checkpoints: Sequence[Checkpoint] = ()) -> None:
-        """Rebuild state from checkpoints and the newest stored observations of every series."""
-        for name, rows in history.items():
-            self.observe([Observation(name, ts, value) for ts, value in rows])
+    def restore(self, history: dict[str, list[tuple[float, float]]],
+                checkpoints: Sequence[Checkpoint] = ()) -> list[Observation]:
+        """Rebuild state from checkpoints and the newest stored observations of every series;
+        returns the records the models have still to `learn`."""
+        batch = [Observation(name, ts, value) for name, rows in history.items() for ts, value in rows]
+        self.record(batch)
+        return batch
 
     def learning_backlog(self) -> int:
         return 0

@@ -464,8 +464,10 @@ class OnlineEngine(Engine):
             return out
 
     def restore(self, history: dict[str, list[tuple[float, float]]],
-                checkpoints: Sequence[Checkpoint] = ()) -> None:
-        """Load checkpoints; series without a usable one relearn from their stored history."""
+                checkpoints: Sequence[Checkpoint] = ()) -> list[Observation]:
+        """Load checkpoints and record the stored history; returns what the models have still to
+        learn (records newer than a series' checkpoint, or all of a series without a usable one),
+        for the learning thread, so start-up does not wait for it."""
         for name, rows in history.items():
             self.naive.record([Observation(name, ts, value) for ts, value in rows])
         restored: set[str] = set()
@@ -483,15 +485,15 @@ class OnlineEngine(Engine):
                     self._forget(cp.series)
                     continue
                 restored.add(cp.series)
-            # Every series learns what its checkpoint (if any) has not seen: after a crash, the
-            # records acknowledged since the last checkpoint.
-            for name, rows in history.items():
-                slot = self.slots.get(name)
-                seen = self.last_ts[slot] if slot is not None else -np.inf
-                self._observe_models([Observation(name, ts, value) for ts, value in rows if ts > seen])
+        pending = []
+        for name, rows in history.items():
+            slot = self.slots.get(name)
+            seen = self.last_ts[slot] if slot is not None else -np.inf
+            pending.extend(Observation(name, ts, value) for ts, value in rows if ts > seen)
+        pending.sort(key=lambda o: o.ts)   # series advance together, as they arrived
         if checkpoints:
-            log.info("restored %d series from checkpoints, %d from history", len(restored),
-                     len(set(history) - restored))
+            log.info("restored %d series from checkpoints; %d stored records to learn", len(restored), len(pending))
+        return pending
 
     def _load_slot(self, slot: int, arrays: dict[str, np.ndarray]) -> None:
         for key in PER_SLOT:
