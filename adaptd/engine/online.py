@@ -33,7 +33,6 @@ from .drift import DriftMonitor
 from .features import (MIN_SCALE, VALUE_CLIP, rls_feature_count, rls_features, safe_scale, update_stats, update_typical,
                        windows)
 from .gru import GRUShape
-from .history import infer_step
 from .leads import interpolation, scored_leads
 from .learner import Examples, Initializer, StackedGRU, adapt
 from .mixture import Mixture
@@ -585,11 +584,6 @@ class OnlineEngine(Engine):
                  "last_drift": drift if np.isfinite(drift) else None,
                  "adaptations": int(self.adaptations[slot])}
         return Forecast(series, origin, step, points, model)
-
-    def weights(self, series: str) -> dict[str, float]:
-        """The mixture's current weights at lead 1 (for status and tests)."""
-        w = self.mixture.weights(np.array([self.slots[series]]), self.spread)[0, :, 0]
-        return dict(zip(EXPERTS, map(float, w)))
 
     def stats(self) -> dict[str, Any]:
         return {"kind": self.kind, "series": len(self.names), "init": self.init.kind,

@@ -1,0 +1,93 @@
+"""The learning thread: models learn behind the acks, drift events land in SQL, memory is bounded."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adaptd.engine.learner import Initializer
+from adaptd.engine.online import OnlineConfig, OnlineEngine
+from adaptd.learning import LearningWorker
+from adaptd.metrics import Metrics
+from adaptd.records import Observation
+from adaptd.store import Store
+
+torch.set_num_threads(1)
+HOUR = 3600.0
+SMALL = OnlineConfig(window=16, patch=4, hidden=8, horizon=4, rls_lags=8, adapt_window=32, adapt_validation=4,
+                     cooldown=16, adapt_steps=2, history=256, detector="page_hinkley",
+                     detector_params={"threshold": 5.0, "min_instances": 10})
+
+
+def shifted(n: int, at: int) -> list[Observation]:
+    rng = np.random.default_rng(0)
+    y = 5 + rng.normal(0, 1, n)
+    y[at:] += 40
+    return [Observation("s", t * HOUR, float(v)) for t, v in enumerate(y)]
+
+
+def wait_until(condition, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_records_are_learnt_in_the_background_and_drift_is_stored(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path}/a.db")
+    engine = OnlineEngine(SMALL, Initializer.random(SMALL.shape, 0, 0.05))
+    worker = LearningWorker(engine, store, Metrics(), max_backlog=10_000)
+    worker.start()
+    try:
+        rows = shifted(300, 200)
+        store.write(rows)
+        engine.record(rows)
+        assert not engine.caught_up("s")            # recorded: the fallback answers at once
+        assert engine.forecast("s", 2).origin == rows[-1].ts
+        worker.submit(rows)
+        wait_until(lambda: worker.backlog == 0)
+        assert engine.caught_up("s")
+        assert engine.forecast("s", 2).model["kind"] == "online"
+        events = store.drift_history("s")
+        assert events and any(200 <= ts / HOUR < 240 for ts, _, _ in events), events
+        assert all(kind == "page_hinkley" and np.isfinite(stat) for _, kind, stat in events)
+    finally:
+        worker.stop(10)
+        store.close()
+
+
+class GatedEngine(OnlineEngine):
+    """Learning blocks until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__(SMALL, Initializer.random(SMALL.shape, 0, 0.05))
+        self.gate = threading.Event()
+
+    def learn(self, batch):  # type: ignore[no-untyped-def]
+        assert self.gate.wait(30)
+        super().learn(batch)
+
+
+def test_a_full_backlog_makes_submit_wait_instead_of_growing(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path}/b.db")
+    engine = GatedEngine()
+    worker = LearningWorker(engine, store, Metrics(), max_backlog=1000)
+    worker.start()
+    rows = shifted(1000, 500)
+    engine.record(rows)
+    worker.submit(rows)                          # fills the backlog; learning is stuck at the gate
+    done: list[bool] = []
+    blocked = threading.Thread(target=lambda: (worker.submit(rows[:10]), done.append(True)))
+    blocked.start()
+    time.sleep(0.3)
+    assert not done and worker.backlog == 1000   # the second submit waits instead of growing memory
+    engine.gate.set()
+    blocked.join(60)
+    assert done
+    wait_until(lambda: worker.backlog == 0)
+    worker.stop(10)
+    store.close()
