@@ -193,3 +193,29 @@ def test_many_series_in_one_batch_move_in_lockstep():
     engine.observe(batch)
     values = [engine.forecast(f"s{k}", 4).points[0].value for k in range(3)]
     assert values[0] == values[1] == values[2]
+
+
+def test_the_daemon_starts_from_the_newest_stored_initializer_that_fits(tmp_path, caplog):
+    from adaptd.config import parse_config
+    from adaptd.engine.factory import encode_initializer, online_config, stored_initializer
+    from adaptd.store import Store
+
+    settings = parse_config({"adapt": {"init": "pretrained"}})
+    config = online_config(settings)
+    other = dataclasses.replace(config, hidden=config.hidden + 1)
+    store = Store.open(f"sqlite:///{tmp_path}/init.db")
+    try:
+        assert stored_initializer(settings, store, config).kind == "random"   # nothing stored yet
+        fitting = Initializer.random(config.shape, 1, 0.05)
+        fitting.kind = "pretrained"
+        good = store.save_initializer("pretrain", 1, encode_initializer(fitting, config), {}, None, True)
+        misfit = Initializer.random(other.shape, 2, 0.05)
+        misfit.kind = "pretrained"
+        store.save_initializer("pretrain", 1, encode_initializer(misfit, other), {}, None, True)
+        chosen = stored_initializer(settings, store, config)
+        assert (chosen.kind, chosen.version) == ("pretrained", good)
+        assert "not usable here" in caplog.text   # the newer one was made for another shape
+        for name, tensor in fitting.params.items():
+            assert torch.equal(chosen.params[name], tensor)
+    finally:
+        store.close()
