@@ -7,6 +7,7 @@ tells it, for every committed record, whether the (series, ts) was new.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -21,13 +22,15 @@ class SeriesInfo:
     last_ts: float
     late: int = 0        # records older than the newest one already stored
     overwritten: int = 0  # re-sent (series, ts) pairs whose value was replaced
+    received: float = 0.0  # wall-clock time of its newest commit (start-up time for loaded series)
 
 
 class SeriesCatalog:
     def __init__(self, summaries: list[SeriesSummary] | None = None):
         self._lock = threading.Lock()
+        started = time.time()
         self._series: dict[str, SeriesInfo] = {
-            s.name: SeriesInfo(s.observations, s.first_ts, s.last_ts) for s in summaries or []}
+            s.name: SeriesInfo(s.observations, s.first_ts, s.last_ts, received=started) for s in summaries or []}
 
     def last_ts(self, name: str) -> float | None:
         info = self._series.get(name)
@@ -40,12 +43,15 @@ class SeriesCatalog:
         """
         late = 0
         series = self._series
+        now = time.time()
         with self._lock:
             for name, ts, _value in rows:
                 info = series.get(name)
                 if info is None:
-                    series[name] = SeriesInfo(1, ts, ts)
-                elif ts > info.last_ts:
+                    series[name] = SeriesInfo(1, ts, ts, received=now)
+                    continue
+                info.received = now
+                if ts > info.last_ts:
                     info.observations += 1
                     info.last_ts = ts
                 elif (name, ts) in stored_before:
@@ -56,6 +62,12 @@ class SeriesCatalog:
                     info.first_ts = min(info.first_ts, ts)
                     late += 1
         return late
+
+    def stale(self, older_than: float) -> int:
+        """Series that have received nothing for `older_than` seconds."""
+        cutoff = time.time() - older_than
+        with self._lock:
+            return sum(info.received < cutoff for info in self._series.values())
 
     def get(self, name: str) -> SeriesInfo | None:
         return self._series.get(name)

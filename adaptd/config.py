@@ -59,6 +59,9 @@ class IngestSettings:
 @dataclass(frozen=True)
 class MetricsSettings:
     listen: str = "127.0.0.1:9464"
+    series: tuple[str, ...] = ()
+    max_series: int = 100
+    stale_after: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,10 @@ CHECKS: dict[str, dict[str, Check]] = {
     },
     "metrics": {
         "listen": (_host_port, "HOST:PORT such as 127.0.0.1:9464, or empty to disable"),
+        "series": (lambda v: len(set(v)) == len(v) and all(0 < len(n) <= 200 for n in v),
+                   "a list of distinct series names (1 to 200 characters each)"),
+        "max_series": (lambda v: 0 <= v <= 10_000, "an integer from 0 to 10000"),
+        "stale_after": (lambda v: 1 <= v <= MAX_SCHEDULE, f"a number of seconds from 1 to {MAX_SCHEDULE}"),
     },
     "model": {
         "engine": (lambda v: v in ("online", "naive"), "'online' or 'naive'"),
@@ -248,6 +255,8 @@ def _type_ok(value: Any, annotation: str) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if annotation == "bool":
         return isinstance(value, bool)
+    if annotation == "tuple[str, ...]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
     return isinstance(value, str)
 
 
@@ -264,7 +273,7 @@ def _build_section(name: str, cls: type, raw: Any, source: str) -> Any:
         annotation = str(fields[key].type)
         if not _type_ok(value, annotation) or not predicate(value):
             raise ConfigError(f"{where} = {value!r}: must be {allowed}")
-        values[key] = float(value) if annotation == "float" else value
+        values[key] = float(value) if annotation == "float" else tuple(value) if isinstance(value, list) else value
     return cls(**values)
 
 

@@ -16,7 +16,7 @@ import time
 
 from .catalog import SeriesCatalog
 from .config import Settings
-from .engine.base import Engine
+from .engine.base import Engine, NotReady, UnknownSeries
 from .engine.factory import build_engine, online_config, stored_initializer
 from .ingest import IngestWriter
 from .learning import LearningWorker
@@ -58,6 +58,7 @@ class Daemon:
         pending = await asyncio.to_thread(engine.restore, await asyncio.to_thread(self.store.recent, s.model.history),
                                           await asyncio.to_thread(self.store.load_checkpoints))
         self.metrics.series.set(len(catalog))
+        self._watch(engine, catalog)
         self.learner = LearningWorker(engine, self.store, self.metrics, s.model.learning_backlog)
         self.learner.start()
         if pending:   # learnt in the background; the fallback answers those series meanwhile
@@ -113,6 +114,14 @@ class Daemon:
                 log.error("the store writer or the learning thread stopped; withholding the watchdog ping")
             await asyncio.sleep(interval)
 
+    def _watch(self, engine: Engine, catalog: SeriesCatalog) -> None:
+        s, m = self.settings, self.metrics
+        m.watch(engine, catalog, s.model.coverage, s.metrics.stale_after, s.metrics.series, s.metrics.max_series)
+        stats = engine.stats()
+        if "init" in stats:   # an engine that adapts on drift
+            m.drift_events.labels(s.drift.detector)   # present at zero, so rate() and alerts have data
+            m.initializer.labels(stats["init"], str(stats["init_version"])).set(1)
+
     def _build_engine(self) -> Engine:
         s, store = self.settings, self.store
         assert store is not None
@@ -137,10 +146,30 @@ class Daemon:
             items = self.engine.checkpoint()
             self.store.save_checkpoints(items)
         except Exception:
+            self.metrics.checkpoint_failures.inc()
             log.exception("checkpoint failed; the previous one stays in the store")
             return
+        self.metrics.checkpoint_seconds.observe(time.monotonic() - started)
+        self.metrics.last_checkpoint.set_to_current_time()
         if items:
             log.info("checkpointed %d series in %.2fs", len(items), time.monotonic() - started)
+        self.save_forecasts()
+
+    def save_forecasts(self) -> None:
+        """Store the current forecasts of the series exported to metrics, for Grafana's curves."""
+        if self.engine is None or self.store is None:
+            return
+        m = self.settings.metrics
+        found = []
+        for name in m.series[: m.max_series]:
+            try:
+                found.append(self.engine.forecast(name, self.settings.model.max_horizon))
+            except (UnknownSeries, NotReady):
+                continue
+        try:
+            self.store.save_forecasts(found)
+        except Exception:
+            log.exception("could not store the forecasts of %d series", len(found))
 
     async def shutdown(self) -> None:
         self.notifier.notify("STOPPING=1")

@@ -101,14 +101,15 @@ class LearningWorker:
             except Exception:
                 log.exception("models failed to learn %d records; they stay stored", len(chunk))
             self.metrics.learn_seconds.observe(time.perf_counter() - started)
+            self._record_drift()    # before `_done`: an empty backlog means learnt and recorded
             self._done(len(chunk))
-            self._record_drift()
 
     def _record_drift(self) -> None:
         events = self.engine.take_drift_events()
         if not events:
             return
-        self.metrics.drift_events.inc(len(events))
+        for event in events:
+            self.metrics.drift_events.labels(event.detector).inc()
         try:
             self.store.add_drift_events(events)
         except Exception:

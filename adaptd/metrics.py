@@ -1,22 +1,40 @@
-"""Prometheus metrics on an injected registry (tests build their own; no globals)."""
+"""Prometheus metrics on an injected registry (tests build their own; no globals).
+
+Names follow Prometheus conventions: `adaptd_` prefix, base units, `_total` counters, and no
+label whose values grow with the data. Per-series values are exported only for the series
+named in `[metrics] series`, at most `max_series` of them.
+"""
 
 from __future__ import annotations
 
 import logging
 import platform
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any, Iterator
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from . import __version__
+from .engine.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from .catalog import SeriesCatalog
+    from .engine import Engine
 
 log = logging.getLogger(__name__)
 
 OPS = ("ping", "ingest", "forecast", "series", "stats")
+OUTCOMES = ("adapted", "kept", "failed")
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+# |error| in units of the series' typical one-step change: 1 is as good as a random walk.
+SCALED_ERROR_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 25.0)
 
 
-class Metrics:
+class Metrics(Telemetry):
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = r = registry if registry is not None else CollectorRegistry()
         self.records_ingested = Counter(
@@ -46,7 +64,29 @@ class Metrics:
         self.ingest_queue_records = Gauge(
             "adaptd_ingest_queue_records", "Validated records waiting for the store writer", registry=r)
         self.drift_events = Counter(
-            "adaptd_drift_events", "Drift detections on forecast residuals", registry=r)
+            "adaptd_drift_events", "Drift detections on forecast residuals, by detector", ["detector"], registry=r)
+        self.adaptations = Counter(
+            "adaptd_adaptations", "Finished adaptations after drift: adapted (the fine-tuned model won), "
+            "kept (the previous model scored better) or failed (rolled back)", ["outcome"], registry=r)
+        self.adaptation_seconds = Histogram(
+            "adaptd_adaptation_duration_seconds", "Time one adaptation (k gradient steps) took",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.nonfinite_outputs = Counter(
+            "adaptd_model_nonfinite_outputs", "Forecasts with a non-finite model output that was replaced",
+            registry=r)
+        self.accuracy = ForecastAccuracy(r)
+        self.checkpoint_seconds = Histogram(
+            "adaptd_checkpoint_duration_seconds", "Time to save every series' model state to the store",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=r)
+        self.checkpoint_failures = Counter(
+            "adaptd_checkpoint_failures", "Checkpoints that failed (the previous one stays in the store)",
+            registry=r)
+        self.last_checkpoint = Gauge(
+            "adaptd_last_checkpoint_timestamp_seconds", "When the newest successful checkpoint finished "
+            "(0: none since start)", registry=r)
+        self.initializer = Gauge(
+            "adaptd_initializer_info", "Always 1; labels say which initializer drift adaptation restarts from",
+            ["kind", "version"], registry=r)
         self.learning_backlog = Gauge(
             "adaptd_learning_backlog_records", "Committed records the models have not learnt yet", registry=r)
         self.learn_seconds = Histogram(
@@ -59,6 +99,27 @@ class Metrics:
         self.build_info.labels(__version__, platform.python_version()).set(1)
         for op in OPS:  # so that rate() has a zero to start from
             self.request_seconds.labels(op)
+        for outcome in OUTCOMES:
+            self.adaptations.labels(outcome)
+        self.requests.labels("ingest", "overloaded")   # the overload alert reads 0, not nothing
+
+    # -- what the engine reports (Telemetry) ----------------------------------------------
+    def scored(self, leads: np.ndarray, scaled_error: np.ndarray, inside: np.ndarray) -> None:
+        self.accuracy.observe(leads, scaled_error, inside)
+
+    def adaptation(self, outcome: str, seconds: float) -> None:
+        self.adaptations.labels(outcome).inc()
+        self.adaptation_seconds.observe(seconds)
+
+    def nonfinite(self, count: int) -> None:
+        self.nonfinite_outputs.inc(count)
+
+    def watch(self, engine: Engine, catalog: SeriesCatalog, coverage: float, stale_after: float,
+              series: tuple[str, ...] = (), max_series: int = 0) -> None:
+        """Read live state at scrape time: series counts and the opt-in per-series values."""
+        engine.telemetry = self
+        self.accuracy.target = coverage
+        self.registry.register(LiveState(engine, catalog, stale_after, series, max_series))
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         return self.registry.get_sample_value(name, labels or {}) or 0.0
@@ -75,3 +136,105 @@ class Metrics:
         server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
         log.info("metrics on http://%s/metrics", listen)
         return server
+
+
+class ForecastAccuracy(Collector):
+    """Scored forecasts by lead, folded in whole arrays at a time.
+
+    The learning thread scores thousands of forecasts per batch; prometheus_client's
+    per-value `observe` would cost more than the scoring itself.
+    """
+
+    def __init__(self, registry: CollectorRegistry):
+        self.bounds = np.asarray(SCALED_ERROR_BUCKETS)
+        self.target = float("nan")
+        self._lock = threading.Lock()
+        self._leads: dict[int, np.ndarray] = {}   # lead -> [bucket counts..., +Inf, sum, sum of squares, hits]
+        registry.register(self)
+
+    def observe(self, leads: np.ndarray, scaled_error: np.ndarray, inside: np.ndarray) -> None:
+        if leads.size == 0:
+            return
+        buckets = np.searchsorted(self.bounds, scaled_error, side="left")   # le: value <= bound
+        k = self.bounds.size + 1
+        with self._lock:
+            for lead in np.unique(leads):
+                pick = leads == lead
+                row = self._leads.setdefault(int(lead), np.zeros(k + 3))
+                row[:k] += np.bincount(buckets[pick], minlength=k)
+                row[k] += scaled_error[pick].sum()
+                row[k + 1] += np.square(scaled_error[pick]).sum()
+                row[k + 2] += inside[pick].sum()
+
+    def collect(self) -> Iterator[Metric]:
+        errors = HistogramMetricFamily(
+            "adaptd_forecast_scaled_error", "|error| of matured forecasts in units of the series' typical "
+            "one-step change (mean: MASE-like; 1 = as good as repeating the last value)", labels=["lead"])
+        squares = CounterMetricFamily(
+            "adaptd_forecast_squared_scaled_error", "Sum of squared scaled errors (RMSE = "
+            "sqrt(rate(this) / rate(adaptd_forecast_scaled_error_count)))", labels=["lead"])
+        hits = CounterMetricFamily(
+            "adaptd_forecast_interval_hits", "Matured forecasts whose value fell inside the issued "
+            "interval (coverage = rate(this) / rate(adaptd_forecast_scaled_error_count))", labels=["lead"])
+        k = self.bounds.size + 1
+        with self._lock:
+            rows = {lead: row.copy() for lead, row in sorted(self._leads.items())}
+        for lead, row in rows.items():
+            cumulative = np.cumsum(row[:k])
+            buckets = [(floatToGoString(b), float(c)) for b, c in zip(self.bounds, cumulative)]
+            buckets.append(("+Inf", float(cumulative[-1])))
+            errors.add_metric([str(lead)], buckets, float(row[k]))
+            squares.add_metric([str(lead)], float(row[k + 1]))
+            hits.add_metric([str(lead)], float(row[k + 2]))
+        yield errors
+        yield squares
+        yield hits
+        if np.isfinite(self.target):
+            yield GaugeMetricFamily("adaptd_forecast_interval_target_ratio",
+                                    "The coverage prediction intervals aim at ([model] coverage)", value=self.target)
+
+
+class LiveState(Collector):
+    """Gauges computed when scraped, from the engine and the catalog: O(1) in the number of
+    series except for the capped per-series export."""
+
+    def __init__(self, engine: Engine, catalog: SeriesCatalog, stale_after: float,
+                 series: tuple[str, ...], max_series: int):
+        self.engine = engine
+        self.catalog = catalog
+        self.stale_after = stale_after
+        self.exported = series[:max_series]
+        self.omitted = max(0, len(series) - max_series)
+        if self.omitted:
+            log.warning("metrics.series names %d series; exporting the first %d (metrics.max_series)",
+                        len(series), max_series)
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("adaptd_series_warm", "Series the learned models serve (the others get the "
+                                "naive fallback until they have enough history)", value=self.engine.warm_series())
+        yield GaugeMetricFamily("adaptd_series_stale", "Series that have received no record for "
+                                f"{self.stale_after:g} s ([metrics] stale_after)",
+                                value=self.catalog.stale(self.stale_after))
+        yield GaugeMetricFamily("adaptd_adaptations_running", "Adaptations in progress",
+                                value=self.engine.stats().get("adapting", 0))
+        yield GaugeMetricFamily("adaptd_series_export_omitted", "Series named in [metrics] series that are not "
+                                "exported because of [metrics] max_series", value=self.omitted)
+        if not self.exported:
+            return
+        families = {field: GaugeMetricFamily(name, doc, labels=["series"]) for field, name, doc in (
+            ("value", "adaptd_series_value", "Newest observed value"),
+            ("forecast", "adaptd_series_forecast", "The one-step forecast that was issued for the newest value"),
+            ("lo", "adaptd_series_forecast_lower", "Lower bound of that forecast's interval"),
+            ("hi", "adaptd_series_forecast_upper", "Upper bound of that forecast's interval"),
+            ("scaled_error", "adaptd_series_scaled_error",
+             "Rolling |one-step error| in units of the series' typical one-step change"),
+            ("ts", "adaptd_series_last_observation_timestamp_seconds", "Time stamp of the newest observation"))}
+        for name in self.exported:
+            now = self.engine.now(name)
+            if now is None:
+                continue
+            for field, family in families.items():
+                value = getattr(now, field)
+                if np.isfinite(value):   # a gap in the graph, not a NaN sample
+                    family.add_metric([name], value)
+        yield from families.values()

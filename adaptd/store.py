@@ -21,7 +21,7 @@ from .records import Observation
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -46,7 +46,7 @@ observations = sa.Table(
     sqlite_with_rowid=False,
 )
 
-forecasts = sa.Table(
+forecasts_table = sa.Table(
     "forecasts", metadata,
     sa.Column("series_id", sa.Integer, sa.ForeignKey("series.id"), primary_key=True),
     sa.Column("origin", sa.Double, primary_key=True),
@@ -90,8 +90,20 @@ initializers = sa.Table(
     sa.Column("created_at", sa.Double, nullable=False),
 )
 
-# version N -> function migrating a database at version N-1 to N (none yet past 1).
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+def _create_forecast_view(conn: Connection) -> None:
+    """`forecast_latest`: the newest forecast of each exported series with readable times, for
+    Grafana's SQL datasources (Prometheus cannot hold future-dated samples)."""
+    to_time = "to_timestamp({})" if conn.dialect.name == "postgresql" else "datetime({}, 'unixepoch')"
+    conn.exec_driver_sql(
+        "CREATE VIEW forecast_latest AS SELECT s.name AS series, "
+        f"{to_time.format('f.target')} AS target_time, f.value, f.lo, f.hi, "
+        f"{to_time.format('f.origin')} AS origin_time, f.step, f.model_kind "
+        "FROM forecasts f JOIN series s ON s.id = f.series_id")
+
+
+# version N -> function migrating a database at version N-1 to N.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _create_forecast_view}
 
 
 class StoreError(RuntimeError):
@@ -184,10 +196,13 @@ class Store:
                     if inspector.has_table("observations"):
                         raise StoreError("database has adaptd tables but no schema_version; refusing to guess")
                     metadata.create_all(conn)
+                    _create_forecast_view(conn)
                     conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, applied_at=time.time()))
                     log.info("created store schema version %d", SCHEMA_VERSION)
                     return
                 current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar_one()
+                if current is None:
+                    raise StoreError("database has adaptd tables but no schema_version; refusing to guess")
                 if current > SCHEMA_VERSION:
                     raise StoreError(
                         f"database schema version {current} is newer than this adaptd supports "
@@ -294,6 +309,29 @@ class Store:
                 set_={k: stmt.excluded[k] for k in ("kind", "format_version", "payload", "updated_at")})
             conn.execute(stmt, [{"series_id": ids[c.series], "kind": c.kind, "format_version": c.format_version,
                                  "payload": c.payload, "updated_at": now} for c in items])
+
+    def save_forecasts(self, forecasts: Sequence[Any]) -> None:
+        """Replace each series' stored forecast with this one (objects with series, origin,
+        model["kind"] and points of ts, value, lo, hi)."""
+        if not forecasts:
+            return
+        now = time.time()
+        with self.engine.begin() as conn:
+            ids = self.series_ids(conn, {f.series for f in forecasts})
+            conn.execute(sa.delete(forecasts_table).where(
+                forecasts_table.c.series_id.in_([ids[f.series] for f in forecasts])))
+            conn.execute(forecasts_table.insert(), [
+                {"series_id": ids[f.series], "origin": f.origin, "step": step, "target": p.ts, "value": p.value,
+                 "lo": p.lo, "hi": p.hi, "model_kind": str(f.model.get("kind", "")), "created_at": now}
+                for f in forecasts for step, p in enumerate(f.points, start=1)])
+
+    def stored_forecasts(self, name: str) -> list[tuple[int, float, float, float, float]]:
+        """(step, target, value, lo, hi) of the series' stored forecast."""
+        f, s = forecasts_table, series_table
+        query = (sa.select(f.c.step, f.c.target, f.c.value, f.c.lo, f.c.hi)
+                 .select_from(f.join(s, s.c.id == f.c.series_id)).where(s.c.name == name).order_by(f.c.step))
+        with self.engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(query)]
 
     def add_drift_events(self, events: Sequence[Any]) -> None:
         """Record detections: objects with series, ts, detector and statistic."""

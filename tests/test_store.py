@@ -32,11 +32,12 @@ def reopen(store: Store) -> Store:
 # -- schema -------------------------------------------------------------------------------
 
 def test_new_database_gets_the_current_schema(store: Store) -> None:
-    assert SCHEMA_VERSION == 1
+    assert SCHEMA_VERSION == 2
     assert store.schema_version() == SCHEMA_VERSION
     tables = set(sa.inspect(store.engine).get_table_names())
     assert {"schema_version", "series", "observations", "forecasts", "drift_events",
             "model_checkpoints", "initializers"} <= tables
+    assert "forecast_latest" in sa.inspect(store.engine).get_view_names()
     with store.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(schema_version)).scalar_one() == 1
 
@@ -84,9 +85,25 @@ def test_a_newer_schema_is_refused_naming_both_versions(store: Store) -> None:
         engine.dispose()
 
 
-def test_adaptd_tables_without_schema_version_are_refused(store: Store) -> None:
+def test_a_version_1_database_is_migrated_keeping_its_data(store: Store) -> None:
+    store.write([Obs("a", 1.0, 10.0)])
+    with store.engine.begin() as conn:   # what version 1 was: the same tables, no view
+        conn.execute(sa.text("DROP VIEW forecast_latest"))
+        conn.execute(sa.delete(schema_version))
+        conn.execute(schema_version.insert().values(version=1, applied_at=time.time()))
+    store = reopen(store)
+    try:
+        assert store.schema_version() == 2
+        assert "forecast_latest" in sa.inspect(store.engine).get_view_names()
+        assert store.history("a") == [(1.0, 10.0)]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("damage", ["DROP TABLE schema_version", "DELETE FROM schema_version"])
+def test_adaptd_tables_without_schema_version_are_refused(store: Store, damage: str) -> None:
     with store.engine.begin() as conn:
-        conn.execute(sa.text("DROP TABLE schema_version"))
+        conn.execute(sa.text(damage))
     with pytest.raises(StoreError, match="no schema_version"):
         reopen(store)
 
@@ -206,6 +223,26 @@ def test_unicode_and_long_series_names_are_stored(store: Store) -> None:
 
 def by_series(c: Checkpoint) -> str:
     return c.series
+
+
+def test_forecasts_are_replaced_per_series_and_readable_through_the_view(store: Store) -> None:
+    from adaptd.engine import Forecast, ForecastPoint
+
+    def forecast(series: str, origin: float, values: list[float]) -> Forecast:
+        points = tuple(ForecastPoint(origin + HOUR * (i + 1), v, v - 1, v + 1) for i, v in enumerate(values))
+        return Forecast(series, origin, HOUR, points, {"kind": "online"})
+
+    store.write([Obs("a", 0.0, 1.0), Obs("b", 0.0, 1.0)])
+    store.save_forecasts([forecast("a", 0.0, [1.0, 2.0, 3.0]), forecast("b", 0.0, [5.0])])
+    store.save_forecasts([forecast("a", HOUR, [7.0, 8.0])])   # a newer origin replaces all of a's
+    assert store.stored_forecasts("a") == [(1, 2 * HOUR, 7.0, 6.0, 8.0), (2, 3 * HOUR, 8.0, 7.0, 9.0)]
+    assert store.stored_forecasts("b") == [(1, HOUR, 5.0, 4.0, 6.0)]
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT target_time, value, lo, hi, origin_time, step FROM forecast_latest "
+                                    "WHERE series = 'a' ORDER BY target_time")).all()
+    assert [r.value for r in rows] == [7.0, 8.0] and [r.step for r in rows] == [1, 2]
+    assert str(rows[0].target_time).startswith("1970-01-01 02:00:00")   # a time Grafana can plot
+    assert str(rows[0].origin_time).startswith("1970-01-01 01:00:00")
 
 
 def test_checkpoints_round_trip_and_overwrite(store: Store) -> None:

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from ..records import Observation
 from ..store import Checkpoint
+from .telemetry import SILENT, SeriesNow, Telemetry
 
 
 class UnknownSeries(LookupError):
@@ -49,6 +50,7 @@ class Engine(ABC):
     """
 
     kind: str = "engine"
+    telemetry: Telemetry = SILENT   # the daemon sets its metrics here
 
     @abstractmethod
     def record(self, batch: Sequence[Observation]) -> None: ...
@@ -87,6 +89,14 @@ class Engine(ABC):
 
     def stats(self) -> dict[str, Any]:
         return {"kind": self.kind}
+
+    def warm_series(self) -> int:
+        """Series the learned models serve (the others get the naive fallback)."""
+        return 0
+
+    def now(self, series: str) -> SeriesNow | None:
+        """The series at its newest observation beside the forecast issued for it (None: unknown)."""
+        return None
 
     def close(self) -> None:
         """Stop background work (adaptations in flight)."""

@@ -39,6 +39,7 @@ from .mixture import Mixture
 from .naive import NaiveEngine
 from .rls import BatchedRLS
 from .snapshot import FORMAT_VERSION, SnapshotError, decode, encode
+from .telemetry import SeriesNow
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ FRESH: dict[str, float] = {
     "fc_origin": np.nan, "last_drift": np.nan, "adaptations": 0, "restarts": 0,
 }
 PER_SLOT = tuple(FRESH)
+# Per-series arrays for metrics only: not checkpointed (a restart starts them afresh).
+TRANSIENT: dict[str, float] = {"issued_width": np.nan, "now_fc": np.nan, "recent_error": np.nan}
+ERROR_RATE = 0.05   # the rolling per-series error forgets with this weight per observation
 # Two linear learners: one with long memory, one restarted at every drift on the newest window.
 # After a real change the recent one wins; after a false alarm the long one keeps its weight.
 EXPERTS = ("rls", "rls_recent", "gru", "last")
@@ -147,9 +151,9 @@ class OnlineEngine(Engine):
         shapes = {"hist": (self.span,), "scale_h": (self.origins + 1,), "mean_h": (self.origins + 1,),
                   "typical_h": (self.origins + 1,),
                   "preds": (c.horizon + 1, K + 1, L), "fc_value": (c.horizon,), "fc_lo": (c.horizon,),
-                  "fc_hi": (c.horizon,)}
-        for name in PER_SLOT:
-            grown = np.full((capacity, *shapes.get(name, ())), FRESH[name])
+                  "fc_hi": (c.horizon,), "issued_width": (c.horizon + 1, L), "now_fc": (3,)}
+        for name, fresh in (FRESH | TRANSIENT).items():
+            grown = np.full((capacity, *shapes.get(name, ())), fresh)
             old = getattr(self, name, None)
             if old is not None:
                 grown[: old.shape[0]] = old
@@ -230,10 +234,14 @@ class OnlineEngine(Engine):
         raw_scale, mean = update_stats(self.raw_scale[slots], np.where(first, y, self.mean_h[slots, -1]),
                                        prev, y, c.scale_rate, c.mean_rate)
         typical = update_typical(self.typical[slots], raw_scale, np.abs(y - prev))
-        for name in ("hist", "scale_h", "mean_h", "typical_h", "preds"):
+        # What was forecast for this observation, if it was forecast from the one before.
+        self.now_fc[slots] = np.stack([self.fc_value[slots, 0], self.fc_lo[slots, 0], self.fc_hi[slots, 0]], axis=1)
+        self.now_fc[slots[self.fc_origin[slots] != self.last_ts[slots]]] = np.nan
+        for name in ("hist", "scale_h", "mean_h", "typical_h", "preds", "issued_width"):
             array = getattr(self, name)
             array[slots, :-1] = array[slots, 1:]
         self.preds[slots, -1] = np.nan
+        self.issued_width[slots, -1] = np.nan
         self.hist[slots, -1] = y
         self.raw_scale[slots] = raw_scale
         self.typical[slots] = typical
@@ -247,7 +255,7 @@ class OnlineEngine(Engine):
     def _score(self, slots: np.ndarray) -> np.ndarray:
         """Fold matured forecasts into mixture and intervals; returns lead-1 residuals (NaN: none)."""
         residual = np.full(slots.size, np.nan)
-        pick_slots, pick_leads, errors = [], [], []
+        pick_slots, pick_leads, errors, scaled, widths = [], [], [], [], []
         y = self.hist[slots, -1]
         for j, h in enumerate(self.leads):
             made = (self.first_origin[slots] >= 0) & (self.count[slots] - h >= self.first_origin[slots])
@@ -261,14 +269,22 @@ class OnlineEngine(Engine):
             pick_slots.append(s)
             pick_leads.append(np.full(s.size, j))
             errors.append(err)
+            widths.append(self.issued_width[s, -1 - h, j])
+            scaled.append(np.abs(err[:, COMBINED]) * origin_scale / np.maximum(self.typical_h[s, -1 - h], MIN_SCALE))
             if h == 1:
                 # In units of the series' long-run scale, not the fast one the models use:
                 # the fast scale absorbs a change in volatility the detector should notice.
                 residual[made] = np.abs(err[:, COMBINED]) * origin_scale / np.maximum(self.typical[s], MIN_SCALE)
+                recent = self.recent_error[s]
+                self.recent_error[s] = np.where(np.isfinite(recent), recent + ERROR_RATE * (scaled[-1] - recent),
+                                                scaled[-1])
         if pick_slots:
             s_all, j_all, e_all = np.concatenate(pick_slots), np.concatenate(pick_leads), np.concatenate(errors)
             self.mixture.update(s_all, j_all, e_all[:, :COMBINED] ** 2)
             self.conformal.update(s_all, j_all, np.abs(e_all[:, COMBINED]))
+            miss, width, scaled_all = np.abs(e_all[:, COMBINED]), np.concatenate(widths), np.concatenate(scaled)
+            issued = np.isfinite(width) & np.isfinite(scaled_all)   # intervals are not checkpointed
+            self.telemetry.scored(self.leads[j_all[issued]], scaled_all[issued], miss[issued] <= width[issued])
         return residual
 
     # -- learning ------------------------------------------------------------------------------
@@ -407,16 +423,15 @@ class OnlineEngine(Engine):
     def _apply(self, result: Adaptation) -> None:
         slot = result.slot
         self.counters["adapt_seconds"] += result.seconds
+        outcome = "failed" if result.params is None else "adapted" if result.won else "kept"
+        self.counters[outcome] += 1
+        self.telemetry.adaptation(outcome, result.seconds)
         if result.params is None:
-            self.counters["failed"] += 1
             return
         slots = np.array([slot])
         if result.won:
             self.gru.load(slots, result.params)
-            self.counters["adapted"] += 1
             self.adaptations[slot] += 1
-        else:
-            self.counters["kept"] += 1
         self.restarts[slot] += 1
         self._refit_rls(slot)
         self.mixture.favour(slots, GRU)
@@ -515,8 +530,8 @@ class OnlineEngine(Engine):
         slot = self.slots.get(name)
         if slot is None:
             return
-        for key in PER_SLOT:
-            getattr(self, key)[slot] = FRESH[key]
+        for key, fresh in (FRESH | TRANSIENT).items():
+            getattr(self, key)[slot] = fresh
         self.rls.reset(np.array([slot]))
         self.rls_recent.reset(np.array([slot]))
         self.gru.load(np.array([slot]), self.init.params)
@@ -548,6 +563,7 @@ class OnlineEngine(Engine):
         bad = ~np.isfinite(experts)
         if bad.any():
             self.counters["nonfinite"] += int(bad.any(axis=(1, 2)).sum())
+            self.telemetry.nonfinite(int(bad.any(axis=(1, 2)).sum()))
             experts[bad] = 0.0
         weights = self.mixture.weights(slots, self.spread)
         combined = (weights * experts).sum(axis=1)
@@ -556,6 +572,7 @@ class OnlineEngine(Engine):
         self.first_origin[slots] = np.where(self.first_origin[slots] < 0, self.count[slots],
                                             self.first_origin[slots])
         width = self.conformal.q[slots] @ self.spread
+        self.issued_width[slots, -1] = width[:, self.leads - 1]
         last = self.hist[slots, -1]
         value = np.clip(last[:, None] + scale[:, None] * combined, -FLOAT_MAX, FLOAT_MAX)
         half = scale[:, None] * width
@@ -587,7 +604,19 @@ class OnlineEngine(Engine):
 
     def stats(self) -> dict[str, Any]:
         return {"kind": self.kind, "series": len(self.names), "init": self.init.kind,
+                "init_version": self.init.version or 0,
                 "adapting": len(self._running), **self.counters}
+
+    def warm_series(self) -> int:
+        return int((self.count[: len(self.names)] >= self.config.window).sum())
+
+    def now(self, series: str) -> SeriesNow | None:
+        slot = self.slots.get(series)
+        if slot is None or self.count[slot] == 0:
+            return None
+        forecast, lo, hi = (float(v) for v in self.now_fc[slot])
+        return SeriesNow(float(self.last_ts[slot]), float(self.hist[slot, -1]), forecast, lo, hi,
+                         float(self.recent_error[slot]))
 
     def close(self) -> None:
         if self._pool is not None:

@@ -1,0 +1,38 @@
+"""What an engine reports while it works: the daemon's metrics listen, replay and benchmarks don't.
+
+Calls come from the learning thread with whole arrays (one call per batch, never per record),
+so a listener can fold thousands of scored forecasts in one vectorised update.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class SeriesNow(NamedTuple):
+    """One series at its newest observation, for per-series export (NaN: not known yet)."""
+    ts: float
+    value: float
+    forecast: float        # the lead-1 forecast that was issued for this observation
+    lo: float
+    hi: float
+    scaled_error: float    # rolling |lead-1 error| in units of the series' typical one-step change
+
+
+class Telemetry:
+    """The silent listener; `adaptd.metrics.Metrics` overrides these."""
+
+    def scored(self, leads: np.ndarray, scaled_error: np.ndarray, inside: np.ndarray) -> None:
+        """Matured forecasts: their lead (steps), |error| in units of the series' typical
+        one-step change, and whether the value fell inside the issued interval (NaN-free)."""
+
+    def adaptation(self, outcome: str, seconds: float) -> None:
+        """One finished adaptation: "adapted" (the fine-tuned model won), "kept" or "failed"."""
+
+    def nonfinite(self, count: int) -> None:
+        """Model outputs that were not finite and were replaced (a sign of a broken model)."""
+
+
+SILENT = Telemetry()
