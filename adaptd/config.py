@@ -248,6 +248,27 @@ CHECKS: dict[str, dict[str, Check]] = {
 }
 
 
+# Checks across keys: (the key to blame, what must hold, what it must be).
+RELATIONS: list[tuple[str, Callable[[Settings], bool], Callable[[Settings], str]]] = [
+    ("model.patch", lambda s: s.model.window % s.model.patch == 0,
+     lambda s: f"a divisor of model.window ({s.model.window})"),
+    ("model.rls_lags", lambda s: s.model.rls_lags < s.model.window,
+     lambda s: f"at most model.window - 1 ({s.model.window - 1})"),
+    ("adapt.validation", lambda s: s.adapt.validation < s.adapt.window,
+     lambda s: f"below adapt.window ({s.adapt.window})"),
+    ("drift.kswin_stat_size", lambda s: s.drift.kswin_stat_size < s.drift.kswin_window_size,
+     lambda s: f"below drift.kswin_window_size ({s.drift.kswin_window_size})"),
+]
+
+
+def _check_relations(settings: Settings, source: str) -> None:
+    for key, holds, allowed in RELATIONS:
+        if not holds(settings):
+            section, name = key.split(".")
+            value = getattr(getattr(settings, section), name)
+            raise ConfigError(f"{source}: {key} = {value!r}: must be {allowed(settings)}")
+
+
 def _type_ok(value: Any, annotation: str) -> bool:
     if annotation == "float":  # TOML has inf and nan; no setting means them
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -275,6 +296,17 @@ def _build_section(name: str, cls: type, raw: Any, source: str) -> Any:
             raise ConfigError(f"{where} = {value!r}: must be {allowed}")
         values[key] = float(value) if annotation == "float" else tuple(value) if isinstance(value, list) else value
     return cls(**values)
+
+
+def _in_state_dir(settings: Settings, data: dict[str, Any]) -> Settings:
+    """The store and the socket default to files in daemon.state_dir."""
+    state = settings.daemon.state_dir
+    store, server = settings.store, settings.server
+    if "url" not in data.get("store", {}):
+        store = dataclasses.replace(store, url=f"sqlite:///{os.path.join(state, 'adaptd.db')}")
+    if "socket" not in data.get("server", {}):
+        server = dataclasses.replace(server, socket=os.path.join(state, "adaptd.sock"))
+    return dataclasses.replace(settings, store=store, server=server)
 
 
 def _relative_to(base: Path, value: str) -> str:
@@ -305,6 +337,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base: Path | No
             raise ConfigError(f"{source}: unknown section [{name}] (allowed: {', '.join(sections)})")
         built[name] = _build_section(name, sections[name].default_factory, raw, source)  # type: ignore[misc]
     settings = Settings(**built, source=source)
+    _check_relations(settings, source)
+    settings = _in_state_dir(settings, data)
     resolved = _resolve_paths(settings, base if base is not None else Path.cwd())
     # A relative socket path is checked again once resolved: bind() fails on long paths.
     if not CHECKS["server"]["socket"][0](resolved.server.socket):

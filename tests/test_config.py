@@ -435,3 +435,30 @@ def test_check_config_uses_the_env_var_and_the_flag_wins(
 def test_check_config_with_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", "--config", str(tmp_path / "missing.toml")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, key, allowed", [
+    ("[model]\nwindow = 48\npatch = 5\n", "model.patch = 5", "a divisor of model.window (48)"),
+    ("[model]\nwindow = 16\n", "model.rls_lags = 32", "at most model.window - 1 (15)"),
+    ("[model]\nrls_lags = 48\n", "model.rls_lags = 48", "at most model.window - 1 (47)"),
+    ("[adapt]\nwindow = 8\nvalidation = 8\n", "adapt.validation = 8", "below adapt.window (8)"),
+    ("[drift]\nkswin_window_size = 30\n", "drift.kswin_stat_size = 30", "below drift.kswin_window_size (30)"),
+])
+def test_keys_that_contradict_each_other_name_the_key_and_the_limit(tmp_path: Path, text: str, key: str,
+                                                                     allowed: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(str(write(tmp_path, text)))
+    assert f"{key}: must be {allowed}" in str(info.value)
+
+
+def test_consistent_related_keys_are_accepted(tmp_path: Path) -> None:
+    settings = load_config(str(write(tmp_path, "[model]\nwindow = 16\npatch = 8\nrls_lags = 15\n")))
+    assert (settings.model.window, settings.model.patch, settings.model.rls_lags) == (16, 8, 15)
+
+
+def test_store_and_socket_default_to_files_in_state_dir(tmp_path: Path) -> None:
+    settings = load_config(str(write(tmp_path, '[daemon]\nstate_dir = "/var/lib/adaptd"\n')))
+    assert settings.store.url == "sqlite:////var/lib/adaptd/adaptd.db"
+    assert settings.server.socket == "/var/lib/adaptd/adaptd.sock"
+    explicit = load_config(str(write(tmp_path, '[daemon]\nstate_dir = "/x"\n[server]\nsocket = "/run/a.sock"\n')))
+    assert explicit.server.socket == "/run/a.sock" and explicit.store.url == "sqlite:////x/adaptd.db"
