@@ -26,6 +26,8 @@ def _setup_logging(level: str) -> None:
     if not os.environ.get("JOURNAL_STREAM"):
         fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+    if level != "debug":   # APScheduler logs every run of every job at INFO: noise in the journal
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def _fail(message: str, code: int = 1) -> int:

@@ -173,13 +173,21 @@ class Daemon:
 
     async def shutdown(self) -> None:
         self.notifier.notify("STOPPING=1")
-        timeout = self.settings.daemon.shutdown_timeout
+        # One budget for requests in flight, pending commits and learning, so that systemd's
+        # TimeoutStopSec (shutdown_timeout plus the final checkpoint) is never exceeded.
+        deadline = time.monotonic() + self.settings.daemon.shutdown_timeout
+
+        def left() -> float:
+            return max(0.1, deadline - time.monotonic())
+
         if self.server is not None:
-            await self.server.close(timeout)
+            await self.server.close(left())
         if self.writer is not None:
-            await asyncio.to_thread(self.writer.stop, timeout)
+            await asyncio.to_thread(self.writer.stop, left())
         if self.learner is not None:
-            await asyncio.to_thread(self.learner.stop, timeout)
+            await asyncio.to_thread(self.learner.stop, left())
+            if self.learner.alive:
+                log.warning("the learning thread did not stop in time; checkpointing what it has learnt")
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
         if self.engine is not None:

@@ -59,8 +59,9 @@ class LearningWorker:
             self._cond.notify_all()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Finish the chunk in progress and stop. What was not learnt is in the store: the next
-        start learns it from there (after its checkpoint)."""
+        """Stop learning at the next record boundary. What was not learnt is in the store: the
+        next start learns it from there (after its checkpoint)."""
+        self.engine.halt_learning()
         with self._cond:
             self._stopping = True
             dropped = self._backlog

@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
 import stat
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -559,6 +562,28 @@ def test_restart_cycle_on_postgresql(fresh_postgres_url: str) -> None:
     restart_cycle(fresh_postgres_url)
 
 
+@pytest.mark.integration
+def test_sigterm_with_a_learning_backlog_stops_promptly_and_relearns_after_restart(tmp_path: Path) -> None:
+    """A long series still being learnt must not hold up a stop (systemd would kill the daemon)
+    nor leave a half-learnt checkpoint: the rest is learnt after the restart."""
+    url = f"sqlite:///{tmp_path}/adaptd.db"
+    y = [10 + 3 * math.sin(i / 4) + 0.1 * (i % 7) for i in range(20_000)]
+    with running_daemon(naive=False, store_url=url, sections={"daemon": {"shutdown_timeout": 10.0}}) as d:
+        for start in range(0, len(y), 10_000):
+            d.ingest(hourly("long", 10_000, start=T0 + start * H, values=y[start:start + 10_000]))
+        time.sleep(1.0)   # learning has begun and is far from done
+        started = time.monotonic()
+        rc, log = d.stop()
+        assert rc == 0 and time.monotonic() - started < 15, log
+        assert "Traceback" not in log and "failed" not in log, log
+        d.start()
+        assert d.series()["long"]["observations"] == 20_000
+        log = d.stop()[1]
+        assert "Traceback" not in log and "ignoring its checkpoint" not in log, log
+        relearn = re.search(r"restored 1 series from checkpoints; (\d+) stored records to learn", log)
+        assert relearn and 0 < int(relearn.group(1)) < 20_000, log   # from where the checkpoint stopped
+
+
 def test_sigterm_under_load_keeps_every_acknowledged_record() -> None:
     """Clients keep ingesting while SIGTERM arrives: whatever was acked is there after a restart."""
     directory = short_tempdir()
@@ -789,6 +814,41 @@ def test_metrics_endpoint_counts_what_was_ingested() -> None:
         assert samples['adaptd_records_rejected_total{reason="ts"}'] == 1
         assert samples['adaptd_requests_total{op="forecast",outcome="ok"}'] == 1
         assert samples["adaptd_series"] == 1
+
+
+@pytest.mark.integration
+def test_exported_series_metrics_and_stored_forecasts_match_the_socket(tmp_path: Path) -> None:
+    """Per-series export and the SQL forecasts Grafana plots agree with what clients are told."""
+    url = f"sqlite:///{tmp_path}/adaptd.db"
+    sections = {"metrics": {"series": ["m", "absent"]},
+                "model": {"max_horizon": 6, "window": 16, "patch": 4, "rls_lags": 8},
+                "server": {"forecast_wait": 30.0}}   # wait for the models to learn, not the fallback
+    y = [10 + 3 * math.sin(i / 4) for i in range(80)]
+    with running_daemon(metrics=True, naive=False, store_url=url, sections=sections) as d:
+        d.ingest(hourly("m", 80, values=y) + hourly("other", 80, values=y))
+        answer = d.forecast("m", 6)
+        assert answer["model"]["kind"] == "online", d.stderr
+        with urllib.request.urlopen(f"http://{d.settings.metrics.listen}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        d.stop()   # the shutdown checkpoint stores the exported series' forecasts
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples['adaptd_series_value{series="m"}'] == y[-1]
+    assert (samples['adaptd_series_forecast_lower{series="m"}'] <= samples['adaptd_series_forecast{series="m"}']
+            <= samples['adaptd_series_forecast_upper{series="m"}'])
+    assert not any('series="other"' in key or 'series="absent"' in key for key in samples)
+    assert samples["adaptd_series_warm"] == 2
+    assert samples['adaptd_initializer_info{kind="random",version="0"}'] == 1
+    from adaptd.store import Store
+
+    store = Store.open(url)
+    try:
+        stored = store.stored_forecasts("m")
+        assert store.stored_forecasts("other") == []
+    finally:
+        store.close()
+    assert [(step, target, value, lo, hi) for step, target, value, lo, hi in stored] == [
+        (i + 1, p["ts"], p["value"], p["lo"], p["hi"]) for i, p in enumerate(answer["points"])]
 
 
 def test_metrics_port_in_use_fails_startup_naming_the_key() -> None:

@@ -66,6 +66,10 @@ class Engine(ABC):
     def caught_up(self, series: str) -> bool:
         return True
 
+    def halt_learning(self) -> None:
+        """Make a `learn` in progress return soon (shutdown): what it leaves unlearnt is in the
+        store and is learnt after the next start, from the series' checkpoint on."""
+
     @abstractmethod
     def forecast(self, series: str, horizon: int) -> Forecast: ...
 

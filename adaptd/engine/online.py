@@ -139,6 +139,7 @@ class OnlineEngine(Engine):
         self._state_lock = threading.RLock()   # learning vs checkpointing
         self._pool = ThreadPoolExecutor(c.adapt_workers, "adaptd-adapt") if c.adapt_workers > 0 else None
         self._running: dict[int, Future[Adaptation]] = {}
+        self._halt = threading.Event()
         self.drift_events: list[DriftEvent] = []   # drained by the daemon into SQL
         self.counters = {"drifts": 0, "adapted": 0, "kept": 0, "failed": 0, "late_skipped": 0,
                          "nonfinite": 0, "adapt_seconds": 0.0}
@@ -202,6 +203,8 @@ class OnlineEngine(Engine):
                 rounds.append([])
             rounds[k].append(obs)
         for records in rounds:
+            if self._halt.is_set():   # each series stops at a record boundary: its state stays exact
+                return
             slots = np.fromiter((self._slot(r.series) for r in records), dtype=np.int64, count=len(records))
             ts = np.fromiter((r.ts for r in records), dtype=np.float64, count=len(records))
             y = np.fromiter((r.value for r in records), dtype=np.float64, count=len(records))
@@ -618,6 +621,10 @@ class OnlineEngine(Engine):
         return SeriesNow(float(self.last_ts[slot]), float(self.hist[slot, -1]), forecast, lo, hi,
                          float(self.recent_error[slot]))
 
+    def halt_learning(self) -> None:
+        self._halt.set()
+
     def close(self) -> None:
+        self._halt.set()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
