@@ -120,6 +120,20 @@ class AdaptSettings:
 
 
 @dataclass(frozen=True)
+class MetaSettings:
+    algorithm: str = "meta_sgd"
+    iterations: int = 300
+    meta_batch: int = 32
+    outer_rate: float = 0.001
+    query: int = 24
+    validation_series: float = 0.2
+    validation_tasks: int = 256
+    retrain_interval: float = 86_400.0
+    refresh_interval: float = 60.0
+    torch_threads: int = 1
+
+
+@dataclass(frozen=True)
 class SchedulerSettings:
     checkpoint_interval: float = 300.0
     misfire_grace_time: float = 60.0
@@ -135,6 +149,7 @@ class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
     adapt: AdaptSettings = field(default_factory=AdaptSettings)
+    meta: MetaSettings = field(default_factory=MetaSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     source: str = "<defaults>"
 
@@ -239,6 +254,19 @@ CHECKS: dict[str, dict[str, Check]] = {
         "validation": (lambda v: 1 <= v <= 1000, "an integer from 1 to 1000, below adapt.window"),
         "step_size": (lambda v: 0 < v <= 10, "a number in (0, 10]: the inner-loop SGD step"),
         "workers": (lambda v: 0 <= v <= 64, "an integer from 0 (adapt inline) to 64"),
+    },
+    "meta": {
+        "algorithm": (lambda v: v in ("meta_sgd", "reptile"), "'meta_sgd' or 'reptile'"),
+        "iterations": (lambda v: 1 <= v <= 1_000_000, "an integer from 1 to 1000000"),
+        "meta_batch": (lambda v: 1 <= v <= 4096, "an integer from 1 to 4096"),
+        "outer_rate": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+        "query": (lambda v: 1 <= v <= 10_000, "an integer from 1 to 10000 (steps after a drift)"),
+        "validation_series": (lambda v: 0 < v < 1, "a fraction between 0 and 1"),
+        "validation_tasks": (lambda v: 1 <= v <= 100_000, "an integer from 1 to 100000"),
+        "retrain_interval": (lambda v: v == 0 or 60 <= v <= MAX_SCHEDULE,
+                             f"0 (never) or a number of seconds from 60 to {MAX_SCHEDULE}"),
+        "refresh_interval": (lambda v: 1 <= v <= MAX_SCHEDULE, f"a number of seconds from 1 to {MAX_SCHEDULE}"),
+        "torch_threads": (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
     },
     "scheduler": {
         # Bounded: APScheduler overflows computing dates from huge intervals.

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import time
+from typing import Any
 
 from .catalog import SeriesCatalog
 from .config import Settings
@@ -46,6 +47,7 @@ class Daemon:
         self.learner: LearningWorker | None = None
         self.scheduler = None
         self._metrics_server = None
+        self._initializer_jobs: Any = None
 
     async def startup(self) -> None:
         s = self.settings
@@ -131,10 +133,19 @@ class Daemon:
     def _start_scheduler(self) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
 
-        sched = self.settings.scheduler
+        s, sched = self.settings, self.settings.scheduler
         self.scheduler = BackgroundScheduler(daemon=True)
-        self.scheduler.add_job(self.checkpoint, "interval", seconds=sched.checkpoint_interval, id="checkpoint",
-                               max_instances=1, coalesce=True, misfire_grace_time=int(sched.misfire_grace_time))
+        every = {"trigger": "interval", "max_instances": 1, "coalesce": True,
+                 "misfire_grace_time": int(sched.misfire_grace_time)}
+        self.scheduler.add_job(self.checkpoint, seconds=sched.checkpoint_interval, id="checkpoint", **every)
+        if s.model.engine == "online":
+            from .meta.schedule import InitializerJobs
+
+            assert self.store is not None and self.engine is not None
+            self._initializer_jobs = jobs = InitializerJobs(s, self.store, self.engine, self.metrics)
+            self.scheduler.add_job(jobs.refresh, seconds=s.meta.refresh_interval, id="initializer-refresh", **every)
+            if s.meta.retrain_interval > 0:
+                self.scheduler.add_job(jobs.retrain, seconds=s.meta.retrain_interval, id="meta-train", **every)
         self.scheduler.start()
 
     def checkpoint(self) -> None:
@@ -188,6 +199,8 @@ class Daemon:
             await asyncio.to_thread(self.learner.stop, left())
             if self.learner.alive:
                 log.warning("the learning thread did not stop in time; checkpointing what it has learnt")
+        if self._initializer_jobs is not None:
+            self._initializer_jobs.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
         if self.engine is not None:

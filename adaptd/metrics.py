@@ -87,6 +87,11 @@ class Metrics(Telemetry):
         self.initializer = Gauge(
             "adaptd_initializer_info", "Always 1; labels say which initializer drift adaptation restarts from",
             ["kind", "version"], registry=r)
+        self.meta_training_runs = Counter(
+            "adaptd_meta_training_runs", "Scheduled meta-training runs by outcome: promoted, not_promoted "
+            "(did not beat the current initializer), not_enough_data or failed", ["outcome"], registry=r)
+        self.meta_training_seconds = Gauge(
+            "adaptd_meta_training_last_duration_seconds", "How long the newest meta-training run took", registry=r)
         self.learning_backlog = Gauge(
             "adaptd_learning_backlog_records", "Committed records the models have not learnt yet", registry=r)
         self.learn_seconds = Histogram(

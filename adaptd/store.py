@@ -359,6 +359,14 @@ class Store:
                 val_score=val_score, promoted=promoted, created_at=time.time()))
             return int(result.inserted_primary_key[0])
 
+    def initializer_list(self) -> list[dict[str, Any]]:
+        """Every stored initializer without its weights, newest first."""
+        i = initializers
+        query = (sa.select(i.c.version, i.c.algorithm, i.c.format_version, i.c.val_score, i.c.promoted,
+                           i.c.created_at, i.c.training).order_by(i.c.version.desc()))
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
     def promoted_initializers(self) -> list[tuple[int, str, int, bytes]]:
         """(version, algorithm, format_version, payload) of promoted initializers, newest first."""
         i = initializers

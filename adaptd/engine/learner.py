@@ -64,35 +64,43 @@ def example_loss(params: Params, ex: Examples) -> torch.Tensor:
     return (err * err).reshape(n, -1).sum(dim=1) / ex.mask.reshape(n, -1).sum(dim=1).clamp(min=1)
 
 
-def sgd_steps(params: Params, ex: Examples, steps: int, step_sizes: dict[str, float],
-              clip: float = 1.0) -> tuple[Params, torch.Tensor]:
-    """`steps` plain SGD steps of every series on its own examples; returns (params, last losses).
+def sgd_step(params: Params, ex: Examples, step_sizes: dict[str, float],
+             clip: float = 1.0) -> tuple[Params, torch.Tensor, Params]:
+    """One plain SGD step of every series on its own examples: (params, losses before the step,
+    the clipped gradient that was applied per tensor, without its step size).
 
     Each series' gradient is clipped to norm `clip`; a series whose loss or gradient is not
     finite keeps its weights (the step is rolled back for it alone).
     """
-    current = {k: v.detach().clone() for k, v in params.items()}
     n = ex.window.shape[0]
-    loss = torch.full((n,), float("nan"))
+    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    loss = example_loss(leaves, ex)
+    grads = torch.autograd.grad(loss.sum(), list(leaves.values()), allow_unused=True)
+    with torch.no_grad():
+        flat = [g.reshape(n, -1) if g is not None else torch.zeros(n, 1) for g in grads]
+        norm = torch.sqrt(sum((g * g).sum(dim=1) for g in flat))
+        ok = torch.isfinite(loss) & torch.isfinite(norm)
+        scale = torch.where(ok, clip / torch.clamp(norm, min=clip), torch.zeros_like(norm))
+        updated, applied = {}, {}
+        for (name, value), grad in zip(leaves.items(), grads):
+            if grad is None:
+                grad = torch.zeros_like(value)
+            applied[name] = scale.reshape((n,) + (1,) * (grad.dim() - 1)) * torch.nan_to_num(grad)
+            updated[name] = (value - step_sizes[name] * applied[name]).detach()
+    return updated, loss.detach(), applied
+
+
+def sgd_steps(params: Params, ex: Examples, steps: int, step_sizes: dict[str, float],
+              clip: float = 1.0) -> tuple[Params, torch.Tensor]:
+    """`steps` SGD steps (`sgd_step`) of every series on its own examples; returns (params, last losses).
+
+    This is the inner loop: of online learning, of adaptation at drift time and of meta-training.
+    """
+    current = {k: v.detach().clone() for k, v in params.items()}
+    loss = torch.full((ex.window.shape[0],), float("nan"))
     for _ in range(steps):
-        leaves = {k: v.requires_grad_(True) for k, v in current.items()}
-        loss = example_loss(leaves, ex)
-        grads = torch.autograd.grad(loss.sum(), list(leaves.values()), allow_unused=True)
-        with torch.no_grad():
-            flat = [g.reshape(n, -1) if g is not None else torch.zeros(n, 1) for g in grads]
-            norm = torch.sqrt(sum((g * g).sum(dim=1) for g in flat))
-            ok = torch.isfinite(loss) & torch.isfinite(norm)
-            scale = torch.where(ok, clip / torch.clamp(norm, min=clip), torch.zeros_like(norm))
-            updated = {}
-            for (name, value), grad in zip(leaves.items(), grads):
-                if grad is None:
-                    updated[name] = value.detach()
-                    continue
-                shape = (n,) + (1,) * (grad.dim() - 1)
-                step = step_sizes[name] * scale.reshape(shape) * torch.nan_to_num(grad)
-                updated[name] = (value - step).detach()
-            current = updated
-    return current, loss.detach()
+        current, loss, _ = sgd_step(current, ex, step_sizes, clip)
+    return current, loss
 
 
 class StackedGRU:

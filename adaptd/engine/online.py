@@ -173,6 +173,7 @@ class OnlineEngine(Engine):
                 self._allocate(max(16, 2 * slot))
             self.names.append(name)
             self.slots[name] = slot
+            self.gru.load(np.array([slot]), self.init.params)   # a new series starts from θ*
         return slot
 
     # -- observing ----------------------------------------------------------------------------
@@ -620,6 +621,13 @@ class OnlineEngine(Engine):
         forecast, lo, hi = (float(v) for v in self.now_fc[slot])
         return SeriesNow(float(self.last_ts[slot]), float(self.hist[slot, -1]), forecast, lo, hi,
                          float(self.recent_error[slot]))
+
+    def set_initializer(self, init: Initializer) -> None:
+        """Adaptations and new series start from `init` from now on (series keep their weights)."""
+        if any(init.params[k].shape[1:] != v.shape[1:] for k, v in self.init.params.items()):
+            raise ValueError("the initializer does not fit this model's shape")
+        with self._state_lock:
+            self.init = init
 
     def halt_learning(self) -> None:
         self._halt.set()

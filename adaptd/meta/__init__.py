@@ -1,0 +1,1 @@
+"""Meta-learning the initializer that drifting series restart from (DESIGN.md §5)."""

@@ -1,0 +1,82 @@
+"""`adaptd meta-train` and `adaptd initializers`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from ..config import Settings
+from ..store import Store, StoreError
+from .job import NotEnoughData, run
+from .sources import series_from_m4, series_from_store
+from .train import Progress
+
+
+def meta_train(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        store = Store.open(settings.store.url, settings.store.sqlite_synchronous, settings.store.pool_size)
+    except StoreError as exc:
+        print(f"adaptd: {exc}", file=sys.stderr)
+        return 2
+    try:
+        try:
+            series = series_from_m4(args.m4) if args.m4 else series_from_store(store)
+        except (OSError, ValueError) as exc:
+            print(f"adaptd: {args.m4}: {exc}", file=sys.stderr)
+            return 2
+        bar = None
+        if not args.no_progress:
+            from tqdm import tqdm
+            bar = tqdm(total=args.iterations or settings.meta.iterations, unit="it", desc="meta-train",
+                       disable=None, leave=False)
+
+        def progress(p: Progress) -> None:
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{p.loss:.4f}", tasks_s=f"{p.tasks_per_second:.0f}")
+        try:
+            report = run(settings, store, series, args.iterations, args.algorithm, args.seed,
+                         promote=not args.no_promote, progress=progress)
+        except NotEnoughData as exc:
+            print(f"adaptd: {exc} ({len(series)} series found)", file=sys.stderr)
+            return 3
+        finally:
+            if bar is not None:
+                bar.close()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    else:
+        verdict = "promoted" if report.promoted else "stored, not promoted (did not beat the current one)"
+        print(f"initializer version {report.version} ({report.algorithm}, {report.series} series, "
+              f"{report.seconds:.0f} s): {verdict}")
+        print(f"  validation post-adaptation MSE {report.val_score:.4f}")
+        for name, score in report.baselines.items():
+            print(f"  {name}: {score:.4f}")
+    return 0
+
+
+def list_initializers(settings: Settings, args: argparse.Namespace) -> int:
+    store = Store.open(settings.store.url, settings.store.sqlite_synchronous, settings.store.pool_size)
+    try:
+        rows = store.initializer_list()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print("no initializers stored yet: run `adaptd meta-train`")
+        return 0
+    print(f"{'version':>7}  {'algorithm':<9}  {'promoted':<8}  {'val MSE':>8}  {'series':>6}  created")
+    for row in rows:
+        training: dict[str, Any] = row["training"] or {}
+        score = f"{row['val_score']:.4f}" if row["val_score"] is not None else "-"
+        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(row["created_at"]))
+        print(f"{row['version']:>7}  {row['algorithm']:<9}  {'yes' if row['promoted'] else 'no':<8}  "
+              f"{score:>8}  {training.get('series', '-'):>6}  {created} UTC")
+    return 0

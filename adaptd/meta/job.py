@@ -1,0 +1,151 @@
+"""One meta-training run: split the series, warm-start, meta-train, validate, store, promote.
+
+Validation tasks come from held-out series and from the final fifth of every training series
+(training tasks never have a query target there), with a fixed seed, so the new initializer
+and the current one are scored on identical tasks. A new version is promoted only if it beats
+the current promoted one of its kind there; every run is stored with what it was trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..config import Settings
+from ..engine.factory import decode_initializer, encode_initializer, online_config, pooled_examples
+from ..engine.learner import Initializer, pretrain
+from ..engine.online import OnlineConfig
+from ..engine.snapshot import FORMAT_VERSION, SnapshotError
+from ..store import Store
+from .tasks import SeriesPool, sample_tasks
+from .train import MetaSettings, Progress, meta_train, post_adaptation_loss
+
+log = logging.getLogger(__name__)
+
+TRAIN_SHARE = 0.8            # of each training series' length: the rest validates
+PRETRAIN_EPOCHS, PRETRAIN_BATCH, PRETRAIN_EXAMPLES = 3, 256, 20_000
+
+
+class NotEnoughData(RuntimeError):
+    """Too few or too short series to cut tasks from; the message says what is needed."""
+
+
+@dataclass
+class RunReport:
+    version: int | None
+    promoted: bool
+    algorithm: str
+    val_score: float
+    baselines: dict[str, float]      # validation score of the current initializers and the warm start
+    series: int
+    seconds: float
+    history: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "promoted": self.promoted, "algorithm": self.algorithm,
+                "val_score": self.val_score, "baselines": self.baselines, "series": self.series,
+                "seconds": round(self.seconds, 1),
+                "loss_first": self.history[0] if self.history else None,
+                "loss_last": float(np.mean(self.history[-10:])) if self.history else None}
+
+
+def split(series: dict[str, np.ndarray], config: OnlineConfig, held_out: float, query: int,
+          seed: int) -> tuple[SeriesPool, SeriesPool]:
+    """(training pool, validation pool): held-out series whole, the others' final fifth."""
+    names = sorted(series)
+    rng = np.random.default_rng(seed)
+    valid_names = set(rng.choice(names, size=max(1, int(round(held_out * len(names)))), replace=False)) \
+        if len(names) > 1 else set()
+    train_names = [n for n in names if n not in valid_names]
+    cut = {n: int(len(series[n]) * TRAIN_SHARE) for n in train_names}
+    train = SeriesPool([series[n] for n in train_names], config, span=[(0, cut[n]) for n in train_names])
+    valid = SeriesPool([series[n] for n in train_names] + [series[n] for n in sorted(valid_names)], config,
+                       span=[(cut[n], len(series[n])) for n in train_names]
+                       + [(0, len(series[n])) for n in sorted(valid_names)])
+    for pool, what in ((train, "training"), (valid, "validation")):
+        if not pool.usable(query).any():
+            need = config.window + config.adapt_window + query
+            raise NotEnoughData(f"no series is long enough for {what} tasks: meta-training needs series of "
+                                f"well over {need / (1 - TRAIN_SHARE if what == 'validation' else TRAIN_SHARE):.0f} "
+                                f"observations (window + adapt window + query = {need})")
+    return train, valid
+
+
+def current_initializers(store: Store, config: OnlineConfig) -> dict[str, tuple[int, Initializer]]:
+    """The newest promoted initializer of each kind that fits this model shape."""
+    found: dict[str, tuple[int, Initializer]] = {}
+    for version, _algorithm, _format, payload in store.promoted_initializers():
+        try:
+            init = decode_initializer(payload, config, version)
+        except SnapshotError:
+            continue
+        found.setdefault(init.kind, (version, init))
+    return found
+
+
+def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterations: int | None = None,
+        algorithm: str | None = None, seed: int = 0, promote: bool = True,
+        progress: Callable[[Progress], None] | None = None) -> RunReport:
+    m = settings.meta
+    torch.set_num_threads(m.torch_threads)
+    config = online_config(settings)
+    meta = MetaSettings(algorithm or m.algorithm, iterations or m.iterations, m.meta_batch, m.outer_rate,
+                        m.query, seed)
+    started = time.perf_counter()
+    train, valid = split(series, config, m.validation_series, m.query, seed)
+    valid_tasks = sample_tasks(valid, m.validation_tasks, m.query, np.random.default_rng(seed + 1))
+    current = current_initializers(store, config)
+
+    def score(init: Initializer) -> float:
+        return float(np.mean(post_adaptation_loss(init, valid_tasks, config.adapt_steps, config.clip)))
+
+    baselines = {f"{kind} v{version}": score(init) for kind, (version, init) in current.items()}
+    if "pretrained" in current:
+        warm = current["pretrained"][1]
+    else:   # a pretrained initializer on the training part only: the warm start and a stored arm
+        random_init = Initializer.random(config.shape, seed, settings.adapt.step_size)
+        training_part = [y[:stop] for y, (_, stop) in zip(train.series, train.span)]
+        warm = pretrain(random_init, pooled_examples(training_part, config, PRETRAIN_EXAMPLES, seed),
+                        PRETRAIN_EPOCHS, PRETRAIN_BATCH, seed)
+        warm_score = score(warm)
+        baselines["pretrained (new)"] = warm_score
+        if promote:
+            _save(store, warm, "pretrain", config, warm_score, True, {"series": len(series), "seed": seed})
+    if "meta" in current:
+        start = current["meta"][1]
+    else:
+        start = warm
+    result = meta_train(start, train, meta, config, progress)
+    val_score = score(result.init)
+    incumbent = baselines.get(f"meta v{current['meta'][0]}") if "meta" in current else None
+    promoted = promote and (incumbent is None or val_score < incumbent)
+    training = {**result.init.meta, "series": len(series), "train_series": len(train.lengths),
+                "validation_tasks": len(valid_tasks), "baselines": baselines, "seconds": round(result.seconds, 1),
+                "loss_last": float(np.mean(result.history[-10:])) if result.history else None}
+    version = _save(store, result.init, meta.algorithm, config, val_score, promoted, training)
+    log.info("meta-training %s: validation %.4f (%s) -> version %d %s", meta.algorithm, val_score,
+             ", ".join(f"{k} {v:.4f}" for k, v in baselines.items()), version,
+             "promoted" if promoted else "not promoted")
+    return RunReport(version, promoted, meta.algorithm, val_score, baselines, len(series),
+                     time.perf_counter() - started, result.history)
+
+
+def _save(store: Store, init: Initializer, algorithm: str, config: OnlineConfig, val_score: float,
+          promoted: bool, training: dict[str, Any]) -> int:
+    return store.save_initializer(algorithm, FORMAT_VERSION, encode_initializer(init, config),
+                                  _jsonable(training), val_score, promoted)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value

@@ -1,0 +1,103 @@
+"""The daemon's meta-learning jobs: re-learn θ* on a schedule, pick up promoted versions live.
+
+Meta-training runs as its own process (`adaptd meta-train`): its torch threads and memory never
+compete with forecasts for the daemon's GIL, and a crash there cannot take the daemon down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from typing import Any
+
+from ..config import Settings
+from ..engine.base import Engine
+from ..engine.factory import online_config, stored_initializer
+from ..metrics import Metrics
+from ..store import Store
+
+log = logging.getLogger(__name__)
+
+EXIT_NOT_ENOUGH_DATA = 3
+
+
+class InitializerJobs:
+    def __init__(self, settings: Settings, store: Store, engine: Engine, metrics: Metrics):
+        self.settings = settings
+        self.store = store
+        self.engine = engine
+        self.metrics = metrics
+        self._newest_seen: int | None = self._newest_promoted()
+        self._proc: subprocess.Popen[str] | None = None
+        self._stopping = False
+
+    def _newest_promoted(self) -> int | None:
+        rows = self.store.promoted_initializers()
+        return rows[0][0] if rows else None
+
+    def refresh(self) -> None:
+        """Switch to the best-fitting promoted initializer when a newer one appears."""
+        newest = self._newest_promoted()
+        if newest == self._newest_seen:
+            return
+        self._newest_seen = newest
+        init = stored_initializer(self.settings, self.store, online_config(self.settings))
+        current = getattr(self.engine, "init", None)
+        if current is None or init.version == current.version:
+            return
+        self.engine.set_initializer(init)   # type: ignore[attr-defined]
+        self.metrics.initializer.clear()
+        self.metrics.initializer.labels(init.kind, str(init.version or 0)).set(1)
+        log.info("series now restart from %s initializer version %s", init.kind, init.version)
+
+    def retrain(self) -> None:
+        """Run `adaptd meta-train` on the store's history; count the outcome; pick up the result."""
+        argv = [sys.executable, "-m", "adaptd", "meta-train", "--json", "--no-progress"]
+        if self.settings.source not in ("<defaults>", "<config>"):
+            argv += ["--config", self.settings.source]
+        started = time.monotonic()
+        log.info("meta-training the initializer on stored history")
+        try:
+            self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout, stderr = self._proc.communicate()
+        except OSError as exc:
+            self._count("failed", started)
+            log.error("meta-training could not start: %s", exc)
+            return
+        proc = subprocess.CompletedProcess(argv, self._proc.returncode, stdout, stderr)
+        self._proc = None
+        if self._stopping:
+            return
+        if proc.returncode == EXIT_NOT_ENOUGH_DATA:
+            self._count("not_enough_data", started)
+            log.info("meta-training skipped: %s", proc.stderr.strip().splitlines()[-1:] or "not enough data")
+            return
+        report: dict[str, Any] = {}
+        if proc.returncode == 0:
+            try:
+                report = json.loads(proc.stdout.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                report = {}
+        if not report:
+            self._count("failed", started)
+            log.error("meta-training failed (exit %d): %s", proc.returncode, proc.stderr.strip()[-2000:])
+            return
+        self._count("promoted" if report["promoted"] else "not_promoted", started)
+        log.info("meta-training stored initializer version %s (validation %.4f, %s)", report["version"],
+                 report["val_score"], "promoted" if report["promoted"] else "not promoted")
+        self.refresh()
+
+    def stop(self) -> None:
+        """At shutdown: end a meta-training run in progress (it stores nothing unfinished)."""
+        self._stopping = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            log.info("stopping the meta-training run in progress")
+            proc.terminate()
+
+    def _count(self, outcome: str, started: float) -> None:
+        self.metrics.meta_training_runs.labels(outcome).inc()
+        self.metrics.meta_training_seconds.set(time.monotonic() - started)

@@ -1,0 +1,114 @@
+"""Meta-learning tasks: what the daemon sees at a drift, and what it must then forecast.
+
+A task is one series at one detection time t. Its support is exactly what an adaptation at t
+trains on (`OnlineEngine._support`): the `adapt_window` origins before t, with targets observed
+at least `validation` steps before t. Its query is the next `query` origins from t on, with
+targets up to t + query: the support never sees a query target. Detection times are drawn
+around known changes (a change plus a detection delay the daemon's detectors produce) and at
+ordinary times, so the initializer is trained for false alarms as well as real changes.
+
+>>> import numpy as np
+>>> from adaptd.engine.online import OnlineConfig
+>>> c = OnlineConfig(window=8, patch=2, hidden=4, horizon=3, rls_lags=4, adapt_window=6, adapt_validation=2)
+>>> y = np.sin(np.arange(120) / 3.0)
+>>> tasks = sample_tasks(SeriesPool([y], c), 5, query=4, rng=np.random.default_rng(0))
+>>> tasks.support.window.shape, tasks.query.window.shape
+(torch.Size([5, 6, 8]), torch.Size([5, 4, 8]))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..engine.features import series_examples
+from ..engine.learner import Examples
+from ..engine.online import OnlineConfig
+
+# Detection delays (steps after a change) to draw from when none were measured: ADWIN on the
+# daemon's residuals fires a few to a few dozen steps after a real level or dynamics change.
+DEFAULT_DELAYS = (4, 8, 12, 16, 24, 32, 48)
+
+
+@dataclass(frozen=True)
+class Tasks:
+    support: Examples    # (n, adapt_window, ...)
+    query: Examples      # (n, query, ...)
+    series: np.ndarray   # (n,) index of each task's series in its pool
+    time: np.ndarray     # (n,) detection time of each task
+
+    def __len__(self) -> int:
+        return int(self.series.size)
+
+
+class SeriesPool:
+    """Series prepared once (normalised examples at every origin) to cut many tasks from.
+
+    `changes[i]` lists known change times of series i (synthetic data, recorded drift events);
+    `span` restricts detection times to [start, stop) per series (held-out time ranges).
+    """
+
+    def __init__(self, series: Sequence[np.ndarray], config: OnlineConfig,
+                 changes: Sequence[Sequence[int]] | None = None,
+                 span: Sequence[tuple[int, int]] | None = None):
+        self.config = config
+        self.series = [np.asarray(y, dtype=np.float64) for y in series]
+        self.examples = [series_examples(np.asarray(y, dtype=np.float64), config.window, config.horizon,
+                                         config.scale_rate, config.mean_rate) for y in series]
+        self.lengths = np.array([len(y) for y in series])
+        self.changes = [list(c) for c in changes] if changes is not None else [[] for _ in series]
+        self.span = list(span) if span is not None else [(0, n) for n in self.lengths]
+
+    def detection_range(self, i: int, query: int) -> tuple[int, int]:
+        """Detection times t whose support origins and query targets all lie in the series."""
+        c = self.config
+        first = c.window - 1 + c.adapt_window          # the oldest support origin has a full window
+        last = self.lengths[i] - query - 1             # the newest query target exists
+        start, stop = self.span[i]
+        return max(first, start), min(last, stop - query - 1)
+
+    def usable(self, query: int) -> np.ndarray:
+        return np.array([lo < hi for lo, hi in (self.detection_range(i, query) for i in range(len(self.lengths)))])
+
+
+def sample_tasks(pool: SeriesPool, n: int, query: int, rng: np.random.Generator,
+                 delays: Sequence[int] = DEFAULT_DELAYS, change_share: float = 0.5) -> Tasks:
+    """`n` tasks; a share `change_share` placed a drawn detection delay after a known change."""
+    usable = np.flatnonzero(pool.usable(query))
+    if usable.size == 0:
+        raise ValueError(f"no series is long enough for a task (window + adapt_window + query = "
+                         f"{pool.config.window + pool.config.adapt_window + query} steps)")
+    weights = pool.lengths[usable] / pool.lengths[usable].sum()
+    series = rng.choice(usable, size=n, p=weights)
+    times = np.empty(n, dtype=np.int64)
+    for k, i in enumerate(series):
+        lo, hi = pool.detection_range(int(i), query)
+        near = [c + d for c in pool.changes[i] for d in delays if lo <= c + d < hi]
+        if near and rng.random() < change_share:
+            times[k] = near[rng.integers(len(near))]
+        else:
+            times[k] = rng.integers(lo, hi)
+    return cut_tasks(pool, series, times, query)
+
+
+def cut_tasks(pool: SeriesPool, series: np.ndarray, times: np.ndarray, query: int) -> Tasks:
+    c = pool.config
+    A, v, W = c.adapt_window, c.adapt_validation, c.window
+    support, queries = [], []
+    for i, t in zip(series, times):
+        win, level, target, mask = pool.examples[int(i)]
+        # Example row r is the origin at time r + W - 1 (its newest value).
+        s_rows = np.arange(t - A, t) - (W - 1)
+        q_rows = np.arange(t, t + query) - (W - 1)
+        leads = np.arange(1, c.horizon + 1)
+        s_known = (np.arange(t - A, t)[:, None] + leads[None, :]) <= t - v   # observed before t - v
+        q_known = (np.arange(t, t + query)[:, None] + leads[None, :]) <= t + query
+        support.append((win[s_rows], level[s_rows], target[s_rows], mask[s_rows] * s_known))
+        queries.append((win[q_rows], level[q_rows], target[q_rows], mask[q_rows] * q_known))
+
+    def stack(parts: list[tuple[np.ndarray, ...]]) -> Examples:
+        return Examples.from_numpy(*(np.stack([p[j] for p in parts]) for j in range(4)))
+
+    return Tasks(stack(support), stack(queries), np.asarray(series), np.asarray(times))

@@ -1,0 +1,154 @@
+"""Meta-training θ* and its per-tensor step sizes: first-order Meta-SGD, or Reptile.
+
+The inner loop is `sgd_steps`/`sgd_step`, the very function the daemon runs at drift time,
+with the same k, clip and step sizes, so what is meta-trained is what is deployed. Tasks are
+rows of one batched computation (each task its own copy of the weights), which gives every
+task its own gradient in one backward pass.
+
+First-order Meta-SGD (Li et al. 2017, first-order as in Nichol et al. 2018): after each inner
+step j the query gradient g_Q(φ_j) is taken as the gradient for θ (dφ_j/dθ ≈ I), and for the
+log step size of tensor t, dL_Q(φ_j)/d log α_t = -α_t <g_Q,t(φ_j), Σ_{i<j} g_S,t(φ_i)>, exactly
+for the given support gradients. The meta-loss is the query loss averaged over the tasks of a
+batch and over the inner steps 1..k. Reptile moves θ toward the adapted weights instead.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..engine.learner import Examples, Initializer, example_loss, sgd_step, sgd_steps
+from ..engine.online import OnlineConfig
+from .tasks import SeriesPool, Tasks, sample_tasks
+
+ALGORITHMS = ("meta_sgd", "reptile")
+MIN_STEP, MAX_STEP = 1e-4, 1.0   # learned step sizes stay in a range that cannot blow up
+
+
+@dataclass(frozen=True)
+class MetaSettings:
+    algorithm: str = "meta_sgd"
+    iterations: int = 300
+    meta_batch: int = 32
+    outer_rate: float = 1e-3
+    query: int = 24
+    seed: int = 0
+
+
+@dataclass
+class Progress:
+    iteration: int
+    iterations: int
+    loss: float            # mean meta-loss of the batch
+    tasks_per_second: float
+    seconds: float
+
+    @property
+    def eta(self) -> float:
+        done = max(self.iteration, 1)
+        return self.seconds / done * (self.iterations - self.iteration)
+
+
+@dataclass
+class MetaResult:
+    init: Initializer
+    history: list[float] = field(default_factory=list)   # meta-loss per iteration
+    seconds: float = 0.0
+
+
+def _rows(params: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    return {k: v.expand(n, *v.shape[1:]).clone() for k, v in params.items()}
+
+
+def _query_grads(params: dict[str, torch.Tensor], query: Examples) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    loss = example_loss(leaves, query)
+    grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
+    return loss.detach(), {k: torch.nan_to_num(g) for k, g in zip(leaves, grads)}
+
+
+def post_adaptation_loss(init: Initializer, tasks: Tasks, steps: int, clip: float = 1.0) -> np.ndarray:
+    """Per-task query MSE after the daemon's adaptation from `init` (k steps on the support)."""
+    start = _rows(init.params, len(tasks))
+    adapted, _ = sgd_steps(start, tasks.support, steps, init.step_sizes, clip) if steps else (start, None)
+    with torch.no_grad():
+        return example_loss(adapted, tasks.query).double().numpy()
+
+
+def meta_train(start: Initializer, pool: SeriesPool, settings: MetaSettings, config: OnlineConfig,
+               progress: Callable[[Progress], None] | None = None) -> MetaResult:
+    if settings.algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown meta-learning algorithm {settings.algorithm!r} (one of {ALGORITHMS})")
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    k, clip, B = config.adapt_steps, config.clip, settings.meta_batch
+    theta = {name: v.detach().clone().requires_grad_(True) for name, v in start.params.items()}
+    log_alpha = {name: torch.tensor(math.log(min(max(a, MIN_STEP), MAX_STEP)), dtype=torch.float64,
+                                    requires_grad=True) for name, a in start.step_sizes.items()}
+    learn_alpha = settings.algorithm == "meta_sgd" and k > 0
+    optimizer = torch.optim.Adam([*theta.values(), *(log_alpha.values() if learn_alpha else [])],
+                                 lr=settings.outer_rate)
+    history: list[float] = []
+    started = time.perf_counter()
+    for iteration in range(1, settings.iterations + 1):
+        tasks = sample_tasks(pool, B, settings.query, rng)
+        alpha = {name: float(v.detach().exp()) for name, v in log_alpha.items()}
+        if settings.algorithm == "reptile":
+            adapted, _ = sgd_steps(_rows(theta, B), tasks.support, max(k, 1), alpha, clip)
+            with torch.no_grad():
+                loss = float(example_loss(adapted, tasks.query).mean())
+                for name, value in theta.items():
+                    value.grad = value.detach() - adapted[name].mean(dim=0, keepdim=True)
+        else:
+            loss = _meta_sgd_gradients(theta, log_alpha, alpha, tasks, k, clip, learn_alpha)
+        if not math.isfinite(loss) or not all(bool(torch.isfinite(v.grad).all()) for v in theta.values()):
+            optimizer.zero_grad()   # a batch that blew up teaches nothing; skip it
+            continue
+        torch.nn.utils.clip_grad_norm_(theta.values(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        with torch.no_grad():
+            for v in log_alpha.values():
+                v.clamp_(math.log(MIN_STEP), math.log(MAX_STEP))
+        history.append(loss)
+        if progress is not None:
+            seconds = time.perf_counter() - started
+            progress(Progress(iteration, settings.iterations, loss, iteration * B / seconds, seconds))
+    params = {name: v.detach().clone() for name, v in theta.items()}
+    step_sizes = ({name: float(v.detach().exp()) for name, v in log_alpha.items()} if learn_alpha
+                  else dict(start.step_sizes))
+    meta = {"algorithm": settings.algorithm, "iterations": settings.iterations, "meta_batch": B,
+            "query": settings.query, "steps": k, "outer_rate": settings.outer_rate, "seed": settings.seed}
+    return MetaResult(Initializer(params, step_sizes, "meta", meta=meta), history, time.perf_counter() - started)
+
+
+def _meta_sgd_gradients(theta: dict[str, torch.Tensor], log_alpha: dict[str, torch.Tensor],
+                        alpha: dict[str, float], tasks: Tasks, k: int, clip: float, learn_alpha: bool) -> float:
+    """Set .grad of θ and log α to the first-order meta-gradient; returns the meta-loss."""
+    B = len(tasks)
+    phi = _rows(theta, B)
+    travelled = {name: torch.zeros_like(v) for name, v in phi.items()}   # Σ_{i<j} g_S(φ_i), per task
+    grad_theta = {name: torch.zeros_like(v) for name, v in theta.items()}
+    grad_alpha = dict.fromkeys(log_alpha, 0.0)
+    losses = []
+    for _ in range(max(k, 1)):
+        if k > 0:
+            phi, _, applied = sgd_step(phi, tasks.support, alpha, clip)
+            for name in travelled:
+                travelled[name] += applied[name]
+        loss, g_query = _query_grads(phi, tasks.query)
+        losses.append(loss.mean())
+        for name, g in g_query.items():
+            grad_theta[name] += g.sum(dim=0, keepdim=True) / (B * max(k, 1))
+            if learn_alpha:
+                grad_alpha[name] += -alpha[name] * float((g * travelled[name]).sum()) / (B * k)
+    for name, value in theta.items():
+        value.grad = grad_theta[name]
+    for name, value in log_alpha.items():
+        value.grad = torch.tensor(grad_alpha[name], dtype=torch.float64) if learn_alpha else None
+    return float(torch.stack(losses).mean())

@@ -1,0 +1,201 @@
+"""Meta-learning the initializer: leak-free tasks, training that helps, versioned promotion,
+the `meta-train`/`initializers` commands, and a daemon that picks up a promoted version live."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adaptd.config import load_config
+from adaptd.engine.learner import Initializer, pretrain
+from adaptd.engine.factory import online_config, pooled_examples
+from adaptd.engine.online import OnlineConfig
+from adaptd.meta.job import NotEnoughData, run
+from adaptd.meta.synthetic import regime_series
+from adaptd.meta.tasks import SeriesPool, cut_tasks, sample_tasks
+from adaptd.meta.train import MIN_STEP, MAX_STEP, MetaSettings, meta_train, post_adaptation_loss
+from adaptd.store import Store
+
+from daemon_harness import DaemonProcess, hourly, run_cli, short_tempdir, write_config
+
+torch.set_num_threads(1)
+SMALL = OnlineConfig(window=16, patch=4, hidden=8, horizon=6, rls_lags=8, adapt_window=24, adapt_validation=4,
+                     adapt_steps=3)
+MODEL = {"window": 16, "patch": 4, "hidden": 8, "max_horizon": 6, "rls_lags": 8}
+ADAPT = {"window": 24, "validation": 4, "steps": 3}
+
+
+def test_support_never_sees_what_the_query_scores():
+    rng = np.random.default_rng(0)
+    y = regime_series(1, 400, rng).values[0]
+    t, query, v = 200, 12, SMALL.adapt_validation
+
+    def task(values: np.ndarray):  # type: ignore[no-untyped-def]
+        return cut_tasks(SeriesPool([values], SMALL), np.array([0]), np.array([t]), query)
+
+    def seen(ex) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+        return [ex.window, ex.level, ex.target * ex.mask]
+
+    future = y.copy()
+    future[t + 1:] += rng.normal(0, 50, len(y) - t - 1)       # after the detection at t
+    recent = y.copy()
+    recent[t - v + 1:t + 1] += 50.0                           # observed, but held out for validation
+    base, after, held = task(y), task(future), task(recent)
+    assert all(torch.equal(a, b) for a, b in zip(seen(base.support), seen(after.support)))
+    assert not torch.equal(base.query.target * base.query.mask, after.query.target * after.query.mask)
+    # The support trains only on targets observed `validation` steps before t, as the daemon does.
+    assert torch.equal(base.support.target * base.support.mask, held.support.target * held.support.mask)
+    assert float(base.query.mask.sum()) > 0 and float(base.support.mask.sum()) > 0
+
+
+def test_tasks_are_placed_after_known_changes_at_realistic_delays():
+    data = regime_series(4, 800, np.random.default_rng(1))
+    pool = SeriesPool(data.values, SMALL, changes=data.changes)
+    tasks = sample_tasks(pool, 200, 12, np.random.default_rng(2), delays=(8,), change_share=1.0)
+    after_change = [any(t - c == 8 for c in data.changes[i]) for i, t in zip(tasks.series, tasks.time)]
+    assert np.mean(after_change) > 0.9
+
+
+def test_too_short_series_are_refused_with_what_is_needed():
+    with pytest.raises(ValueError, match="long enough"):
+        sample_tasks(SeriesPool([np.arange(30.0)], SMALL), 4, 12, np.random.default_rng(0))
+
+
+def pools(seed: int = 0) -> tuple[SeriesPool, SeriesPool, list[np.ndarray]]:
+    data = regime_series(24, 900, np.random.default_rng(seed))
+    train = SeriesPool(data.values[:18], SMALL, changes=data.changes[:18])
+    valid = SeriesPool(data.values[18:], SMALL, changes=data.changes[18:])
+    return train, valid, data.values[:18]
+
+
+@pytest.mark.slow
+def test_meta_training_lowers_post_adaptation_error_on_held_out_series():
+    train, valid, train_values = pools()
+    valid_tasks = sample_tasks(valid, 256, 12, np.random.default_rng(5))
+    start = pretrain(Initializer.random(SMALL.shape, 0, 0.05), pooled_examples(train_values, SMALL, 5000), 2, 128, 0)
+    before = post_adaptation_loss(start, valid_tasks, SMALL.adapt_steps).mean()
+    result = meta_train(start, train, MetaSettings("meta_sgd", iterations=150, meta_batch=16, outer_rate=3e-3,
+                                                   query=12), SMALL)
+    after = post_adaptation_loss(result.init, valid_tasks, SMALL.adapt_steps).mean()
+    assert after < 0.97 * before, (before, after)
+    assert result.init.kind == "meta" and result.init.meta["algorithm"] == "meta_sgd"
+    assert all(MIN_STEP <= a <= MAX_STEP for a in result.init.step_sizes.values())
+    assert all(bool(torch.isfinite(v).all()) for v in result.init.params.values())
+
+
+@pytest.mark.parametrize("algorithm", ["meta_sgd", "reptile"])
+def test_both_algorithms_train_deterministically_and_stay_finite(algorithm: str):
+    train, _, _ = pools(3)
+    start = Initializer.random(SMALL.shape, 0, 0.05)
+    settings = MetaSettings(algorithm, iterations=5, meta_batch=8, outer_rate=1e-2, query=12, seed=4)
+    a = meta_train(start, train, settings, SMALL)
+    b = meta_train(start, train, settings, SMALL)
+    assert a.history == b.history and len(a.history) == 5
+    for name, value in a.init.params.items():
+        assert torch.equal(value, b.init.params[name]) and bool(torch.isfinite(value).all())
+        assert not torch.equal(value, start.params[name]) or name in ("head", "skip", "bias")
+    if algorithm == "reptile":   # Reptile learns no step sizes
+        assert a.init.step_sizes == start.step_sizes
+
+
+def write_m4(path: Path, values: list[np.ndarray]) -> Path:
+    width = max(len(v) for v in values)
+    lines = [",".join(f'"V{i + 1}"' for i in range(width + 1))]
+    lines += [",".join([f'"S{k}"'] + [f'"{x:.4f}"' for x in v] + ['""'] * (width - len(v)))
+              for k, v in enumerate(values)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def config_file(directory: Path, iterations: int = 8) -> Path:
+    return write_config(directory, sections={"model": MODEL, "adapt": ADAPT,
+                                             "meta": {"iterations": iterations, "meta_batch": 8, "query": 12,
+                                                      "validation_tasks": 64}})
+
+
+def test_runs_are_versioned_and_promoted_only_when_they_beat_the_current_one(tmp_path: Path):
+    settings = load_config(str(config_file(tmp_path)))
+    series = {f"s{k}": v for k, v in enumerate(regime_series(10, 700, np.random.default_rng(0)).values)}
+    store = Store.open(settings.store.url)
+    try:
+        first = run(settings, store, series, iterations=6)
+        second = run(settings, store, series, iterations=3, seed=1)
+        third = run(settings, store, series, iterations=3, promote=False)
+        listed = {row["version"]: row for row in store.initializer_list()}
+    finally:
+        store.close()
+    assert listed[1]["algorithm"] == "pretrain" and listed[1]["promoted"]      # the warm start is kept too
+    assert first.promoted and first.version == 2 and "pretrained (new)" in first.baselines
+    incumbent = second.baselines[f"meta v{first.version}"]
+    assert second.promoted == (second.val_score < incumbent)                   # only if it beats v2
+    assert listed[second.version]["promoted"] == second.promoted
+    assert not third.promoted and not listed[third.version]["promoted"]
+    assert listed[first.version]["training"]["series"] == 10
+    assert math.isfinite(listed[first.version]["val_score"])
+
+
+def test_meta_train_command_on_an_m4_file_then_list(tmp_path: Path):
+    config = config_file(tmp_path)
+    data = write_m4(tmp_path / "m4.csv", regime_series(8, 600, np.random.default_rng(2)).values)
+    done = run_cli("meta-train", "--m4", str(data), "--json", "--no-progress", config=config, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["promoted"] and report["series"] == 8 and report["algorithm"] == "meta_sgd"
+    listing = run_cli("initializers", config=config)
+    assert listing.returncode == 0 and "meta_sgd" in listing.stdout and "pretrain" in listing.stdout
+    assert json.loads(run_cli("initializers", "--json", config=config).stdout)[0]["version"] == report["version"]
+
+
+def test_meta_train_without_enough_history_says_what_it_needs(tmp_path: Path):
+    config = config_file(tmp_path)
+    data = write_m4(tmp_path / "m4.csv", [np.arange(40.0), np.arange(30.0)])
+    done = run_cli("meta-train", "--m4", str(data), "--no-progress", config=config)
+    assert done.returncode == 3
+    assert "long enough" in done.stderr and "2 series found" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.integration
+def test_the_daemon_picks_up_a_newly_promoted_initializer_without_restart():
+    directory = short_tempdir()
+    config = write_config(directory, metrics=True, naive=False, sections={
+        "model": MODEL, "adapt": ADAPT, "meta": {"refresh_interval": 1.0, "iterations": 4, "meta_batch": 8,
+                                                 "query": 12, "validation_tasks": 32}})
+    d = DaemonProcess(config)
+    try:
+        d.start(timeout=60)
+        d.ingest(hourly("a", 40))
+        assert d.forecast("a", 2)["model"]["init"] == "random"
+        data = write_m4(directory / "m4.csv", regime_series(8, 600, np.random.default_rng(2)).values)
+        done = run_cli("meta-train", "--m4", str(data), "--json", "--no-progress", config=config, timeout=300)
+        version = json.loads(done.stdout)["version"]
+        deadline = time.monotonic() + 30
+        url = f"http://{d.settings.metrics.listen}/metrics"
+        while time.monotonic() < deadline:
+            text = urllib.request.urlopen(url, timeout=10).read().decode()
+            if f'adaptd_initializer_info{{kind="meta",version="{version}"}} 1.0' in text:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"initializer {version} not picked up:\n{d.stderr}")
+        assert 'kind="random"' not in text.split("adaptd_initializer_info")[2]   # the old one is gone
+        assert d.forecast("a", 2)["model"]["init"] == "meta"
+        assert "now restart from meta initializer" in d.stderr
+    finally:
+        d.kill()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_online_config_of_the_daemon_matches_the_tasks_shape(tmp_path: Path):
+    """Meta-training cuts tasks with the daemon's own model settings (same window, k, steps)."""
+    settings = load_config(str(config_file(tmp_path)))
+    c = online_config(settings)
+    assert (c.window, c.adapt_window, c.adapt_validation, c.adapt_steps) == (16, 24, 4, 3)
