@@ -59,7 +59,10 @@ class Client:
     def read_response(self) -> dict[str, Any]:
         assert self._sock is not None, "connect() first"
         while b"\n" not in self._buffer:
-            chunk = self._sock.recv(1 << 16)
+            try:
+                chunk = self._sock.recv(1 << 16)
+            except ConnectionResetError:  # it hung up with requests of ours unread
+                chunk = b""
             if not chunk:
                 raise ClientError("the daemon closed the connection")
             self._buffer += chunk
@@ -71,7 +74,32 @@ class Client:
 
     def request_nowait(self, payload: dict[str, Any]) -> None:
         """Send a request without waiting; answers come back in order via read_response()."""
-        self.send_raw(json.dumps(payload, separators=(",", ":"), allow_nan=False).encode() + b"\n")
+        # UTF-8 rather than \uXXXX escapes: a non-ASCII series name costs at most 4 bytes a
+        # character instead of 6 or 12, so 1000 records of 200-character names stay under the
+        # daemon's default max_line_bytes. A lone surrogate still goes as its JSON escape.
+        text = json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        try:
+            self.send_raw(text.encode("utf-8", "backslashreplace") + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            raise ClientError(f"the daemon closed the connection{self._last_error()}") from None
+
+    def _last_error(self) -> str:
+        """The error the daemon answered before it hung up (e.g. too_large), if still readable."""
+        assert self._sock is not None
+        try:
+            self._sock.settimeout(1.0)
+            while chunk := self._sock.recv(1 << 16):
+                self._buffer += chunk
+        except OSError:
+            pass
+        for line in self._buffer.split(b"\n"):
+            try:
+                answer = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(answer, dict) and answer.get("ok") is False and isinstance(answer.get("error"), dict):
+                return f" after answering {answer['error'].get('code')}: {answer['error'].get('message')}"
+        return ""
 
     def request(self, payload: dict[str, Any]) -> dict[str, Any]:
         self.request_nowait(payload)

@@ -34,6 +34,10 @@ def decode(line: bytes) -> dict[str, Any]:
         raise RequestError(BAD_REQUEST, f"request is not valid JSON: {exc.msg} at column {exc.colno}") from None
     except RecursionError:
         raise RequestError(BAD_REQUEST, "request is nested too deeply") from None
+    except ValueError as exc:
+        # Python refuses integer literals over sys.get_int_max_str_digits() (4300) digits with a
+        # plain ValueError, not a JSONDecodeError: still the client's bad request, not ours.
+        raise RequestError(BAD_REQUEST, f"request has a number that cannot be read: {str(exc)[:100]}") from None
     if not isinstance(request, dict):
         raise RequestError(BAD_REQUEST, f"request must be a JSON object, got {type(request).__name__}")
     return request

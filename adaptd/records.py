@@ -64,8 +64,18 @@ def _parse_iso(text: str) -> float:
 
 
 def format_ts(ts: float) -> str:
-    """ISO-8601 in UTC, seconds resolution unless the timestamp has a fraction."""
-    moment = datetime.fromtimestamp(ts, tz=timezone.utc)
+    """ISO-8601 in UTC, seconds resolution unless the timestamp has a fraction.
+
+    Stored timestamps are always dates, but a forecast target past the newest one may lie beyond
+    9999-12-31 (datetime's range); those are written as epoch seconds rather than failing.
+
+    >>> format_ts(1704067200.0), format_ts(0.25), format_ts(253402304399.0)
+    ('2024-01-01T00:00:00Z', '1970-01-01T00:00:00.250Z', '253402304399')
+    """
+    try:
+        moment = datetime.fromtimestamp(ts, tz=timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return str(int(ts)) if math.isfinite(ts) and ts == int(ts) else repr(ts)
     spec = "seconds" if ts == int(ts) else "milliseconds"
     return moment.isoformat(timespec=spec).replace("+00:00", "Z")
 
@@ -127,5 +137,9 @@ def validate_batch(records: list[Any]) -> tuple[list[Observation], list[tuple[in
         try:
             accepted.append(validate_record(raw))
         except Rejected as exc:
+            # Kept without traceback and context: 100,000 live tracebacks (and the frames they
+            # hold) made the garbage collector's passes dominate a batch of bad records
+            # (seconds on the event loop, growing faster than the batch).
+            exc.__traceback__ = exc.__context__ = None
             rejected.append((index, exc))
     return accepted, rejected

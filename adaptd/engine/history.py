@@ -61,6 +61,8 @@ def infer_season(step: float, configured: int = 0) -> int:
         return configured
     if step < DAY:
         per_day = DAY / step
+        if not per_day < 1e9:   # sub-microsecond steps (or inf from a denormal): no daily season
+            return 1
         if abs(per_day - round(per_day)) < 1e-6 and round(per_day) >= 2:
             return int(round(per_day))
     elif abs(step - DAY) < 1e-6:
