@@ -45,7 +45,7 @@ class ServerSettings:
     socket_mode: str = "0660"
     socket_group: str = ""
     max_line_bytes: int = 1_048_576
-    max_batch_records: int = 100_000
+    max_batch_records: int = 10_000
     max_pending_records: int = 500_000
     overload_wait: float = 2.0
     forecast_wait: float = 0.5

@@ -45,12 +45,12 @@ ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_700_000_000.0
 H = 3600.0
 DAY = 86_400.0
-MAX_BATCH = 100_000        # the default [server] max_batch_records
+MAX_BATCH = 100_000        # [server] max_batch_records of this module's daemon
 MAX_HORIZON = 48           # the default [model] max_horizon
 MAX_SERIES_NAME = 200
 MIN_TS, MAX_TS = -62_135_596_800.0, 253_402_300_799.0  # years 1..9999
-# The default max_line_bytes (1 MiB) cannot carry a batch of max_batch_records (100,000 records
-# need >= 3.3 MB even with one-letter names), so this daemon allows 8 MiB lines.
+# 100,000 records need >= 3.3 MB even with one-letter names: this daemon allows 8 MiB lines
+# (the defaults, 1 MiB and 10,000 records, fit each other).
 LINE_LIMIT = 8 << 20
 KNOWN = "hostile-known"    # a series with 10 hourly observations, ingested at start
 # asyncio buffers up to 2 x max_line_bytes of requests per connection whose answers are not
@@ -259,7 +259,7 @@ def expect_for(line: bytes, known: set[str] = frozenset({KNOWN})) -> Expect:
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[DaemonProcess]:
-    with running_daemon(sections={"server": {"max_line_bytes": LINE_LIMIT}}) as d:
+    with running_daemon(sections={"server": {"max_line_bytes": LINE_LIMIT, "max_batch_records": MAX_BATCH}}) as d:
         d.ingest(hourly(KNOWN, 10))
         yield d
         assert d.running, d.stderr
