@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test install clean
+.PHONY: run test install clean initializer
 
 install: $(STAMP)
 
@@ -20,6 +20,15 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The packaged initializer (adaptd/initializers/m4-hourly.adi): meta-trained on M4 Hourly with
+# the default model shape, so a new installation adapts well on day one.
+INIT_DIR := build/initializer
+initializer: $(STAMP)
+	rm -rf $(INIT_DIR) && mkdir -p $(INIT_DIR) adaptd/initializers
+	printf '[store]\nurl = "sqlite:///%s/$(INIT_DIR)/m4.db"\n' "$(CURDIR)" > $(INIT_DIR)/config.toml
+	$(BIN)/adaptd meta-train --config $(INIT_DIR)/config.toml --m4 ../shared/data/m4/Hourly-train.csv \
+		--export adaptd/initializers/m4-hourly.adi
 
 clean:
 	rm -rf $(VENV) state .pytest_cache

@@ -122,7 +122,7 @@ class Daemon:
         stats = engine.stats()
         if "init" in stats:   # an engine that adapts on drift
             m.drift_events.labels(s.drift.detector)   # present at zero, so rate() and alerts have data
-            m.initializer.labels(stats["init"], str(stats["init_version"])).set(1)
+            m.initializer.labels(stats["init"], stats["init_version"]).set(1)
 
     def _build_engine(self) -> Engine:
         s, store = self.settings, self.store

@@ -167,8 +167,8 @@ def test_meta_train_without_enough_history_says_what_it_needs(tmp_path: Path):
 def test_the_daemon_picks_up_a_newly_promoted_initializer_without_restart():
     directory = short_tempdir()
     config = write_config(directory, metrics=True, naive=False, sections={
-        "model": MODEL, "adapt": ADAPT, "meta": {"refresh_interval": 1.0, "iterations": 4, "meta_batch": 8,
-                                                 "query": 12, "validation_tasks": 32}})
+        "model": MODEL, "adapt": ADAPT, "server": {"forecast_wait": 60.0},   # the model, not the fallback
+        "meta": {"refresh_interval": 1.0, "iterations": 4, "meta_batch": 8, "query": 12, "validation_tasks": 32}})
     d = DaemonProcess(config)
     try:
         d.start(timeout=60)
@@ -199,3 +199,35 @@ def test_online_config_of_the_daemon_matches_the_tasks_shape(tmp_path: Path):
     settings = load_config(str(config_file(tmp_path)))
     c = online_config(settings)
     assert (c.window, c.adapt_window, c.adapt_validation, c.adapt_steps) == (16, 24, 4, 3)
+
+
+def test_a_new_installation_starts_from_the_packaged_initializer_until_its_store_has_one(tmp_path: Path):
+    from dataclasses import replace
+
+    from adaptd.engine.factory import encode_initializer, packaged_initializer, stored_initializer
+    from adaptd.engine.snapshot import FORMAT_VERSION
+
+    settings = load_config(None)                      # the default model shape
+    config = online_config(settings)
+    packaged = packaged_initializer(config)
+    assert packaged is not None, "adaptd/initializers/m4-hourly.adi is missing: run `make initializer`"
+    assert packaged.kind == "meta" and packaged.label == "packaged"
+    assert all(bool(torch.isfinite(v).all()) for v in packaged.params.values())
+    assert all(0 < a <= 1 for a in packaged.step_sizes.values())
+    assert packaged_initializer(SMALL) is None       # another shape: not usable, no error
+
+    store = Store.open(f"sqlite:///{tmp_path}/a.db")
+    try:
+        assert stored_initializer(settings, store, config).label == "packaged"
+        own = Initializer.random(config.shape, 1, 0.05)
+        store.save_initializer("pretrain", FORMAT_VERSION, encode_initializer(replace(own, kind="pretrained"), config),
+                               {}, 1.0, True)
+        assert stored_initializer(settings, store, config).label == "packaged"   # meta wanted: packaged first
+        pretrained_wanted = replace(settings, adapt=replace(settings.adapt, init="pretrained"))
+        assert stored_initializer(pretrained_wanted, store, config).kind == "pretrained"
+        version = store.save_initializer("meta_sgd", FORMAT_VERSION,
+                                         encode_initializer(replace(own, kind="meta"), config), {}, 0.5, True)
+        chosen = stored_initializer(settings, store, config)
+        assert chosen.kind == "meta" and chosen.version == version                # its own data wins
+    finally:
+        store.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from importlib import resources
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 PRETRAIN_EPOCHS = 3
 PRETRAIN_BATCH = 256
 MAX_PRETRAIN_EXAMPLES = 60_000
+PACKAGED_INITIALIZER = "m4-hourly.adi"   # made by `make initializer` (README)
 
 
 def online_config(settings: Settings, horizon: int | None = None, seed: int = 0) -> OnlineConfig:
@@ -97,23 +99,47 @@ def _shape_header(config: OnlineConfig) -> dict[str, int]:
     return {"window": config.window, "patch": config.patch, "hidden": config.hidden, "horizon": config.horizon}
 
 
+def packaged_initializer(config: OnlineConfig) -> Initializer | None:
+    """The initializer shipped with adaptd (meta-trained on M4 Hourly, see README), if it fits
+    this model shape: a new installation starts from it until its own store has one."""
+    try:
+        payload = (resources.files("adaptd") / "initializers" / PACKAGED_INITIALIZER).read_bytes()
+    except OSError:
+        return None
+    try:
+        init = decode_initializer(payload, config)
+    except SnapshotError as exc:
+        log.info("the packaged initializer does not fit this model shape (%s)", exc)
+        return None
+    init.meta["source"] = "packaged"
+    return init
+
+
 def stored_initializer(settings: Settings, store: Store, config: OnlineConfig) -> Initializer:
-    """The daemon's θ*: the newest promoted initializer in the store that fits this model shape
-    and the `[adapt] init` choice; otherwise a random one, saying why in the log."""
+    """The daemon's θ*: the newest promoted initializer that fits this model shape, of the kind
+    `[adapt] init` asks for (for "meta": a meta-learned one if any, else a pretrained one);
+    then the packaged one; otherwise random weights, saying why in the log."""
     wanted = settings.adapt.init
     if wanted != "random":
-        for version, _algorithm, _format, payload in store.promoted_initializers():
+        usable: dict[str, Initializer] = {}
+        for version, _algorithm, _format, payload in store.promoted_initializers():   # newest first
             try:
                 init = decode_initializer(payload, config, version)
             except SnapshotError as exc:
                 log.warning("initializer version %d is not usable here (%s); skipping it", version, exc)
                 continue
-            if wanted == "pretrained" and init.kind == "meta":
-                continue
-            if wanted == "meta" and init.kind != "meta":
-                log.warning("[adapt] init = \"meta\": no meta-learned initializer yet; using %s "
-                            "initializer version %d", init.kind, version)
-            return init
-        log.warning("[adapt] init = %r: the store holds no initializer for this model shape yet; series "
-                    "start from random weights until one is trained", wanted)
+            usable.setdefault(init.kind, init)
+        if wanted in usable:
+            return usable[wanted]
+        packaged = packaged_initializer(config)
+        if packaged is not None and packaged.kind == wanted:
+            return packaged
+        if "pretrained" in usable:
+            log.warning("[adapt] init = %r: no such initializer for this model shape yet; using pretrained "
+                        "initializer version %d", wanted, usable["pretrained"].version)
+            return usable["pretrained"]
+        if packaged is not None:
+            return packaged
+        log.warning("[adapt] init = %r: no initializer fits this model shape yet (`adaptd meta-train` "
+                    "makes one); series start from random weights", wanted)
     return Initializer.random(config.shape, config.seed, settings.adapt.step_size)

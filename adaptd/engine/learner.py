@@ -30,6 +30,11 @@ class Initializer:
     version: int | None = None
     meta: dict[str, object] = field(default_factory=dict)
 
+    @property
+    def label(self) -> str:
+        """Its version in the store, "packaged" for the one shipped with adaptd, "0" for random."""
+        return str(self.version) if self.version is not None else str(self.meta.get("source", "0"))
+
     @classmethod
     def random(cls, shape: GRUShape, seed: int, step_size: float) -> "Initializer":
         generator = torch.Generator().manual_seed(seed)

@@ -608,7 +608,7 @@ class OnlineEngine(Engine):
 
     def stats(self) -> dict[str, Any]:
         return {"kind": self.kind, "series": len(self.names), "init": self.init.kind,
-                "init_version": self.init.version or 0,
+                "init_version": self.init.label,
                 "adapting": len(self._running), **self.counters}
 
     def warm_series(self) -> int:

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from ..config import Settings
@@ -48,6 +49,8 @@ def meta_train(settings: Settings, args: argparse.Namespace) -> int:
                 bar.close()
     finally:
         store.close()
+    if args.export:
+        Path(args.export).write_bytes(report.payload)
     if args.json:
         print(json.dumps(report.as_dict()))
     else:

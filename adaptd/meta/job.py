@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ..config import Settings
-from ..engine.factory import decode_initializer, encode_initializer, online_config, pooled_examples
+from ..engine.factory import (decode_initializer, encode_initializer, online_config, packaged_initializer,
+                              pooled_examples)
 from ..engine.learner import Initializer, pretrain
 from ..engine.online import OnlineConfig
 from ..engine.snapshot import FORMAT_VERSION, SnapshotError
@@ -45,6 +46,7 @@ class RunReport:
     series: int
     seconds: float
     history: list[float] = field(default_factory=list)
+    payload: bytes = b""             # the new initializer, encoded as stored
 
     def as_dict(self) -> dict[str, Any]:
         return {"version": self.version, "promoted": self.promoted, "algorithm": self.algorithm,
@@ -116,23 +118,26 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
         baselines["pretrained (new)"] = warm_score
         if promote:
             _save(store, warm, "pretrain", config, warm_score, True, {"series": len(series), "seed": seed})
-    if "meta" in current:
-        start = current["meta"][1]
-    else:
-        start = warm
+    packaged = packaged_initializer(config) if "meta" not in current else None
+    if packaged is not None:   # what the daemon runs until its store has a meta-learned one
+        baselines["meta (packaged)"] = score(packaged)
+    start = current["meta"][1] if "meta" in current else packaged or warm
     result = meta_train(start, train, meta, config, progress)
     val_score = score(result.init)
-    incumbent = baselines.get(f"meta v{current['meta'][0]}") if "meta" in current else None
+    incumbent = (baselines[f"meta v{current['meta'][0]}"] if "meta" in current
+                 else baselines.get("meta (packaged)"))
     promoted = promote and (incumbent is None or val_score < incumbent)
     training = {**result.init.meta, "series": len(series), "train_series": len(train.lengths),
                 "validation_tasks": len(valid_tasks), "baselines": baselines, "seconds": round(result.seconds, 1),
                 "loss_last": float(np.mean(result.history[-10:])) if result.history else None}
-    version = _save(store, result.init, meta.algorithm, config, val_score, promoted, training)
+    payload = encode_initializer(result.init, config)
+    version = store.save_initializer(meta.algorithm, FORMAT_VERSION, payload, _jsonable(training), val_score,
+                                     promoted)
     log.info("meta-training %s: validation %.4f (%s) -> version %d %s", meta.algorithm, val_score,
              ", ".join(f"{k} {v:.4f}" for k, v in baselines.items()), version,
              "promoted" if promoted else "not promoted")
     return RunReport(version, promoted, meta.algorithm, val_score, baselines, len(series),
-                     time.perf_counter() - started, result.history)
+                     time.perf_counter() - started, result.history, payload)
 
 
 def _save(store: Store, init: Initializer, algorithm: str, config: OnlineConfig, val_score: float,

@@ -50,7 +50,7 @@ class InitializerJobs:
             return
         self.engine.set_initializer(init)   # type: ignore[attr-defined]
         self.metrics.initializer.clear()
-        self.metrics.initializer.labels(init.kind, str(init.version or 0)).set(1)
+        self.metrics.initializer.labels(init.kind, init.label).set(1)
         log.info("series now restart from %s initializer version %s", init.kind, init.version)
 
     def retrain(self) -> None:

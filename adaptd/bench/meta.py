@@ -1,0 +1,259 @@
+"""`adaptd bench meta`: what each initializer gives right after a change, on identical tasks.
+
+Arms: random / pretrained / meta-learned (first-order Meta-SGD, Reptile) initializers, each
+restarted at the detection time and fine-tuned with the daemon's own inner loop (or not), and
+an online RLS autoregression that simply keeps learning through the change. Every arm is
+scored on the same tasks: the forecasts issued from the detection time over the first 1, 2 and
+4 seasons after it, in the normalised units the models learn in (per-origin scale).
+
+Data, split by series (training never sees a test series):
+- synthetic: regime switches at known times (level, seasonal shape, AR dynamics and noise
+  change; half the changes revisit an earlier regime);
+- M4 Hourly: a test task splices two held-out series, so the change point is known.
+Detection times are a change plus a delay drawn from the delays the daemon's own detector
+produced on synthetic changes (measured at the start of the run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import Settings
+from ..engine.factory import online_config, pooled_examples
+from ..engine.features import normalisation_path
+from ..engine.learner import Examples, Initializer, pretrain
+from ..engine.online import OnlineConfig, OnlineEngine
+from ..meta.sources import series_from_m4
+from ..meta.synthetic import regime_series
+from ..meta.tasks import DEFAULT_DELAYS, SeriesPool, Tasks, cut_tasks
+from ..meta.train import MetaSettings, meta_train, post_adaptation_loss
+from ..records import Observation
+from .accuracy.baselines import RLSAutoregression
+from .accuracy.datasets import resolve_data_dir
+
+SEASONS = (1, 2, 4)
+REFERENCE = "pretrained + fine-tune"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--datasets", default="synthetic,m4", help="comma-separated: synthetic, m4 (default both)")
+    p.add_argument("--iterations", type=int, default=300, help="meta-training iterations per algorithm")
+    p.add_argument("--tasks", type=int, default=400, help="test tasks per dataset")
+    p.add_argument("--period", type=int, default=24, help="steps per season (M4 Hourly: 24)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the ratio intervals")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", help="where ett/, wth/ and m4/ are (default ../shared/data)")
+    p.add_argument("--json", action="store_true")
+
+
+@dataclass
+class Data:
+    name: str
+    train: list[np.ndarray]
+    train_changes: list[list[int]]
+    test: list[np.ndarray]          # one series per test task
+    test_change: np.ndarray         # (n,) change time of each test series
+
+
+def synthetic(n_tasks: int, period: int, seed: int) -> Data:
+    rng = np.random.default_rng(seed)
+    train = regime_series(120, 1500, rng, period=period)
+    test = regime_series(max(40, n_tasks // 4), 1500, np.random.default_rng(seed + 1), period=period)
+    series, change = [], []
+    for y, cuts in zip(test.values, test.changes):
+        for c in cuts:
+            series.append(y)
+            change.append(c)
+    order = np.random.default_rng(seed + 2).permutation(len(series))[:n_tasks]
+    return Data("synthetic", train.values, train.changes, [series[i] for i in order], np.array(change)[order])
+
+
+def m4(n_tasks: int, seed: int, data_dir: str | None) -> Data:
+    path = resolve_data_dir(data_dir) / "m4" / "Hourly-train.csv"
+    values = list(series_from_m4(path).values())
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(values))
+    cut = int(0.8 * len(values))
+    train = [values[i] for i in order[:cut]]
+    held = [values[i] for i in order[cut:]]
+    series, change = [], []
+    for _ in range(n_tasks):   # the end of one held-out series, then the start of another
+        a, b = rng.choice(len(held), 2, replace=False)
+        before = held[a][-min(len(held[a]), 400):]
+        series.append(np.concatenate([before, held[b][:300]]))
+        change.append(len(before))
+    return Data("m4", train, [[] for _ in train], series, np.array(change))
+
+
+def measured_delays(config: OnlineConfig, period: int, seed: int) -> tuple[list[int], str]:
+    """Steps from a change to the daemon's first detection after it, on synthetic changes."""
+    data = regime_series(8, 1200, np.random.default_rng(seed + 7), period=period)
+    engine = OnlineEngine(config, Initializer.random(config.shape, seed, 0.05))
+    for t in range(1200):
+        engine.observe([Observation(f"s{k}", t * 3600.0, float(y[t])) for k, y in enumerate(data.values)])
+    detected: dict[int, list[int]] = {}
+    for event in engine.take_drift_events():
+        detected.setdefault(int(event.series[1:]), []).append(int(event.ts / 3600.0))
+    delays = []
+    for k, cuts in enumerate(data.changes):
+        for c in cuts:
+            after = [t - c for t in detected.get(k, []) if 0 < t - c <= 4 * period]
+            if after:
+                delays.append(min(after))
+    engine.close()
+    if len(delays) < 5:
+        return list(DEFAULT_DELAYS), f"default (the detector found only {len(delays)} changes)"
+    return delays, f"measured: {len(delays)} detections, median {int(np.median(delays))} steps"
+
+
+def held_out_tasks(data: Data, config: OnlineConfig, delays: list[int], query: int, seed: int) -> Tasks:
+    rng = np.random.default_rng(seed)
+    pool = SeriesPool(data.test, config)
+    times, keep = [], []
+    for i, (y, c) in enumerate(zip(data.test, data.test_change)):
+        t = int(c + rng.choice(delays))
+        lo, hi = pool.detection_range(i, query)
+        if lo <= t < hi:
+            times.append(t)
+            keep.append(i)
+    return cut_tasks(pool, np.array(keep), np.array(times), query)
+
+
+def first_steps(tasks: Tasks, query: int) -> Tasks:
+    """The same tasks scored on their first `query` steps after detection only."""
+    q = tasks.query
+    lead = torch.arange(1, q.mask.shape[2] + 1)
+    offset = torch.arange(query)[:, None]
+    inside = (offset + lead[None, :] <= query).to(q.mask.dtype)
+    cut = Examples(q.window[:, :query], q.level[:, :query], q.target[:, :query], q.mask[:, :query] * inside)
+    return Tasks(tasks.support, cut, tasks.series, tasks.time)
+
+
+def rls_losses(data: Data, tasks: Tasks, config: OnlineConfig) -> np.ndarray:
+    """An online RLS AR that keeps learning through the change, scored like the other arms."""
+    query, H = tasks.query.window.shape[1], config.horizon
+    before = int(min(tasks.time.min(), 600))
+    length = before + query + H
+    rows = np.full((length, len(tasks)), np.nan)
+    scale = np.empty((query, len(tasks)))
+    for k, (i, t) in enumerate(zip(tasks.series, tasks.time)):
+        y = data.test[i]
+        part = y[t - before:t + query + H]
+        rows[:part.size, k] = part
+        # The same causal per-origin scale the tasks' targets are normalised by.
+        scale[:, k] = normalisation_path(y[:t + query], config.scale_rate, config.mean_rate)[0][t:t + query]
+    model = RLSAutoregression(n_lags=config.rls_lags, horizon=H, mode="relative")
+    mask = tasks.query.mask.double().numpy()                      # (n, query, H)
+    errors = np.zeros(len(tasks))
+    for tau in range(before + query):
+        model.observe(np.nan_to_num(rows[tau]))
+        j = tau - before
+        if j < 0:
+            continue
+        err = ((model.forecast(H) - rows[tau + 1:tau + 1 + H].T) / scale[j][:, None]) ** 2
+        errors += (np.nan_to_num(err) * mask[:, j]).sum(axis=1)
+    return errors / mask.reshape(len(tasks), -1).sum(axis=1).clip(min=1)
+
+
+def bootstrap_ratio(arm: np.ndarray, ref: np.ndarray, reps: int, seed: int) -> tuple[float, float, float]:
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, arm.size, (reps, arm.size))
+    ratios = arm[idx].mean(axis=1) / ref[idx].mean(axis=1)
+    return float(arm.mean() / ref.mean()), float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))
+
+
+def run_dataset(data: Data, settings: Settings, config: OnlineConfig, args: argparse.Namespace,
+                delays: list[int]) -> dict[str, Any]:
+    seed, k = args.seed, config.adapt_steps
+    started = time.perf_counter()
+    random_init = Initializer.random(config.shape, seed, settings.adapt.step_size)
+    pretrained = pretrain(random_init, pooled_examples(data.train, config, 20_000, seed), 3, 256, seed)
+    pool = SeriesPool(data.train, config, changes=data.train_changes)
+    progress = _progress(f"{data.name}: meta-train")
+    meta = meta_train(pretrained, pool, MetaSettings("meta_sgd", args.iterations, 32, 1e-3, 2 * args.period, seed),
+                      config, progress).init
+    reptile = meta_train(pretrained, pool, MetaSettings("reptile", args.iterations, 32, 1e-3, 2 * args.period, seed),
+                         config, _progress(f"{data.name}: reptile")).init
+    print(file=sys.stderr)
+    train_seconds = time.perf_counter() - started
+    arms = {"random + fine-tune": (random_init, k), REFERENCE: (pretrained, k), "pretrained, no fine-tune": (pretrained, 0),
+            "meta (Meta-SGD), no fine-tune": (meta, 0), "meta (Meta-SGD) + fine-tune": (meta, k),
+            "meta (Reptile) + fine-tune": (reptile, k)}
+    results: dict[str, dict[str, Any]] = {}
+    longest = held_out_tasks(data, config, delays, max(SEASONS) * args.period, seed + 11)
+    for seasons in SEASONS:
+        tasks = first_steps(longest, seasons * args.period)
+        losses = {name: post_adaptation_loss(init, tasks, steps, config.clip) for name, (init, steps) in arms.items()}
+        losses["online RLS AR (keeps learning)"] = rls_losses(data, tasks, config)
+        ref = losses[REFERENCE]
+        for name, loss in losses.items():
+            ratio, lo, hi = bootstrap_ratio(loss, ref, args.bootstrap, seed)
+            results.setdefault(name, {})[str(seasons)] = {
+                "mean": float(loss.mean()), "median": float(np.median(loss)), "ratio": ratio, "ratio_lo": lo,
+                "ratio_hi": hi, "win_rate": float((loss < ref).mean()), "tasks": int(loss.size)}
+    return {"dataset": data.name, "train_series": len(data.train), "train_seconds": round(train_seconds, 1),
+            "step_sizes": meta.step_sizes, "arms": results}
+
+
+def _progress(label: str) -> Any:
+    def show(p: Any) -> None:
+        if p.iteration % 10 == 0 or p.iteration == p.iterations:
+            print(f"\r{label} {p.iteration}/{p.iterations} loss {p.loss:.3f} {p.tasks_per_second:.0f} tasks/s "
+                  f"ETA {p.eta:.0f}s   ", end="", file=sys.stderr, flush=True)
+    return show
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [f"## {report['dataset']} ({report['train_series']} training series, meta-training "
+             f"{report['train_seconds']:.0f} s)", "",
+             "| arm | " + " | ".join(f"{s} season{'s' if s > 1 else ''}: mean / median MSE, ratio [95% CI], wins"
+                                    for s in SEASONS) + " |",
+             "|---|" + "---|" * len(SEASONS)]
+    for name, by_season in report["arms"].items():
+        cells = []
+        for s in SEASONS:
+            r = by_season[str(s)]
+            cells.append(f"{r['mean']:.3f} / {r['median']:.3f}, {r['ratio']:.3f} [{r['ratio_lo']:.3f}, "
+                         f"{r['ratio_hi']:.3f}], {100 * r['win_rate']:.0f}%")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(settings: Settings, args: argparse.Namespace) -> int:
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    config = online_config(settings, seed=args.seed)
+    delays, delay_note = measured_delays(config, args.period, args.seed)
+    reports = []
+    for name in [n.strip() for n in args.datasets.split(",") if n.strip()]:
+        if name == "synthetic":
+            data = synthetic(args.tasks, args.period, args.seed)
+        elif name == "m4":
+            try:
+                data = m4(args.tasks, args.seed, args.data_dir)
+            except FileNotFoundError as exc:
+                print(f"skipping m4: {exc}", file=sys.stderr)
+                continue
+        else:
+            print(f"adaptd: unknown dataset {name!r} (synthetic, m4)", file=sys.stderr)
+            return 2
+        reports.append(run_dataset(data, settings, config, args, delays))
+    command = "adaptd bench meta " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "adaptd bench meta"
+    if args.json:
+        print(json.dumps({"command": command, "delays": delay_note, "reports": reports}))
+        return 0
+    print(f"# adaptd bench meta — post-change MSE (normalised) per arm; ratio to \"{REFERENCE}\"")
+    print(f"detection delays: {delay_note}; k = {config.adapt_steps} steps, support = {config.adapt_window} origins")
+    for report in reports:
+        print()
+        print(render(report))
+    print(f"\nreproduce: {command}")
+    return 0

@@ -1,0 +1,56 @@
+"""`adaptd bench meta`: every arm scored on the same tasks, honest intervals, runnable small."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from adaptd.bench.meta import REFERENCE, SEASONS, bootstrap_ratio, first_steps, synthetic, held_out_tasks
+from adaptd.engine.online import OnlineConfig
+from daemon_harness import run_cli, write_config
+
+SMALL = OnlineConfig(window=16, patch=4, hidden=8, horizon=6, rls_lags=8, adapt_window=24, adapt_validation=4,
+                     adapt_steps=3)
+
+
+def test_shorter_seasons_score_a_prefix_of_the_same_tasks():
+    data = synthetic(20, 24, 0)
+    tasks = held_out_tasks(data, SMALL, [8, 16], 96, 1)
+    short = first_steps(tasks, 24)
+    assert np.array_equal(short.time, tasks.time)
+    mask = short.query.mask.numpy()
+    offsets = np.arange(24)[:, None] + np.arange(1, 7)[None, :]
+    assert mask.shape[1] == 24 and not mask[:, offsets > 24].any()   # nothing past the first season
+
+
+def test_bootstrap_interval_brackets_the_ratio_and_excludes_one_for_a_clear_gain():
+    rng = np.random.default_rng(0)
+    ref = rng.exponential(1.0, 400)
+    better = ref * rng.uniform(0.7, 0.9, 400)
+    ratio, lo, hi = bootstrap_ratio(better, ref, 500, 0)
+    assert lo <= ratio <= hi < 1.0
+    same, lo, hi = bootstrap_ratio(ref, ref, 500, 0)
+    assert same == lo == hi == 1.0
+
+
+@pytest.mark.integration
+def test_bench_meta_runs_small_and_reports_every_arm(tmp_path):
+    config = write_config(tmp_path, sections={"model": {"window": 16, "patch": 4, "hidden": 8, "max_horizon": 6,
+                                                        "rls_lags": 8},
+                                              "adapt": {"window": 24, "validation": 4, "steps": 3}})
+    done = run_cli("bench", "--config", str(config), "meta", "--datasets", "synthetic", "--iterations", "3",
+                   "--tasks", "24", "--bootstrap", "50", "--json", timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["command"].startswith("adaptd bench meta")
+    arms = report["reports"][0]["arms"]
+    assert set(arms) >= {REFERENCE, "random + fine-tune", "pretrained, no fine-tune", "meta (Meta-SGD) + fine-tune",
+                         "meta (Reptile) + fine-tune", "online RLS AR (keeps learning)"}
+    for seasons in map(str, SEASONS):
+        assert arms[REFERENCE][seasons]["ratio"] == 1.0
+        sizes = {arm[seasons]["tasks"] for arm in arms.values()}
+        assert len(sizes) == 1 and sizes.pop() > 10                # identical tasks for every arm
+        for arm in arms.values():
+            assert np.isfinite(arm[seasons]["mean"]) and arm[seasons]["ratio_lo"] <= arm[seasons]["ratio_hi"]
