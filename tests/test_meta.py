@@ -231,3 +231,21 @@ def test_a_new_installation_starts_from_the_packaged_initializer_until_its_store
         assert chosen.kind == "meta" and chosen.version == version                # its own data wins
     finally:
         store.close()
+
+
+def test_meta_training_on_hostile_series_never_produces_non_finite_weights():
+    n = 700
+    t = np.arange(n, dtype=float)
+    spikes = np.sin(t / 5)
+    spikes[::97] = 1e30
+    hostile = [np.full(n, 3.0), spikes, np.where(t % 2 == 0, 1e12, -1e12), np.cumsum(np.full(n, 1e-300)),
+               np.sin(t / 7) * 1e-8, np.where(t > 350, 1e15, 0.0)]
+    pool = SeriesPool(hostile, SMALL)
+    start = Initializer.random(SMALL.shape, 0, 0.05)
+    for algorithm in ("meta_sgd", "reptile"):
+        result = meta_train(start, pool, MetaSettings(algorithm, iterations=10, meta_batch=8, outer_rate=1e-2,
+                                                      query=12), SMALL)
+        assert all(bool(torch.isfinite(v).all()) for v in result.init.params.values()), algorithm
+        assert all(math.isfinite(a) and MIN_STEP <= a <= MAX_STEP for a in result.init.step_sizes.values())
+        tasks = sample_tasks(pool, 32, 12, np.random.default_rng(1))
+        assert np.isfinite(post_adaptation_loss(result.init, tasks, SMALL.adapt_steps)).all()

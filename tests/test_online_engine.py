@@ -156,7 +156,7 @@ def test_a_checkpoint_for_another_model_shape_is_refused(caplog):
     assert np.isfinite(engine.forecast("s", 4).points[0].value)
 
 
-@pytest.mark.parametrize("kind", ["constant", "spikes", "alternating", "tiny", "huge"])
+@pytest.mark.parametrize("kind", ["constant", "spikes", "alternating", "tiny", "huge", "long gaps"])
 def test_hostile_series_never_produce_non_finite_forecasts(kind):
     n = 300
     t = np.arange(n)
@@ -166,10 +166,13 @@ def test_hostile_series_never_produce_non_finite_forecasts(kind):
         "alternating": np.where(t % 2 == 0, 1e6, -1e6),
         "tiny": 1e-12 * np.sin(t),
         "huge": 1e300 * np.sign(np.sin(t) + 0.1),
+        "long gaps": 10 + np.sin(t / 4),
     }[kind]
+    # "long gaps": a year of silence every 50 observations.
+    ts = t * HOUR + (t // 50) * 8760 * HOUR if kind == "long gaps" else t * HOUR
     engine = make_engine()
     for i, v in enumerate(y):
-        engine.observe([Observation("s", i * HOUR, float(v))])
+        engine.observe([Observation("s", float(ts[i]), float(v))])
         if i == 0:
             continue
         fc = engine.forecast("s", 4)
