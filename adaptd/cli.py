@@ -124,6 +124,19 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
         return _fail(f"{args.data}: {exc}", 2)
 
 
+def cmd_meta_train(settings: Settings, args: argparse.Namespace) -> int:
+    from .meta.cli import meta_train
+
+    _setup_logging("warning")
+    return meta_train(settings, args)
+
+
+def cmd_initializers(settings: Settings, args: argparse.Namespace) -> int:
+    from .meta.cli import list_initializers
+
+    return list_initializers(settings, args)
+
+
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     from .bench import run_bench
 
@@ -164,6 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forecasts-out", metavar="OUT.csv", help="write series,origin,target,step,forecast,lo,hi")
     p.add_argument("--report-out", metavar="OUT.json", help="write the per-series and overall report")
     p.add_argument("--no-progress", action="store_true")
+    p = add("meta-train", cmd_meta_train,
+            "meta-learn the initializer drifting series restart from, on the store's history or an M4 file")
+    p.add_argument("--m4", metavar="FILE.csv", help="train on an M4-layout file (one row per series) instead")
+    p.add_argument("--iterations", type=int, help="override [meta] iterations")
+    p.add_argument("--algorithm", choices=("meta_sgd", "reptile"), help="override [meta] algorithm")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-promote", action="store_true", help="store the result but never promote it")
+    p.add_argument("--export", metavar="FILE", help="also write the new initializer to FILE (the packaged one)")
+    p.add_argument("--json", action="store_true", help="print the run's report as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    p = add("initializers", cmd_initializers, "list stored initializers with their validation scores")
+    p.add_argument("--json", action="store_true")
     add("check-config", cmd_check_config, "validate a config file and exit")
     p = add("bench", cmd_bench, "run a benchmark and print its report")
     bench = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
@@ -181,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--repeats", type=int, default=50)
     from .bench.accuracy.report import add_arguments as accuracy_arguments
     accuracy_arguments(bench.add_parser("accuracy", help="H=1/24/48 MSE of adaptd vs baselines and published results"))
+    from .bench.meta import add_arguments as meta_arguments
+    meta_arguments(bench.add_parser("meta", help="post-change error of random/pretrained/meta initializers vs RLS"))
+    from .bench.soak import add_arguments as soak_arguments
+    soak_arguments(bench.add_parser("soak", help="many clients for minutes: drift storms, overload, memory, errors"))
     b.add_argument("--engines", default="online,naive",
                    help="comma-separated [model] engine values to measure (default online,naive)")
     return parser

@@ -17,6 +17,12 @@ def run_bench(name: str, settings: Settings, args: argparse.Namespace) -> int:
     if name == "adapt":
         from .adapt import main as adapt
         return adapt(settings, args)
+    if name == "soak":
+        from .soak import main as soak
+        return soak(args)
+    if name == "meta":
+        from .meta import main as meta
+        return meta(settings, args)
     if name == "accuracy":
         from .accuracy.engine_model import engine_specs
         from .accuracy.report import main as accuracy
