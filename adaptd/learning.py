@@ -25,11 +25,14 @@ log = logging.getLogger(__name__)
 
 class LearningWorker:
     def __init__(self, engine: Engine, store: Store, metrics: Metrics, max_backlog: int = 1_000_000,
-                 max_chunk: int = 20_000):
+                 max_chunk: int = 20_000, headroom: int = 0):
         self.engine = engine
         self.store = store
         self.metrics = metrics
         self.max_backlog = max_backlog
+        # New ingests are refused while the backlog is full (`full`); what was already admitted
+        # still arrives, so `submit` blocks only past max_backlog + headroom (the ingest queue).
+        self.headroom = headroom
         self.max_chunk = max_chunk
         self._queue: deque[Sequence[Observation]] = deque()
         self._backlog = 0
@@ -43,6 +46,10 @@ class LearningWorker:
         return self._backlog
 
     @property
+    def full(self) -> bool:
+        return self._backlog >= self.max_backlog
+
+    @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 
@@ -51,7 +58,7 @@ class LearningWorker:
 
     def submit(self, rows: Sequence[Observation]) -> None:
         with self._cond:
-            while self._backlog >= self.max_backlog and not self._stopping and self.alive:
+            while self._backlog >= self.max_backlog + self.headroom and not self._stopping and self.alive:
                 self._cond.wait(0.5)
             self._queue.append(rows)
             self._backlog += len(rows)

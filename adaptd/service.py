@@ -106,14 +106,21 @@ class Service:
         return response
 
     async def _wait_for_room(self, n: int) -> None:
-        """Backpressure: wait (bounded) while the writer's queue is full, then refuse."""
-        cap = self.settings.server.max_pending_records
+        """Backpressure: wait (bounded) while the writer's queue or the models' learning backlog
+        is full, then refuse; an admitted batch is acknowledged as soon as it is committed."""
         deadline = time.monotonic() + self.settings.server.overload_wait
-        while self.writer.pending_records > 0 and self.writer.pending_records + n > cap:
+        while (busy := self._busy(n)) is not None:
             if time.monotonic() >= deadline:
-                raise RequestError(OVERLOADED, f"{self.writer.pending_records} records are waiting for the "
-                                   "store; retry after a short pause")
+                raise RequestError(OVERLOADED, f"{busy}; retry after a short pause")
             await asyncio.sleep(0.005)
+
+    def _busy(self, n: int) -> str | None:
+        pending = self.writer.pending_records
+        if pending > 0 and pending + n > self.settings.server.max_pending_records:
+            return f"{pending} records are waiting for the store"
+        if self.learner is not None and self.learner.full:
+            return f"the models are {self.learner.backlog} records behind ([model] learning_backlog)"
+        return None
 
     async def forecast(self, request: dict[str, Any]) -> dict[str, Any]:
         try:

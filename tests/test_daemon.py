@@ -584,6 +584,30 @@ def test_sigterm_with_a_learning_backlog_stops_promptly_and_relearns_after_resta
         assert relearn and 0 < int(relearn.group(1)) < 20_000, log   # from where the checkpoint stopped
 
 
+@pytest.mark.integration
+def test_models_falling_behind_get_clients_overloaded_promptly_not_stuck(tmp_path: Path) -> None:
+    """When learning cannot keep up, new ingests are refused within overload_wait (and whatever
+    was acknowledged is stored): no request hangs waiting for the models."""
+    url = f"sqlite:///{tmp_path}/adaptd.db"
+    sections = {"model": {"learning_backlog": 1000}, "server": {"overload_wait": 0.2}}
+    answers, slowest, acked = [], 0.0, 0
+    with running_daemon(naive=False, store_url=url, sections=sections) as d:
+        with d.client(timeout=30) as c:
+            for k in range(30):
+                records = hourly("busy", 1000, start=T0 + k * 1000 * H)
+                started = time.monotonic()
+                answer = c.request({"op": "ingest", "records": records})
+                slowest = max(slowest, time.monotonic() - started)
+                answers.append(answer["ok"] or answer["error"]["code"])
+                acked += 1000 if answer["ok"] else 0
+        stats = d.request({"op": "stats"})
+    assert "overloaded" in answers and True in answers, answers
+    assert set(answers) <= {True, "overloaded"}, answers
+    assert slowest < 10, slowest               # refused or acknowledged, never stuck behind learning
+    assert stats["learning_backlog_records"] <= 1000 + 10_000 + 500_000
+    assert len(stored_rows(url, "busy")) == acked
+
+
 def test_sigterm_under_load_keeps_every_acknowledged_record() -> None:
     """Clients keep ingesting while SIGTERM arrives: whatever was acked is there after a restart."""
     directory = short_tempdir()
