@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .catalog import SeriesCatalog
 from .config import Settings
@@ -26,6 +26,9 @@ from .sdnotify import Notifier
 from .server import SocketServer
 from .service import Service
 from .store import Store, redact
+
+if TYPE_CHECKING:
+    from .meta.schedule import InitializerJobs
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ class Daemon:
         self.learner: LearningWorker | None = None
         self.scheduler = None
         self._metrics_server = None
-        self._initializer_jobs: Any = None
+        self._initializer_jobs: InitializerJobs | None = None
 
     async def startup(self) -> None:
         s = self.settings
