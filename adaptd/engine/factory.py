@@ -116,9 +116,9 @@ def packaged_initializer(config: OnlineConfig) -> Initializer | None:
 
 
 def stored_initializer(settings: Settings, store: Store, config: OnlineConfig) -> Initializer:
-    """The daemon's θ*: the newest promoted initializer that fits this model shape, of the kind
-    `[adapt] init` asks for (for "meta": a meta-learned one if any, else a pretrained one);
-    then the packaged one; otherwise random weights, saying why in the log."""
+    """The daemon's θ*: the newest promoted initializer of the kind `[adapt] init` asks for that
+    fits this model shape; for "meta", then the packaged one, then a pretrained one; otherwise
+    random weights, saying why in the log."""
     wanted = settings.adapt.init
     if wanted != "random":
         usable: dict[str, Initializer] = {}
@@ -138,8 +138,6 @@ def stored_initializer(settings: Settings, store: Store, config: OnlineConfig) -
             log.warning("[adapt] init = %r: no such initializer for this model shape yet; using pretrained "
                         "initializer version %d", wanted, usable["pretrained"].version)
             return usable["pretrained"]
-        if packaged is not None:
-            return packaged
         log.warning("[adapt] init = %r: no initializer fits this model shape yet (`adaptd meta-train` "
                     "makes one); series start from random weights", wanted)
     return Initializer.random(config.shape, config.seed, settings.adapt.step_size)

@@ -73,8 +73,8 @@ def split(series: dict[str, np.ndarray], config: OnlineConfig, held_out: float, 
         if not pool.usable(query).any():
             need = config.window + config.adapt_window + query
             raise NotEnoughData(f"no series is long enough for {what} tasks: meta-training needs series of "
-                                f"well over {need / (1 - TRAIN_SHARE if what == 'validation' else TRAIN_SHARE):.0f} "
-                                f"observations (window + adapt window + query = {need})")
+                                f"more than {need / TRAIN_SHARE:.0f} observations (window + adapt window + "
+                                f"query = {need}, in the first {TRAIN_SHARE:.0%} of a series)")
     return train, valid
 
 
