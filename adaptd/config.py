@@ -45,6 +45,7 @@ class ServerSettings:
     socket_mode: str = "0660"
     socket_group: str = ""
     max_line_bytes: int = 1_048_576
+    max_connections: int = 1024
     max_batch_records: int = 10_000
     max_pending_records: int = 500_000
     overload_wait: float = 2.0
@@ -201,6 +202,7 @@ CHECKS: dict[str, dict[str, Check]] = {
         "socket_group": (lambda v: True, "a group name, or empty"),
         "max_line_bytes": (lambda v: 1024 <= v <= 1 << 30, "an integer from 1024 to 2^30"),
         "max_batch_records": (_positive, "an integer > 0"),
+        "max_connections": (lambda v: 1 <= v <= 100_000, "an integer from 1 to 100000"),
         "max_pending_records": (_positive, "an integer > 0"),
         "overload_wait": (lambda v: 0 <= v <= MAX_WAIT, f"a number of seconds from 0 to {MAX_WAIT:.0f}"),
         "forecast_wait": (lambda v: 0 <= v <= 60, "a number of seconds from 0 to 60"),

@@ -80,7 +80,7 @@ class Daemon:
             raise StartupError(f"metrics.listen = {s.metrics.listen!r}: {exc.strerror}") from None
         server = SocketServer(s.socket_path(), service.handle_line, self.metrics,
                               mode=s.socket_mode(), group=s.server.socket_group,
-                              max_line_bytes=s.server.max_line_bytes)
+                              max_line_bytes=s.server.max_line_bytes, max_connections=s.server.max_connections)
         await server.start()
         self.server = server  # only now is the socket file ours to remove at shutdown
         log.info("ready: %d series restored in %.2fs", len(catalog), time.monotonic() - started)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from .metrics import Metrics
-from .protocol import TOO_LARGE, encode, error
+from .protocol import OVERLOADED, TOO_LARGE, encode, error
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,14 @@ def clear_stale_socket(path: Path) -> None:
 
 class SocketServer:
     def __init__(self, path: Path, handler: Handler, metrics: Metrics, *, mode: int = 0o660,
-                 group: str = "", max_line_bytes: int = 1 << 20):
+                 group: str = "", max_line_bytes: int = 1 << 20, max_connections: int = 1024):
         self.path = path
         self.handler = handler
         self.metrics = metrics
         self.mode = mode
         self.group = group
         self.max_line_bytes = max_line_bytes
+        self.max_connections = max_connections
         self._server: asyncio.AbstractServer | None = None
         self._connections: dict[asyncio.Task[None], bool] = {}  # task -> busy answering a request
         self._closing = False
@@ -106,6 +107,14 @@ class SocketServer:
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._connections) >= self.max_connections:   # memory per connection is bounded, their number too
+            self.metrics.requests.labels("connect", OVERLOADED).inc()
+            with contextlib.suppress(Exception):
+                writer.write(encode(error(OVERLOADED, f"{len(self._connections)} connections are open "
+                                          "([server] max_connections); retry later")))
+                await asyncio.wait_for(writer.drain(), 1.0)
+            writer.close()
+            return
         self._connections[task] = False
         self.metrics.connections.inc()
         try:

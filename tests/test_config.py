@@ -149,6 +149,8 @@ BAD_VALUES = [
     ("server", "forecast_wait", "61"),
     ("ingest", "group_commit_records", "0"),
     ("metrics", "listen", '"9464"'),
+    ("server", "max_connections", "0"),
+    ("server", "max_connections", "100001"),
     ("metrics", "series", '["a", "a"]'),
     ("metrics", "series", '[""]'),
     ("metrics", "max_series", "-1"),

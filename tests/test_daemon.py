@@ -875,6 +875,24 @@ def test_exported_series_metrics_and_stored_forecasts_match_the_socket(tmp_path:
         (i + 1, p["ts"], p["value"], p["lo"], p["hi"]) for i, p in enumerate(answer["points"])]
 
 
+def test_connections_past_max_connections_are_told_overloaded_and_others_carry_on() -> None:
+    with running_daemon(sections={"server": {"max_connections": 2}}) as d:
+        with d.client() as first, d.client() as second:
+            time.sleep(0.2)   # both are registered
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as third:
+                third.settimeout(10)
+                third.connect(str(d.socket_path))
+                answer = json.loads(third.recv(65536).split(b"\n")[0])
+                assert answer["ok"] is False and answer["error"]["code"] == "overloaded", answer
+                assert "max_connections" in answer["error"]["message"]
+                assert third.recv(65536) == b""          # then closed
+            assert first.request({"op": "ping"})["ok"] and second.request({"op": "ping"})["ok"]
+        deadline = time.monotonic() + 10
+        while d.request({"op": "ping"}).get("ok") is not True:   # room again once they closed
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
 def test_metrics_port_in_use_fails_startup_naming_the_key() -> None:
     directory = short_tempdir()
     try:
