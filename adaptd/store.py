@@ -367,6 +367,12 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
+    def newest_promoted_version(self) -> int | None:
+        """What the daemon polls for: cheap, no weights read."""
+        i = initializers
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.max(i.c.version)).where(i.c.promoted.is_(True))).scalar_one()
+
     def promoted_initializers(self) -> list[tuple[int, str, int, bytes]]:
         """(version, algorithm, format_version, payload) of promoted initializers, newest first."""
         i = initializers

@@ -14,7 +14,7 @@ from ..config import Settings
 from ..store import Store
 from .base import Engine
 from .features import series_examples
-from .learner import Examples, Initializer, pretrain
+from .learner import INIT_KINDS, Examples, Initializer, pretrain
 from .naive import NaiveEngine
 from .online import OnlineConfig, OnlineEngine
 from .snapshot import SnapshotError, decode, encode
@@ -115,20 +115,30 @@ def packaged_initializer(config: OnlineConfig) -> Initializer | None:
     return init
 
 
+def promoted_by_kind(store: Store, config: OnlineConfig, warn: bool = False) -> dict[str, Initializer]:
+    """The newest promoted initializer of each kind that fits this model shape. Versions are read
+    newest first and only until every kind is found: months of daily runs are not all decoded."""
+    found: dict[str, Initializer] = {}
+    for version, _algorithm, _format, payload in store.promoted_initializers():
+        if set(INIT_KINDS) - {"random"} <= found.keys():
+            break
+        try:
+            init = decode_initializer(payload, config, version)
+        except SnapshotError as exc:
+            if warn:
+                log.warning("initializer version %d is not usable here (%s); skipping it", version, exc)
+            continue
+        found.setdefault(init.kind, init)
+    return found
+
+
 def stored_initializer(settings: Settings, store: Store, config: OnlineConfig) -> Initializer:
     """The daemon's θ*: the newest promoted initializer of the kind `[adapt] init` asks for that
     fits this model shape; for "meta", then the packaged one, then a pretrained one; otherwise
     random weights, saying why in the log."""
     wanted = settings.adapt.init
     if wanted != "random":
-        usable: dict[str, Initializer] = {}
-        for version, _algorithm, _format, payload in store.promoted_initializers():   # newest first
-            try:
-                init = decode_initializer(payload, config, version)
-            except SnapshotError as exc:
-                log.warning("initializer version %d is not usable here (%s); skipping it", version, exc)
-                continue
-            usable.setdefault(init.kind, init)
+        usable = promoted_by_kind(store, config, warn=True)
         if wanted in usable:
             return usable[wanted]
         packaged = packaged_initializer(config)

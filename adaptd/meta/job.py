@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from ..config import Settings
-from ..engine.factory import (decode_initializer, encode_initializer, online_config, packaged_initializer,
-                              pooled_examples)
+from ..engine.factory import (encode_initializer, online_config, packaged_initializer, pooled_examples,
+                              promoted_by_kind)
 from ..engine.learner import Initializer, pretrain
 from ..engine.online import OnlineConfig
-from ..engine.snapshot import FORMAT_VERSION, SnapshotError
+from ..engine.snapshot import FORMAT_VERSION
 from ..store import Store
 from .tasks import SeriesPool, sample_tasks
 from .train import MetaSettings, Progress, meta_train, post_adaptation_loss
@@ -78,18 +78,6 @@ def split(series: dict[str, np.ndarray], config: OnlineConfig, held_out: float, 
     return train, valid
 
 
-def current_initializers(store: Store, config: OnlineConfig) -> dict[str, tuple[int, Initializer]]:
-    """The newest promoted initializer of each kind that fits this model shape."""
-    found: dict[str, tuple[int, Initializer]] = {}
-    for version, _algorithm, _format, payload in store.promoted_initializers():
-        try:
-            init = decode_initializer(payload, config, version)
-        except SnapshotError:
-            continue
-        found.setdefault(init.kind, (version, init))
-    return found
-
-
 def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterations: int | None = None,
         algorithm: str | None = None, seed: int = 0, promote: bool = True,
         progress: Callable[[Progress], None] | None = None) -> RunReport:
@@ -101,14 +89,14 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
     started = time.perf_counter()
     train, valid = split(series, config, m.validation_series, m.query, seed)
     valid_tasks = sample_tasks(valid, m.validation_tasks, m.query, np.random.default_rng(seed + 1))
-    current = current_initializers(store, config)
+    current = promoted_by_kind(store, config)
 
     def score(init: Initializer) -> float:
         return float(np.mean(post_adaptation_loss(init, valid_tasks, config.adapt_steps, config.clip)))
 
-    baselines = {f"{kind} v{version}": score(init) for kind, (version, init) in current.items()}
+    baselines = {f"{kind} v{init.version}": score(init) for kind, init in current.items()}
     if "pretrained" in current:
-        warm = current["pretrained"][1]
+        warm = current["pretrained"]
     else:   # a pretrained initializer on the training part only: the warm start and a stored arm
         random_init = Initializer.random(config.shape, seed, settings.adapt.step_size)
         training_part = [y[:stop] for y, (_, stop) in zip(train.series, train.span)]
@@ -117,22 +105,22 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
         warm_score = score(warm)
         baselines["pretrained (new)"] = warm_score
         if promote:
-            _save(store, warm, "pretrain", config, warm_score, True, {"series": len(series), "seed": seed})
+            _save(store, encode_initializer(warm, config), "pretrain", warm_score, True,
+                  {"series": len(series), "seed": seed})
     packaged = packaged_initializer(config) if "meta" not in current else None
     if packaged is not None:   # what the daemon runs until its store has a meta-learned one
         baselines["meta (packaged)"] = score(packaged)
-    start = current["meta"][1] if "meta" in current else packaged or warm
+    start = current["meta"] if "meta" in current else packaged or warm
     result = meta_train(start, train, meta, config, progress)
     val_score = score(result.init)
-    incumbent = (baselines[f"meta v{current['meta'][0]}"] if "meta" in current
+    incumbent = (baselines[f"meta v{current['meta'].version}"] if "meta" in current
                  else baselines.get("meta (packaged)"))
     promoted = promote and (incumbent is None or val_score < incumbent)
     training = {**result.init.meta, "series": len(series), "train_series": len(train.lengths),
                 "validation_tasks": len(valid_tasks), "baselines": baselines, "seconds": round(result.seconds, 1),
                 "loss_last": float(np.mean(result.history[-10:])) if result.history else None}
     payload = encode_initializer(result.init, config)
-    version = store.save_initializer(meta.algorithm, FORMAT_VERSION, payload, _jsonable(training), val_score,
-                                     promoted)
+    version = _save(store, payload, meta.algorithm, val_score, promoted, training)
     log.info("meta-training %s: validation %.4f (%s) -> version %d %s", meta.algorithm, val_score,
              ", ".join(f"{k} {v:.4f}" for k, v in baselines.items()), version,
              "promoted" if promoted else "not promoted")
@@ -140,10 +128,9 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
                      time.perf_counter() - started, result.history, payload)
 
 
-def _save(store: Store, init: Initializer, algorithm: str, config: OnlineConfig, val_score: float,
-          promoted: bool, training: dict[str, Any]) -> int:
-    return store.save_initializer(algorithm, FORMAT_VERSION, encode_initializer(init, config),
-                                  _jsonable(training), val_score, promoted)
+def _save(store: Store, payload: bytes, algorithm: str, val_score: float, promoted: bool,
+          training: dict[str, Any]) -> int:
+    return store.save_initializer(algorithm, FORMAT_VERSION, payload, _jsonable(training), val_score, promoted)
 
 
 def _jsonable(value: Any) -> Any:

@@ -30,17 +30,13 @@ class InitializerJobs:
         self.store = store
         self.engine = engine
         self.metrics = metrics
-        self._newest_seen: int | None = self._newest_promoted()
+        self._newest_seen: int | None = store.newest_promoted_version()
         self._proc: subprocess.Popen[str] | None = None
         self._stopping = False
 
-    def _newest_promoted(self) -> int | None:
-        rows = self.store.promoted_initializers()
-        return rows[0][0] if rows else None
-
     def refresh(self) -> None:
         """Switch to the best-fitting promoted initializer when a newer one appears."""
-        newest = self._newest_promoted()
+        newest = self.store.newest_promoted_version()
         if newest == self._newest_seen:
             return
         self._newest_seen = newest
