@@ -249,3 +249,17 @@ def test_meta_training_on_hostile_series_never_produces_non_finite_weights():
         assert all(math.isfinite(a) and MIN_STEP <= a <= MAX_STEP for a in result.init.step_sizes.values())
         tasks = sample_tasks(pool, 32, 12, np.random.default_rng(1))
         assert np.isfinite(post_adaptation_loss(result.init, tasks, SMALL.adapt_steps)).all()
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "No such file"),
+    ('"V1","V2","V3"\n"S1","1.0","abc"\n', "could not convert"),
+])
+def test_meta_train_on_a_missing_or_malformed_file_names_it(tmp_path: Path, content, expected):
+    config = config_file(tmp_path)
+    path = tmp_path / "m4.csv"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    done = run_cli("meta-train", "--m4", str(path), "--no-progress", config=config)
+    assert done.returncode == 2
+    assert str(path) in done.stderr and expected in done.stderr and "Traceback" not in done.stderr
