@@ -74,6 +74,11 @@ class Metrics(Telemetry):
         self.nonfinite_outputs = Counter(
             "adaptd_model_nonfinite_outputs", "Forecasts with a non-finite model output that was replaced",
             registry=r)
+        self.model_gaps = Counter(
+            "adaptd_model_gaps", "Time gaps the models met: filled (by interpolation) or unfilled (too long)",
+            ["handling"], registry=r)
+        self.gap_steps_filled = Counter(
+            "adaptd_model_gap_steps_filled", "Missing steps the models filled by interpolation", registry=r)
         self.accuracy = ForecastAccuracy(r)
         self.checkpoint_seconds = Histogram(
             "adaptd_checkpoint_duration_seconds", "Time to save every series' model state to the store",
@@ -106,6 +111,8 @@ class Metrics(Telemetry):
             self.request_seconds.labels(op)
         for outcome in OUTCOMES:
             self.adaptations.labels(outcome)
+        for handling in ("filled", "unfilled"):
+            self.model_gaps.labels(handling)
         self.requests.labels("ingest", "overloaded")   # the overload alert reads 0, not nothing
 
     # -- what the engine reports (Telemetry) ----------------------------------------------
@@ -115,6 +122,11 @@ class Metrics(Telemetry):
     def adaptation(self, outcome: str, seconds: float) -> None:
         self.adaptations.labels(outcome).inc()
         self.adaptation_seconds.observe(seconds)
+
+    def gaps(self, filled: int, filled_steps: int, unfilled: int) -> None:
+        self.model_gaps.labels("filled").inc(filled)
+        self.model_gaps.labels("unfilled").inc(unfilled)
+        self.gap_steps_filled.inc(filled_steps)
 
     def nonfinite(self, count: int) -> None:
         self.nonfinite_outputs.inc(count)

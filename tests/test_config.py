@@ -203,6 +203,7 @@ BAD_VALUES = [
     ("model", "torch_threads", "0"),
     ("model", "torch_threads", "65"),
     ("model", "learning_backlog", "999"),
+    ("model", "max_gap_fill", "-1"),
     ("drift", "detector", '"ddm"'),
     ("drift", "cooldown", "-1"),
     ("drift", "adwin_delta", "0"),

@@ -714,6 +714,25 @@ def test_default_engine_end_to_end_and_across_a_restart() -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def test_a_gap_in_a_series_is_filled_counted_and_forecast_on_the_right_hours() -> None:
+    with running_daemon(naive=False, metrics=True) as d:
+        records = hourly("gappy", 70, values=[10 + 3 * math.sin(2 * math.pi * i / 24) for i in range(70)])
+        d.ingest(records[:60] + records[63:])   # hours 60-62 missing
+        deadline = time.monotonic() + 120
+        while d.request({"op": "stats"})["learning_backlog_records"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        fc = d.forecast("gappy", 3)
+        assert fc["model"]["kind"] == "online"
+        assert fc["origin"] == records[-1]["ts"]
+        assert [p["ts"] for p in fc["points"]] == [fc["origin"] + k * H for k in (1, 2, 3)]
+        engine = d.request({"op": "stats"})["engine"]
+        assert (engine["gap_steps_filled"], engine["gaps_unfilled"]) == (3, 0)
+        with urllib.request.urlopen(f"http://{d.settings.metrics.listen}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        assert 'adaptd_model_gaps_total{handling="filled"} 1.0' in text
+        assert "adaptd_model_gap_steps_filled_total 3.0" in text
+
+
 def test_duplicates_last_value_wins_and_late_records_are_stored() -> None:
     directory = short_tempdir()
     d = DaemonProcess(write_config(directory))

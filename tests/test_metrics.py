@@ -98,6 +98,21 @@ def test_adaptations_are_counted_by_outcome_with_their_duration():
     assert values[("adaptd_adaptation_duration_seconds_count", ())] == sum(outcomes.values())
 
 
+def test_gaps_are_counted_by_how_the_models_handled_them():
+    metrics, engine, catalog = watched()
+    y = seasonal(300)
+    assert samples(metrics)[("adaptd_model_gaps_total", (("handling", "filled"),))] == 0   # present from the start
+    hours = [t for t in range(300) if not 100 <= t < 103 and not 150 <= t < 250]   # 3 missing, then 100
+    for t in hours:
+        batch = [Observation("s", t * HOUR, float(y[t]))]
+        catalog.record(batch, set())
+        engine.observe(batch)
+    values = samples(metrics)
+    assert values[("adaptd_model_gaps_total", (("handling", "filled"),))] == 1
+    assert values[("adaptd_model_gaps_total", (("handling", "unfilled"),))] == 1   # over max_gap_fill
+    assert values[("adaptd_model_gap_steps_filled_total", ())] == 3
+
+
 def test_series_gauges_count_warm_and_stale_series():
     metrics, engine, catalog = watched(stale_after=1.0)
     feed(engine, catalog, {"warm": seasonal(40), "young": seasonal(40)[:40]})

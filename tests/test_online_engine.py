@@ -11,6 +11,8 @@ import torch
 
 from adaptd.engine.learner import Initializer
 from adaptd.engine.online import OnlineConfig, OnlineEngine
+from adaptd.engine.snapshot import decode, encode
+from adaptd.engine.telemetry import Telemetry
 from adaptd.records import Observation
 from adaptd.store import Checkpoint
 
@@ -188,6 +190,110 @@ def test_late_records_are_skipped_by_the_models_but_counted():
     engine.observe([Observation("s", 10 * HOUR, 99.0)])
     assert engine.counters["late_skipped"] == 1
     assert engine.forecast("s", 4).points == before.points
+
+
+GAPPY = dataclasses.replace(SMALL, window=48, horizon=24, rls_lags=32, adapt=False, history=512)
+
+
+def feed_times(engine: OnlineEngine, steps: np.ndarray, values: np.ndarray, name: str = "s") -> None:
+    for t in steps:
+        engine.observe([Observation(name, float(t) * HOUR, float(values[t]))])
+
+
+def mse_after(engine: OnlineEngine, y: np.ndarray, steps: np.ndarray, horizon: int) -> float:
+    """Mean squared error of the forecasts issued after each of `steps` (fed in order)."""
+    errors = []
+    for t in steps:
+        engine.observe([Observation("s", float(t) * HOUR, float(y[t]))])
+        points = engine.forecast("s", horizon).points
+        at = [round(p.ts / HOUR) for p in points]
+        errors.extend((p.value - y[k]) ** 2 for p, k in zip(points, at) if k < len(y))
+    return float(np.mean(errors))
+
+
+def test_a_short_gap_is_filled_so_the_season_stays_aligned():
+    t = np.arange(560)
+    y = 10 + 3 * np.sin(2 * np.pi * t / 24) + np.random.default_rng(0).normal(0, 0.2, t.size)
+    present = np.delete(t, np.arange(400, 407))   # seven hours missing
+    errors = {}
+    for fill in (48, 0):
+        engine = make_engine(dataclasses.replace(GAPPY, max_gap_fill=fill))
+        feed_times(engine, present[present < 400], y)
+        errors[fill] = mse_after(engine, y, present[(present >= 400) & (present < 460)], 24)
+        if fill:
+            assert engine.counters["gap_steps_filled"] == 7
+            assert engine.count[engine.slots["s"]] == 460   # one position per hour, gap included
+        else:
+            assert engine.counters["gaps_unfilled"] == 1
+    # Read as consecutive, the gap shifts the daily cycle by seven hours.
+    assert errors[48] * 4 < errors[0], errors
+
+
+def test_filled_steps_are_never_scored_and_the_issued_forecast_is_kept():
+    class Scores(Telemetry):
+        def __init__(self) -> None:
+            self.leads: list[int] = []
+
+        def scored(self, leads, scaled_error, inside) -> None:
+            self.leads.extend(int(h) for h in leads)
+
+    engine = make_engine(GAPPY)
+    engine.telemetry = scores = Scores()
+    y = seasonal(200)
+    feed_times(engine, np.arange(120), y)
+    issued = engine.forecast("s", 24).points[3]   # for t = 123, three hours after t = 120 is missed
+    scores.leads.clear()
+    feed_times(engine, np.array([123]), y)
+    now = engine.now("s")
+    assert now.ts == issued.ts and now.forecast == issued.value and now.lo == issued.lo
+    # Lead 4 from the origin t = 119 matured at t = 123; nothing issued from the filled 120-122.
+    assert 4 in scores.leads and 1 not in scores.leads
+    assert np.isfinite(engine.forecast("s", 24).points[0].value)
+
+
+def test_after_a_long_gap_forecasts_from_before_it_are_not_scored():
+    class Scores(Telemetry):
+        calls = 0
+
+        def scored(self, leads, scaled_error, inside) -> None:
+            self.calls += int(leads.size)
+
+    engine = make_engine(GAPPY)
+    engine.telemetry = scores = Scores()
+    y = seasonal(400)
+    feed_times(engine, np.arange(120), y)
+    before = engine.count[engine.slots["s"]]
+    scores.calls = 0
+    feed_times(engine, np.array([300]), y)   # 179 hours missing: more than max_gap_fill
+    assert engine.counters["gaps_unfilled"] == 1 and engine.counters["gap_steps_filled"] == 0
+    assert engine.count[engine.slots["s"]] == before + 1
+    assert scores.calls == 0
+    feed_times(engine, np.arange(301, 303), y)
+    assert scores.calls > 0   # forecasts issued after the gap are scored again
+    assert np.isfinite(engine.forecast("s", 24).points[-1].value)
+
+
+def test_timestamp_jitter_is_not_a_gap():
+    rng = np.random.default_rng(3)
+    engine = make_engine(GAPPY)
+    y = seasonal(150)
+    for t in range(150):
+        engine.observe([Observation("s", (t + rng.uniform(-0.3, 0.3)) * HOUR, float(y[t]))])
+    assert engine.counters["gap_steps_filled"] == 0 and engine.counters["gaps_unfilled"] == 0
+
+
+def test_a_checkpoint_from_before_gap_tracking_still_restores_exactly():
+    engine = make_engine()
+    y = seasonal(150)
+    feed(engine, y)
+    old = []
+    for cp in engine.checkpoint():   # as written before the "gaps" array existed
+        arrays, header = decode(cp.payload, engine.fingerprint())
+        del arrays["gaps"]
+        old.append(dataclasses.replace(cp, payload=encode(arrays, header)))
+    restored = make_engine()
+    assert restored.restore({"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}, old) == []
+    assert restored.forecast("s", 4) == engine.forecast("s", 4)
 
 
 def test_many_series_in_one_batch_move_in_lockstep():

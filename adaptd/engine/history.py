@@ -68,3 +68,22 @@ def infer_season(step: float, configured: int = 0) -> int:
     elif abs(step - DAY) < 1e-6:
         return 7
     return 1
+
+
+MIN_GAPS = 4   # time gaps a series must have shown before its step is trusted
+
+
+def missing_steps(recent_gaps: np.ndarray, gap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per series, (regular steps missing before a record `gap` seconds after the previous one,
+    the step): floor(gap / step + 1/4) - 1, the step being the median of its recent gaps (rows
+    of `recent_gaps`, NaN: unknown). So a record counts as following a missing one only from
+    1.75 steps on: timestamp jitter, early records and a step not yet known are not gaps."""
+    step = np.full(gap.shape, np.nan)
+    missing = np.zeros(gap.shape, dtype=np.int64)
+    known = (np.isfinite(recent_gaps).sum(axis=1) >= MIN_GAPS) & np.isfinite(gap)
+    if known.any():
+        step[known] = np.nanmedian(recent_gaps[known], axis=1)
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            steps = np.floor(gap[known] / step[known] + 0.25) - 1
+        missing[known] = np.clip(np.nan_to_num(steps, nan=0.0, posinf=1e15), 0, 1e15).astype(np.int64)
+    return missing, step

@@ -33,6 +33,7 @@ from .drift import DriftMonitor
 from .features import (MIN_SCALE, VALUE_CLIP, rls_feature_count, rls_features, safe_scale, update_stats, update_typical,
                        windows)
 from .gru import GRUShape
+from .history import missing_steps
 from .leads import interpolation, scored_leads
 from .learner import Examples, Initializer, StackedGRU, adapt
 from .mixture import Mixture
@@ -48,9 +49,11 @@ FRESH: dict[str, float] = {
     "count": 0, "first_origin": -1, "last_ts": -np.inf, "hist": np.nan, "scale_h": np.nan, "mean_h": np.nan,
     "typical_h": np.nan,
     "raw_scale": 0.0, "typical": 0.0, "preds": np.nan, "fc_value": np.nan, "fc_lo": np.nan, "fc_hi": np.nan,
-    "fc_origin": np.nan, "last_drift": np.nan, "adaptations": 0, "restarts": 0,
+    "fc_origin": np.nan, "last_drift": np.nan, "adaptations": 0, "restarts": 0, "gaps": np.nan,
 }
 PER_SLOT = tuple(FRESH)
+ADDED_LATER = {"gaps"}   # a checkpoint from before these keys loads them fresh
+GAP_MEMORY = 16          # recent time gaps kept per series; their median is its step
 # Per-series arrays for metrics only: not checkpointed (a restart starts them afresh).
 TRANSIENT: dict[str, float] = {"issued_width": np.nan, "now_fc": np.nan, "recent_error": np.nan}
 ERROR_RATE = 0.05   # the rolling per-series error forgets with this weight per observation
@@ -89,6 +92,7 @@ class OnlineConfig:
     adapt_workers: int = 0      # 0: adapt inline (replay: deterministic); n: a pool of n threads
     history: int = 1024
     season: int = 0
+    max_gap_fill: int = 48      # missing steps filled by interpolation; a longer gap is not filled
     seed: int = 0
 
     @property
@@ -142,7 +146,7 @@ class OnlineEngine(Engine):
         self._halt = threading.Event()
         self.drift_events: list[DriftEvent] = []   # drained by the daemon into SQL
         self.counters = {"drifts": 0, "adapted": 0, "kept": 0, "failed": 0, "late_skipped": 0,
-                         "nonfinite": 0, "adapt_seconds": 0.0}
+                         "gap_steps_filled": 0, "gaps_unfilled": 0, "nonfinite": 0, "adapt_seconds": 0.0}
         self._allocate(0)
 
     # -- storage ----------------------------------------------------------------------------
@@ -152,7 +156,8 @@ class OnlineEngine(Engine):
         shapes = {"hist": (self.span,), "scale_h": (self.origins + 1,), "mean_h": (self.origins + 1,),
                   "typical_h": (self.origins + 1,),
                   "preds": (c.horizon + 1, K + 1, L), "fc_value": (c.horizon,), "fc_lo": (c.horizon,),
-                  "fc_hi": (c.horizon,), "issued_width": (c.horizon + 1, L), "now_fc": (3,)}
+                  "fc_hi": (c.horizon,), "issued_width": (c.horizon + 1, L), "now_fc": (3,),
+                  "gaps": (GAP_MEMORY,)}
         for name, fresh in (FRESH | TRANSIENT).items():
             grown = np.full((capacity, *shapes.get(name, ())), fresh)
             old = getattr(self, name, None)
@@ -224,12 +229,48 @@ class OnlineEngine(Engine):
         # Values may be anything finite (up to ±1.8e308): intermediate overflow is expected
         # and handled (clipping, non-finite guards), not a reason to warn.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            self._align(slots, ts, y)
             self._append(slots, ts, y)
             residuals = self._score(slots)
             self._learn(slots)
             if self.config.adapt:
                 self._watch_for_drift(slots, ts, residuals)
             self._forecast(slots)
+
+    def _align(self, slots: np.ndarray, ts: np.ndarray, y: np.ndarray) -> None:
+        """Keep one position per regular step before `y` is appended at `ts`.
+
+        The models count positions, not seconds. A gap of up to `max_gap_fill` missing steps is
+        filled with values interpolated from the records either side: inputs only, never scored
+        and never forecast from. After a longer gap the forecasts issued before it are no longer
+        scored nor learnt from, and the windows read the gap as consecutive steps.
+        """
+        c = self.config
+        gap = ts - self.last_ts[slots]                 # inf for a series' first record
+        missing, step = missing_steps(self.gaps[slots], gap)
+        # What was forecast for this time: lead `missing + 1` from the newest origin.
+        issued = (self.fc_origin[slots] == self.last_ts[slots]) & (missing < c.horizon)
+        lead = np.minimum(missing, c.horizon - 1)
+        fc = np.stack([self.fc_value[slots, lead], self.fc_lo[slots, lead], self.fc_hi[slots, lead]], axis=1)
+        self.now_fc[slots] = np.where(issued[:, None], fc, np.nan)
+        self.gaps[slots, :-1] = self.gaps[slots, 1:]
+        self.gaps[slots, -1] = np.where(np.isfinite(gap), gap, np.nan)
+        unfilled = missing > c.max_gap_fill
+        if unfilled.any():
+            s = slots[unfilled]
+            self.first_origin[s] = np.where(self.first_origin[s] >= 0, self.count[s] + 1, -1)
+            self.counters["gaps_unfilled"] += int(unfilled.sum())
+        fill = (missing > 0) & ~unfilled
+        if fill.any():
+            s, n, start, step = slots[fill], missing[fill], self.last_ts[slots[fill]], step[fill]
+            before, after = self.hist[s, -1], y[fill]
+            for k in range(1, int(n.max()) + 1):
+                now = n >= k
+                part = k / (n[now] + 1)
+                self._append(s[now], start[now] + k * step[now], before[now] + part * (after[now] - before[now]))
+            self.counters["gap_steps_filled"] += int(n.sum())
+        if unfilled.any() or fill.any():
+            self.telemetry.gaps(int(fill.sum()), int(missing[fill].sum()), int(unfilled.sum()))
 
     def _append(self, slots: np.ndarray, ts: np.ndarray, y: np.ndarray) -> None:
         c = self.config
@@ -238,9 +279,6 @@ class OnlineEngine(Engine):
         raw_scale, mean = update_stats(self.raw_scale[slots], np.where(first, y, self.mean_h[slots, -1]),
                                        prev, y, c.scale_rate, c.mean_rate)
         typical = update_typical(self.typical[slots], raw_scale, np.abs(y - prev))
-        # What was forecast for this observation, if it was forecast from the one before.
-        self.now_fc[slots] = np.stack([self.fc_value[slots, 0], self.fc_lo[slots, 0], self.fc_hi[slots, 0]], axis=1)
-        self.now_fc[slots[self.fc_origin[slots] != self.last_ts[slots]]] = np.nan
         for name in ("hist", "scale_h", "mean_h", "typical_h", "preds", "issued_width"):
             array = getattr(self, name)
             array[slots, :-1] = array[slots, 1:]
@@ -263,6 +301,7 @@ class OnlineEngine(Engine):
         y = self.hist[slots, -1]
         for j, h in enumerate(self.leads):
             made = (self.first_origin[slots] >= 0) & (self.count[slots] - h >= self.first_origin[slots])
+            made[made] = np.isfinite(self.preds[slots[made], -1 - h, COMBINED, j])   # not from a filled step
             if not made.any():
                 continue
             s = slots[made]
@@ -302,7 +341,9 @@ class OnlineEngine(Engine):
         last = raw[:, :, -1]
         window = np.clip((raw - last[:, :, None]) / scale[:, :, None], -VALUE_CLIP, VALUE_CLIP)
         level = np.clip((last - mean) / scale, -10.0, 10.0)
-        valid = (self.count[slots][:, None] - back >= W) & np.isfinite(scale)
+        origin = self.count[slots][:, None] - back
+        # An origin before a long gap has its targets misaligned (first_origin moved past it).
+        valid = (origin >= W) & (origin >= self.first_origin[slots][:, None]) & np.isfinite(scale)
         return window, level, valid
 
     def _targets(self, slots: np.ndarray, back: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -514,6 +555,8 @@ class OnlineEngine(Engine):
         return pending
 
     def _load_slot(self, slot: int, arrays: dict[str, np.ndarray]) -> None:
+        for key in ADDED_LATER - arrays.keys():
+            arrays[key] = np.full(getattr(self, key)[slot].shape, FRESH[key])
         for key in PER_SLOT:
             target = getattr(self, key)
             if arrays[key].shape != target[slot].shape or not np.isfinite(arrays["hist"][-1]):

@@ -31,6 +31,10 @@ class Telemetry:
     def adaptation(self, outcome: str, seconds: float) -> None:
         """One finished adaptation: "adapted" (the fine-tuned model won), "kept" or "failed"."""
 
+    def gaps(self, filled: int, filled_steps: int, unfilled: int) -> None:
+        """Time gaps the models met: gaps filled by interpolation (and their missing steps),
+        and gaps too long to fill."""
+
     def nonfinite(self, count: int) -> None:
         """Model outputs that were not finite and were replaced (a sign of a broken model)."""
 
