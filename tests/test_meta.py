@@ -233,6 +233,45 @@ def test_a_new_installation_starts_from_the_packaged_initializer_until_its_store
         store.close()
 
 
+def newer_format(payload: bytes) -> bytes:
+    """The same snapshot as a future adaptd would label it."""
+    import io
+
+    with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    header = json.loads(arrays.pop("__header__").tobytes().decode())
+    buffer = io.BytesIO()
+    np.savez(buffer, __header__=np.frombuffer(json.dumps(dict(header, format=99)).encode(), dtype=np.uint8), **arrays)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("damage", ["newer", "corrupt", "non-finite"])
+def test_an_unusable_stored_initializer_is_skipped_with_a_log_line(tmp_path: Path, caplog, damage: str):
+    from dataclasses import replace
+
+    from adaptd.engine.factory import encode_initializer, stored_initializer
+    from adaptd.engine.snapshot import FORMAT_VERSION
+
+    settings = load_config(None)
+    settings = replace(settings, adapt=replace(settings.adapt, init="pretrained"))
+    config = online_config(settings)
+    store = Store.open(f"sqlite:///{tmp_path}/a.db")
+    try:
+        good = replace(Initializer.random(config.shape, 1, 0.05), kind="pretrained")
+        older = store.save_initializer("pretrain", FORMAT_VERSION, encode_initializer(good, config), {}, 1.0, True)
+        bad = replace(Initializer.random(config.shape, 2, 0.05), kind="pretrained")
+        if damage == "non-finite":
+            bad.params["head"] = bad.params["head"] + float("nan")
+        payload = encode_initializer(bad, config)
+        payload = newer_format(payload) if damage == "newer" else payload[:200] if damage == "corrupt" else payload
+        newest = store.save_initializer("pretrain", FORMAT_VERSION, payload, {}, 0.5, True)
+        chosen = stored_initializer(settings, store, config)
+        assert chosen.version == older                      # the daemon starts, from the one before
+        assert f"initializer version {newest} is not usable here" in caplog.text
+    finally:
+        store.close()
+
+
 def test_meta_training_on_hostile_series_never_produces_non_finite_weights():
     n = 700
     t = np.arange(n, dtype=float)

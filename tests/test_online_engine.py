@@ -4,6 +4,8 @@ what it does, intervals cover, state survives a restart, hostile series stay fin
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 
 import numpy as np
 import pytest
@@ -136,13 +138,30 @@ def test_a_restored_engine_forecasts_exactly_as_before():
     assert restored.forecast("s", 4) == engine.forecast("s", 4)
 
 
-@pytest.mark.parametrize("payload", [b"garbage", b"", b"PK\x03\x04broken"])
+def newer_format(payload: bytes) -> bytes:
+    """The same snapshot as a future adaptd would label it."""
+    with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    header = json.loads(arrays.pop("__header__").tobytes().decode())
+    buffer = io.BytesIO()
+    np.savez(buffer, __header__=np.frombuffer(json.dumps(dict(header, format=99)).encode(), dtype=np.uint8), **arrays)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("payload", [b"garbage", b"", b"PK\x03\x04broken", "newer"])
 def test_a_corrupt_checkpoint_is_refused_and_the_series_relearns(payload, caplog):
     y = seasonal(100)
     history = {"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}
+    newer = payload == "newer"
+    if newer:   # written by a future adaptd
+        donor = make_engine()
+        feed(donor, y)
+        payload = newer_format(donor.checkpoint()[0].payload)
     engine = make_engine()
     engine.learn(engine.restore(history, [Checkpoint("s", "online", 1, payload)]))
     assert "ignoring its checkpoint" in caplog.text
+    if newer:
+        assert "newer than this adaptd reads" in caplog.text
     reference = make_engine()
     reference.learn(reference.restore(history))
     assert engine.forecast("s", 4) == reference.forecast("s", 4)
