@@ -22,8 +22,9 @@ import numpy as np
 from .config import Settings
 from .datafile import DataReader, FormatError
 from .engine import Engine, NotReady
-from .engine.factory import build_engine, initializer_for, online_config
+from .engine.factory import build_engine, online_config
 from .engine.history import infer_season
+from .meta.fit import initializer_for
 from .records import Observation, format_ts
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,8 @@ def run_replay(table: Table, settings: Settings, horizon: int, warmup_frac: floa
                        for s in range(len(table.names))]
         init = None
         if settings.model.engine == "online":
-            init = initializer_for(settings.adapt.init, config, warm_series, seed, settings.adapt.step_size)
+            init = initializer_for(settings.adapt.init, config, warm_series, settings.meta, seed,
+                                   settings.adapt.step_size, prefer_packaged=True)
         engine = build_engine(settings, init, horizon, seed, inline_adaptation=True)
     T, S = table.values.shape
     forecasts = np.full((T, S, horizon), np.nan, dtype=np.float32)

@@ -284,8 +284,47 @@ def test_the_engine_row_runs_the_daemon_engine_leak_free_and_beats_repeat_last()
     Y = np.stack([np.sin(2 * np.pi * t / 24) + 0.1 * rng.normal(size=T),
                   np.cos(2 * np.pi * t / 24) + 0.1 * rng.normal(size=T)], axis=1)
     ctx = BenchContext("synthetic", "fsnet", 1, ("a", "b"), 24, 3600.0, 300, T - 300, T)
-    spec = {s.name: s for s in engine_specs(load_config(None))}["adaptd"]
+    spec = {s.name: s for s in engine_specs(load_config(None))}["adaptd-init-pretrained"]
     engine_row = evaluate(spec.build(ctx), Y, 300, T, 1)
     last = evaluate(RepeatLast(), Y, 300, T, 1)
     assert np.isfinite(engine_row.mse)
     assert engine_row.mse < last.mse
+
+
+def test_the_meta_row_is_meta_trained_on_the_warm_up_rows_only() -> None:
+    from adaptd.bench.accuracy.engine_model import engine_specs
+    from adaptd.config import parse_config
+
+    rng = np.random.default_rng(1)
+    T = 700
+    t = np.arange(T)
+    Y = np.stack([np.sin(2 * np.pi * t / 24 + k) + 0.1 * rng.normal(size=T) for k in range(4)], axis=1)
+    Y[500:] += 50.0   # a scored range no initializer could have been fitted on
+    ctx = BenchContext("synthetic", "fsnet", 1, tuple("abcd"), 24, 3600.0, 500, T - 500, T)
+    settings = parse_config({"meta": {"iterations": 5, "meta_batch": 4, "validation_tasks": 16}})
+    specs = {s.name: s for s in engine_specs(settings)}
+    model = specs["adaptd"].build(ctx)
+    model.fit_warmup(Y[:500].copy())
+    assert model.extra["init"] in ("meta", "pretrained")        # the better one on warm-up validation
+    assert set(model.extra["init_validation"]) == {"meta-trained", "warm start"}
+    assert {"adaptd-init-pretrained", "adaptd-init-random", "adaptd-no-adapt"} <= specs.keys()
+
+
+def test_after_change_errors_are_scored_on_the_same_cells_for_every_row() -> None:
+    from adaptd.bench.accuracy.report import _score_after_changes
+
+    class Detector(RepeatLast):
+        def drift_rows(self) -> list[tuple[int, int]]:
+            return [(1, 310), (0, 395)]   # channel 0 near the end: its window is cut at the last origin
+
+    rng = np.random.default_rng(2)
+    Y = rng.normal(size=(400, 2)).cumsum(axis=0)
+    rows = [evaluate(Detector(), Y, 300, 400, 1), evaluate(SeasonalNaive(24), Y, 300, 400, 1)]
+    _score_after_changes(rows, 299, 24)
+    cells = np.zeros((len(scored_origins(300, 400, 1)), 2), dtype=bool)
+    cells[310 - 299: 334 - 299, 1] = True
+    cells[395 - 299:, 0] = True
+    for res in rows:
+        assert res.extra["after_changes_mse"] == pytest.approx(res.origin_mse[cells].mean())
+        assert res.extra["after_changes_share"] == pytest.approx(cells.mean())
+    assert rows[0].extra["changes_detected"] == 2 and rows[1].extra["changes_detected"] == 0

@@ -3,20 +3,24 @@ benchmark's OnlineModel protocol (same code as `adaptd serve` and `adaptd replay
 
 The model shape follows the data's seasonal period (a rule, not a fit to scored rows): the
 window covers 64 hours of hourly data, one day of 15-minute data; RLS reads the whole window.
-The initializer is pretrained on the warm-up rows only.
+The initializer is fitted on the warm-up rows only: pretrained, meta-trained (see
+`adaptd.meta.fit`) or random, one row each, so `[adapt] init` is compared on identical data.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any
 
 import numpy as np
 import torch
 
 from ...config import Settings, load_config
-from ...engine.factory import initializer_for, online_config
+from ...engine.factory import online_config
 from ...engine.online import OnlineEngine
+from ...meta.fit import initializer_for
+from ...meta.train import Progress
 from ...records import Observation
 from .runner import BenchContext, ModelSpec
 
@@ -35,6 +39,7 @@ class EngineModel:
         self.context = context
         self.seed = seed
         self.init_kind = init
+        self.settings = settings
         config = online_config(settings, context.horizon, seed)
         self.config = dataclasses.replace(config, adapt=adapt, adapt_workers=0, **shape_for(context.period))
         self.engine: OnlineEngine | None = None
@@ -44,8 +49,17 @@ class EngineModel:
         torch.manual_seed(self.seed)
         torch.set_num_threads(1)
         series = [Y[:, s][np.isfinite(Y[:, s])] for s in range(Y.shape[1])]
-        init = initializer_for(self.init_kind, self.config, series, self.seed)
+        init = initializer_for(self.init_kind, self.config, series, self.settings.meta, self.seed,
+                               self.settings.adapt.step_size, progress=self._progress)
         self.engine = OnlineEngine(self.config, init)
+        self.extra = {"init": init.kind, **({"init_validation": init.meta["validation"]}
+                                            if "validation" in init.meta else {})}
+
+    def _progress(self, p: Progress) -> None:
+        if p.iteration % max(1, p.iterations // 10) == 0 or p.iteration == p.iterations:
+            print(f"  {self.name}: meta-training on the warm-up rows, iteration {p.iteration}/{p.iterations}, "
+                  f"loss {p.loss:.4f}, {p.tasks_per_second:.0f} tasks/s, ETA {p.eta:.0f} s",
+                  file=sys.stderr, flush=True)
 
     def observe(self, y: np.ndarray) -> None:
         assert self.engine is not None, "fit_warmup first"
@@ -62,6 +76,13 @@ class EngineModel:
     def stats(self) -> dict[str, Any]:
         return self.engine.stats() if self.engine else {}
 
+    def drift_rows(self) -> list[tuple[int, int]]:
+        """(channel, row) of every change the engine detected: the row it fired on."""
+        assert self.engine is not None
+        channel = {name: i for i, name in enumerate(self.context.channels)}
+        return [(channel[e.series], round((e.ts - T0) / self.context.step_seconds))
+                for e in self.engine.drift_events]
+
 
 def engine_specs(settings: Settings | None = None) -> list[ModelSpec]:
     s = settings or load_config(None)
@@ -70,4 +91,7 @@ def engine_specs(settings: Settings | None = None) -> list[ModelSpec]:
                   "adaptd's online engine as configured (drift adaptation on)"),
         ModelSpec("adaptd-no-adapt", lambda c: EngineModel("adaptd-no-adapt", c, s, adapt=False, init=s.adapt.init),
                   "the same engine with drift-triggered adaptation off"),
+        *(ModelSpec(f"adaptd-init-{kind}", lambda c, kind=kind: EngineModel(f"adaptd-init-{kind}", c, s, True, kind),
+                    f"adaptd with [adapt] init = \"{kind}\" (fitted on the warm-up rows)")
+          for kind in ("meta", "pretrained", "random") if kind != s.adapt.init),
     ]

@@ -34,12 +34,14 @@ from typing import Any, Callable, Sequence
 from .baselines import DEFAULT_MODELS, baseline_specs
 from .datasets import DISPLAY, FILES, REPO_ROOT, DataMissing, has_protocol, load_split, resolve_data_dir
 from .published import anchors_for
-from .runner import BenchContext, EvalResult, ModelSpec, OnlineModel, SkipModel, evaluate, scored_origins
+from .runner import (BenchContext, EvalResult, ModelSpec, OnlineModel, SkipModel, after_changes, evaluate,
+                     scored_origins)
 
 PROG = "adaptd bench accuracy"
 DEFAULT_DATASETS = ("etth2", "ettm1", "wth")
 DEFAULT_HORIZONS = (1, 24, 48)
 DEFAULT_RIVER_BUDGET = 900.0
+AFTER_CHANGE_SEASONS = 2   # "post-drift" = this many seasonal periods after a detected change
 
 
 @dataclass(frozen=True)
@@ -177,8 +179,22 @@ def run(models: Sequence[ModelSpec | Callable[[BenchContext], OnlineModel]] | No
             if res.model not in names.split(" / "):
                 report.row_names[spec.name] = f"{names} / {res.model}" if names else res.model
             log(f"{where}: MSE {res.mse:.4f} MAE {res.mae:.4f} ({res.wall_seconds:.1f} s)")
+        _score_after_changes([cells[col.key] for cells in report.results.values() if col.key in cells],
+                             split.first_target - 1, AFTER_CHANGE_SEASONS * split.period)
     report.wall_seconds = time.perf_counter() - started
     return report
+
+
+def _score_after_changes(results: list[EvalResult], first_origin: int, span: int) -> None:
+    """Every row's MSE on the same cells: the origins up to `span` rows after any change that
+    any adaptd row detected (how fast each recovers; baselines and no-adapt scored alike)."""
+    if not results or not any(r.drift_rows for r in results):
+        return
+    mask = after_changes(results, first_origin, span)
+    for res in results:
+        res.extra["after_changes_mse"] = float(res.origin_mse[mask].mean())   # type: ignore[index]
+        res.extra["after_changes_share"] = float(mask.mean())
+        res.extra["changes_detected"] = len(res.drift_rows)
 
 
 # ---------------------------------------------------------------- rendering
@@ -188,6 +204,13 @@ def _fmt(x: float | None, bold: bool = False) -> str:
         return ""
     s = f"{x:.3f}" if x < 100 else f"{x:.1f}"
     return f"**{s}**" if bold else s
+
+
+def _after_changes_cell(res: EvalResult | None) -> str:
+    if res is None or "after_changes_mse" not in res.extra:
+        return ""
+    detected = f", {len(res.drift_rows)}" if res.drift_rows else ""
+    return f"{_fmt(res.extra['after_changes_mse'])} ({res.extra['after_changes_share']:.0%}{detected})"
 
 
 def render_markdown(report: BenchReport) -> str:
@@ -237,6 +260,15 @@ def render_markdown(report: BenchReport) -> str:
         label = "published" if kind == "published" else "anchor, computed (not published)"
         out.append(f"| *{label}:* {method} | " + " | ".join(_fmt(cells.get(c.key)) for c in cols) + " |")
     out.append("")
+    if any("after_changes_mse" in res.extra for cells in report.results.values() for res in cells.values()):
+        out += [f"## MSE in the {AFTER_CHANGE_SEASONS} seasons after a detected change (same run)", "",
+                "Scored on the same cells for every row: each channel's origins within "
+                f"{AFTER_CHANGE_SEASONS} seasonal periods after any change that any adaptd row detected. "
+                "In brackets: that share of all scored cells, and the changes this row detected.", "",
+                header, rule]
+        for row, cells in report.results.items():
+            out.append(f"| {row} | " + " | ".join(_after_changes_cell(cells.get(c.key)) for c in cols) + " |")
+        out.append("")
     out += ["## MAE (same run)", "", header, rule]
     for row, cells in report.results.items():
         out.append(f"| {row} | " + " | ".join(_fmt(cells[c.key].mae) if c.key in cells else "skipped"

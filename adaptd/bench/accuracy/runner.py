@@ -71,10 +71,11 @@ class EvalResult:
     us_per_origin: float         # model time in the scored loop per origin (forecast + observe)
     forecasts: np.ndarray | None = field(default=None, repr=False)  # (n_origins, S, H) if kept
     extra: dict[str, Any] = field(default_factory=dict)
+    origin_mse: np.ndarray | None = field(default=None, repr=False)  # (n_origins, S): MSE over the H steps
+    drift_rows: list[tuple[int, int]] = field(default_factory=list)  # (channel, row) the model detected
 
     def as_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "forecasts"}
-        return d
+        return {k: v for k, v in self.__dict__.items() if k not in ("forecasts", "origin_mse")}
 
 
 def _readonly_copy(a: np.ndarray) -> np.ndarray:
@@ -124,6 +125,7 @@ def evaluate(model: OnlineModel, values: np.ndarray, first_target: int, end: int
 
     sse = np.zeros((S, horizon))
     sae = np.zeros((S, horizon))
+    origin_mse = np.empty((len(origins), S))
     kept = np.empty((len(origins), S, horizon)) if keep_forecasts else None
     model_time = 0.0
     clock = time.perf_counter
@@ -146,6 +148,7 @@ def evaluate(model: OnlineModel, values: np.ndarray, first_target: int, end: int
         err = f - values[t + 1: t + 1 + horizon].T
         sse += err * err
         sae += np.abs(err)
+        origin_mse[i] = (err * err).mean(axis=1)
         if kept is not None:
             kept[i] = f
         if t < last:
@@ -159,6 +162,7 @@ def evaluate(model: OnlineModel, values: np.ndarray, first_target: int, end: int
     model_time += loop_model
 
     n = len(origins)
+    drift_rows = getattr(model, "drift_rows", None)
     return EvalResult(
         model=model.name, horizon=horizon, n_origins=n, n_channels=S,
         mse=float(sse.sum() / (n * S * horizon)), mae=float(sae.sum() / (n * S * horizon)),
@@ -166,7 +170,20 @@ def evaluate(model: OnlineModel, values: np.ndarray, first_target: int, end: int
         mse_by_channel=(sse.sum(axis=1) / (n * horizon)).tolist(),
         wall_seconds=stop - start, warmup_seconds=warm_done - start, online_seconds=stop - warm_done,
         model_seconds=model_time, us_per_origin=1e6 * loop_model / n, forecasts=kept,
-        extra=dict(getattr(model, "extra", {}) or {}))
+        extra=dict(getattr(model, "extra", {}) or {}), origin_mse=origin_mse,
+        drift_rows=list(drift_rows()) if callable(drift_rows) else [])
+
+
+def after_changes(results: list[EvalResult], first_origin: int, span: int) -> np.ndarray:
+    """(n_origins, S) mask of the origins within `span` rows from any change that any of the
+    models detected (the row it fired on and after): the same cells for every model."""
+    n, S = results[0].origin_mse.shape   # type: ignore[union-attr]
+    mask = np.zeros((n, S), dtype=bool)
+    for res in results:
+        for channel, row in res.drift_rows:
+            start = row - first_origin
+            mask[max(start, 0): max(min(start + span, n), 0), channel] = True
+    return mask
 
 
 @dataclass(frozen=True)
