@@ -68,15 +68,17 @@ def forward_many(params: Params, window: torch.Tensor, level: torch.Tensor) -> t
     steps = W // patch
     # Input projections of every patch at once; only the recurrence is sequential.
     gx = (_matmul(window.reshape(n, D * steps, patch), w_x) + b_x[:, None, :]).reshape(n, D, steps, -1)
-    state = window.new_zeros(n, D, hidden)
     h2 = 2 * hidden
+    # Split and unbind once: indexing a slice per step would make autograd add each step's
+    # gradient into a zero tensor the size of all of gx (quadratic in steps; 60% of a backward).
+    gx_rz, gx_c = (part.unbind(dim=2) for part in gx.split([h2, hidden], dim=3))
+    state = window.new_zeros(n, D, hidden)
     b_h = b_h[:, None, :]
     for step in range(steps):
-        gh = _matmul(state, w_h) + b_h
-        gxs = gx[:, :, step]
-        rz = torch.sigmoid(gxs[..., :h2] + gh[..., :h2])
-        candidate = torch.tanh(gxs[..., h2:] + rz[..., :hidden] * gh[..., h2:])
-        state = candidate + rz[..., hidden:] * (state - candidate)
+        gh_rz, gh_c = (_matmul(state, w_h) + b_h).split([h2, hidden], dim=2)
+        reset, update = torch.sigmoid(gx_rz[step] + gh_rz).split([hidden, hidden], dim=2)
+        candidate = torch.tanh(gx_c[step] + reset * gh_c)
+        state = candidate + update * (state - candidate)
     lvl = level[..., None]
     return (_matmul(torch.cat([state, lvl], dim=2), params["head"])
             + _matmul(torch.cat([window, lvl], dim=2), params["skip"]) + params["bias"][:, None, :])
