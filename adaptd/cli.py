@@ -208,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy_arguments(bench.add_parser("accuracy", help="H=1/24/48 MSE of adaptd vs baselines and published results"))
     from .bench.meta import add_arguments as meta_arguments
     meta_arguments(bench.add_parser("meta", help="post-change error of random/pretrained/meta initializers vs RLS"))
+    from .bench.coldstart import add_arguments as coldstart_arguments
+    coldstart_arguments(bench.add_parser("coldstart", help="young series: naive fallback vs θ* vs the cold-start engine"))
     from .bench.soak import add_arguments as soak_arguments
     soak_arguments(bench.add_parser("soak", help="many clients for minutes: drift storms, overload, memory, errors"))
     b.add_argument("--engines", default="online,naive",

@@ -74,6 +74,7 @@ class ModelSettings:
     coverage: float = 0.9
     interval_rate: float = 0.02
     window: int = 48
+    cold_start: int = 4
     patch: int = 4
     hidden: int = 32
     learning_rate: float = 0.01
@@ -226,6 +227,8 @@ CHECKS: dict[str, dict[str, Check]] = {
         "coverage": (lambda v: 0 < v < 1, "a number between 0 and 1"),
         "interval_rate": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
         "window": (lambda v: 4 <= v <= 1024, "an integer from 4 to 1024"),
+        "cold_start": (lambda v: v == 0 or 2 <= v <= 1024,
+                       "0 (off) or an integer from 2 to model.window (observations)"),
         "patch": (lambda v: 1 <= v <= 64, "an integer from 1 to 64 dividing model.window"),
         "hidden": (lambda v: 1 <= v <= 512, "an integer from 1 to 512"),
         "learning_rate": (lambda v: 0 <= v <= 1, "a number from 0 (no online learning) to 1"),
@@ -284,6 +287,8 @@ CHECKS: dict[str, dict[str, Check]] = {
 RELATIONS: list[tuple[str, Callable[[Settings], bool], Callable[[Settings], str]]] = [
     ("model.patch", lambda s: s.model.window % s.model.patch == 0,
      lambda s: f"a divisor of model.window ({s.model.window})"),
+    ("model.cold_start", lambda s: s.model.cold_start <= s.model.window,
+     lambda s: f"0 (off) or an integer from 2 to model.window ({s.model.window})"),
     ("model.rls_lags", lambda s: s.model.rls_lags < s.model.window,
      lambda s: f"at most model.window - 1 ({s.model.window - 1})"),
     ("adapt.validation", lambda s: s.adapt.validation < s.adapt.window,

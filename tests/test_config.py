@@ -183,6 +183,9 @@ BAD_VALUES = [
     ("model", "interval_rate", "1.5"),
     ("model", "window", "3"),
     ("model", "window", "1025"),
+    ("model", "cold_start", "1"),
+    ("model", "cold_start", "-4"),
+    ("model", "cold_start", "2.5"),
     ("model", "patch", "0"),
     ("model", "patch", "65"),
     ("model", "hidden", "0"),
@@ -454,6 +457,7 @@ def test_check_config_with_a_missing_file(tmp_path: Path, capsys: pytest.Capture
     ("[model]\nwindow = 48\npatch = 5\n", "model.patch = 5", "a divisor of model.window (48)"),
     ("[model]\nwindow = 16\n", "model.rls_lags = 32", "at most model.window - 1 (15)"),
     ("[model]\nrls_lags = 48\n", "model.rls_lags = 48", "at most model.window - 1 (47)"),
+    ("[model]\ncold_start = 49\n", "model.cold_start = 49", "0 (off) or an integer from 2 to model.window (48)"),
     ("[adapt]\nwindow = 8\nvalidation = 8\n", "adapt.validation = 8", "below adapt.window (8)"),
     ("[drift]\nkswin_window_size = 30\n", "drift.kswin_stat_size = 30", "below drift.kswin_window_size (30)"),
 ])
@@ -467,6 +471,8 @@ def test_keys_that_contradict_each_other_name_the_key_and_the_limit(tmp_path: Pa
 def test_consistent_related_keys_are_accepted(tmp_path: Path) -> None:
     settings = load_config(str(write(tmp_path, "[model]\nwindow = 16\npatch = 8\nrls_lags = 15\n")))
     assert (settings.model.window, settings.model.patch, settings.model.rls_lags) == (16, 8, 15)
+    # The default cold start (4 observations) fits the smallest window.
+    assert load_config(str(write(tmp_path, "[model]\nwindow = 4\npatch = 2\nrls_lags = 3\n"))).model.cold_start == 4
 
 
 def test_store_and_socket_default_to_files_in_state_dir(tmp_path: Path) -> None:

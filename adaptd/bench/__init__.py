@@ -23,6 +23,9 @@ def run_bench(name: str, settings: Settings, args: argparse.Namespace) -> int:
     if name == "meta":
         from .meta import main as meta
         return meta(settings, args)
+    if name == "coldstart":
+        from .coldstart import main as coldstart
+        return coldstart(settings, args)
     if name == "accuracy":
         from .accuracy.engine_model import engine_specs
         from .accuracy.report import main as accuracy

@@ -41,6 +41,20 @@ class Mixture:
         w = np.exp(logits)
         return w / w.sum(axis=1, keepdims=True)
 
+    def lean(self, slots: np.ndarray, expert: int, share: float) -> None:
+        """A fresh record in which `expert` holds `share` of the weight and the others split the rest.
+
+        >>> mixture = Mixture(4, eta=4.0)
+        >>> mixture.resize(1, 2)
+        >>> mixture.lean(np.array([0]), 2, 0.5)
+        >>> mixture.weights(np.array([0]), np.eye(2))[0, :, 0].round(3).tolist()
+        [0.167, 0.167, 0.5, 0.167]
+        """
+        self.loss[slots] = 1.0
+        if self.eta > 0:   # softmax of -eta * loss / min loss: solve for the expert's loss
+            others = self.experts - 1
+            self.loss[slots, expert, :] = 1.0 / (1.0 + np.log(others * share / (1 - share)) / self.eta)
+
     def favour(self, slots: np.ndarray, expert: int, factor: float = 0.5) -> None:
         """Forget the record: every expert starts level, `expert` a little ahead."""
         level = self.loss[slots].mean(axis=1, keepdims=True)

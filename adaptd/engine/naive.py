@@ -46,6 +46,36 @@ def interval_halfwidths(y: np.ndarray, lags: np.ndarray, coverage: float) -> np.
     return widths
 
 
+def last_value_halfwidths(values: np.ndarray, horizon: int, coverage: float) -> np.ndarray:
+    """`interval_halfwidths` of the last-value rule (lag h at lead h) for many short series at
+    once: values (n, m), each row's never-observed places NaN on the left; returns (n, horizon).
+
+    >>> y = np.array([1.0, 3.0, 2.0, 5.0, 4.0, 4.5, 6.0, 5.0, 7.0, 6.5, 8.0, 7.0])
+    >>> batch = np.concatenate([[np.nan, np.nan], y])[None]
+    >>> bool(np.allclose(last_value_halfwidths(batch, 6, 0.9)[0], interval_halfwidths(y, naive_lags(6, 1), 0.9)))
+    True
+    """
+    n, m = values.shape
+    one_step = np.abs(np.diff(values, axis=1))
+    seen = ~np.isnan(one_step)
+    fallback = np.where(seen, one_step, 0.0).max(axis=1) if m > 1 else np.zeros(n)
+    widths = fallback[:, None] * np.sqrt(np.arange(1, horizon + 1))[None, :]
+    for h in range(1, min(horizon, m - MIN_RESIDUALS) + 1):
+        errors = np.sort(np.abs(values[:, h:] - values[:, :-h]), axis=1)   # never-observed (NaN) last
+        k = (~np.isnan(errors)).sum(axis=1)
+        enough = k >= MIN_RESIDUALS
+        if not enough.any():
+            continue
+        level = np.minimum(1.0, coverage * (1 + 1 / np.maximum(k, 1)))   # as np.quantile's "linear"
+        pos = level * (k - 1)
+        below = np.clip(np.floor(pos).astype(np.int64), 0, errors.shape[1] - 1)
+        above = np.minimum(below + 1, np.maximum(k - 1, 0))
+        a = np.take_along_axis(errors, below[:, None], axis=1)[:, 0]
+        b = np.take_along_axis(errors, above[:, None], axis=1)[:, 0]
+        widths[enough, h - 1] = (a + (b - a) * (pos - below))[enough]
+    return widths
+
+
 class NaiveEngine(Engine):
     kind = "naive"
 

@@ -56,13 +56,20 @@ class RunReport:
                 "loss_last": float(np.mean(self.history[-10:])) if self.history else None}
 
 
+def held_out_names(names: list[str], held_out: float, seed: int) -> set[str]:
+    """The series a run with this seed holds out whole: it never trains on any of their values."""
+    names = sorted(names)
+    if len(names) <= 1:
+        return set()
+    rng = np.random.default_rng(seed)
+    return set(rng.choice(names, size=max(1, int(round(held_out * len(names)))), replace=False))
+
+
 def split(series: dict[str, np.ndarray], config: OnlineConfig, held_out: float, query: int,
           seed: int) -> tuple[SeriesPool, SeriesPool]:
     """(training pool, validation pool): held-out series whole, the others' final fifth."""
     names = sorted(series)
-    rng = np.random.default_rng(seed)
-    valid_names = set(rng.choice(names, size=max(1, int(round(held_out * len(names)))), replace=False)) \
-        if len(names) > 1 else set()
+    valid_names = held_out_names(names, held_out, seed)
     train_names = [n for n in names if n not in valid_names]
     cut = {n: int(len(series[n]) * TRAIN_SHARE) for n in train_names}
     train = SeriesPool([series[n] for n in train_names], config, span=[(0, cut[n]) for n in train_names])
