@@ -37,6 +37,7 @@ class StoreSettings:
     url: str = "sqlite:///state/adaptd.db"
     sqlite_synchronous: str = "full"
     pool_size: int = 4
+    connect_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,8 @@ CHECKS: dict[str, dict[str, Check]] = {
         "url": (lambda v: "://" in v, "an SQLAlchemy URL such as sqlite:///state/adaptd.db"),
         "sqlite_synchronous": (lambda v: v in ("normal", "full"), "'normal' or 'full'"),
         "pool_size": (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
+        "connect_timeout": (lambda v: 0 <= v <= MAX_WAIT,
+                            f"a number of seconds from 0 (try once) to {MAX_WAIT:.0f}"),
     },
     "server": {
         "socket": (lambda v: 0 < len(os.fsencode(v)) < 100, "a path shorter than 100 bytes"),

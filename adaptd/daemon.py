@@ -1,9 +1,10 @@
 """The daemon's lifecycle: startup -> serve until SIGTERM/SIGINT -> graceful shutdown.
 
-Startup restores state from the store before binding the socket, so `READY=1` means
-"answers forecasts as before the restart". Shutdown stops accepting, lets requests in
-flight finish, commits everything acknowledged-or-queued, then removes the socket.
-A second SIGTERM/SIGINT during shutdown exits at once.
+Startup waits (bounded) for a database that is not up yet, then restores state from the store
+before binding the socket, so `READY=1` means "answers forecasts as before the restart".
+Shutdown stops accepting, lets requests in flight finish, commits everything
+acknowledged-or-queued, then removes the socket. A second SIGTERM/SIGINT during shutdown
+exits at once.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ from .sdnotify import Notifier
 from .server import SocketServer
 from .service import Service
 from .store import Store, redact
+from .store_wait import open_store
 
 if TYPE_CHECKING:
     from .meta.schedule import InitializerJobs
 
 log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StartupError(RuntimeError):
@@ -52,12 +56,14 @@ class Daemon:
         self._metrics_server = None
         self._initializer_jobs: InitializerJobs | None = None
 
-    async def startup(self) -> None:
+    async def startup(self) -> bool:
+        """Restore state and bind the socket; False when stopped while waiting for the store."""
         s = self.settings
         started = time.monotonic()
         log.info("starting adaptd with %s; store %s", s.source, redact(s.store.url))
-        self.store = await asyncio.to_thread(Store.open, s.store.url, s.store.sqlite_synchronous,
-                                             s.store.pool_size)
+        self.store = await self._open_store()
+        if self.store is None:
+            return False
         catalog = SeriesCatalog(await asyncio.to_thread(self.store.series_summary))
         self.engine = engine = await asyncio.to_thread(self._build_engine)
         pending = await asyncio.to_thread(engine.restore, await asyncio.to_thread(self.store.recent, s.model.history),
@@ -85,6 +91,25 @@ class Daemon:
         self.server = server  # only now is the socket file ours to remove at shutdown
         log.info("ready: %d series restored in %.2fs", len(catalog), time.monotonic() - started)
         self.notifier.notify(f"READY=1\nSTATUS=serving {len(catalog)} series\nMAINPID={os.getpid()}")
+        return True
+
+    async def _open_store(self) -> Store | None:
+        """The store, waited for while the database is unreachable; None if SIGTERM/SIGINT came first.
+
+        No WATCHDOG=1 meanwhile: systemd arms the watchdog only after READY=1 (systemd.service(5))
+        but would arm it early on a ping, and then a long restore without pings would be killed.
+        """
+        loop = asyncio.get_running_loop()
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self.request_stop, sig)
+        try:
+            return await open_store(self.settings.store, self.notifier, self._stop)
+        finally:
+            for sig in STOP_SIGNALS:   # the rest of start-up, as before: SIGTERM ends it at once
+                loop.remove_signal_handler(sig)
+                if previous[sig] is not None:   # None: set outside Python, left as it is
+                    signal.signal(sig, previous[sig])
 
     def request_stop(self, signum: int | None = None) -> None:
         if self._stop.is_set():
@@ -99,7 +124,7 @@ class Daemon:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self.request_stop, sig)
         watchdog = asyncio.create_task(self._watchdog())
         try:
@@ -220,8 +245,8 @@ class Daemon:
 async def _serve(settings: Settings) -> None:
     daemon = Daemon(settings)
     try:
-        await daemon.startup()
-        await daemon.run()
+        if await daemon.startup():
+            await daemon.run()
     finally:
         await daemon.shutdown()
 

@@ -119,6 +119,9 @@ class Metrics(Telemetry):
     def scored(self, leads: np.ndarray, scaled_error: np.ndarray, inside: np.ndarray) -> None:
         self.accuracy.observe(leads, scaled_error, inside)
 
+    def drifted(self, detector: str) -> None:
+        self.drift_events.labels(detector).inc()
+
     def adaptation(self, outcome: str, seconds: float) -> None:
         self.adaptations.labels(outcome).inc()
         self.adaptation_seconds.observe(seconds)

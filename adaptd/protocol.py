@@ -15,6 +15,16 @@ INTERNAL = "internal"
 CODES = (BAD_REQUEST, UNKNOWN_OP, UNKNOWN_SERIES, NOT_READY, TOO_LARGE, OVERLOADED, INTERNAL)
 
 
+class _NoId:
+    """A request without an "id" key, as opposed to one with "id": null (echoed as null)."""
+
+    def __repr__(self) -> str:
+        return "NO_ID"
+
+
+NO_ID: Any = _NoId()
+
+
 class RequestError(Exception):
     """A request that gets an error response; the connection stays open."""
 
@@ -50,8 +60,16 @@ def encode(response: dict[str, Any]) -> bytes:
     return text.encode("utf-8", "backslashreplace") + b"\n"
 
 
-def error(code: str, message: str, request_id: Any = None) -> dict[str, Any]:
-    response: dict[str, Any] = {"ok": False, "error": {"code": code, "message": message}}
-    if request_id is not None:
+def with_id(response: dict[str, Any], request_id: Any) -> dict[str, Any]:
+    """The response echoing the request's id whenever the request had one, null included.
+
+    >>> with_id({"ok": True}, None), with_id({"ok": True}, NO_ID)
+    ({'ok': True, 'id': None}, {'ok': True})
+    """
+    if request_id is not NO_ID:
         response["id"] = request_id
     return response
+
+
+def error(code: str, message: str, request_id: Any = NO_ID) -> dict[str, Any]:
+    return with_id({"ok": False, "error": {"code": code, "message": message}}, request_id)

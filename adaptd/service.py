@@ -14,8 +14,8 @@ from .engine import Engine, NotReady, UnknownSeries
 from .ingest import IngestWriter
 from .learning import LearningWorker
 from .metrics import OPS, Metrics
-from .protocol import (BAD_REQUEST, INTERNAL, NOT_READY, OVERLOADED, TOO_LARGE, UNKNOWN_OP, UNKNOWN_SERIES,
-                       RequestError, decode, encode, error)
+from .protocol import (BAD_REQUEST, INTERNAL, NO_ID, NOT_READY, OVERLOADED, TOO_LARGE, UNKNOWN_OP,
+                       UNKNOWN_SERIES, RequestError, decode, encode, error, with_id)
 from .records import Rejected, check_series, validate_batch
 from .store import Store, redact
 
@@ -25,15 +25,17 @@ Op = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 MAX_REJECTIONS_LISTED = 1000
 
 
-def _echoable_id(request_id: Any) -> Any:
-    """The request's id if it can be written back as JSON; else a bad_request (without the id)."""
-    if request_id is not None:
-        try:
-            encode({"id": request_id})
-        except (ValueError, RecursionError):
-            raise RequestError(BAD_REQUEST, "id must be a JSON value that can be echoed back "
-                               "(no NaN or Infinity, not nested too deeply)") from None
-    return request_id
+def _echoable_id(request: dict[str, Any]) -> Any:
+    """The request's id (NO_ID when it has none) if it can be written back as JSON; else a
+    bad_request (without the id)."""
+    if "id" not in request:
+        return NO_ID
+    try:
+        encode({"id": request["id"]})
+    except (ValueError, RecursionError):
+        raise RequestError(BAD_REQUEST, "id must be a JSON value that can be echoed back "
+                           "(no NaN or Infinity, not nested too deeply)") from None
+    return request["id"]
 
 
 class Service:
@@ -54,19 +56,17 @@ class Service:
 
     async def handle_line(self, line: bytes) -> bytes:
         started = time.perf_counter()
-        op, request_id = "invalid", None
+        op, request_id = "invalid", NO_ID
         try:
             request = decode(line)
-            request_id = _echoable_id(request.get("id"))
+            request_id = _echoable_id(request)
             name = request.get("op")
             if not isinstance(name, str):
                 raise RequestError(BAD_REQUEST, "request needs an \"op\" string")
             if name not in self.ops:
                 raise RequestError(UNKNOWN_OP, f"unknown op {name[:40]!r} (ops: {', '.join(self.ops)})")
             op = name
-            response = await self.ops[name](request)
-            if request_id is not None:
-                response["id"] = request_id
+            response = with_id(await self.ops[name](request), request_id)
             payload, outcome = encode(response), "ok"
         except RequestError as exc:
             payload, outcome = encode(error(exc.code, exc.message, request_id)), exc.code

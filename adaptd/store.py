@@ -106,8 +106,37 @@ def _create_forecast_view(conn: Connection) -> None:
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _create_forecast_view}
 
 
+# libpq's own limit on one connection attempt (seconds) unless the URL sets connect_timeout:
+# without it a host that drops packets holds an attempt for the kernel's TCP timeout (~2 min).
+CONNECT_ATTEMPT_TIMEOUT = 10
+# What libpq says when a server answered and refused; it gives no SQLSTATE while connecting.
+REFUSALS = ("authentication failed", "no password supplied", "pg_hba.conf", "does not exist", "permission denied")
+# SQLSTATEs of a server that cannot take us yet: connection exceptions, too many connections,
+# shutting down or starting up.
+TRANSIENT_STATES = ("08", "53300", "57P01", "57P02", "57P03")
+
+
 class StoreError(RuntimeError):
     """The database cannot be used as it is; the message says what to do."""
+
+
+class StoreUnreachable(StoreError):
+    """The database did not answer (down, starting up, network not ready): trying later may work."""
+
+
+def _unreachable(exc: sa.exc.DBAPIError, dialect: str) -> bool:
+    """Whether a failure to open the store is about reaching the server, not about what it said.
+
+    An unknown failure without an SQLSTATE counts as unreachable (the wait is bounded; its
+    message then ends start-up), so only the known refusals need naming here.
+    """
+    if dialect == "sqlite" or not isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+        return False
+    state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    if state:
+        return str(state).startswith(TRANSIENT_STATES)
+    message = str(exc.orig).lower()
+    return not any(refusal in message for refusal in REFUSALS)
 
 
 @dataclass(frozen=True)
@@ -173,7 +202,11 @@ class Store:
             sa.event.listen(engine, "connect", _sqlite_pragmas(sqlite_synchronous))
         else:
             try:
-                engine = sa.create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+                connect_args: dict[str, Any] = {}
+                if parsed.get_driver_name() in ("psycopg", "psycopg2") and "connect_timeout" not in parsed.query:
+                    connect_args["connect_timeout"] = CONNECT_ATTEMPT_TIMEOUT
+                engine = sa.create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                                          connect_args=connect_args)
             except (ImportError, sa.exc.NoSuchModuleError) as exc:
                 raise StoreError(f"store.url: no driver for {parsed.drivername!r}: {exc}") from None
         try:
@@ -212,7 +245,9 @@ class Store:
                     MIGRATIONS[version](conn)
                     conn.execute(schema_version.insert().values(version=version, applied_at=time.time()))
         except sa.exc.DBAPIError as exc:  # unreachable, but also e.g. no permission to create tables
-            raise StoreError(f"cannot open store {redact(str(self.engine.url))}: {exc.orig}") from None
+            kind = StoreUnreachable if _unreachable(exc, self.dialect) else StoreError
+            reason = " ".join(str(exc.orig).split())   # libpq's messages span lines: one log line each
+            raise kind(f"cannot open store {redact(str(self.engine.url))}: {reason}") from None
 
     def schema_version(self) -> int:
         with self.engine.connect() as conn:

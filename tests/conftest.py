@@ -82,7 +82,8 @@ class _Cluster:
             log = self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
             pytest.fail(f"{what} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}\n{log}", pytrace=False)
 
-    def start(self) -> None:
+    def init(self) -> None:
+        """initdb: a cluster that exists but does not run yet."""
         self.sockets.mkdir()
         if self.as_root:
             try:
@@ -92,15 +93,23 @@ class _Cluster:
                 _unavailable("running as root but there is no 'postgres' OS user to run initdb as")
         self._check(self._run(self.initdb, "-D", str(self.data), "-U", "postgres", "-A", "trust",
                               "-E", "UTF8", "--no-locale", "--no-sync"), "initdb")
+
+    def start_on(self, port: int) -> subprocess.CompletedProcess[str]:
+        """pg_ctl start on 127.0.0.1:`port`, waiting until it accepts connections."""
+        self.port = port
+        options = (f"-c listen_addresses=127.0.0.1 -c port={port} "
+                   f"-c unix_socket_directories={self.sockets} -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        proc = self._run(self.pg_ctl, "start", "-w", "-t", "60", "-D", str(self.data),
+                         "-l", str(self.log), "-o", options)
+        self.started = self.started or proc.returncode == 0
+        return proc
+
+    def start(self) -> None:
+        self.init()
         for attempt in range(3):
-            self.port = _free_port()
-            options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} "
-                       f"-c unix_socket_directories={self.sockets} -c fsync=off "
-                       "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-            proc = self._run(self.pg_ctl, "start", "-w", "-t", "60", "-D", str(self.data),
-                             "-l", str(self.log), "-o", options)
+            proc = self.start_on(_free_port())
             if proc.returncode == 0:
-                self.started = True
                 return
             if attempt == 2:  # the port may have been taken between probe and start; retry
                 self._check(proc, "pg_ctl start")
@@ -111,9 +120,8 @@ class _Cluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """SQLAlchemy URL of an empty database `adaptd_test` on a throwaway PostgreSQL cluster."""
+def _new_cluster() -> _Cluster:
+    """A cluster object (nothing on disk yet), or skip (fail in CI) without PostgreSQL."""
     initdb, pg_ctl = _find_pg_binary("initdb"), _find_pg_binary("pg_ctl")
     if initdb is None or pg_ctl is None:
         _unavailable("PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in "
@@ -122,9 +130,15 @@ def postgres_url() -> Iterator[str]:
         import psycopg  # noqa: F401
     except ImportError:
         _unavailable("psycopg is not installed (pip install 'adaptd[postgres]')")
+    return _Cluster(initdb, pg_ctl)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """SQLAlchemy URL of an empty database `adaptd_test` on a throwaway PostgreSQL cluster."""
     import sqlalchemy as sa
 
-    cluster = _Cluster(initdb, pg_ctl)  # type: ignore[arg-type]
+    cluster = _new_cluster()
     try:
         cluster.start()
         server = f"postgresql+psycopg://postgres@127.0.0.1:{cluster.port}"
@@ -133,6 +147,18 @@ def postgres_url() -> Iterator[str]:
             conn.execute(sa.text(f'CREATE DATABASE "{PG_DATABASE}"'))
         admin.dispose()
         yield f"{server}/{PG_DATABASE}"
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_not_started() -> Iterator[_Cluster]:
+    """A PostgreSQL cluster of its own, initialised but not running: `start_on(port)` starts it
+    (trust auth; the database `postgres` exists). Stopped and removed after the test."""
+    cluster = _new_cluster()
+    try:
+        cluster.init()
+        yield cluster
     finally:
         cluster.stop()
 

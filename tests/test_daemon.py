@@ -116,7 +116,7 @@ def test_pipelined_requests_are_answered_in_order_with_ids(conn: Client) -> None
     assert answers[2]["error"]["code"] == "unknown_op"
 
 
-@pytest.mark.parametrize("request_id", ["abc", 7, 0, -1.5, False, "ünï 😀", {"k": [1, None]}, [1, "x"], "",
+@pytest.mark.parametrize("request_id", ["abc", 7, 0, -1.5, False, None, "ünï 😀", {"k": [1, None]}, [1, "x"], "",
                                         "\ud800 lone surrogate"])
 def test_ids_are_echoed_on_success_and_on_error(conn: Client, daemon: DaemonProcess, request_id: Any) -> None:
     requests = [{"op": "ping"}, {"op": "stats"}, {"op": "series"}, {"op": "fly"}, {"op": "ingest", "records": 3},
@@ -128,6 +128,15 @@ def test_ids_are_echoed_on_success_and_on_error(conn: Client, daemon: DaemonProc
         answer = raw(conn, line)
         assert "id" in answer and answer["id"] == request_id, (request, answer)
     assert_usable(conn, daemon)
+
+
+def test_a_null_id_is_echoed_as_null_and_a_missing_id_is_not_invented(conn: Client) -> None:
+    # A client matching answers to requests by id must find its "id": null answered, not dropped.
+    assert raw(conn, b'{"op": "ping", "id": null}') == {"ok": True, "version": adaptd.__version__, "id": None}
+    assert raw(conn, b'{"op": "fly", "id": null}')["id"] is None
+    assert raw(conn, b'{"op": "ping"}') == {"ok": True, "version": adaptd.__version__}
+    assert "id" not in raw(conn, b'{"op": "fly"}')
+    assert "id" not in raw(conn, b'[1, 2]')   # not an object: no id to echo
 
 
 @pytest.mark.parametrize("bad_id", ["NaN", "Infinity", "-Infinity", "1e999"])

@@ -118,6 +118,12 @@ def test_unit_waits_for_a_graceful_shutdown(service: dict[str, str], settings: S
     assert seconds(service["TimeoutStopSec"]) >= settings.daemon.shutdown_timeout + 60
 
 
+def test_unit_gives_startup_time_to_wait_for_the_database(service: dict[str, str], settings: Settings) -> None:
+    """Start-up waits up to [store] connect_timeout for an unreachable database, then restores
+    state: systemd must not kill a start that is still within its wait."""
+    assert seconds(service["TimeoutStartSec"]) >= settings.store.connect_timeout + 120
+
+
 def test_unit_runs_serve_with_the_installed_config(service: dict[str, str]) -> None:
     argv = service["ExecStart"].split()
     assert argv[0] == "/opt/adaptd/.venv/bin/adaptd"

@@ -161,9 +161,7 @@ class Expect:
             assert err["code"] in self.codes, where
         if self.request_id is NO_ID:
             assert "id" not in answer, where
-        elif self.request_id is None:  # "id": null may come back as null or not at all
-            assert answer.get("id") is None, where
-        else:
+        else:   # echoed whenever the request carried the key, "id": null included
             assert "id" in answer and canonical(answer["id"]) == canonical(self.request_id), where
         if answer["ok"] and self.accepted is not None:
             assert answer["accepted"] == self.accepted, where

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adaptd.catalog import SeriesCatalog
 from adaptd.engine.learner import Initializer
 from adaptd.engine.online import OnlineConfig, OnlineEngine
 from adaptd.learning import LearningWorker
@@ -91,3 +92,45 @@ def test_a_full_backlog_makes_submit_wait_instead_of_growing(tmp_path: Path) -> 
     wait_until(lambda: worker.backlog == 0)
     worker.stop(10)
     store.close()
+
+
+class StallingEngine(OnlineEngine):
+    """Learning stalls at `stall_at` (mid-chunk) until the test opens the gate: a long chunk."""
+
+    def __init__(self, stall_at: float) -> None:
+        super().__init__(SMALL, Initializer.random(SMALL.shape, 0, 0.05))
+        self.stall_at = stall_at
+        self.stalled = threading.Event()
+        self.gate = threading.Event()
+
+    def _step(self, slots, ts, y):  # type: ignore[no-untyped-def]
+        if ts.size and ts[0] >= self.stall_at and not self.gate.is_set():
+            self.stalled.set()
+            assert self.gate.wait(30)
+        super()._step(slots, ts, y)
+
+
+def test_drift_is_counted_in_metrics_as_detected_not_when_the_chunk_ends(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path}/c.db")
+    engine = StallingEngine(stall_at=280 * HOUR)     # the shift at 200 is detected before 240
+    metrics = Metrics()
+    metrics.watch(engine, SeriesCatalog(), SMALL.coverage, 3600.0)
+    worker = LearningWorker(engine, store, metrics, max_backlog=10_000)
+    worker.start()
+    try:
+        rows = shifted(300, 200)
+        store.write(rows)
+        engine.record(rows)
+        worker.submit(rows)                           # one chunk of 300 records
+        assert engine.stalled.wait(60)
+        drifts = metrics.value("adaptd_drift_events_total", {"detector": "page_hinkley"})
+        assert worker.backlog == 300 and store.drift_history("s") == []   # the chunk is not done...
+        assert drifts >= 1                                                # ...yet a scrape sees the drift
+        engine.gate.set()
+        wait_until(lambda: worker.backlog == 0)
+        stored = store.drift_history("s")
+        assert stored and metrics.value("adaptd_drift_events_total", {"detector": "page_hinkley"}) == len(stored)
+    finally:
+        engine.gate.set()
+        worker.stop(10)
+        store.close()

@@ -439,6 +439,7 @@ class OnlineEngine(Engine):
             self.last_drift[slot] = ts[i]
             self.drift_events.append(DriftEvent(self.names[slot], float(ts[i]), self.config.detector,
                                                 float(residuals[i])))
+            self.telemetry.drifted(self.config.detector)   # now, not when the whole chunk is learnt
             if slot in self._running:
                 continue
             job = self._adaptation_job(slot)

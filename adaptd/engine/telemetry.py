@@ -1,7 +1,8 @@
 """What an engine reports while it works: the daemon's metrics listen, replay and benchmarks don't.
 
 Calls come from the learning thread with whole arrays (one call per batch, never per record),
-so a listener can fold thousands of scored forecasts in one vectorised update.
+so a listener can fold thousands of scored forecasts in one vectorised update. Drift detections
+are the exception: rare (at most one per series per cooldown), each is reported as it happens.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class Telemetry:
     def scored(self, leads: np.ndarray, scaled_error: np.ndarray, inside: np.ndarray) -> None:
         """Matured forecasts: their lead (steps), |error| in units of the series' typical
         one-step change, and whether the value fell inside the issued interval (NaN-free)."""
+
+    def drifted(self, detector: str) -> None:
+        """One drift detection, as the detector fires (before its event is stored in SQL)."""
 
     def adaptation(self, outcome: str, seconds: float) -> None:
         """One finished adaptation: "adapted" (the fine-tuned model won), "kept" or "failed"."""
