@@ -14,7 +14,7 @@ from ..config import Settings
 from ..store import Store
 from .base import Engine
 from .features import series_examples
-from .learner import INIT_KINDS, Examples, Initializer, pretrain
+from .learner import INIT_KINDS, Examples, Initializer, pretrain, use_torch_threads
 from .naive import NaiveEngine
 from .online import OnlineConfig, OnlineEngine
 from .snapshot import SnapshotError, decode, encode
@@ -37,7 +37,7 @@ def online_config(settings: Settings, horizon: int | None = None, seed: int = 0)
         detector_params=d.detector_params(seed), cooldown=d.cooldown, adapt=a.enabled,
         adapt_steps=a.steps, adapt_window=a.window, adapt_validation=a.validation,
         adapt_workers=a.workers, history=m.history, season=m.season, max_gap_fill=m.max_gap_fill, seed=seed,
-        cold_start=m.cold_start)
+        cold_start=m.cold_start, torch_threads=m.torch_threads)
 
 
 def build_engine(settings: Settings, init: Initializer | None = None, horizon: int | None = None,
@@ -45,7 +45,7 @@ def build_engine(settings: Settings, init: Initializer | None = None, horizon: i
     m = settings.model
     if m.engine == "naive":
         return NaiveEngine(history=m.history, max_horizon=m.max_horizon, season=m.season, coverage=m.coverage)
-    torch.set_num_threads(m.torch_threads)
+    use_torch_threads(m.torch_threads)
     config = online_config(settings, horizon, seed)
     if inline_adaptation:
         config = replace(config, adapt_workers=0)

@@ -38,7 +38,7 @@ from .features import (MIN_SCALE, VALUE_CLIP, rls_feature_count, rls_features, s
 from .gru import GRUShape
 from .history import missing_steps
 from .leads import interpolation, scored_leads
-from .learner import Examples, Initializer, StackedGRU, adapt
+from .learner import Examples, Initializer, StackedGRU, adapt, use_torch_threads
 from .mixture import Mixture
 from .naive import NaiveEngine, last_value_halfwidths
 from .rls import BatchedRLS
@@ -101,6 +101,7 @@ class OnlineConfig:
     adapt_workers: int = 0      # 0: adapt inline (replay: deterministic); n: a pool of n threads
     history: int = 1024
     season: int = 0
+    torch_threads: int = 1      # per thread that learns or adapts (see learner.use_torch_threads)
     max_gap_fill: int = 48      # missing steps filled by interpolation; a longer gap is not filled
     seed: int = 0
     cold_start: int = 0         # observations from which a young series is forecast (0: at `window`)
@@ -161,7 +162,8 @@ class OnlineEngine(Engine):
         self.slots: dict[str, int] = {}
         self._cache_lock = threading.Lock()    # held briefly: forecasts never wait for learning
         self._state_lock = threading.RLock()   # learning vs checkpointing
-        self._pool = ThreadPoolExecutor(c.adapt_workers, "adaptd-adapt") if c.adapt_workers > 0 else None
+        self._pool = (ThreadPoolExecutor(c.adapt_workers, "adaptd-adapt", initializer=use_torch_threads,
+                                         initargs=(c.torch_threads,)) if c.adapt_workers > 0 else None)
         self._running: dict[int, Future[Adaptation]] = {}
         self._halt = threading.Event()
         self.drift_events: list[DriftEvent] = []   # drained by the daemon into SQL
@@ -208,6 +210,7 @@ class OnlineEngine(Engine):
         self.naive.record(batch)
 
     def learn(self, batch: Sequence[Observation]) -> None:
+        use_torch_threads(self.config.torch_threads)
         with self._state_lock:
             self._observe_models(batch)
 
