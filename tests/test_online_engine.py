@@ -92,6 +92,13 @@ def test_a_regime_change_is_detected_recorded_and_changes_the_model():
     assert engine.take_drift_events() == []
 
 
+def test_with_adaptation_off_changes_are_still_detected_and_recorded():
+    engine = make_engine(dataclasses.replace(SMALL, adapt=False))
+    feed(engine, level_shift(600, 400))
+    assert any(400 <= e.ts / HOUR < 460 for e in engine.take_drift_events())   # as config.toml promises
+    assert engine.counters["adapted"] + engine.counters["kept"] + engine.counters["failed"] == 0
+
+
 def post_change_error(adapt: bool, seed: int) -> float:
     y = level_shift(700, 450, seed)
     engine = make_engine(dataclasses.replace(SMALL, adapt=adapt))

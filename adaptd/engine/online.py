@@ -260,8 +260,7 @@ class OnlineEngine(Engine):
             # The detector watches forecasts from full windows only (cold-start ones are noisier).
             residuals[self.count[slots] <= self.config.window] = np.nan
             self._learn(slots)
-            if self.config.adapt:
-                self._watch_for_drift(slots, ts, residuals)
+            self._watch_for_drift(slots, ts, residuals)
             self._forecast(slots)
 
     def _align(self, slots: np.ndarray, ts: np.ndarray, y: np.ndarray) -> None:
@@ -443,7 +442,7 @@ class OnlineEngine(Engine):
             self.drift_events.append(DriftEvent(self.names[slot], float(ts[i]), self.config.detector,
                                                 float(residuals[i])))
             self.telemetry.drifted(self.config.detector)   # now, not when the whole chunk is learnt
-            if slot in self._running:
+            if not self.config.adapt or slot in self._running:   # adapt off: detect and record only
                 continue
             job = self._adaptation_job(slot)
             if job is None:
