@@ -25,6 +25,7 @@ from adaptd.meta.train import MIN_STEP, MAX_STEP, MetaSettings, meta_train, post
 from adaptd.store import Store
 
 from daemon_harness import DaemonProcess, hourly, run_cli, short_tempdir, write_config
+from state_payloads import newer_format
 
 torch.set_num_threads(1)
 SMALL = OnlineConfig(window=16, patch=4, hidden=8, horizon=6, rls_lags=8, adapt_window=24, adapt_validation=4,
@@ -231,18 +232,6 @@ def test_a_new_installation_starts_from_the_packaged_initializer_until_its_store
         assert chosen.kind == "meta" and chosen.version == version                # its own data wins
     finally:
         store.close()
-
-
-def newer_format(payload: bytes) -> bytes:
-    """The same snapshot as a future adaptd would label it."""
-    import io
-
-    with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
-        arrays = {name: archive[name] for name in archive.files}
-    header = json.loads(arrays.pop("__header__").tobytes().decode())
-    buffer = io.BytesIO()
-    np.savez(buffer, __header__=np.frombuffer(json.dumps(dict(header, format=99)).encode(), dtype=np.uint8), **arrays)
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("damage", ["newer", "corrupt", "non-finite"])

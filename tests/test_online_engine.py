@@ -4,8 +4,6 @@ what it does, intervals cover, state survives a restart, hostile series stay fin
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 
 import numpy as np
 import pytest
@@ -17,6 +15,8 @@ from adaptd.engine.snapshot import decode, encode
 from adaptd.engine.telemetry import Telemetry
 from adaptd.records import Observation
 from adaptd.store import Checkpoint
+
+from state_payloads import newer_format
 
 torch.set_num_threads(1)   # as the daemon runs it: tiny tensors, threads only add overhead
 HOUR = 3600.0
@@ -143,16 +143,6 @@ def test_a_restored_engine_forecasts_exactly_as_before():
     engine.observe(nxt)
     restored.observe(nxt)
     assert restored.forecast("s", 4) == engine.forecast("s", 4)
-
-
-def newer_format(payload: bytes) -> bytes:
-    """The same snapshot as a future adaptd would label it."""
-    with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
-        arrays = {name: archive[name] for name in archive.files}
-    header = json.loads(arrays.pop("__header__").tobytes().decode())
-    buffer = io.BytesIO()
-    np.savez(buffer, __header__=np.frombuffer(json.dumps(dict(header, format=99)).encode(), dtype=np.uint8), **arrays)
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("payload", [b"garbage", b"", b"PK\x03\x04broken", "newer"])
