@@ -68,13 +68,13 @@ def pooled_examples(series: list[np.ndarray], config: OnlineConfig, limit: int =
 
 def initializer_for(kind: str, config: OnlineConfig, warmup: list[np.ndarray], seed: int = 0,
                     step_size: float = 0.01) -> Initializer:
-    """The initializer `[adapt] init` asks for, fitted on warm-up data where it needs fitting."""
+    """A "pretrained" (on the warm-up series) or "random" initializer; "meta", which needs
+    meta-training, is `adaptd.meta.fit.initializer_for`."""
+    if kind not in ("pretrained", "random"):
+        raise ValueError(f"initializer_for builds 'pretrained' or 'random', not {kind!r}")
     random_init = Initializer.random(config.shape, seed, step_size)
     if kind == "random":
         return random_init
-    if kind == "meta":
-        log.warning("[adapt] init = \"meta\": no meta-learned initializer is available yet; "
-                    "using the pretrained one (forecasts report init \"pretrained\")")
     examples = pooled_examples(warmup, config, seed=seed)
     if examples.window.shape[0] == 0:
         log.warning("no warm-up window is long enough to pretrain on; using a random initializer")
