@@ -14,6 +14,9 @@ import numpy as np
 import torch
 
 from .gru import GRUShape, Params, forward, forward_many, init_params
+from .telemetry import CANDIDATES
+
+FINETUNED, INIT, MEMORY, PREVIOUS = CANDIDATES
 
 log = logging.getLogger(__name__)
 
@@ -149,21 +152,58 @@ class StackedGRU:
         self.load(slots, updated)
 
 
-def adapt(init: Initializer, current: Params, train: Examples, valid: Examples, steps: int,
-          clip: float = 1.0) -> tuple[Params, bool, float, float]:
-    """Restart one series from θ*, take `steps` steps on `train`, keep the better on `valid`.
+@dataclass
+class AdaptResult:
+    """The outcome of one adaptation: the weights to use and which candidate they are."""
 
-    Returns (weights to use, whether the adapted ones won, adapted loss, previous loss).
+    params: Params                 # one row: the winner's weights
+    winner: str                    # one of CANDIDATES
+    losses: dict[str, float]       # validation loss of the best candidate of each kind (absent: none)
+    remembered: int = -1           # which of the `memory` rows won (-1: none did)
+
+    @property
+    def replaced(self) -> bool:
+        """Whether the series now uses new weights (False: it keeps the previous ones)."""
+        return self.winner != PREVIOUS
+
+
+def _repeat(ex: Examples, n: int) -> Examples:
+    """The examples of one series as the examples of n candidates (views, no copies)."""
+    return Examples(*(t.expand(n, *t.shape[1:]) for t in (ex.window, ex.level, ex.target, ex.mask)))
+
+
+def adapt(init: Initializer, current: Params, train: Examples, valid: Examples, steps: int,
+          clip: float = 1.0, memory: Params | None = None) -> AdaptResult:
+    """Restart one series: the candidates are θ* fine-tuned `steps` steps on `train`, θ* as it
+    is, every remembered regime in `memory` (rows) fine-tuned the same way, and the current
+    weights; the lowest loss on `valid` (the newest points) wins, ties in CANDIDATES order.
+
+    All fine-tuning runs as one batch of rows and all candidates are scored in one forward.
+    A candidate with non-finite weights or loss never wins.
     """
-    start = {k: v.clone() for k, v in init.params.items()}
-    adapted, _ = sgd_steps(start, train, steps, init.step_sizes, clip) if steps > 0 else (start, None)
+    m = next(iter(memory.values())).shape[0] if memory else 0
+    starts = {k: torch.cat([v, memory[k].to(v.dtype)]) if m else v.clone() for k, v in init.params.items()}
+    tuned = sgd_steps(starts, _repeat(train, 1 + m), steps, init.step_sizes, clip)[0] if steps > 0 else starts
+    kinds = ([FINETUNED] if steps > 0 else []) + [INIT] + [MEMORY] * m + [PREVIOUS]
+    rows = {k: torch.cat(([tuned[k][:1]] if steps > 0 else []) + [init.params[k], tuned[k][1:], current[k]])
+            for k in init.params}
     with torch.no_grad():
-        new_loss = float(example_loss(adapted, valid)[0])
-        old_loss = float(example_loss(current, valid)[0])
-    finite = all(bool(torch.isfinite(v).all()) for v in adapted.values()) and np.isfinite(new_loss)
-    if finite and new_loss <= old_loss:
-        return adapted, True, new_loss, old_loss
-    return current, False, new_loss, old_loss
+        loss = example_loss(rows, _repeat(valid, len(kinds))).double()
+        finite = torch.isfinite(loss)
+        for v in rows.values():
+            finite &= torch.isfinite(v.reshape(len(kinds), -1)).all(dim=1)
+    loss = torch.where(finite, loss, torch.full_like(loss, float("inf")))
+    best = int(torch.argmin(loss))          # the first of equal minima: CANDIDATES order
+    if not bool(finite[best]):              # nothing finite: keep what the series has
+        best = len(kinds) - 1
+    losses: dict[str, float] = {}
+    for i, kind in enumerate(kinds):
+        value = float(loss[i]) if bool(finite[i]) else float("nan")
+        if kind not in losses or value < losses[kind] or np.isnan(losses[kind]):
+            losses[kind] = value
+    winner = kinds[best]
+    remembered = best - kinds.index(MEMORY) if winner == MEMORY else -1
+    return AdaptResult({k: v[best:best + 1].clone() for k, v in rows.items()}, winner, losses, remembered)
 
 
 def pretrain(init: Initializer, ex: Examples, epochs: int, batch: int, seed: int,

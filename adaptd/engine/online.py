@@ -34,7 +34,7 @@ from .features import (MIN_SCALE, VALUE_CLIP, rls_feature_count, rls_features, s
                        windows)
 from .gru import GRUShape
 from .leads import interpolation, scored_leads
-from .learner import Examples, Initializer, StackedGRU, adapt
+from .learner import AdaptResult, Examples, Initializer, StackedGRU, adapt
 from .mixture import Mixture
 from .naive import NaiveEngine
 from .rls import BatchedRLS
@@ -107,10 +107,7 @@ class DriftEvent:
 @dataclass
 class Adaptation:
     slot: int
-    params: Any
-    won: bool
-    new_loss: float
-    old_loss: float
+    result: AdaptResult | None       # None: the adaptation failed
     seconds: float = 0.0
 
 
@@ -141,7 +138,9 @@ class OnlineEngine(Engine):
         self._running: dict[int, Future[Adaptation]] = {}
         self._halt = threading.Event()
         self.drift_events: list[DriftEvent] = []   # drained by the daemon into SQL
-        self.counters = {"drifts": 0, "adapted": 0, "kept": 0, "failed": 0, "late_skipped": 0,
+        # adapted = adapted_finetuned + adapted_init + adapted_memory: which candidate won.
+        self.counters = {"drifts": 0, "adapted": 0, "kept": 0, "failed": 0, "adapted_finetuned": 0,
+                         "adapted_init": 0, "adapted_memory": 0, "late_skipped": 0,
                          "nonfinite": 0, "adapt_seconds": 0.0}
         self._allocate(0)
 
@@ -411,11 +410,11 @@ class OnlineEngine(Engine):
         def job() -> Adaptation:
             started = time.perf_counter()
             try:
-                params, won, new, old = adapt(init, current, train, valid, steps, clip)
+                result = adapt(init, current, train, valid, steps, clip)
             except Exception:
                 log.exception("adaptation of slot %d failed; keeping its model", slot)
-                return Adaptation(slot, None, False, float("nan"), float("nan"), time.perf_counter() - started)
-            return Adaptation(slot, params, won, new, old, time.perf_counter() - started)
+                return Adaptation(slot, None, time.perf_counter() - started)
+            return Adaptation(slot, result, time.perf_counter() - started)
         return job
 
     def _apply_finished_adaptations(self) -> None:
@@ -424,16 +423,18 @@ class OnlineEngine(Engine):
                 del self._running[slot]
                 self._apply(future.result())
 
-    def _apply(self, result: Adaptation) -> None:
-        slot = result.slot
-        self.counters["adapt_seconds"] += result.seconds
-        outcome = "failed" if result.params is None else "adapted" if result.won else "kept"
+    def _apply(self, done: Adaptation) -> None:
+        slot, result = done.slot, done.result
+        self.counters["adapt_seconds"] += done.seconds
+        outcome = "failed" if result is None else "adapted" if result.replaced else "kept"
         self.counters[outcome] += 1
-        self.telemetry.adaptation(outcome, result.seconds)
-        if result.params is None:
+        if result is not None and result.replaced:
+            self.counters[f"adapted_{result.winner}"] += 1
+        self.telemetry.adaptation(outcome, done.seconds, result.winner if result is not None else None)
+        if result is None:
             return
         slots = np.array([slot])
-        if result.won:
+        if result.replaced:
             self.gru.load(slots, result.params)
             self.adaptations[slot] += 1
         self.restarts[slot] += 1

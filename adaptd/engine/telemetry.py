@@ -11,6 +11,10 @@ from typing import NamedTuple
 import numpy as np
 
 
+# What a drift adaptation can end with (learner.adapt), in the order that wins ties.
+CANDIDATES = ("finetuned", "init", "memory", "previous")
+
+
 class SeriesNow(NamedTuple):
     """One series at its newest observation, for per-series export (NaN: not known yet)."""
     ts: float
@@ -28,8 +32,9 @@ class Telemetry:
         """Matured forecasts: their lead (steps), |error| in units of the series' typical
         one-step change, and whether the value fell inside the issued interval (NaN-free)."""
 
-    def adaptation(self, outcome: str, seconds: float) -> None:
-        """One finished adaptation: "adapted" (the fine-tuned model won), "kept" or "failed"."""
+    def adaptation(self, outcome: str, seconds: float, winner: str | None = None) -> None:
+        """One finished adaptation: "adapted" (new weights won), "kept" or "failed"; `winner` says
+        which candidate won (learner.CANDIDATES: finetuned, init, memory or previous)."""
 
     def nonfinite(self, count: int) -> None:
         """Model outputs that were not finite and were replaced (a sign of a broken model)."""
