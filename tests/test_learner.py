@@ -8,7 +8,7 @@ import math
 import torch
 
 from adaptd.engine.gru import GRUShape
-from adaptd.engine.learner import Examples, Initializer, adapt
+from adaptd.engine.learner import Examples, Initializer, adapt, preselect
 
 torch.set_num_threads(1)
 SHAPE = GRUShape(window=8, patch=2, hidden=4, horizon=3)
@@ -88,3 +88,14 @@ def test_without_steps_the_initializer_is_one_candidate_not_two():
     init = theta()
     result = adapt(init, with_bias(init, 5 * TARGET), examples(), examples(), steps=0)
     assert result.winner == "init" and "finetuned" not in result.losses
+
+
+def test_of_many_remembered_regimes_those_forecasting_the_newest_points_best_compete():
+    init = theta()
+    pool = stacked(*(with_bias(init, f * TARGET) for f in (-1.0, 3.0, 0.9, 1.0, 2.0)))
+    assert preselect(pool, examples(), 2).tolist() == [3, 2]
+    result = adapt(init, with_bias(init, 5 * TARGET), examples(), examples(), steps=2, memory=pool, lookup=1)
+    assert (result.winner, result.remembered) == ("memory", 3)     # an index into the whole pool
+    # Ranked on `recent` when given: there the target is 2 x TARGET.
+    recent = Examples(examples().window, examples().level, 2 * examples().target, examples().mask)
+    assert preselect(pool, recent, 1).tolist() == [4]

@@ -172,16 +172,34 @@ def _repeat(ex: Examples, n: int) -> Examples:
     return Examples(*(t.expand(n, *t.shape[1:]) for t in (ex.window, ex.level, ex.target, ex.mask)))
 
 
-def adapt(init: Initializer, current: Params, train: Examples, valid: Examples, steps: int,
-          clip: float = 1.0, memory: Params | None = None) -> AdaptResult:
-    """Restart one series: the candidates are θ* fine-tuned `steps` steps on `train`, θ* as it
-    is, every remembered regime in `memory` (rows) fine-tuned the same way, and the current
-    weights; the lowest loss on `valid` (the newest points) wins, ties in CANDIDATES order.
+def preselect(memory: Params, recent: Examples, count: int) -> torch.Tensor:
+    """Indices of the `count` remembered regimes (rows of `memory`) that forecast `recent` best,
+    best first (equal losses: row order); one whose loss is not finite comes last."""
+    rows = next(iter(memory.values())).shape[0]
+    with torch.no_grad():
+        loss = example_loss(memory, _repeat(recent, rows)).double()
+    loss = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, float("inf")))
+    return torch.argsort(loss, stable=True)[:count]
 
+
+def adapt(init: Initializer, current: Params, train: Examples, valid: Examples, steps: int,
+          clip: float = 1.0, memory: Params | None = None, lookup: int = 0,
+          recent: Examples | None = None) -> AdaptResult:
+    """Restart one series: the candidates are θ* fine-tuned `steps` steps on `train`, θ* as it
+    is, remembered regimes fine-tuned the same way, and the current weights; the lowest loss on
+    `valid` (the newest points) wins, ties in CANDIDATES order.
+
+    `memory` holds remembered regimes as rows; when there are more than `lookup` (> 0), only the
+    `lookup` that forecast `recent` best (the newest training examples; not `valid`) compete.
     All fine-tuning runs as one batch of rows and all candidates are scored in one forward.
-    A candidate with non-finite weights or loss never wins.
+    A candidate with non-finite weights or loss never wins. `remembered` in the result indexes
+    the rows of `memory`.
     """
-    m = next(iter(memory.values())).shape[0] if memory else 0
+    pool = torch.arange(next(iter(memory.values())).shape[0]) if memory else torch.zeros(0, dtype=torch.long)
+    if memory and 0 < lookup < pool.numel():
+        pool = preselect(memory, recent if recent is not None else train, lookup)
+        memory = {k: v[pool] for k, v in memory.items()}
+    m = pool.numel()
     starts = {k: torch.cat([v, memory[k].to(v.dtype)]) if m else v.clone() for k, v in init.params.items()}
     tuned = sgd_steps(starts, _repeat(train, 1 + m), steps, init.step_sizes, clip)[0] if steps > 0 else starts
     kinds = ([FINETUNED] if steps > 0 else []) + [INIT] + [MEMORY] * m + [PREVIOUS]
@@ -202,7 +220,7 @@ def adapt(init: Initializer, current: Params, train: Examples, valid: Examples, 
         if kind not in losses or value < losses[kind] or np.isnan(losses[kind]):
             losses[kind] = value
     winner = kinds[best]
-    remembered = best - kinds.index(MEMORY) if winner == MEMORY else -1
+    remembered = int(pool[best - kinds.index(MEMORY)]) if winner == MEMORY else -1
     return AdaptResult({k: v[best:best + 1].clone() for k, v in rows.items()}, winner, losses, remembered)
 
 
