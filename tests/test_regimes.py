@@ -208,3 +208,25 @@ def test_a_checkpoint_from_before_regime_memory_still_loads():
     assert new.restore({"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}, old.checkpoint()) == []
     assert new.forecast("s", 4) == old.forecast("s", 4)
     assert len(new.regimes) == 0
+
+
+def test_hostile_series_never_put_anything_non_finite_in_memory():
+    n = 400
+    t = np.arange(n)
+    hostile = {"spikes": np.where(t % 37 == 0, 1e30, 1.0), "alternating": np.where(t % 2 == 0, 1e6, -1e6),
+               "huge": 1e300 * np.sign(np.sin(t / 5) + 0.1), "tiny": 1e-12 * np.sin(t),
+               "switching": np.where((t // 60) % 2 == 0, 5 + np.sin(t), 1e8 * np.cos(t / 3))}
+    engine = OnlineEngine(dataclasses.replace(SMALL, cooldown=4), Initializer.random(SMALL.shape, 0, 0.05))
+    for i in range(n):
+        engine.observe([Observation(name, i * HOUR, float(y[i])) for name, y in hostile.items()])
+    for name in hostile:
+        assert all(np.isfinite([p.value, p.lo, p.hi]).all() for p in engine.forecast(name, 4).points), name
+    assert len(engine.regimes) >= 1
+    libraries = [engine.regimes.shared, *engine.regimes.own.values()]
+    for entry in (e for lib in libraries for e in lib.entries):
+        assert np.isfinite(entry.key).all() and np.isfinite(entry.embedding).all()
+        assert all(bool(torch.isfinite(v).all()) for v in entry.params.values())
+    restored = OnlineEngine(SMALL, Initializer.random(SMALL.shape, 0, 0.05))
+    history = {name: [(i * HOUR, float(y[i])) for i in range(n)] for name, y in hostile.items()}
+    assert restored.restore(history, engine.checkpoint()) == []
+    assert len(restored.regimes) == len(engine.regimes)
