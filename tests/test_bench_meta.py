@@ -9,7 +9,7 @@ import pytest
 
 import torch
 
-from adaptd.bench.meta import CHOSEN, MEMORY_ARM, MEMORY_OWN, REFERENCE, SEASONS, bootstrap_ratio, first_steps, synthetic, held_out_tasks
+from adaptd.bench.meta import CHOSEN, MEMORY_ARM, MEMORY_OWN, MEMORY_SHARED, REFERENCE, SEASONS, bootstrap_ratio, first_steps, synthetic, held_out_tasks
 from adaptd.bench.meta_memory import Remembered, chosen_losses, newest_origins
 from adaptd.engine.learner import Examples, Initializer, adapt, example_loss
 from adaptd.engine.online import OnlineConfig
@@ -74,7 +74,7 @@ def test_bench_meta_runs_small_and_reports_every_arm(tmp_path):
     assert report["command"].startswith("adaptd bench meta")
     arms = report["reports"][0]["arms"]
     assert set(arms) >= {REFERENCE, "random + fine-tune", "pretrained, no fine-tune", "meta (Meta-SGD) + fine-tune",
-                         "meta (Reptile) + fine-tune", "online RLS AR (keeps learning)", CHOSEN, MEMORY_OWN, MEMORY_ARM}
+                         "meta (Reptile) + fine-tune", "online RLS AR (keeps learning)", CHOSEN, MEMORY_OWN, MEMORY_SHARED, MEMORY_ARM}
     for seasons in map(str, SEASONS):
         assert arms[REFERENCE][seasons]["ratio"] == 1.0
         sizes = {arm[seasons]["tasks"] for arm in arms.values()}

@@ -44,6 +44,7 @@ SEASONS = (1, 2, 4)
 REFERENCE = "pretrained + fine-tune"
 CHOSEN = "meta (Meta-SGD), best of fine-tuned / as is"
 MEMORY_OWN = "meta (Meta-SGD) + regime memory, own"
+MEMORY_SHARED = "meta (Meta-SGD) + regime memory, shared"
 MEMORY_ARM = "meta (Meta-SGD) + regime memory, own + shared"
 SHARED_FROM, SHARED_STEPS = 64, 1000   # training series (and steps of each) that fill the shared library
 
@@ -217,6 +218,8 @@ def run_dataset(data: Data, settings: Settings, config: OnlineConfig, args: argp
         if args.regime_memory > 0:
             memories[MEMORY_OWN] = found["own"]
         if shared is not None:
+            memories[MEMORY_SHARED] = found["shared"]
+        if shared is not None and args.regime_memory > 0:
             memories[MEMORY_ARM] = found["all"]
         memory_note = (f"per series {args.regime_memory}, shared {args.regime_shared}, lookup "
                        f"{args.regime_lookup}; per series filled by the engine from each test series' history "
@@ -240,6 +243,11 @@ def run_dataset(data: Data, settings: Settings, config: OnlineConfig, args: argp
             ratio, lo, hi = bootstrap_ratio(loss, ref, args.bootstrap, seed)
             row = {"mean": float(loss.mean()), "median": float(np.median(loss)), "ratio": ratio, "ratio_lo": lo,
                    "ratio_hi": hi, "win_rate": float((loss < ref).mean()), "tasks": int(loss.size)}
+            if name in memories:   # what the memory adds to the same choice without it
+                r, lo_c, hi_c = bootstrap_ratio(loss, losses[CHOSEN], args.bootstrap, seed)
+                row["vs_chosen"] = {"ratio": r, "ratio_lo": lo_c, "ratio_hi": hi_c,
+                                    "win_rate": float((loss < losses[CHOSEN]).mean()),
+                                    "loss_rate": float((loss > losses[CHOSEN]).mean())}
             if revisit is not None and revisit.any() and (~revisit).any():
                 row["ratio_revisit"] = float(loss[revisit].mean() / ref[revisit].mean())
                 row["ratio_new"] = float(loss[~revisit].mean() / ref[~revisit].mean())
@@ -274,6 +282,12 @@ def render(report: dict[str, Any]) -> str:
     for name, won in report.get("winners", {}).items():
         lines.append(f"{name}: winning candidate (over {max(SEASONS)} seasons' tasks) "
                      + ", ".join(f"{kind} {100 * share:.0f}%" for kind, share in won.items()))
+    for name, by_season in report["arms"].items():
+        if "vs_chosen" in by_season["2"]:
+            v = by_season["2"]["vs_chosen"]
+            lines.append(f"{name} / \"{CHOSEN}\", 2 seasons: {v['ratio']:.3f} [{v['ratio_lo']:.3f}, "
+                         f"{v['ratio_hi']:.3f}], better on {100 * v['win_rate']:.0f}% of tasks, worse on "
+                         f"{100 * v['loss_rate']:.0f}%")
     if report.get("revisit_share") is not None:
         lines.append(f"tasks whose change returns to an earlier regime of the series: "
                      f"{100 * report['revisit_share']:.0f}%; ratio on those / on the others, 2 seasons:")

@@ -58,8 +58,8 @@ def remembered(test: Sequence[np.ndarray], source: np.ndarray, change: np.ndarra
                config: OnlineConfig, init: Initializer,
                shared: RegimeLibrary | None = None) -> dict[str, Remembered]:
     """Run the daemon's engine over every test series up to each task's change; look up what it
-    remembers there: "own" its own regimes only, "all" those and the `shared` library (built
-    from other series).
+    remembers there: "own" its own regimes only, "shared" the `shared` library only (built from
+    other series), "all" both.
 
     Test task j cuts `test[j]`, the series `source[j]` (tasks of one series share its engine
     slot), at change `change[j]`; `tasks.series` holds each task row's j. The lookup key is the
@@ -70,15 +70,17 @@ def remembered(test: Sequence[np.ndarray], source: np.ndarray, change: np.ndarra
     engine = OnlineEngine(cfg, init)
     memory = RegimeMemory(config.regime_memory, config.regime_shared, config.regime_lookup)
     alone = RegimeMemory(config.regime_memory, 0, config.regime_lookup)
+    others = RegimeMemory(0, config.regime_shared, config.regime_lookup)
     if shared is not None:
-        memory.shared = shared
+        memory.shared = others.shared = shared
     rows = tasks.series                      # task row -> test task index
     sources = source[rows]
     cuts = change[rows]
     horizon = int(cuts.max()) if cuts.size else 0
     names = {int(s): f"s{int(s)}" for s in np.unique(sources)}
     series = {int(sources[i]): test[int(rows[i])] for i in range(len(rows))}
-    pools: dict[str, list[dict[str, torch.Tensor] | None]] = {"own": [None] * len(rows), "all": [None] * len(rows)}
+    pools: dict[str, list[dict[str, torch.Tensor] | None]] = {name: [None] * len(rows)
+                                                              for name in ("own", "shared", "all")}
     entries = np.zeros(len(rows), dtype=np.int64)
     stop = {s: int(cuts[sources == s].max()) for s in names}   # the latest change each series needs
     due: dict[int, list[int]] = {}
@@ -94,7 +96,7 @@ def remembered(test: Sequence[np.ndarray], source: np.ndarray, change: np.ndarra
                 memory.own[slot] = alone.own[slot] = engine.regimes.library(slot)
             entries[i] = len(memory.library(slot))
             key = regime_key(series[src][t - cfg.window + 1:t + 1])
-            for name, lookup in (("own", alone), ("all", memory)):
+            for name, lookup in (("own", alone), ("shared", others), ("all", memory)):
                 found = lookup.lookup(slot, key)
                 pools[name][i] = found.params if found is not None else None
         if step == horizon:
