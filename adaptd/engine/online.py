@@ -119,9 +119,10 @@ class Adaptation:
 
 def _newest(train: Examples, origins: int) -> Examples:
     """The training examples of the newest `origins` origins only (`_support` puts them first):
-    what remembered regimes are ranked on, the newest targets before the validation points."""
-    return Examples(train.window[:, :origins], train.level[:, :origins], train.target[:, :origins],
-                    train.mask[:, :origins])
+    what remembered regimes are ranked on, the newest targets before the validation points.
+    Origins without a known target (the newest `validation` ones) are left out: same loss, less work."""
+    keep = torch.nonzero(train.mask[0, :origins].sum(dim=1) > 0)[:, 0]
+    return Examples(train.window[:, keep], train.level[:, keep], train.target[:, keep], train.mask[:, keep])
 
 
 class OnlineEngine(Engine):
