@@ -121,6 +121,9 @@ class AdaptSettings:
     validation: int = 8
     step_size: float = 0.05
     workers: int = 1
+    regime_memory: int = 0
+    regime_shared: int = 64
+    regime_lookup: int = 1
 
 
 @dataclass(frozen=True)
@@ -264,6 +267,9 @@ CHECKS: dict[str, dict[str, Check]] = {
         "validation": (lambda v: 1 <= v <= 1000, "an integer from 1 to 1000, below adapt.window"),
         "step_size": (lambda v: 0 < v <= 10, "a number in (0, 10]: the inner-loop SGD step"),
         "workers": (lambda v: 0 <= v <= 64, "an integer from 0 (adapt inline) to 64"),
+        "regime_memory": (lambda v: 0 <= v <= 64, "an integer from 0 (none) to 64 remembered regimes per series"),
+        "regime_shared": (lambda v: 0 <= v <= 4096, "an integer from 0 (none) to 4096 regimes shared by all series"),
+        "regime_lookup": (lambda v: 0 <= v <= 16, "an integer from 0 (regime memory off) to 16"),
     },
     "meta": {
         "algorithm": (lambda v: v in ("meta_sgd", "reptile"), "'meta_sgd' or 'reptile'"),

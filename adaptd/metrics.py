@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from . import __version__
-from .engine.telemetry import Telemetry
+from .engine.telemetry import CANDIDATES, Telemetry
 
 if TYPE_CHECKING:
     from .catalog import SeriesCatalog
@@ -68,6 +68,11 @@ class Metrics(Telemetry):
         self.adaptations = Counter(
             "adaptd_adaptations", "Finished adaptations after drift: adapted (the fine-tuned model won), "
             "kept (the previous model scored better) or failed (rolled back)", ["outcome"], registry=r)
+        self.adaptation_winners = Counter(
+            "adaptd_adaptation_winners", "Finished adaptations by the candidate that won on the newest points: "
+            "finetuned (the initializer after k steps), init (the initializer as it is), memory (a remembered "
+            "regime after k steps) or previous (the weights the series had; = outcome kept)",
+            ["candidate"], registry=r)
         self.adaptation_seconds = Histogram(
             "adaptd_adaptation_duration_seconds", "Time one adaptation (k gradient steps) took",
             buckets=LATENCY_BUCKETS, registry=r)
@@ -113,6 +118,8 @@ class Metrics(Telemetry):
             self.adaptations.labels(outcome)
         for handling in ("filled", "unfilled"):
             self.model_gaps.labels(handling)
+        for candidate in CANDIDATES:
+            self.adaptation_winners.labels(candidate)
         self.requests.labels("ingest", "overloaded")   # the overload alert reads 0, not nothing
 
     # -- what the engine reports (Telemetry) ----------------------------------------------
@@ -122,8 +129,10 @@ class Metrics(Telemetry):
     def drifted(self, detector: str) -> None:
         self.drift_events.labels(detector).inc()
 
-    def adaptation(self, outcome: str, seconds: float) -> None:
+    def adaptation(self, outcome: str, seconds: float, winner: str | None = None) -> None:
         self.adaptations.labels(outcome).inc()
+        if winner in CANDIDATES:
+            self.adaptation_winners.labels(winner).inc()
         self.adaptation_seconds.observe(seconds)
 
     def gaps(self, filled: int, filled_steps: int, unfilled: int) -> None:

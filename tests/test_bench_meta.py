@@ -7,7 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from adaptd.bench.meta import REFERENCE, SEASONS, bootstrap_ratio, first_steps, synthetic, held_out_tasks
+import torch
+
+from adaptd.bench.meta import CHOSEN, MEMORY_ARM, MEMORY_OWN, MEMORY_SHARED, REFERENCE, SEASONS, bootstrap_ratio, first_steps, synthetic, held_out_tasks
+from adaptd.bench.meta_memory import Remembered, chosen_losses, newest_origins
+from adaptd.engine.learner import Examples, Initializer, adapt, example_loss
 from adaptd.engine.online import OnlineConfig
 from daemon_harness import run_cli, write_config
 
@@ -35,6 +39,29 @@ def test_bootstrap_interval_brackets_the_ratio_and_excludes_one_for_a_clear_gain
     assert same == lo == hi == 1.0
 
 
+def test_the_bench_chooses_among_candidates_exactly_as_the_daemon_adapts():
+    data = synthetic(20, 24, 0)
+    tasks = first_steps(held_out_tasks(data, SMALL, [8, 16], 48, 1), 24)
+    init = Initializer.random(SMALL.shape, 0, 0.3)
+    n, P = len(tasks), 3
+    pool = {k: torch.stack([Initializer.random(SMALL.shape, s + 1, 0.3).params[k][0] + 0.1 * torch.randn(n, *v.shape[1:])
+                            for s in range(P)], dim=1) for k, v in init.params.items()}
+    valid = torch.ones(n, P, dtype=torch.bool)
+    valid[::2, 2] = False                                   # some tasks remember fewer regimes
+    memory = Remembered(pool, valid, np.full(n, P))
+    losses, won = chosen_losses(init, tasks, 3, 1.0, memory, lookup=1, recent=8)
+    never = {k: torch.full_like(v, float("nan")) for k, v in init.params.items()}   # no previous weights
+    for i in range(n):
+        def one(ex: Examples) -> Examples:
+            return Examples(ex.window[i:i + 1], ex.level[i:i + 1], ex.target[i:i + 1], ex.mask[i:i + 1])
+        rows = valid[i].nonzero()[:, 0]
+        result = adapt(init, never, one(tasks.support), one(tasks.valid), 3, 1.0,
+                       {k: v[i, rows] for k, v in pool.items()}, 1, one(newest_origins(tasks.support, 8)))
+        assert result.winner == won[i]
+        assert float(example_loss(result.params, one(tasks.query))[0]) == pytest.approx(losses[i], rel=1e-4)
+    assert len(set(won)) > 1
+
+
 @pytest.mark.integration
 def test_bench_meta_runs_small_and_reports_every_arm(tmp_path):
     config = write_config(tmp_path, sections={"model": {"window": 16, "patch": 4, "hidden": 8, "max_horizon": 6,
@@ -47,7 +74,7 @@ def test_bench_meta_runs_small_and_reports_every_arm(tmp_path):
     assert report["command"].startswith("adaptd bench meta")
     arms = report["reports"][0]["arms"]
     assert set(arms) >= {REFERENCE, "random + fine-tune", "pretrained, no fine-tune", "meta (Meta-SGD) + fine-tune",
-                         "meta (Reptile) + fine-tune", "online RLS AR (keeps learning)"}
+                         "meta (Reptile) + fine-tune", "online RLS AR (keeps learning)", CHOSEN, MEMORY_OWN, MEMORY_SHARED, MEMORY_ARM}
     for seasons in map(str, SEASONS):
         assert arms[REFERENCE][seasons]["ratio"] == 1.0
         sizes = {arm[seasons]["tasks"] for arm in arms.values()}

@@ -114,6 +114,9 @@ def test_integers_are_accepted_for_float_keys(tmp_path: Path) -> None:
     ("adapt", "steps", "0"),
     ("adapt", "workers", "0"),
     ("adapt", "enabled", "false"),
+    ("adapt", "regime_memory", "0"),
+    ("adapt", "regime_shared", "4096"),
+    ("adapt", "regime_lookup", "0"),
 ])
 def test_edge_values_that_are_allowed(tmp_path: Path, section: str, key: str, literal: str) -> None:
     settings = load_config(str(write(tmp_path, f"[{section}]\n{key} = {literal}\n")))
@@ -237,6 +240,10 @@ BAD_VALUES = [
     ("adapt", "step_size", "11"),
     ("adapt", "workers", "-1"),
     ("adapt", "workers", "65"),
+    ("adapt", "regime_memory", "-1"),
+    ("adapt", "regime_memory", "65"),
+    ("adapt", "regime_shared", "4097"),
+    ("adapt", "regime_lookup", "17"),
     ("scheduler", "checkpoint_interval", "0.5"),
     ("scheduler", "checkpoint_interval", "1e12"),  # APScheduler cannot compute the next date
     ("scheduler", "checkpoint_interval", "inf"),

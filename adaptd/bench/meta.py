@@ -20,7 +20,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -38,9 +38,15 @@ from ..meta.train import MetaSettings, meta_train, post_adaptation_loss
 from ..records import Observation
 from .accuracy.baselines import RLSAutoregression
 from .accuracy.datasets import resolve_data_dir
+from .meta_memory import Remembered, chosen_losses, remembered, shared_library
 
 SEASONS = (1, 2, 4)
 REFERENCE = "pretrained + fine-tune"
+CHOSEN = "meta (Meta-SGD), best of fine-tuned / as is"
+MEMORY_OWN = "meta (Meta-SGD) + regime memory, own"
+MEMORY_SHARED = "meta (Meta-SGD) + regime memory, shared"
+MEMORY_ARM = "meta (Meta-SGD) + regime memory, own + shared"
+SHARED_FROM, SHARED_STEPS = 64, 1000   # training series (and steps of each) that fill the shared library
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the ratio intervals")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", help="where ett/, wth/ and m4/ are (default ../shared/data)")
+    p.add_argument("--regime-memory", type=int, default=4, help="remembered regimes per series (0: arm off)")
+    p.add_argument("--regime-shared", type=int, default=64, help="remembered regimes shared by all series (0: arm off)")
+    p.add_argument("--regime-lookup", type=int, default=1, help="remembered regimes fine-tuned at a drift (0: none)")
     p.add_argument("--json", action="store_true")
 
 
@@ -61,19 +70,24 @@ class Data:
     train_changes: list[list[int]]
     test: list[np.ndarray]          # one series per test task
     test_change: np.ndarray         # (n,) change time of each test series
+    source: np.ndarray | None = None    # (n,) which underlying series each task cuts (None: its own)
+    revisit: np.ndarray | None = None   # (n,) the change returns to a regime the series had before
 
 
 def synthetic(n_tasks: int, period: int, seed: int) -> Data:
     rng = np.random.default_rng(seed)
     train = regime_series(120, 1500, rng, period=period)
     test = regime_series(max(40, n_tasks // 4), 1500, np.random.default_rng(seed + 1), period=period)
-    series, change = [], []
-    for y, cuts in zip(test.values, test.changes):
+    series, change, source, revisit = [], [], [], []
+    for k, (y, cuts, ids) in enumerate(zip(test.values, test.changes, test.regime)):
         for c in cuts:
             series.append(y)
             change.append(c)
+            source.append(k)
+            revisit.append(bool(ids[c] in ids[:c]))
     order = np.random.default_rng(seed + 2).permutation(len(series))[:n_tasks]
-    return Data("synthetic", train.values, train.changes, [series[i] for i in order], np.array(change)[order])
+    return Data("synthetic", train.values, train.changes, [series[i] for i in order], np.array(change)[order],
+                np.array(source)[order], np.array(revisit)[order])
 
 
 def m4(n_tasks: int, seed: int, data_dir: str | None) -> Data:
@@ -134,7 +148,7 @@ def first_steps(tasks: Tasks, query: int) -> Tasks:
     offset = torch.arange(query)[:, None]
     inside = (offset + lead[None, :] <= query).to(q.mask.dtype)
     cut = Examples(q.window[:, :query], q.level[:, :query], q.target[:, :query], q.mask[:, :query] * inside)
-    return Tasks(tasks.support, cut, tasks.series, tasks.time)
+    return Tasks(tasks.support, cut, tasks.series, tasks.time, tasks.valid)
 
 
 def rls_losses(data: Data, tasks: Tasks, config: OnlineConfig) -> np.ndarray:
@@ -189,18 +203,58 @@ def run_dataset(data: Data, settings: Settings, config: OnlineConfig, args: argp
             "meta (Reptile) + fine-tune": (reptile, k)}
     results: dict[str, dict[str, Any]] = {}
     longest = held_out_tasks(data, config, delays, max(SEASONS) * args.period, seed + 11)
+    memories: dict[str, Remembered] = {}
+    memory_note = "off (--regime-lookup 0)"
+    mem_config = replace(config, regime_memory=args.regime_memory, regime_shared=args.regime_shared,
+                         regime_lookup=args.regime_lookup)
+    if args.regime_lookup > 0 and (args.regime_memory > 0 or args.regime_shared > 0):
+        started = time.perf_counter()
+        source = data.source if data.source is not None else np.arange(len(data.test))
+        shared = None
+        if args.regime_shared > 0:
+            pick = np.random.default_rng(seed + 13).permutation(len(data.train))[:SHARED_FROM]
+            shared = shared_library([data.train[i][:SHARED_STEPS] for i in pick], mem_config, meta)
+        found = remembered(data.test, source, data.test_change, longest, mem_config, meta, shared)
+        if args.regime_memory > 0:
+            memories[MEMORY_OWN] = found["own"]
+        if shared is not None:
+            memories[MEMORY_SHARED] = found["shared"]
+        if shared is not None and args.regime_memory > 0:
+            memories[MEMORY_ARM] = found["all"]
+        memory_note = (f"per series {args.regime_memory}, shared {args.regime_shared}, lookup "
+                       f"{args.regime_lookup}; per series filled by the engine from each test series' history "
+                       f"before its change" + (f", shared from {len(pick)} training series" if shared else "")
+                       + f" ({time.perf_counter() - started:.0f} s); tasks whose series remembered something of "
+                       f"its own: {100 * float((found['own'].entries > 0).mean()):.0f}%")
+    winners: dict[str, dict[str, float]] = {}
+    revisit = data.revisit[longest.series] if data.revisit is not None else None
     for seasons in SEASONS:
         tasks = first_steps(longest, seasons * args.period)
         losses = {name: post_adaptation_loss(init, tasks, steps, config.clip) for name, (init, steps) in arms.items()}
+        losses[CHOSEN], won = chosen_losses(meta, tasks, k, config.clip)
+        winners[CHOSEN] = {kind: float((won == kind).mean()) for kind in np.unique(won)}
+        for name, memory in memories.items():
+            losses[name], won = chosen_losses(meta, tasks, k, config.clip, memory, args.regime_lookup,
+                                              max(1, config.adapt_window // 4))
+            winners[name] = {kind: float((won == kind).mean()) for kind in np.unique(won)}
         losses["online RLS AR (keeps learning)"] = rls_losses(data, tasks, config)
         ref = losses[REFERENCE]
         for name, loss in losses.items():
             ratio, lo, hi = bootstrap_ratio(loss, ref, args.bootstrap, seed)
-            results.setdefault(name, {})[str(seasons)] = {
-                "mean": float(loss.mean()), "median": float(np.median(loss)), "ratio": ratio, "ratio_lo": lo,
-                "ratio_hi": hi, "win_rate": float((loss < ref).mean()), "tasks": int(loss.size)}
+            row = {"mean": float(loss.mean()), "median": float(np.median(loss)), "ratio": ratio, "ratio_lo": lo,
+                   "ratio_hi": hi, "win_rate": float((loss < ref).mean()), "tasks": int(loss.size)}
+            if name in memories:   # what the memory adds to the same choice without it
+                r, lo_c, hi_c = bootstrap_ratio(loss, losses[CHOSEN], args.bootstrap, seed)
+                row["vs_chosen"] = {"ratio": r, "ratio_lo": lo_c, "ratio_hi": hi_c,
+                                    "win_rate": float((loss < losses[CHOSEN]).mean()),
+                                    "loss_rate": float((loss > losses[CHOSEN]).mean())}
+            if revisit is not None and revisit.any() and (~revisit).any():
+                row["ratio_revisit"] = float(loss[revisit].mean() / ref[revisit].mean())
+                row["ratio_new"] = float(loss[~revisit].mean() / ref[~revisit].mean())
+            results.setdefault(name, {})[str(seasons)] = row
     return {"dataset": data.name, "train_series": len(data.train), "train_seconds": round(train_seconds, 1),
-            "step_sizes": meta.step_sizes, "arms": results}
+            "step_sizes": meta.step_sizes, "arms": results, "winners": winners, "memory": memory_note,
+            "revisit_share": float(revisit.mean()) if revisit is not None else None}
 
 
 def _progress(label: str) -> Any:
@@ -224,6 +278,23 @@ def render(report: dict[str, Any]) -> str:
             cells.append(f"{r['mean']:.3f} / {r['median']:.3f}, {r['ratio']:.3f} [{r['ratio_lo']:.3f}, "
                          f"{r['ratio_hi']:.3f}], {100 * r['win_rate']:.0f}%")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"regime memory: {report['memory']}"]
+    for name, won in report.get("winners", {}).items():
+        lines.append(f"{name}: winning candidate (over {max(SEASONS)} seasons' tasks) "
+                     + ", ".join(f"{kind} {100 * share:.0f}%" for kind, share in won.items()))
+    for name, by_season in report["arms"].items():
+        if "vs_chosen" in by_season["2"]:
+            v = by_season["2"]["vs_chosen"]
+            lines.append(f"{name} / \"{CHOSEN}\", 2 seasons: {v['ratio']:.3f} [{v['ratio_lo']:.3f}, "
+                         f"{v['ratio_hi']:.3f}], better on {100 * v['win_rate']:.0f}% of tasks, worse on "
+                         f"{100 * v['loss_rate']:.0f}%")
+    if report.get("revisit_share") is not None:
+        lines.append(f"tasks whose change returns to an earlier regime of the series: "
+                     f"{100 * report['revisit_share']:.0f}%; ratio on those / on the others, 2 seasons:")
+        for name, by_season in report["arms"].items():
+            r = by_season["2"]
+            if "ratio_revisit" in r:
+                lines.append(f"  {name}: {r['ratio_revisit']:.3f} / {r['ratio_new']:.3f}")
     return "\n".join(lines)
 
 

@@ -15,6 +15,9 @@ import numpy as np
 import torch
 
 from .gru import GRUShape, Params, forward, forward_many, init_params
+from .telemetry import CANDIDATES
+
+FINETUNED, INIT, MEMORY, PREVIOUS = CANDIDATES
 
 log = logging.getLogger(__name__)
 
@@ -160,21 +163,76 @@ class StackedGRU:
         self.load(slots, updated)
 
 
-def adapt(init: Initializer, current: Params, train: Examples, valid: Examples, steps: int,
-          clip: float = 1.0) -> tuple[Params, bool, float, float]:
-    """Restart one series from θ*, take `steps` steps on `train`, keep the better on `valid`.
+@dataclass
+class AdaptResult:
+    """The outcome of one adaptation: the weights to use and which candidate they are."""
 
-    Returns (weights to use, whether the adapted ones won, adapted loss, previous loss).
-    """
-    start = {k: v.clone() for k, v in init.params.items()}
-    adapted, _ = sgd_steps(start, train, steps, init.step_sizes, clip) if steps > 0 else (start, None)
+    params: Params                 # one row: the winner's weights
+    winner: str                    # one of CANDIDATES
+    losses: dict[str, float]       # validation loss of the best candidate of each kind (absent: none)
+    remembered: int = -1           # which of the `memory` rows won (-1: none did)
+
+    @property
+    def replaced(self) -> bool:
+        """Whether the series now uses new weights (False: it keeps the previous ones)."""
+        return self.winner != PREVIOUS
+
+
+def _repeat(ex: Examples, n: int) -> Examples:
+    """The examples of one series as the examples of n candidates (views, no copies)."""
+    return Examples(*(t.expand(n, *t.shape[1:]) for t in (ex.window, ex.level, ex.target, ex.mask)))
+
+
+def preselect(memory: Params, recent: Examples, count: int) -> torch.Tensor:
+    """Indices of the `count` remembered regimes (rows of `memory`) that forecast `recent` best,
+    best first (equal losses: row order); one whose loss is not finite comes last."""
+    rows = next(iter(memory.values())).shape[0]
     with torch.no_grad():
-        new_loss = float(example_loss(adapted, valid)[0])
-        old_loss = float(example_loss(current, valid)[0])
-    finite = all(bool(torch.isfinite(v).all()) for v in adapted.values()) and np.isfinite(new_loss)
-    if finite and new_loss <= old_loss:
-        return adapted, True, new_loss, old_loss
-    return current, False, new_loss, old_loss
+        loss = example_loss(memory, _repeat(recent, rows)).double()
+    loss = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, float("inf")))
+    return torch.argsort(loss, stable=True)[:count]
+
+
+def adapt(init: Initializer, current: Params, train: Examples, valid: Examples, steps: int,
+          clip: float = 1.0, memory: Params | None = None, lookup: int = 0,
+          recent: Examples | None = None) -> AdaptResult:
+    """Restart one series: the candidates are θ* fine-tuned `steps` steps on `train`, θ* as it
+    is, remembered regimes fine-tuned the same way, and the current weights; the lowest loss on
+    `valid` (the newest points) wins, ties in CANDIDATES order.
+
+    `memory` holds remembered regimes as rows; when there are more than `lookup` (> 0), only the
+    `lookup` that forecast `recent` best (the newest training examples; not `valid`) compete.
+    All fine-tuning runs as one batch of rows and all candidates are scored in one forward.
+    A candidate with non-finite weights or loss never wins. `remembered` in the result indexes
+    the rows of `memory`.
+    """
+    pool = torch.arange(next(iter(memory.values())).shape[0]) if memory else torch.zeros(0, dtype=torch.long)
+    if memory and 0 < lookup < pool.numel():
+        pool = preselect(memory, recent if recent is not None else train, lookup)
+        memory = {k: v[pool] for k, v in memory.items()}
+    m = pool.numel()
+    starts = {k: torch.cat([v, memory[k].to(v.dtype)]) if m else v.clone() for k, v in init.params.items()}
+    tuned = sgd_steps(starts, _repeat(train, 1 + m), steps, init.step_sizes, clip)[0] if steps > 0 else starts
+    kinds = ([FINETUNED] if steps > 0 else []) + [INIT] + [MEMORY] * m + [PREVIOUS]
+    rows = {k: torch.cat(([tuned[k][:1]] if steps > 0 else []) + [init.params[k], tuned[k][1:], current[k]])
+            for k in init.params}
+    with torch.no_grad():
+        loss = example_loss(rows, _repeat(valid, len(kinds))).double()
+        finite = torch.isfinite(loss)
+        for v in rows.values():
+            finite &= torch.isfinite(v.reshape(len(kinds), -1)).all(dim=1)
+    loss = torch.where(finite, loss, torch.full_like(loss, float("inf")))
+    best = int(torch.argmin(loss))          # the first of equal minima: CANDIDATES order
+    if not bool(finite[best]):              # nothing finite: keep what the series has
+        best = len(kinds) - 1
+    losses: dict[str, float] = {}
+    for i, kind in enumerate(kinds):
+        value = float(loss[i]) if bool(finite[i]) else float("nan")
+        if kind not in losses or value < losses[kind] or np.isnan(losses[kind]):
+            losses[kind] = value
+    winner = kinds[best]
+    remembered = int(pool[best - kinds.index(MEMORY)]) if winner == MEMORY else -1
+    return AdaptResult({k: v[best:best + 1].clone() for k, v in rows.items()}, winner, losses, remembered)
 
 
 def pretrain(init: Initializer, ex: Examples, epochs: int, batch: int, seed: int,

@@ -38,9 +38,10 @@ from .features import (MIN_SCALE, VALUE_CLIP, rls_feature_count, rls_features, s
 from .gru import GRUShape
 from .history import missing_steps
 from .leads import interpolation, scored_leads
-from .learner import Examples, Initializer, StackedGRU, adapt, use_torch_threads
+from .learner import MEMORY, AdaptResult, Examples, Initializer, StackedGRU, adapt, use_torch_threads
 from .mixture import Mixture
 from .naive import NaiveEngine, last_value_halfwidths
+from .regimes import Found, RegimeMemory, regime_key
 from .rls import BatchedRLS
 from .snapshot import FORMAT_VERSION, SnapshotError, decode, encode
 from .telemetry import SeriesNow
@@ -99,6 +100,9 @@ class OnlineConfig:
     adapt_window: int = 96
     adapt_validation: int = 8
     adapt_workers: int = 0      # 0: adapt inline (replay: deterministic); n: a pool of n threads
+    regime_memory: int = 0      # remembered regimes per series (0: none)
+    regime_shared: int = 0      # remembered regimes shared by all series (0: none)
+    regime_lookup: int = 0      # nearest remembered regimes tried at a drift (0: memory off)
     history: int = 1024
     season: int = 0
     torch_threads: int = 1      # per thread that learns or adapts (see learner.use_torch_threads)
@@ -132,11 +136,18 @@ class DriftEvent:
 @dataclass
 class Adaptation:
     slot: int
-    params: Any
-    won: bool
-    new_loss: float
-    old_loss: float
+    result: AdaptResult | None       # None: the adaptation failed
     seconds: float = 0.0
+    found: Found | None = None       # the remembered regimes that were candidates
+    departing: np.ndarray | None = None   # the key the current weights are remembered under
+
+
+def _newest(train: Examples, origins: int) -> Examples:
+    """The training examples of the newest `origins` origins only (`_support` puts them first):
+    what remembered regimes are ranked on, the newest targets before the validation points.
+    Origins without a known target (the newest `validation` ones) are left out: same loss, less work."""
+    keep = torch.nonzero(train.mask[0, :origins].sum(dim=1) > 0)[:, 0]
+    return Examples(train.window[:, keep], train.level[:, keep], train.target[:, keep], train.mask[:, keep])
 
 
 class OnlineEngine(Engine):
@@ -167,8 +178,11 @@ class OnlineEngine(Engine):
         self._running: dict[int, Future[Adaptation]] = {}
         self._halt = threading.Event()
         self.drift_events: list[DriftEvent] = []   # drained by the daemon into SQL
-        self.counters = {"drifts": 0, "adapted": 0, "kept": 0, "failed": 0, "late_skipped": 0,
+        # adapted = adapted_finetuned + adapted_init + adapted_memory: which candidate won.
+        self.counters = {"drifts": 0, "adapted": 0, "kept": 0, "failed": 0, "adapted_finetuned": 0,
+                         "adapted_init": 0, "adapted_memory": 0, "late_skipped": 0,
                          "gap_steps_filled": 0, "gaps_unfilled": 0, "nonfinite": 0, "adapt_seconds": 0.0}
+        self.regimes = RegimeMemory(c.regime_memory, c.regime_shared, c.regime_lookup)
         self._allocate(0)
 
     # -- storage ----------------------------------------------------------------------------
@@ -475,16 +489,33 @@ class OnlineEngine(Engine):
             return None
         current = {k: v.clone() for k, v in self.gru.rows(np.array([slot])).items()}
         init, steps, clip = self.init, self.config.adapt_steps, self.config.clip
+        found, departing, recent = None, None, None
+        if self.regimes.enabled:
+            found, departing = self.regimes.lookup(slot, self._regime_key(slot, 0)), self._regime_key(slot, 1)
+            recent = _newest(train, max(1, self.config.adapt_window // 4))
+        memory = found.params if found is not None else None
+        lookup = self.config.regime_lookup
 
         def job() -> Adaptation:
             started = time.perf_counter()
             try:
-                params, won, new, old = adapt(init, current, train, valid, steps, clip)
+                result = adapt(init, current, train, valid, steps, clip, memory, lookup, recent)
             except Exception:
                 log.exception("adaptation of slot %d failed; keeping its model", slot)
-                return Adaptation(slot, None, False, float("nan"), float("nan"), time.perf_counter() - started)
-            return Adaptation(slot, params, won, new, old, time.perf_counter() - started)
+                return Adaptation(slot, None, time.perf_counter() - started)
+            return Adaptation(slot, result, time.perf_counter() - started, found, departing)
         return job
+
+    def _regime_key(self, slot: int, which: int) -> np.ndarray | None:
+        """The window keying a regime: 0, the newest `window` values (the regime a drift moved
+        to); 1, the `window` values ending half a support window earlier (the regime the current
+        weights served: detectors fire tens of steps after a change, so mostly before it)."""
+        c = self.config
+        gap = which * (c.adapt_window // 2)
+        if self.count[slot] < c.window + gap:
+            return None
+        end = self.span - gap
+        return regime_key(self.hist[slot, end - c.window:end])
 
     def _apply_finished_adaptations(self) -> None:
         for slot, future in list(self._running.items()):
@@ -492,21 +523,40 @@ class OnlineEngine(Engine):
                 del self._running[slot]
                 self._apply(future.result())
 
-    def _apply(self, result: Adaptation) -> None:
-        slot = result.slot
-        self.counters["adapt_seconds"] += result.seconds
-        outcome = "failed" if result.params is None else "adapted" if result.won else "kept"
+    def _apply(self, done: Adaptation) -> None:
+        slot, result = done.slot, done.result
+        self.counters["adapt_seconds"] += done.seconds
+        outcome = "failed" if result is None else "adapted" if result.replaced else "kept"
         self.counters[outcome] += 1
-        self.telemetry.adaptation(outcome, result.seconds)
-        if result.params is None:
+        if result is not None and result.replaced:
+            self.counters[f"adapted_{result.winner}"] += 1
+        self.telemetry.adaptation(outcome, done.seconds, result.winner if result is not None else None)
+        if result is None:
             return
         slots = np.array([slot])
-        if result.won:
+        if result.replaced:
+            self._remember_departing(done)
             self.gru.load(slots, result.params)
             self.adaptations[slot] += 1
         self.restarts[slot] += 1
         self._refit_rls(slot)
         self.mixture.favour(slots, GRU)
+
+    def _remember_departing(self, done: Adaptation) -> None:
+        """The series leaves its weights: remember them (and which remembered regime it now uses)."""
+        if not self.regimes.enabled:
+            return
+        slot, result, found = done.slot, done.result, done.found
+        refit = self.regimes.source.pop(slot, -1)
+        source = -1
+        if result is not None and result.winner == MEMORY and found is not None:
+            i = result.remembered
+            source = self.regimes.chosen(slot, found.idents[i], found.shared[i])
+        if source >= 0 and source == refit:   # back to the entry it came from: keep that, store anew
+            refit = -1
+        self.regimes.remember(slot, done.departing, self.gru.rows(np.array([slot])), refit)
+        if source >= 0:
+            self.regimes.source[slot] = source
 
     def _refit_rls(self, slot: int) -> None:
         """Restart the recent linear learner on the newest window only (the long one's memory
@@ -546,6 +596,8 @@ class OnlineEngine(Engine):
                 arrays.update({f"gru_{k}": v[slot].numpy() for k, v in self.gru.params.items()})
                 arrays["mixture_loss"] = self.mixture.loss[slot]
                 arrays["conformal_q"] = self.conformal.q[slot]
+                if self.regimes.enabled:
+                    arrays.update(self.regimes.state(slot))
                 out.append(Checkpoint(name, self.kind, FORMAT_VERSION, encode(arrays, header)))
             return out
 
@@ -599,6 +651,12 @@ class OnlineEngine(Engine):
         self.gru.load(np.array([slot]), {k: v[None] for k, v in params.items()})
         self.mixture.loss[slot] = arrays["mixture_loss"]
         self.conformal.q[slot] = arrays["conformal_q"]
+        if self.regimes.enabled:   # a checkpoint from before regime memory has none: that is fine
+            try:
+                self.regimes.load(slot, arrays, list(self.gru.params))
+            except (ValueError, KeyError) as exc:
+                log.warning("slot %d: ignoring its remembered regimes (%s)", slot, exc)
+                self.regimes.forget(slot)
 
     def _forget(self, name: str) -> None:
         """Return a series' slot to a fresh state (after a refused checkpoint)."""
@@ -610,6 +668,7 @@ class OnlineEngine(Engine):
         self.rls.reset(np.array([slot]))
         self.rls_recent.reset(np.array([slot]))
         self.gru.load(np.array([slot]), self.init.params)
+        self.regimes.forget(slot)
         self.mixture.loss[slot] = 1.0
         if self.config.cold:
             self.mixture.lean(np.array([slot]), GRU, COLD_START_GRU_SHARE)
@@ -695,7 +754,7 @@ class OnlineEngine(Engine):
     def stats(self) -> dict[str, Any]:
         return {"kind": self.kind, "series": len(self.names), "init": self.init.kind,
                 "init_version": self.init.label,
-                "adapting": len(self._running), **self.counters}
+                "adapting": len(self._running), "regimes": len(self.regimes), **self.counters}
 
     def warm_series(self) -> int:
         return int((self.count[: len(self.names)] >= self.config.serving).sum())

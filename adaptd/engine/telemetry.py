@@ -12,6 +12,10 @@ from typing import NamedTuple
 import numpy as np
 
 
+# What a drift adaptation can end with (learner.adapt), in the order that wins ties.
+CANDIDATES = ("finetuned", "init", "memory", "previous")
+
+
 class SeriesNow(NamedTuple):
     """One series at its newest observation, for per-series export (NaN: not known yet)."""
     ts: float
@@ -32,8 +36,9 @@ class Telemetry:
     def drifted(self, detector: str) -> None:
         """One drift detection, as the detector fires (before its event is stored in SQL)."""
 
-    def adaptation(self, outcome: str, seconds: float) -> None:
-        """One finished adaptation: "adapted" (the fine-tuned model won), "kept" or "failed"."""
+    def adaptation(self, outcome: str, seconds: float, winner: str | None = None) -> None:
+        """One finished adaptation: "adapted" (new weights won), "kept" or "failed"; `winner` says
+        which candidate won (learner.CANDIDATES: finetuned, init, memory or previous)."""
 
     def gaps(self, filled: int, filled_steps: int, unfilled: int) -> None:
         """Time gaps the models met: gaps filled by interpolation (and their missing steps),

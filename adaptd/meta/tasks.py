@@ -38,6 +38,8 @@ class Tasks:
     query: Examples      # (n, query, ...)
     series: np.ndarray   # (n,) index of each task's series in its pool
     time: np.ndarray     # (n,) detection time of each task
+    valid: Examples | None = None   # the support origins' newest `validation` targets (the daemon
+                                    # chooses among its candidates on them), if cut
 
     def __len__(self) -> int:
         return int(self.series.size)
@@ -96,7 +98,7 @@ def sample_tasks(pool: SeriesPool, n: int, query: int, rng: np.random.Generator,
 def cut_tasks(pool: SeriesPool, series: np.ndarray, times: np.ndarray, query: int) -> Tasks:
     c = pool.config
     A, v, W = c.adapt_window, c.adapt_validation, c.window
-    support, queries = [], []
+    support, queries, valids = [], [], []
     for i, t in zip(series, times):
         win, level, target, mask = pool.examples[int(i)]
         # Example row r is the origin at time r + W - 1 (its newest value).
@@ -104,11 +106,13 @@ def cut_tasks(pool: SeriesPool, series: np.ndarray, times: np.ndarray, query: in
         q_rows = np.arange(t, t + query) - (W - 1)
         leads = np.arange(1, c.horizon + 1)
         s_known = (np.arange(t - A, t)[:, None] + leads[None, :]) <= t - v   # observed before t - v
+        v_known = ((np.arange(t - A, t)[:, None] + leads[None, :]) <= t) & ~s_known   # the newest v
         q_known = (np.arange(t, t + query)[:, None] + leads[None, :]) <= t + query
         support.append((win[s_rows], level[s_rows], target[s_rows], mask[s_rows] * s_known))
         queries.append((win[q_rows], level[q_rows], target[q_rows], mask[q_rows] * q_known))
+        valids.append((win[s_rows], level[s_rows], target[s_rows], mask[s_rows] * v_known))
 
     def stack(parts: list[tuple[np.ndarray, ...]]) -> Examples:
         return Examples.from_numpy(*(np.stack([p[j] for p in parts]) for j in range(4)))
 
-    return Tasks(stack(support), stack(queries), np.asarray(series), np.asarray(times))
+    return Tasks(stack(support), stack(queries), np.asarray(series), np.asarray(times), stack(valids))
