@@ -99,3 +99,25 @@ def test_of_many_remembered_regimes_those_forecasting_the_newest_points_best_com
     # Ranked on `recent` when given: there the target is 2 x TARGET.
     recent = Examples(examples().window, examples().level, 2 * examples().target, examples().mask)
     assert preselect(pool, recent, 1).tolist() == [4]
+
+
+def test_remembered_regimes_are_kept_in_order_when_no_recent_origin_has_a_known_target():
+    # adapt.window // 4 <= adapt.validation: the engine's `recent` holds no origin at all.
+    init = theta()
+    pool = stacked(*(with_bias(init, f * TARGET) for f in (-1.0, 3.0, 1.0)))
+    none = Examples(torch.zeros(1, 0, SHAPE.window), torch.zeros(1, 0), torch.zeros(1, 0, 3), torch.zeros(1, 0, 3))
+    assert preselect(pool, none, 2).tolist() == [0, 1]
+    result = adapt(init, with_bias(init, 5 * TARGET), examples(), examples(), steps=2, memory=pool, lookup=2,
+                   recent=none)
+    assert result.winner != "memory" or result.remembered in (0, 1)
+
+
+def test_the_winning_remembered_regime_is_named_by_its_row_in_the_whole_pool():
+    init = theta()
+    pool = stacked(*(with_bias(init, f * TARGET) for f in (-1.0, 3.0, 0.9, 1.0, 2.0)))
+    recent = Examples(examples().window, examples().level, 1.8 * examples().target, examples().mask)
+    assert preselect(pool, recent, 2).tolist() == [4, 3]
+    # The newest points want TARGET: the second of the two preselected wins.
+    result = adapt(init, with_bias(init, 5 * TARGET), examples(), examples(), steps=2, memory=pool, lookup=2,
+                   recent=recent)
+    assert (result.winner, result.remembered) == ("memory", 3)

@@ -230,3 +230,13 @@ def test_hostile_series_never_put_anything_non_finite_in_memory():
     history = {name: [(i * HOUR, float(y[i])) for i in range(n)] for name, y in hostile.items()}
     assert restored.restore(history, engine.checkpoint()) == []
     assert len(restored.regimes) == len(engine.regimes)
+
+
+def test_memory_does_not_break_adaptation_when_the_validation_covers_the_ranked_origins():
+    # adapt_window // 4 <= adapt_validation: no origin the remembered regimes are ranked on has a
+    # known target yet. Adaptations must still run (they used to fail once 2 regimes were remembered).
+    config = dataclasses.replace(SMALL, adapt_validation=8, regime_lookup=1)
+    engine = OnlineEngine(config, Initializer.random(config.shape, 0, 0.05))
+    run(engine, regimes([("b", 300)] + [("a", 150), ("b", 150)] * 4))
+    assert len(engine.regimes.library(0)) >= 2
+    assert engine.counters["drifts"] >= 3 and engine.counters["failed"] == 0

@@ -187,6 +187,8 @@ def preselect(memory: Params, recent: Examples, count: int) -> torch.Tensor:
     """Indices of the `count` remembered regimes (rows of `memory`) that forecast `recent` best,
     best first (equal losses: row order); one whose loss is not finite comes last."""
     rows = next(iter(memory.values())).shape[0]
+    if recent.window.shape[1] == 0:   # no origin with a known target: nothing to rank on, keep row order
+        return torch.arange(min(count, rows))
     with torch.no_grad():
         loss = example_loss(memory, _repeat(recent, rows)).double()
     loss = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, float("inf")))
