@@ -240,3 +240,14 @@ def test_memory_does_not_break_adaptation_when_the_validation_covers_the_ranked_
     run(engine, regimes([("b", 300)] + [("a", 150), ("b", 150)] * 4))
     assert len(engine.regimes.library(0)) >= 2
     assert engine.counters["drifts"] >= 3 and engine.counters["failed"] == 0
+
+
+def test_a_shared_only_lookup_sees_every_shared_entry_whatever_its_owner_label():
+    # bench meta relabels the shared library's owners -2, -3, ...: none may be skipped.
+    memory = RegimeMemory(per_series=0, shared=4, lookup=1)
+    for p in (24, 12, 8):
+        memory.remember(9, regime_key(shape(p)), weights(p))
+    for j, entry in enumerate(memory.shared.entries):
+        entry.owner = -2 - j
+    assert len(memory.lookup(0, regime_key(shape(24))).idents) == 3
+    assert len(memory.lookup(9, regime_key(shape(24))).idents) == 3

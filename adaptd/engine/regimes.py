@@ -173,9 +173,9 @@ class RegimeMemory:
             return None
         embedding = embed(key)[0] if key is not None else None
         own = self.library(slot).entries if self.per_series > 0 else []
-        # The shared copies of this series' own entries are already in its library.
-        skip = slot if self.per_series > 0 else -2
-        pool = [(e, False) for e in own] + [(e, True) for e in self.shared.entries if e.owner != skip]
+        # The shared copies of this series' own entries are already in its library (if it has one).
+        pool = [(e, False) for e in own] + [(e, True) for e in self.shared.entries
+                                            if self.per_series <= 0 or e.owner != slot]
         if not pool:
             return None
 
