@@ -251,3 +251,16 @@ def test_a_shared_only_lookup_sees_every_shared_entry_whatever_its_owner_label()
         entry.owner = -2 - j
     assert len(memory.lookup(0, regime_key(shape(24))).idents) == 3
     assert len(memory.lookup(9, regime_key(shape(24))).idents) == 3
+
+
+def test_adapting_in_a_background_thread_uses_memory_too_and_queued_jobs_hold_no_copies():
+    engine = OnlineEngine(dataclasses.replace(SMALL, adapt_workers=1), Initializer.random(SMALL.shape, 0, 0.05))
+    try:
+        run(engine, regimes([("b", 300), ("a", 200), ("b", 300)]))
+    finally:
+        engine.close()
+    assert engine.counters["failed"] == 0 and engine.counters["adapted_memory"] >= 1
+    found = engine.regimes.lookup(0, engine._regime_key(0, 0))
+    assert found is not None and "params" not in vars(found)       # stacked only when the job runs
+    entry = next(e for e in engine.regimes.library(0).entries if e.ident == found.idents[0])
+    assert all(found.rows[0][k] is v for k, v in entry.params.items())

@@ -493,12 +493,12 @@ class OnlineEngine(Engine):
         if self.regimes.enabled:
             found, departing = self.regimes.lookup(slot, self._regime_key(slot, 0)), self._regime_key(slot, 1)
             recent = _newest(train, max(1, self.config.adapt_window // 4))
-        memory = found.params if found is not None else None
         lookup = self.config.regime_lookup
 
         def job() -> Adaptation:
             started = time.perf_counter()
             try:
+                memory = found.params if found is not None else None   # stacked here, not while queued
                 result = adapt(init, current, train, valid, steps, clip, memory, lookup, recent)
             except Exception:
                 log.exception("adaptation of slot %d failed; keeping its model", slot)

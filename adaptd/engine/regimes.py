@@ -28,6 +28,7 @@ Both libraries are bounded: a full one forgets the entry used longest ago.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -120,12 +121,18 @@ class RegimeLibrary:
 
 @dataclass
 class Found:
-    """Remembered regimes to try: stacked weights (m, ...) and where each came from."""
+    """Remembered regimes to try: their weights and where each came from."""
 
-    params: Params
+    rows: list[Params]   # each regime's weights (1, ...): the entries' own tensors (never modified in place)
     idents: list[int]
     shared: list[bool]
     distances: list[float]
+
+    @cached_property
+    def params(self) -> Params:
+        """The weights stacked (m, ...). Built on first use (in the adaptation's thread): a queued
+        adaptation holds references to the entries, not a copy of up to `POOL` of them."""
+        return {k: torch.cat([row[k] for row in self.rows]) for k in self.rows[0]}
 
 
 class RegimeMemory:
@@ -184,8 +191,8 @@ class RegimeMemory:
         # Equal distances (to rounding): the series' own regimes first, then the newest.
         ranked = sorted(((distance(e), shared, -e.stamp, e) for e, shared in pool), key=lambda f: f[:3])
         chosen = ranked[: self.pool]
-        params = {k: torch.cat([f[3].params[k] for f in chosen]) for k in chosen[0][3].params}
-        return Found(params, [f[3].ident for f in chosen], [f[1] for f in chosen], [f[0] for f in chosen])
+        return Found([f[3].params for f in chosen], [f[3].ident for f in chosen], [f[1] for f in chosen],
+                     [f[0] for f in chosen])
 
     def chosen(self, slot: int, ident: int, shared: bool) -> int:
         """A remembered regime won an adaptation: mark it recently used. Returns the ident of the
