@@ -589,6 +589,7 @@ class OnlineEngine(Engine):
             self._apply_finished_adaptations()
             header = self.fingerprint()
             out = []
+            owned = self.regimes.owned()   # not a scan of the shared library per series
             for name, slot in self.slots.items():
                 arrays = {key: getattr(self, key)[slot] for key in PER_SLOT}
                 arrays.update(self.rls.state(slot))
@@ -597,7 +598,7 @@ class OnlineEngine(Engine):
                 arrays["mixture_loss"] = self.mixture.loss[slot]
                 arrays["conformal_q"] = self.conformal.q[slot]
                 if self.regimes.enabled:
-                    arrays.update(self.regimes.state(slot))
+                    arrays.update(self.regimes.state(slot, owned))
                 out.append(Checkpoint(name, self.kind, FORMAT_VERSION, encode(arrays, header)))
             return out
 

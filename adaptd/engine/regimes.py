@@ -212,11 +212,20 @@ class RegimeMemory:
         return len(self.shared) + sum(len(lib) for lib in self.own.values())
 
     # -- checkpoints: every entry travels in the checkpoint of the series that stored it ---------
-    def state(self, slot: int) -> dict[str, np.ndarray]:
+    def owned(self) -> dict[int, list[Entry]]:
+        """The shared entries by the slot that stored them (one pass, for a whole checkpoint)."""
+        out: dict[int, list[Entry]] = {}
+        for e in self.shared.entries:
+            out.setdefault(e.owner, []).append(e)
+        return out
+
+    def state(self, slot: int, owned: dict[int, list[Entry]] | None = None) -> dict[str, np.ndarray]:
+        """`owned`: `owned()`, when checkpointing every series (else the shared library is scanned)."""
+        shared = owned.get(slot, []) if owned is not None else [e for e in self.shared.entries if e.owner == slot]
         out: dict[str, np.ndarray] = {"regime_clock": np.array(self.clock, dtype=np.int64),
                                       "regime_source": np.array(self.source.get(slot, -1), dtype=np.int64)}
         for prefix, entries in (("regime", self.own.get(slot, RegimeLibrary(0)).entries),
-                                ("regime_shared", [e for e in self.shared.entries if e.owner == slot])):
+                                ("regime_shared", shared)):
             if not entries:
                 continue
             out[f"{prefix}_key"] = np.stack([e.key for e in entries])
