@@ -264,3 +264,12 @@ def test_adapting_in_a_background_thread_uses_memory_too_and_queued_jobs_hold_no
     assert found is not None and "params" not in vars(found)       # stacked only when the job runs
     entry = next(e for e in engine.regimes.library(0).entries if e.ident == found.idents[0])
     assert all(found.rows[0][k] is v for k, v in entry.params.items())
+
+
+def test_shared_only_memory_keeps_no_per_series_state():
+    memory = RegimeMemory(per_series=0, shared=4, lookup=1)
+    for slot in range(3):
+        memory.remember(slot, regime_key(shape(24 - slot)), weights(slot))
+    found = memory.lookup(5, regime_key(shape(24)))
+    assert memory.chosen(5, found.idents[0], found.shared[0]) == -1
+    assert memory.own == {} and memory.state(5)["regime_source"] == -1

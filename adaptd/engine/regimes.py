@@ -198,7 +198,7 @@ class RegimeMemory:
         """A remembered regime won an adaptation: mark it recently used. Returns the ident of the
         series' own entry its weights now come from (-1: none, e.g. it came from another series)."""
         stamp = self._tick()
-        for lib in (self.shared, self.library(slot)):
+        for lib in (self.shared, self.own.get(slot, RegimeLibrary(0))):   # no library made for a series without one
             at = lib.find(ident)
             if at >= 0:
                 lib.entries[at].stamp = stamp
