@@ -66,7 +66,7 @@ class Metrics(Telemetry):
         self.drift_events = Counter(
             "adaptd_drift_events", "Drift detections on forecast residuals, by detector", ["detector"], registry=r)
         self.adaptations = Counter(
-            "adaptd_adaptations", "Finished adaptations after drift: adapted (the fine-tuned model won), "
+            "adaptd_adaptations", "Finished adaptations after drift: adapted (new weights won: see adaptation_winners), "
             "kept (the previous model scored better) or failed (rolled back)", ["outcome"], registry=r)
         self.adaptation_winners = Counter(
             "adaptd_adaptation_winners", "Finished adaptations by the candidate that won on the newest points: "

@@ -39,7 +39,7 @@ def test_the_shared_library_is_bounded_across_series_and_skips_a_series_own_copi
     for slot in range(10):
         memory.remember(slot, regime_key(shape(24, level=slot)), weights(slot))
     assert len(memory.shared) == 4
-    assert len(memory) == 4 + 10                     # 1 own entry per series + 4 shared
+    assert len(memory) == 10                         # 1 per series; the 4 shared are copies of 4 of them
     found = memory.lookup(9, regime_key(shape(24)))
     assert found is not None and found.shared == [False, True, True, True]   # its own first, then others'
     assert found.params["w"][1:, 0, 0].tolist() == [8.0, 7.0, 6.0]         # not its own shared copy

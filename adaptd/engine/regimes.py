@@ -209,7 +209,11 @@ class RegimeMemory:
         self.source.pop(slot, None)
 
     def __len__(self) -> int:
-        return len(self.shared) + sum(len(lib) for lib in self.own.values())
+        """Distinct remembered regimes (an entry in a series' library and its shared copy are one)."""
+        idents = {e.ident for e in self.shared.entries}
+        for lib in self.own.values():
+            idents.update(e.ident for e in lib.entries)
+        return len(idents)
 
     # -- checkpoints: every entry travels in the checkpoint of the series that stored it ---------
     def owned(self) -> dict[int, list[Entry]]:
