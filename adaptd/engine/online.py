@@ -540,7 +540,7 @@ class OnlineEngine(Engine):
         # of the other experts' (its old record was earned by the weights it just beat). The RLS
         # learners are left as they are: refitting the recent one on the adaptation window, and
         # leaning to the GRU when it kept its weights, raised the error after detected changes
-        # on ETTh2 and WTH and did not lower it after a level shift (commit 8e2ceb6).
+        # on ETTh2 and WTH and did not lower it after a level shift (BENCHMARKS.md, "restart policy").
         slots = np.array([slot])
         self._remember_departing(done)
         self.gru.load(slots, result.params)
