@@ -124,6 +124,7 @@ class AdaptSettings:
     regime_memory: int = 0
     regime_shared: int = 64
     regime_lookup: int = 1
+    regime_pool: int = 128
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,7 @@ CHECKS: dict[str, dict[str, Check]] = {
         "regime_memory": (lambda v: 0 <= v <= 64, "an integer from 0 (none) to 64 remembered regimes per series"),
         "regime_shared": (lambda v: 0 <= v <= 4096, "an integer from 0 (none) to 4096 regimes shared by all series"),
         "regime_lookup": (lambda v: 0 <= v <= 16, "an integer from 0 (regime memory off) to 16"),
+        "regime_pool": (lambda v: 1 <= v <= 4096, "an integer from 1 to 4096 remembered regimes ranked at a drift"),
     },
     "meta": {
         "algorithm": (lambda v: v in ("meta_sgd", "reptile"), "'meta_sgd' or 'reptile'"),

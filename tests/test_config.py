@@ -117,6 +117,7 @@ def test_integers_are_accepted_for_float_keys(tmp_path: Path) -> None:
     ("adapt", "regime_memory", "0"),
     ("adapt", "regime_shared", "4096"),
     ("adapt", "regime_lookup", "0"),
+    ("adapt", "regime_pool", "1"),
 ])
 def test_edge_values_that_are_allowed(tmp_path: Path, section: str, key: str, literal: str) -> None:
     settings = load_config(str(write(tmp_path, f"[{section}]\n{key} = {literal}\n")))
@@ -244,6 +245,7 @@ BAD_VALUES = [
     ("adapt", "regime_memory", "65"),
     ("adapt", "regime_shared", "4097"),
     ("adapt", "regime_lookup", "17"),
+    ("adapt", "regime_pool", "0"),
     ("scheduler", "checkpoint_interval", "0.5"),
     ("scheduler", "checkpoint_interval", "1e12"),  # APScheduler cannot compute the next date
     ("scheduler", "checkpoint_interval", "inf"),

@@ -31,6 +31,7 @@ from ..engine.factory import online_config, pooled_examples
 from ..engine.features import normalisation_path
 from ..engine.learner import Examples, Initializer, pretrain
 from ..engine.online import OnlineConfig, OnlineEngine
+from ..engine.regimes import POOL
 from ..meta.sources import series_from_m4
 from ..meta.synthetic import regime_series
 from ..meta.tasks import DEFAULT_DELAYS, SeriesPool, Tasks, cut_tasks
@@ -60,6 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--regime-memory", type=int, default=4, help="remembered regimes per series (0: arm off)")
     p.add_argument("--regime-shared", type=int, default=64, help="remembered regimes shared by all series (0: arm off)")
     p.add_argument("--regime-lookup", type=int, default=1, help="remembered regimes fine-tuned at a drift (0: none)")
+    p.add_argument("--regime-pool", type=int, default=POOL,
+                   help="remembered regimes nearest by key that are ranked by forecast at a drift")
     p.add_argument("--json", action="store_true")
 
 
@@ -206,7 +209,7 @@ def run_dataset(data: Data, settings: Settings, config: OnlineConfig, args: argp
     memories: dict[str, Remembered] = {}
     memory_note = "off (--regime-lookup 0)"
     mem_config = replace(config, regime_memory=args.regime_memory, regime_shared=args.regime_shared,
-                         regime_lookup=args.regime_lookup)
+                         regime_lookup=args.regime_lookup, regime_pool=args.regime_pool)
     if args.regime_lookup > 0 and (args.regime_memory > 0 or args.regime_shared > 0):
         started = time.perf_counter()
         source = data.source if data.source is not None else np.arange(len(data.test))
@@ -222,7 +225,7 @@ def run_dataset(data: Data, settings: Settings, config: OnlineConfig, args: argp
         if shared is not None and args.regime_memory > 0:
             memories[MEMORY_ARM] = found["all"]
         memory_note = (f"per series {args.regime_memory}, shared {args.regime_shared}, lookup "
-                       f"{args.regime_lookup}; per series filled by the engine from each test series' history "
+                       f"{args.regime_lookup} of the {args.regime_pool} nearest by key; per series filled by the engine from each test series' history "
                        f"before its change" + (f", shared from {len(pick)} training series" if shared else "")
                        + f" ({time.perf_counter() - started:.0f} s); tasks whose series remembered something of "
                        f"its own: {100 * float((found['own'].entries > 0).mean()):.0f}%")

@@ -68,9 +68,9 @@ def remembered(test: Sequence[np.ndarray], source: np.ndarray, change: np.ndarra
     """
     cfg = replace(config, adapt_workers=0, regime_shared=0)
     engine = OnlineEngine(cfg, init)
-    memory = RegimeMemory(config.regime_memory, config.regime_shared, config.regime_lookup)
-    alone = RegimeMemory(config.regime_memory, 0, config.regime_lookup)
-    others = RegimeMemory(0, config.regime_shared, config.regime_lookup)
+    memory = RegimeMemory(config.regime_memory, config.regime_shared, config.regime_lookup, config.regime_pool)
+    alone = RegimeMemory(config.regime_memory, 0, config.regime_lookup, config.regime_pool)
+    others = RegimeMemory(0, config.regime_shared, config.regime_lookup, config.regime_pool)
     if shared is not None:
         memory.shared = others.shared = shared
     rows = tasks.series                      # task row -> test task index

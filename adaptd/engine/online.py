@@ -41,7 +41,7 @@ from .leads import interpolation, scored_leads
 from .learner import MEMORY, AdaptResult, Examples, Initializer, StackedGRU, adapt, use_torch_threads
 from .mixture import Mixture
 from .naive import NaiveEngine, last_value_halfwidths
-from .regimes import Found, RegimeMemory, regime_key
+from .regimes import POOL, Found, RegimeMemory, regime_key
 from .rls import BatchedRLS
 from .snapshot import FORMAT_VERSION, SnapshotError, decode, encode
 from .telemetry import SeriesNow
@@ -103,6 +103,7 @@ class OnlineConfig:
     regime_memory: int = 0      # remembered regimes per series (0: none)
     regime_shared: int = 0      # remembered regimes shared by all series (0: none)
     regime_lookup: int = 0      # nearest remembered regimes tried at a drift (0: memory off)
+    regime_pool: int = POOL     # remembered regimes nearest by key that are ranked at a drift
     history: int = 1024
     season: int = 0
     torch_threads: int = 1      # per thread that learns or adapts (see learner.use_torch_threads)
@@ -182,7 +183,7 @@ class OnlineEngine(Engine):
         self.counters = {"drifts": 0, "adapted": 0, "kept": 0, "failed": 0, "adapted_finetuned": 0,
                          "adapted_init": 0, "adapted_memory": 0, "late_skipped": 0,
                          "gap_steps_filled": 0, "gaps_unfilled": 0, "nonfinite": 0, "adapt_seconds": 0.0}
-        self.regimes = RegimeMemory(c.regime_memory, c.regime_shared, c.regime_lookup)
+        self.regimes = RegimeMemory(c.regime_memory, c.regime_shared, c.regime_lookup, c.regime_pool)
         self._allocate(0)
 
     # -- storage ----------------------------------------------------------------------------
