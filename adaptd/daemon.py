@@ -211,7 +211,9 @@ class Daemon:
         except Exception:
             log.exception("could not store the forecasts of %d series", len(found))
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, failed: bool = False) -> None:
+        """Release everything that was opened; `failed`: start-up or the run ended in an error
+        (reported by the caller), so the last line does not claim a clean stop."""
         self.notifier.notify("STOPPING=1")
         # One budget for requests in flight, pending commits and learning, so that systemd's
         # TimeoutStopSec (shutdown_timeout plus the final checkpoint) is never exceeded.
@@ -239,16 +241,18 @@ class Daemon:
             self._metrics_server.shutdown()
         if self.store is not None:
             self.store.close()
-        log.info("stopped cleanly")
+        log.info("stopped after an error" if failed else "stopped cleanly")
 
 
 async def _serve(settings: Settings) -> None:
     daemon = Daemon(settings)
+    failed = True
     try:
         if await daemon.startup():
             await daemon.run()
+        failed = False
     finally:
-        await daemon.shutdown()
+        await daemon.shutdown(failed)
 
 
 def serve(settings: Settings) -> int:
