@@ -124,7 +124,7 @@ class AdaptSettings:
     regime_memory: int = 0
     regime_shared: int = 64
     regime_lookup: int = 1
-    regime_pool: int = 128
+    regime_pool: int = 16
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,9 @@ from .gru import Params
 
 MIN_SPREAD = 1e-9
 # Remembered regimes a drift looks at, at most: the nearest by key; the adaptation then keeps
-# the `lookup` of them that forecast the newest points best (learner.preselect).
-POOL = 128
+# the `lookup` of them that forecast the newest points best (learner.preselect). 16 of a full
+# 64-regime library did as well as all 64 on M4 Hourly and ranks in a quarter of the time.
+POOL = 16
 
 
 def _rounded(distance: float) -> float:
