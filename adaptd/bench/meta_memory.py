@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..engine.learner import FINETUNED, INIT, MEMORY, Examples, Initializer, example_loss, sgd_steps
+from ..engine.learner import Examples, Initializer, candidate_kinds, example_loss, sgd_steps, usable_losses
 from ..engine.online import OnlineConfig, OnlineEngine
 from ..engine.regimes import RegimeLibrary, RegimeMemory, regime_key
 from ..meta.tasks import Tasks
@@ -148,7 +148,7 @@ def _preselect(memory: Remembered, recent: Examples, lookup: int) -> Remembered:
 def chosen_losses(init: Initializer, tasks: Tasks, steps: int, clip: float, memory: Remembered | None = None,
                   lookup: int = 0, recent: int = 24) -> tuple[np.ndarray, np.ndarray]:
     """Per task: the query MSE of the candidate with the lowest loss on the newest points, and
-    which kind won (FINETUNED, INIT or MEMORY), exactly as `learner.adapt` decides; of a pool of
+    which kind won (finetuned, init or memory), exactly as `learner.adapt` decides; of a pool of
     remembered regimes the `lookup` that forecast the support's `recent` newest origins best compete."""
     assert tasks.valid is not None, "tasks cut without validation points"
     n = len(tasks)
@@ -160,7 +160,7 @@ def chosen_losses(init: Initializer, tasks: Tasks, steps: int, clip: float, memo
     flat = {k: v.reshape(n * (1 + m), *v.shape[2:]).clone() for k, v in starts.items()}
     tuned = sgd_steps(flat, _rows(tasks.support, 1 + m), steps, init.step_sizes, clip)[0] if steps > 0 else flat
     tuned = {k: v.reshape(n, 1 + m, *v.shape[1:]) for k, v in tuned.items()}
-    kinds = ([FINETUNED] if steps > 0 else []) + [INIT] + [MEMORY] * m
+    kinds = candidate_kinds(steps, m, previous=False)   # tasks have no previous weights
     rows = {k: torch.cat(([tuned[k][:, :1]] if steps > 0 else []) + [starts[k][:, :1], tuned[k][:, 1:]], dim=1)
             for k in init.params}
     c = len(kinds)
@@ -170,10 +170,7 @@ def chosen_losses(init: Initializer, tasks: Tasks, steps: int, clip: float, memo
     flat_rows = {k: v.reshape(n * c, *v.shape[2:]) for k, v in rows.items()}
     with torch.no_grad():
         loss = example_loss(flat_rows, _rows(tasks.valid, c)).double().reshape(n, c)
-        finite = torch.isfinite(loss) & ok
-        for v in flat_rows.values():
-            finite &= torch.isfinite(v.reshape(n, c, -1)).all(dim=2)
-        loss = torch.where(finite, loss, torch.full_like(loss, float("inf")))
+        loss, _ = usable_losses(torch.where(ok, loss, torch.full_like(loss, float("inf"))), flat_rows)
         best = torch.argmin(loss, dim=1)
         pick = {k: v[torch.arange(n), best] for k, v in rows.items()}
         query = example_loss(pick, tasks.query).double().numpy()

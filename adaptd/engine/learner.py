@@ -183,6 +183,21 @@ def _repeat(ex: Examples, n: int) -> Examples:
     return Examples(*(t.expand(n, *t.shape[1:]) for t in (ex.window, ex.level, ex.target, ex.mask)))
 
 
+def candidate_kinds(steps: int, remembered: int, previous: bool = True) -> list[str]:
+    """The candidates of an adaptation, in the order that wins ties (CANDIDATES): θ* fine-tuned
+    (when there are steps), θ* as is, `remembered` regimes, and the weights the series has."""
+    return ([FINETUNED] if steps > 0 else []) + [INIT] + [MEMORY] * remembered + ([PREVIOUS] if previous else [])
+
+
+def usable_losses(loss: torch.Tensor, rows: Params) -> tuple[torch.Tensor, torch.Tensor]:
+    """(losses with +inf for candidates that cannot win, which can): a candidate whose loss or
+    weights are not finite never wins. `rows` hold one candidate per element of `loss`, in order."""
+    finite = torch.isfinite(loss)
+    for v in rows.values():
+        finite &= torch.isfinite(v.reshape(*loss.shape, -1)).all(dim=-1)
+    return torch.where(finite, loss, torch.full_like(loss, float("inf"))), finite
+
+
 def preselect(memory: Params, recent: Examples, count: int) -> torch.Tensor:
     """Indices of the `count` remembered regimes (rows of `memory`) that forecast `recent` best,
     best first (equal losses: row order); one whose loss is not finite comes last."""
@@ -215,15 +230,11 @@ def adapt(init: Initializer, current: Params, train: Examples, valid: Examples, 
     m = pool.numel()
     starts = {k: torch.cat([v, memory[k].to(v.dtype)]) if m else v.clone() for k, v in init.params.items()}
     tuned = sgd_steps(starts, _repeat(train, 1 + m), steps, init.step_sizes, clip)[0] if steps > 0 else starts
-    kinds = ([FINETUNED] if steps > 0 else []) + [INIT] + [MEMORY] * m + [PREVIOUS]
+    kinds = candidate_kinds(steps, m)
     rows = {k: torch.cat(([tuned[k][:1]] if steps > 0 else []) + [init.params[k], tuned[k][1:], current[k]])
             for k in init.params}
     with torch.no_grad():
-        loss = example_loss(rows, _repeat(valid, len(kinds))).double()
-        finite = torch.isfinite(loss)
-        for v in rows.values():
-            finite &= torch.isfinite(v.reshape(len(kinds), -1)).all(dim=1)
-    loss = torch.where(finite, loss, torch.full_like(loss, float("inf")))
+        loss, finite = usable_losses(example_loss(rows, _repeat(valid, len(kinds))).double(), rows)
     best = int(torch.argmin(loss))          # the first of equal minima: CANDIDATES order
     if not bool(finite[best]):              # nothing finite: keep what the series has
         best = len(kinds) - 1
