@@ -11,6 +11,7 @@ import torch
 
 from adaptd.bench.meta import CHOSEN, MEMORY_ARM, MEMORY_OWN, MEMORY_SHARED, REFERENCE, SEASONS, bootstrap_ratio, first_steps, synthetic, held_out_tasks
 from adaptd.bench.meta_memory import Remembered, chosen_losses, newest_origins
+from adaptd.cli import main
 from adaptd.engine.learner import Examples, Initializer, adapt, example_loss
 from adaptd.engine.online import OnlineConfig
 from daemon_harness import run_cli, write_config
@@ -81,3 +82,10 @@ def test_bench_meta_runs_small_and_reports_every_arm(tmp_path):
         assert len(sizes) == 1 and sizes.pop() > 10                # identical tasks for every arm
         for arm in arms.values():
             assert np.isfinite(arm[seasons]["mean"]) and arm[seasons]["ratio_lo"] <= arm[seasons]["ratio_hi"]
+
+
+@pytest.mark.parametrize("flag, value", [("--regime-pool", "0"), ("--regime-lookup", "-1"), ("--regime-shared", "5000")])
+def test_bench_meta_refuses_regime_settings_the_daemon_would_refuse(flag: str, value: str,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "meta", flag, value]) == 2
+    assert f"{flag} {value}: expected" in capsys.readouterr().err

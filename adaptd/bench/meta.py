@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import Settings
+from ..config import CHECKS, Settings
 from ..engine.factory import online_config, pooled_examples
 from ..engine.features import normalisation_path
 from ..engine.learner import Examples, Initializer, pretrain
@@ -302,6 +302,11 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(settings: Settings, args: argparse.Namespace) -> int:
+    for key in ("regime_memory", "regime_shared", "regime_lookup", "regime_pool"):   # as [adapt] checks them
+        valid, meaning = CHECKS["adapt"][key]
+        if not valid(getattr(args, key)):
+            print(f"adaptd: --{key.replace('_', '-')} {getattr(args, key)}: expected {meaning}", file=sys.stderr)
+            return 2
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     config = online_config(settings, seed=args.seed)
