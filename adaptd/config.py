@@ -86,6 +86,7 @@ class ModelSettings:
     mixture_memory: float = 0.05
     torch_threads: int = 1
     learning_backlog: int = 1_000_000
+    shed_lag: float = 1.0
     max_gap_fill: int = 48
 
 
@@ -246,6 +247,7 @@ CHECKS: dict[str, dict[str, Check]] = {
         "mixture_memory": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
         "torch_threads": (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
         "learning_backlog": (lambda v: 1000 <= v <= 100_000_000, "an integer from 1000 to 100000000"),
+        "shed_lag": (lambda v: 0 <= v <= 86_400, "a number of seconds from 0 (never skip) to 86400"),
         "max_gap_fill": (lambda v: 0 <= v <= 10_000, "an integer from 0 (never fill) to 10000 (steps)"),
     },
     "drift": {

@@ -71,7 +71,8 @@ class Daemon:
         self.metrics.series.set(len(catalog))
         self._watch(engine, catalog)
         self.learner = LearningWorker(engine, self.store, self.metrics, s.model.learning_backlog,
-                                      headroom=s.server.max_pending_records + s.server.max_batch_records)
+                                      headroom=s.server.max_pending_records + s.server.max_batch_records,
+                                      shed_lag=s.model.shed_lag)
         self.learner.start()
         if pending:   # learnt in the background; the fallback answers those series meanwhile
             await asyncio.to_thread(self.learner.submit, pending)

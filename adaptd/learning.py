@@ -5,6 +5,11 @@ steps, drift detection — runs here, taking everything queued at once so that m
 records are learnt in one batched step. A bounded backlog keeps memory flat: when learning
 falls behind by more than `max_backlog` records, `submit` waits, which slows acks and, through
 the ingest queue, makes clients see `overloaded` instead of the daemon growing without limit.
+
+Before that, learning sheds load: a chunk whose oldest record has waited longer than `shed_lag`
+seconds is learnt without the recurrent models' gradient steps (most of a learning round's
+cost), so the models stay current, and forecasts keep coming from them, through a burst or a
+restart's catch-up instead of falling further behind.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ log = logging.getLogger(__name__)
 
 class LearningWorker:
     def __init__(self, engine: Engine, store: Store, metrics: Metrics, max_backlog: int = 1_000_000,
-                 max_chunk: int = 20_000, headroom: int = 0):
+                 max_chunk: int = 20_000, headroom: int = 0, shed_lag: float = 0.0):
         self.engine = engine
         self.store = store
         self.metrics = metrics
@@ -34,7 +39,9 @@ class LearningWorker:
         # still arrives, so `submit` blocks only past max_backlog + headroom (the ingest queue).
         self.headroom = headroom
         self.max_chunk = max_chunk
-        self._queue: deque[Sequence[Observation]] = deque()
+        self.shed_lag = shed_lag            # 0: never shed
+        self.shedding = False
+        self._queue: deque[tuple[float, Sequence[Observation]]] = deque()   # (submitted at, rows)
         self._backlog = 0
         self._cond = threading.Condition()
         self._stopping = False
@@ -60,7 +67,7 @@ class LearningWorker:
         with self._cond:
             while self._backlog >= self.max_backlog + self.headroom and not self._stopping and self.alive:
                 self._cond.wait(0.5)
-            self._queue.append(rows)
+            self._queue.append((time.monotonic(), rows))
             self._backlog += len(rows)
             self.metrics.learning_backlog.set(self._backlog)
             self._cond.notify_all()
@@ -79,17 +86,19 @@ class LearningWorker:
             log.info("stopping with %d records not yet learnt; they will be learnt after restart", dropped)
         self._thread.join(timeout)
 
-    def _take(self) -> list[Observation] | None:
+    def _take(self) -> tuple[list[Observation], float] | None:
+        """The next chunk and how long its oldest record has waited (seconds)."""
         with self._cond:
             while not self._queue and not self._stopping:
                 self._cond.wait(1.0)
                 self.last_beat = time.monotonic()
             if self._stopping:
                 return None
+            waited = time.monotonic() - self._queue[0][0]
             chunk: list[Observation] = []
             while self._queue and len(chunk) < self.max_chunk:
-                chunk.extend(self._queue.popleft())
-            return chunk  # still counted in the backlog until learnt
+                chunk.extend(self._queue.popleft()[1])
+            return chunk, waited  # still counted in the backlog until learnt
 
     def _done(self, n: int) -> None:
         with self._cond:
@@ -99,18 +108,33 @@ class LearningWorker:
 
     def _run(self) -> None:
         while True:
-            chunk = self._take()
-            if chunk is None:
+            taken = self._take()
+            if taken is None:
                 return
+            chunk, waited = taken
             self.last_beat = time.monotonic()
+            shed = self._should_shed(waited)
             started = time.perf_counter()
             try:
-                self.engine.learn(chunk)
+                self.engine.learn(chunk, shed=shed)
+                if shed:
+                    self.metrics.learning_shed.inc(len(chunk))
             except Exception:
                 log.exception("models failed to learn %d records; they stay stored", len(chunk))
             self.metrics.learn_seconds.observe(time.perf_counter() - started)
             self._record_drift()    # before `_done`: an empty backlog means learnt and recorded
             self._done(len(chunk))
+
+    def _should_shed(self, waited: float) -> bool:
+        shed = 0 < self.shed_lag < waited
+        if shed != self.shedding:
+            self.shedding = shed
+            if shed:
+                log.warning("learning is %.1fs behind the acks: skipping the recurrent models' gradient steps "
+                            "until it catches up ([model] shed_lag = %gs)", waited, self.shed_lag)
+            else:
+                log.info("learning caught up (%.2fs behind): recurrent models learn every record again", waited)
+        return shed
 
     def _record_drift(self) -> None:
         """Store the chunk's drift events in SQL (the engine counted each in the metrics as it fired)."""

@@ -104,6 +104,9 @@ class Metrics(Telemetry):
             "adaptd_meta_training_last_duration_seconds", "How long the newest meta-training run took", registry=r)
         self.learning_backlog = Gauge(
             "adaptd_learning_backlog_records", "Committed records the models have not learnt yet", registry=r)
+        self.learning_shed = Counter(
+            "adaptd_learning_shed_records", "Records learnt without the recurrent models' gradient steps because "
+            "learning was more than [model] shed_lag behind the acks", registry=r)
         self.learn_seconds = Histogram(
             "adaptd_learn_duration_seconds", "Time the models took to learn one chunk of records",
             buckets=LATENCY_BUCKETS, registry=r)

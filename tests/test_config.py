@@ -215,6 +215,8 @@ BAD_VALUES = [
     ("model", "torch_threads", "0"),
     ("model", "torch_threads", "65"),
     ("model", "learning_backlog", "999"),
+    ("model", "shed_lag", "-1"),
+    ("model", "shed_lag", "nan"),
     ("model", "max_gap_fill", "-1"),
     ("drift", "detector", '"ddm"'),
     ("drift", "cooldown", "-1"),

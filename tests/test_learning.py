@@ -68,9 +68,9 @@ class GatedEngine(OnlineEngine):
         super().__init__(SMALL, Initializer.random(SMALL.shape, 0, 0.05))
         self.gate = threading.Event()
 
-    def learn(self, batch):  # type: ignore[no-untyped-def]
+    def learn(self, batch, shed=False):  # type: ignore[no-untyped-def]
         assert self.gate.wait(30)
-        super().learn(batch)
+        super().learn(batch, shed)
 
 
 def test_a_full_backlog_makes_submit_wait_instead_of_growing(tmp_path: Path) -> None:
@@ -92,6 +92,61 @@ def test_a_full_backlog_makes_submit_wait_instead_of_growing(tmp_path: Path) -> 
     wait_until(lambda: worker.backlog == 0)
     worker.stop(10)
     store.close()
+
+
+def test_learning_that_fell_behind_sheds_the_recurrent_steps_until_it_catches_up(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path}/shed.db")
+    engine = GatedEngine()
+    metrics = Metrics()
+    worker = LearningWorker(engine, store, metrics, max_backlog=10_000, shed_lag=0.2)
+    worker.start()
+    try:
+        rows = shifted(400, 10**6)                 # no change: no adaptation touches the weights
+        engine.record(rows[:300])
+        worker.submit(rows[:20])                   # taken at once, then held at the gate...
+        wait_until(lambda: not worker._queue)
+        worker.submit(rows[20:300])                # ...while this chunk waits past shed_lag
+        time.sleep(0.4)
+        engine.gate.set()
+        wait_until(lambda: worker.backlog == 0)
+        before = {k: v.clone() for k, v in engine.gru.params.items()}
+        assert worker.shedding
+        assert metrics.value("adaptd_learning_shed_records_total") == 280
+        assert engine.counters["gru_steps_shed"] > 200
+        assert engine.caught_up("s") and engine.forecast("s", 2).model["kind"] == "online"   # current
+        engine.record(rows[300:])
+        worker.submit(rows[300:])                  # learnt at once: no shedding, the GRU learns again
+        wait_until(lambda: worker.backlog == 0)
+        assert not worker.shedding
+        assert metrics.value("adaptd_learning_shed_records_total") == 280
+        assert not all(torch.equal(before[k], v) for k, v in engine.gru.params.items())
+    finally:
+        engine.gate.set()
+        worker.stop(10)
+        store.close()
+
+
+def test_shedding_off_learns_every_step_however_late(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path}/noshed.db")
+    engine = GatedEngine()
+    metrics = Metrics()
+    worker = LearningWorker(engine, store, metrics, max_backlog=10_000, shed_lag=0.0)
+    worker.start()
+    try:
+        rows = shifted(300, 10**6)
+        engine.record(rows)
+        worker.submit(rows[:20])
+        wait_until(lambda: not worker._queue)
+        worker.submit(rows[20:])                   # waits well past any lag at the gate
+        time.sleep(0.3)
+        engine.gate.set()
+        wait_until(lambda: worker.backlog == 0)
+        assert not worker.shedding and metrics.value("adaptd_learning_shed_records_total") == 0
+        assert engine.counters["gru_steps_shed"] == 0
+    finally:
+        engine.gate.set()
+        worker.stop(10)
+        store.close()
 
 
 class StallingEngine(OnlineEngine):
@@ -154,3 +209,21 @@ def test_learning_in_a_background_thread_is_as_fast_as_in_the_main_thread() -> N
         thread.start()
         thread.join()
     assert min(timings) < 3 * main, (timings, main)
+
+
+def test_a_shed_batch_skips_the_recurrent_steps_and_nothing_else() -> None:
+    rows = shifted(300, 10**6)
+    shed, full = (OnlineEngine(SMALL, Initializer.random(SMALL.shape, 0, 0.05)) for _ in range(2))
+    for engine in (shed, full):
+        engine.observe(rows[:150])
+    warm = {k: v.clone() for k, v in shed.gru.params.items()}
+    shed.record(rows[150:])
+    shed.learn(rows[150:], shed=True)
+    full.observe(rows[150:])
+    assert all(torch.equal(warm[k], v) for k, v in shed.gru.params.items())
+    assert not all(torch.equal(warm[k], v) for k, v in full.gru.params.items())
+    assert shed.counters["gru_steps_shed"] == 150 and full.counters["gru_steps_shed"] == 0
+    np.testing.assert_array_equal(shed.rls.B, full.rls.B)      # the linear learner learnt the same
+    assert shed.forecast("s", 4).origin == full.forecast("s", 4).origin == rows[-1].ts
+    shed.observe(shifted(301, 10**6)[300:])                    # and the next batch learns again
+    assert not all(torch.equal(warm[k], v) for k, v in shed.gru.params.items())

@@ -55,8 +55,9 @@ class Engine(ABC):
     @abstractmethod
     def record(self, batch: Sequence[Observation]) -> None: ...
 
-    def learn(self, batch: Sequence[Observation]) -> None:
-        """Update the models with records already passed to `record`."""
+    def learn(self, batch: Sequence[Observation], shed: bool = False) -> None:
+        """Update the models with records already passed to `record`; `shed`: catch up by
+        skipping the costliest learning (the daemon is behind), never anything forecasts need."""
 
     def observe(self, batch: Sequence[Observation]) -> None:
         """Record and learn at once (replay, tests)."""

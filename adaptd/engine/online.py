@@ -178,11 +178,13 @@ class OnlineEngine(Engine):
                                          initargs=(c.torch_threads,)) if c.adapt_workers > 0 else None)
         self._running: dict[int, Future[Adaptation]] = {}
         self._halt = threading.Event()
+        self._shed = False   # this batch skips the GRU's online steps (learn(shed=True))
         self.drift_events: list[DriftEvent] = []   # drained by the daemon into SQL
         # adapted = adapted_finetuned + adapted_init + adapted_memory: which candidate won.
         self.counters = {"drifts": 0, "adapted": 0, "kept": 0, "failed": 0, "adapted_finetuned": 0,
                          "adapted_init": 0, "adapted_memory": 0, "late_skipped": 0,
-                         "gap_steps_filled": 0, "gaps_unfilled": 0, "nonfinite": 0, "adapt_seconds": 0.0}
+                         "gap_steps_filled": 0, "gaps_unfilled": 0, "nonfinite": 0, "gru_steps_shed": 0,
+                         "adapt_seconds": 0.0}
         self.regimes = RegimeMemory(c.regime_memory, c.regime_shared, c.regime_lookup, c.regime_pool)
         self._allocate(0)
 
@@ -224,10 +226,14 @@ class OnlineEngine(Engine):
     def record(self, batch: Sequence[Observation]) -> None:
         self.naive.record(batch)
 
-    def learn(self, batch: Sequence[Observation]) -> None:
+    def learn(self, batch: Sequence[Observation], shed: bool = False) -> None:
         use_torch_threads(self.config.torch_threads)
         with self._state_lock:
-            self._observe_models(batch)
+            self._shed = shed
+            try:
+                self._observe_models(batch)
+            finally:
+                self._shed = False
 
     def caught_up(self, series: str) -> bool:
         slot = self.slots.get(series)
@@ -423,7 +429,10 @@ class OnlineEngine(Engine):
                 rls.B[slots] += cross
         due = ok[:, 0] & (self.count[slots] % c.train_every == 0)
         if c.learning_rate > 0 and due.any():
-            self._gru_step(slots[due])
+            if self._shed:
+                self.counters["gru_steps_shed"] += int(due.sum())
+            else:
+                self._gru_step(slots[due])
 
     def _rls_ratio(self, slots: np.ndarray, back: np.ndarray) -> np.ndarray:
         """(n, D) fast scale / long-run scale at origins `back` ago.
