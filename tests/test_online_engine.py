@@ -16,7 +16,7 @@ from adaptd.engine.telemetry import Telemetry
 from adaptd.records import Observation
 from adaptd.store import Checkpoint
 
-from state_payloads import newer_format
+from state_payloads import newer_format, with_rls_recent
 
 torch.set_num_threads(1)   # as the daemon runs it: tiny tensors, threads only add overhead
 HOUR = 3600.0
@@ -310,6 +310,46 @@ def test_a_checkpoint_from_before_gap_tracking_still_restores_exactly():
     restored = make_engine()
     assert restored.restore({"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}, old) == []
     assert restored.forecast("s", 4) == engine.forecast("s", 4)
+
+
+@pytest.mark.parametrize("duplicate", [True, False], ids=["duplicate", "reset at drifts"])
+def test_a_checkpoint_with_the_removed_rls_recent_expert_restores_without_it(duplicate, caplog):
+    engine = make_engine()
+    y = level_shift(400, 250)   # a drift, so the mixture's record is not uniform
+    feed(engine, y)
+    assert engine.counters["drifts"] >= 1
+    old = [dataclasses.replace(cp, payload=with_rls_recent(cp.payload, duplicate)) for cp in engine.checkpoint()]
+    history = {"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}
+    restored = make_engine()
+    assert restored.restore(history, old) == []
+    assert "ignoring its checkpoint" not in caplog.text
+    # Exactly the engine the four-expert checkpoint was made from, minus rls_recent: same
+    # forecast now, and the same after learning one more record.
+    assert restored.forecast("s", 4) == engine.forecast("s", 4)
+    nxt = [Observation("s", 400 * HOUR, float(y[-1]))]
+    engine.observe(nxt)
+    restored.observe(nxt)
+    assert restored.forecast("s", 4) == engine.forecast("s", 4)
+    assert np.isfinite([p.value for p in restored.forecast("s", 4).points]).all()
+
+
+@pytest.mark.parametrize("broken", ["rls_recent, three experts", "no rls_recent, four experts' record"])
+def test_a_checkpoint_with_the_wrong_number_of_experts_is_refused(broken, caplog):
+    y = seasonal(100)
+    donor = make_engine()
+    feed(donor, y)
+    arrays, header = decode(donor.checkpoint()[0].payload, donor.fingerprint())
+    if broken == "rls_recent, three experts":
+        arrays.update(rls_recent_P=arrays["rls_P"], rls_recent_B=arrays["rls_B"])
+    else:
+        arrays["mixture_loss"] = np.insert(arrays["mixture_loss"], 1, arrays["mixture_loss"][0], axis=0)
+    history = {"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}
+    engine = make_engine()
+    engine.learn(engine.restore(history, [Checkpoint("s", "online", 1, encode(arrays, header))]))
+    assert "ignoring its checkpoint" in caplog.text and "mixture_loss" in caplog.text
+    reference = make_engine()
+    reference.learn(reference.restore(history))
+    assert engine.forecast("s", 4) == reference.forecast("s", 4)
 
 
 def test_many_series_in_one_batch_move_in_lockstep():

@@ -44,11 +44,11 @@ class Mixture:
     def lean(self, slots: np.ndarray, expert: int, share: float) -> None:
         """A fresh record in which `expert` holds `share` of the weight and the others split the rest.
 
-        >>> mixture = Mixture(4, eta=4.0)
+        >>> mixture = Mixture(3, eta=4.0)
         >>> mixture.resize(1, 2)
-        >>> mixture.lean(np.array([0]), 2, 0.5)
+        >>> mixture.lean(np.array([0]), 1, 0.5)
         >>> mixture.weights(np.array([0]), np.eye(2))[0, :, 0].round(3).tolist()
-        [0.167, 0.167, 0.5, 0.167]
+        [0.25, 0.5, 0.25]
         """
         self.loss[slots] = 1.0
         if self.eta > 0:   # softmax of -eta * loss / min loss: solve for the expert's loss

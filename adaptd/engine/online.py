@@ -63,14 +63,19 @@ GAP_MEMORY = 16          # recent time gaps kept per series; their median is its
 TRANSIENT: dict[str, float] = {"issued_width": np.nan, "now_fc": np.nan, "recent_error": np.nan,
                                "fc_count": np.nan}   # observations behind the cached forecast
 ERROR_RATE = 0.05   # the rolling per-series error forgets with this weight per observation
-# Two linear learners: one with long memory, one restarted at every drift on the newest window.
-# After a real change the recent one wins; after a false alarm the long one keeps its weight.
-EXPERTS = ("rls", "rls_recent", "gru", "last")
-RLS, RLS_RECENT, GRU, LAST = 0, 1, 2, 3
+# One linear learner (long memory, never reset: see the restart policy in `_apply`), the
+# recurrent model and the last value.
+EXPERTS = ("rls", "gru", "last")
+RLS, GRU, LAST = 0, 1, 2
 COMBINED = len(EXPERTS)
+# Checkpoints written before a second linear learner, "rls_recent", was removed hold it as expert
+# 1 of four. Once the restart policy stopped resetting it, it duplicated "rls" exactly, so such a
+# checkpoint loads with it dropped (see `_without_retired_expert`).
+RETIRED_EXPERT, RETIRED_INDEX = "rls_recent", 1
 # With cold start, a new series' mixture gives the recurrent model (θ*) this share at first and
-# splits the rest among the others (at that age: the last value). Measured on held-out series
-# (issue #4): a half share beats both θ* alone and the uniform quarter over the first 48 steps.
+# splits the rest among the others (at that age: the last value; RLS has learnt nothing yet and
+# forecasts no change). Measured on held-out series (issue #4), with four experts then: a half
+# share beats both θ* alone and the uniform quarter over the first 48 steps.
 COLD_START_GRU_SHARE = 0.5
 FLOAT_MAX = float(np.finfo(np.float64).max)
 
@@ -151,6 +156,24 @@ def _newest(train: Examples, origins: int) -> Examples:
     return Examples(train.window[:, keep], train.level[:, keep], train.target[:, keep], train.mask[:, keep])
 
 
+def _without_retired_expert(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A checkpoint written with the retired expert in today's layout: its `rls_recent_*` arrays
+    dropped, and its row (RETIRED_INDEX) of `mixture_loss` (four experts) and of the expert axis
+    of `preds` (four experts, then the combined forecast). Other checkpoints are returned as they are."""
+    retired = [key for key in arrays if key in (f"{RETIRED_EXPERT}_P", f"{RETIRED_EXPERT}_B")]
+    if not retired:
+        return arrays
+    old = len(EXPERTS) + 1
+    loss, preds = arrays["mixture_loss"], arrays["preds"]
+    if loss.ndim != 2 or loss.shape[0] != old or preds.ndim != 3 or preds.shape[1] != old + 1:
+        raise SnapshotError(f"a checkpoint with {RETIRED_EXPERT!r} needs {old} experts; it has mixture_loss "
+                            f"of shape {loss.shape} and preds of shape {preds.shape}")
+    converted = {key: value for key, value in arrays.items() if key not in retired}
+    converted["mixture_loss"] = np.delete(loss, RETIRED_INDEX, axis=0)
+    converted["preds"] = np.delete(preds, RETIRED_INDEX, axis=1)
+    return converted
+
+
 class OnlineEngine(Engine):
     kind = "online"
 
@@ -165,7 +188,6 @@ class OnlineEngine(Engine):
         self.span = c.window + max(c.horizon, c.adapt_window) + 2   # history kept per series
         self.origins = max(c.horizon, c.adapt_window) + 1              # origins whose scale we keep
         self.rls = BatchedRLS(rls_feature_count(c.rls_lags), c.horizon, c.rls_forgetting)
-        self.rls_recent = BatchedRLS(rls_feature_count(c.rls_lags), c.horizon, c.rls_forgetting)
         self.gru = StackedGRU(c.shape)
         self.mixture = Mixture(len(EXPERTS), c.mixture_eta, c.mixture_memory)
         self.conformal = QuantileTracker(c.coverage, c.interval_rate)
@@ -204,7 +226,6 @@ class OnlineEngine(Engine):
                 grown[: old.shape[0]] = old
             setattr(self, name, grown)
         self.rls.resize(capacity)
-        self.rls_recent.resize(capacity)
         self.gru.resize(capacity, self.init)
         self.mixture.resize(capacity, L)
         self.conformal.resize(capacity, L)
@@ -423,10 +444,9 @@ class OnlineEngine(Engine):
         if ok.any():
             # B[:, :, d-1] += x(origin d) * target(origin d, lead d), all leads at once.
             cross = np.einsum("ndp,nd->npd", np.nan_to_num(x), np.where(ok, target * ratio, 0.0))
-            for rls in (self.rls, self.rls_recent):
-                if first.any():
-                    rls.learn_inputs(slots[first], x[first, 0])
-                rls.B[slots] += cross
+            if first.any():
+                self.rls.learn_inputs(slots[first], x[first, 0])
+            self.rls.B[slots] += cross
         due = ok[:, 0] & (self.count[slots] % c.train_every == 0)
         if c.learning_rate > 0 and due.any():
             if self._shed:
@@ -548,7 +568,7 @@ class OnlineEngine(Engine):
             return
         # Only a replaced GRU changes the forecaster: its new weights, and a record a little ahead
         # of the other experts' (its old record was earned by the weights it just beat). The RLS
-        # learners are left as they are: refitting the recent one on the adaptation window, and
+        # learner is left as it is: refitting a recent one on the adaptation window, and
         # leaning to the GRU when it kept its weights, raised the error after detected changes
         # on ETTh2 and WTH and did not lower it after a level shift (BENCHMARKS.md, "restart policy").
         slots = np.array([slot])
@@ -589,7 +609,6 @@ class OnlineEngine(Engine):
             for name, slot in self.slots.items():
                 arrays = {key: getattr(self, key)[slot] for key in PER_SLOT}
                 arrays.update(self.rls.state(slot))
-                arrays.update(self.rls_recent.state(slot, "rls_recent"))
                 arrays.update({f"gru_{k}": v[slot].numpy() for k, v in self.gru.params.items()})
                 arrays["mixture_loss"] = self.mixture.loss[slot]
                 arrays["conformal_q"] = self.conformal.q[slot]
@@ -631,12 +650,16 @@ class OnlineEngine(Engine):
         return pending
 
     def _load_slot(self, slot: int, arrays: dict[str, np.ndarray]) -> None:
+        arrays = _without_retired_expert(arrays)
         for key in ADDED_LATER - arrays.keys():
             arrays[key] = np.full(getattr(self, key)[slot].shape, FRESH[key])
         for key in PER_SLOT:
             target = getattr(self, key)
             if arrays[key].shape != target[slot].shape or not np.isfinite(arrays["hist"][-1]):
                 raise SnapshotError(f"{key} has shape {arrays[key].shape}, expected {target[slot].shape}")
+        if arrays["mixture_loss"].shape != self.mixture.loss[slot].shape:
+            raise SnapshotError(f"mixture_loss has shape {arrays['mixture_loss'].shape}, "
+                                f"expected {self.mixture.loss[slot].shape}")
         params = {k: torch.from_numpy(arrays[f"gru_{k}"]) for k in self.gru.params}
         if not all(bool(torch.isfinite(v).all()) for v in params.values()):
             raise SnapshotError("recurrent weights are not finite")
@@ -644,7 +667,6 @@ class OnlineEngine(Engine):
             getattr(self, key)[slot] = arrays[key]
         self.fc_count[slot] = arrays["count"]   # a checkpoint holds the forecast of its newest step
         self.rls.load_state(slot, arrays)
-        self.rls_recent.load_state(slot, arrays, "rls_recent")
         self.gru.load(np.array([slot]), {k: v[None] for k, v in params.items()})
         self.mixture.loss[slot] = arrays["mixture_loss"]
         self.conformal.q[slot] = arrays["conformal_q"]
@@ -663,7 +685,6 @@ class OnlineEngine(Engine):
         for key, fresh in (FRESH | TRANSIENT).items():
             getattr(self, key)[slot] = fresh
         self.rls.reset(np.array([slot]))
-        self.rls_recent.reset(np.array([slot]))
         self.gru.load(np.array([slot]), self.init.params)
         self.regimes.forget(slot)
         self.mixture.loss[slot] = 1.0
@@ -692,7 +713,6 @@ class OnlineEngine(Engine):
         x = rls_features(window * ratio[:, None], level * ratio, c.rls_lags)
         experts = np.stack([
             self.rls.predict(slots, x) / ratio[:, None],
-            self.rls_recent.predict(slots, x) / ratio[:, None],
             self.gru.predict(slots, window, level),
             np.zeros((slots.size, c.horizon)),
         ], axis=1)                                                        # (n, K, H)
