@@ -10,7 +10,7 @@ from typing import Any, Awaitable, Callable
 from . import __version__
 from .catalog import SeriesCatalog
 from .config import Settings
-from .engine import Engine, NotReady, UnknownSeries
+from .engine import Engine, Forecast, NotReady, UnknownSeries
 from .ingest import IngestWriter
 from .learning import LearningWorker
 from .metrics import OPS, Metrics
@@ -131,9 +131,8 @@ class Service:
         top = self.settings.model.max_horizon
         if isinstance(horizon, bool) or not isinstance(horizon, int) or not 1 <= horizon <= top:
             raise RequestError(BAD_REQUEST, f"horizon must be an integer from 1 to {top}, got {horizon!r}")
-        await self._wait_for_models(series)
         try:
-            fc = self.engine.forecast(series, horizon)
+            fc = await self._models_forecast(series, horizon)
         except UnknownSeries:
             raise RequestError(UNKNOWN_SERIES, f"no observations of series {series!r}") from None
         except NotReady as exc:
@@ -144,12 +143,16 @@ class Service:
             "model": fc.model,
         }
 
-    async def _wait_for_models(self, series: str) -> None:
-        """Give the learning thread a moment to learn this series' newest records, so the answer
-        comes from its models; past `forecast_wait` the naive fallback answers (still current)."""
+    async def _models_forecast(self, series: str, horizon: int) -> Forecast:
+        """The models' forecast from the series' newest record; when they cannot give one yet
+        (learning is changing the series right now, or is far behind), wait up to
+        `forecast_wait` for them, then the naive fallback answers (still current)."""
         deadline = time.monotonic() + self.settings.server.forecast_wait
-        while not self.engine.caught_up(series) and time.monotonic() < deadline:
+        while (fc := self.engine.forecast_current(series, horizon)) is None:
+            if time.monotonic() >= deadline:
+                return self.engine.forecast(series, horizon)
             await asyncio.sleep(0.002)
+        return fc
 
     async def series(self, _request: dict[str, Any]) -> dict[str, Any]:
         listing = [{"series": name, "observations": info.observations, "first_ts": info.first_ts,

@@ -227,3 +227,31 @@ def test_a_shed_batch_skips_the_recurrent_steps_and_nothing_else() -> None:
     assert shed.forecast("s", 4).origin == full.forecast("s", 4).origin == rows[-1].ts
     shed.observe(shifted(301, 10**6)[300:])                    # and the next batch learns again
     assert not all(torch.equal(warm[k], v) for k, v in shed.gru.params.items())
+
+
+def test_forecasts_asked_while_the_learning_thread_works_reflect_every_recorded_record(tmp_path: Path) -> None:
+    """Provisional forecasts are read while learning changes the same arrays (and grows them as
+    series arrive): every answer is finite, starts at the newest recorded record, and none fails."""
+    store = Store.open(f"sqlite:///{tmp_path}/race.db")
+    engine = OnlineEngine(SMALL, Initializer.random(SMALL.shape, 0, 0.05))
+    worker = LearningWorker(engine, store, Metrics(), max_backlog=100_000)
+    worker.start()
+    rng = np.random.default_rng(0)
+    names = [f"s{k}" for k in range(400)]      # several learning steps per round (ROUND_SERIES)
+    answered = {"provisional": 0, "learnt": 0, "fallback": 0}
+    try:
+        for t in range(60):
+            rows = [Observation(name, t * HOUR, float(5 + k % 3 + rng.normal())) for k, name in enumerate(names)]
+            engine.record(rows)
+            worker.submit(rows)
+            for name in rng.choice(names, 20 if t >= 2 else 0):   # two records give a step
+                fc = engine.forecast(str(name), SMALL.horizon)
+                assert fc.origin == t * HOUR and all(np.isfinite([p.value, p.lo, p.hi]).all() for p in fc.points)
+                kind = ("fallback" if fc.model["kind"] != "online" else
+                        "provisional" if "unlearnt" in fc.model else "learnt")
+                answered[kind] += 1
+        wait_until(lambda: worker.backlog == 0)
+    finally:
+        worker.stop(10)
+        store.close()
+    assert answered["provisional"] > 100, answered   # the models answered without waiting for learning

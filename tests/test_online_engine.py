@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from adaptd.engine.base import UnknownSeries
 from adaptd.engine.learner import Initializer
 from adaptd.engine.online import OnlineConfig, OnlineEngine
 from adaptd.engine.snapshot import decode, encode
@@ -384,3 +385,66 @@ def test_the_daemon_starts_from_the_newest_stored_initializer_that_fits(tmp_path
             assert torch.equal(chosen.params[name], tensor)
     finally:
         store.close()
+
+
+def _learnt_then_recorded(values: np.ndarray, learnt: int, config: OnlineConfig = SMALL) -> OnlineEngine:
+    """An engine that learnt values[:learnt] and has only recorded the rest (the learning
+    thread has not reached them yet)."""
+    engine = make_engine(config)
+    rows = [Observation("s", t * HOUR, float(v)) for t, v in enumerate(values)]
+    engine.observe(rows[:learnt])
+    engine.record(rows[learnt:])
+    return engine
+
+
+def _advanced_without_learning(values: np.ndarray, learnt: int, config: OnlineConfig = SMALL) -> np.ndarray:
+    """What the engine forecasts after appending the unlearnt records without learning from
+    them: the reference for a provisional forecast."""
+    engine = make_engine(config)
+    engine.observe([Observation("s", t * HOUR, float(v)) for t, v in enumerate(values[:learnt])])
+    slot = np.array([engine.slots["s"]])
+    for t in range(learnt, len(values)):
+        ts, y = np.array([t * HOUR]), np.array([float(values[t])])
+        engine._align(slot, ts, y)
+        engine._append(slot, ts, y)
+    engine._forecast(slot)
+    return engine.fc_value[slot[0]].copy()
+
+
+@pytest.mark.parametrize("unlearnt, jump", [(1, 0.0), (3, 0.0), (1, 20.0)])
+def test_a_recorded_record_is_forecast_from_at_once_without_waiting_for_learning(unlearnt: int, jump: float):
+    y = seasonal(120, seed=4)
+    y[-1] += jump                  # a jump moves the scales the models read the window in
+    learnt = len(y) - unlearnt
+    engine = _learnt_then_recorded(y, learnt)
+    assert not engine.caught_up("s")
+    fc = engine.forecast_current("s", SMALL.horizon)
+    assert fc is not None and fc.origin == (len(y) - 1) * HOUR          # reflects every record...
+    assert fc.model["kind"] == "online" and fc.model["unlearnt"] == unlearnt
+    expected = _advanced_without_learning(y, learnt)
+    np.testing.assert_allclose([p.value for p in fc.points], expected, rtol=1e-5)   # ...as the models read it
+    assert all(p.lo < p.value < p.hi for p in fc.points)
+    engine.learn([Observation("s", t * HOUR, float(y[t])) for t in range(learnt, len(y))])
+    after = engine.forecast("s", SMALL.horizon)   # once learnt: the learning thread's own forecast
+    assert "unlearnt" not in after.model and after.origin == fc.origin
+
+
+def test_no_provisional_forecast_while_the_series_is_being_learnt_or_off_its_grid():
+    y = seasonal(120, seed=5)
+    engine = _learnt_then_recorded(y, 119)
+    slot = engine.slots["s"]
+    engine.stamp[slot] += 1                      # the learning thread is changing this slot
+    assert engine.forecast_current("s", 4) is None
+    assert engine.forecast("s", 4).model["kind"] != "online"   # the fallback answers meanwhile
+    engine.stamp[slot] += 1
+    assert engine.forecast_current("s", 4) is not None
+    late = _learnt_then_recorded(y, 110)
+    late.record([Observation("s", 130 * HOUR, 10.0)])   # a gap the learning thread will fill first
+    assert late.forecast_current("s", 4) is None
+
+
+def test_a_series_nobody_sent_is_unknown_at_once():
+    engine = make_engine()
+    engine.observe([Observation("s", t * HOUR, float(v)) for t, v in enumerate(seasonal(40))])
+    with pytest.raises(UnknownSeries):
+        engine.forecast_current("nobody", 4)

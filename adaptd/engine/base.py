@@ -67,6 +67,12 @@ class Engine(ABC):
     def caught_up(self, series: str) -> bool:
         return True
 
+    def forecast_current(self, series: str, horizon: int) -> Forecast | None:
+        """The forecast to answer now, reflecting every recorded record; None while only
+        waiting for learning would give one from the models (then `forecast` answers from the
+        fallback). Raises like `forecast`."""
+        return self.forecast(series, horizon) if self.caught_up(series) else None
+
     def halt_learning(self) -> None:
         """Make a `learn` in progress return soon (shutdown): what it leaves unlearnt is in the
         store and is learnt after the next start, from the series' checkpoint on."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .gru import GRUShape, Params, forward, forward_many, init_params
+from .gru import GRUShape, Params, forward, forward_many, forward_one, init_params
 from .telemetry import CANDIDATES
 
 FINETUNED, INIT, MEMORY, PREVIOUS = CANDIDATES
@@ -157,6 +157,11 @@ class StackedGRU:
         out = forward(self.rows(slots), torch.from_numpy(window.astype(np.float32)),
                       torch.from_numpy(level.astype(np.float32)))
         return out.double().numpy()
+
+    def predict_one(self, slot: int, window: np.ndarray, level: float) -> np.ndarray:
+        """`predict` of one series, computed in numpy (see gru.forward_one)."""
+        with np.errstate(over="ignore"):   # exp of a saturated gate: the sigmoid is still exact
+            return forward_one({k: v[slot].numpy() for k, v in self.params.items()}, window, level).astype(np.float64)
 
     def learn(self, slots: np.ndarray, ex: Examples, step_sizes: dict[str, float], clip: float) -> None:
         updated, _ = sgd_steps(self.rows(slots), ex, 1, step_sizes, clip)

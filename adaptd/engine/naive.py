@@ -6,6 +6,7 @@ errors at each lead (the rule has no parameters, so its past errors are honest o
 
 from __future__ import annotations
 
+import bisect
 import threading
 from typing import Any, Sequence
 
@@ -138,6 +139,18 @@ class NaiveEngine(Engine):
     def last_ts(self, series: str) -> float | None:
         hist = self._series.get(series)
         return hist.ts[-1] if hist is not None and hist.ts else None
+
+    def since(self, series: str, after: float, limit: int) -> list[tuple[float, float]] | None:
+        """The series' (ts, value) records newer than `after`, oldest first; None when there are
+        more than `limit` (or `after` is older than everything kept)."""
+        with self._lock:
+            hist = self._series.get(series)
+            if hist is None:
+                return None
+            start = bisect.bisect_right(hist.ts, after)
+            if len(hist.ts) - start > limit or start == 0:
+                return None
+            return list(zip(hist.ts[start:], hist.values[start:]))
 
     def step(self, series: str) -> float | None:
         """The series' sampling interval, inferred from its newest timestamps."""

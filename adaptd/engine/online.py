@@ -30,7 +30,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..records import Observation
 from ..store import Checkpoint
-from .base import Engine, Forecast, ForecastPoint
+from .base import Engine, Forecast, ForecastPoint, UnknownSeries
 from .conformal import QuantileTracker
 from .drift import DriftMonitor
 from .features import (MIN_SCALE, VALUE_CLIP, rls_feature_count, rls_features, safe_scale, update_stats, update_typical,
@@ -78,6 +78,11 @@ RETIRED_EXPERT, RETIRED_INDEX = "rls_recent", 1
 # share beats both θ* alone and the uniform quarter over the first 48 steps.
 COLD_START_GRU_SHARE = 0.5
 FLOAT_MAX = float(np.finfo(np.float64).max)
+# Series stepped together in one batched learning step. Each step holds its series' state in
+# flux (`stamp`) for its whole duration, so smaller steps let provisional forecasts through sooner;
+# and they are faster: at 3,000 series, steps of 128 learnt 3,000 records/s (10,000 when shedding)
+# against 1,600 (7,000) in one step of all 3,000 (smaller temporaries stay in cache).
+ROUND_SERIES = 128
 
 
 @dataclass(frozen=True)
@@ -225,6 +230,12 @@ class OnlineEngine(Engine):
             if old is not None:
                 grown[: old.shape[0]] = old
             setattr(self, name, grown)
+        stamp = np.zeros(capacity, dtype=np.int64)
+        old_stamp = getattr(self, "stamp", stamp[:0])
+        stamp[: old_stamp.size] = old_stamp
+        # Per slot, a sequence lock for `_provisional`: odd while a learning step or an adaptation
+        # is changing the slot; a reader that saw it odd, or changed, discards what it read.
+        self.stamp = stamp
         self.rls.resize(capacity)
         self.gru.resize(capacity, self.init)
         self.mixture.resize(capacity, L)
@@ -275,13 +286,15 @@ class OnlineEngine(Engine):
             if k == len(rounds):
                 rounds.append([])
             rounds[k].append(obs)
-        for records in rounds:
-            if self._halt.is_set():   # each series stops at a record boundary: its state stays exact
-                return
-            slots = np.fromiter((self._slot(r.series) for r in records), dtype=np.int64, count=len(records))
-            ts = np.fromiter((r.ts for r in records), dtype=np.float64, count=len(records))
-            y = np.fromiter((r.value for r in records), dtype=np.float64, count=len(records))
-            self._step(slots, ts, y)
+        for whole in rounds:
+            for start in range(0, len(whole), ROUND_SERIES):
+                if self._halt.is_set():   # each series stops at a record boundary: its state stays exact
+                    return
+                records = whole[start:start + ROUND_SERIES]
+                slots = np.fromiter((self._slot(r.series) for r in records), dtype=np.int64, count=len(records))
+                ts = np.fromiter((r.ts for r in records), dtype=np.float64, count=len(records))
+                y = np.fromiter((r.value for r in records), dtype=np.float64, count=len(records))
+                self._step(slots, ts, y)
 
     def _step(self, slots: np.ndarray, ts: np.ndarray, y: np.ndarray) -> None:
         self._apply_finished_adaptations()
@@ -293,17 +306,21 @@ class OnlineEngine(Engine):
             slots, ts, y = slots[fresh], ts[fresh], y[fresh]
         if slots.size == 0:
             return
+        self.stamp[slots] += 1   # odd: changing
         # Values may be anything finite (up to ±1.8e308): intermediate overflow is expected
         # and handled (clipping, non-finite guards), not a reason to warn.
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            self._align(slots, ts, y)
-            self._append(slots, ts, y)
-            residuals = self._score(slots)
-            # The detector watches forecasts from full windows only (cold-start ones are noisier).
-            residuals[self.count[slots] <= self.config.window] = np.nan
-            self._learn(slots)
-            self._watch_for_drift(slots, ts, residuals)
-            self._forecast(slots)
+        try:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                self._align(slots, ts, y)
+                self._append(slots, ts, y)
+                residuals = self._score(slots)
+                # The detector watches forecasts from full windows only (cold-start ones are noisier).
+                residuals[self.count[slots] <= self.config.window] = np.nan
+                self._learn(slots)
+                self._watch_for_drift(slots, ts, residuals)
+                self._forecast(slots)
+        finally:
+            self.stamp[slots] += 1
 
     def _align(self, slots: np.ndarray, ts: np.ndarray, y: np.ndarray) -> None:
         """Keep one position per regular step before `y` is appended at `ts`.
@@ -551,7 +568,11 @@ class OnlineEngine(Engine):
         for slot, future in list(self._running.items()):
             if future.done():
                 del self._running[slot]
-                self._apply(future.result())
+                self.stamp[slot] += 1   # odd: changing (an inline adaptation runs inside _step's)
+                try:
+                    self._apply(future.result())
+                finally:
+                    self.stamp[slot] += 1
 
     def _apply(self, done: Adaptation) -> None:
         slot, result = done.slot, done.result
@@ -703,42 +724,14 @@ class OnlineEngine(Engine):
         slots = slots[self.count[slots] >= c.serving]
         if slots.size == 0:
             return
-        scale = self.scale_h[slots, -1]
-        observed = self.hist[slots, -c.window:]
-        # A young series' window starts with never-observed (NaN) places: the last value fills
-        # them, i.e. zeros relative to it, so the models see no change there rather than a step.
-        window, level = windows(np.where(np.isnan(observed), observed[:, -1:], observed), scale,
-                                self.mean_h[slots, -1])
-        ratio = self._rls_ratio(slots, np.array([0]))[:, 0]
-        x = rls_features(window * ratio[:, None], level * ratio, c.rls_lags)
-        experts = np.stack([
-            self.rls.predict(slots, x) / ratio[:, None],
-            self.gru.predict(slots, window, level),
-            np.zeros((slots.size, c.horizon)),
-        ], axis=1)                                                        # (n, K, H)
-        bad = ~np.isfinite(experts)
-        if bad.any():
-            self.counters["nonfinite"] += int(bad.any(axis=(1, 2)).sum())
-            self.telemetry.nonfinite(int(bad.any(axis=(1, 2)).sum()))
-            experts[bad] = 0.0
-        weights = self.mixture.weights(slots, self.spread)
-        combined = (weights * experts).sum(axis=1)
+        experts, combined, width, value, lo, hi = self._predict(
+            slots, self.hist[slots, -c.window:], self.scale_h[slots, -1], self.mean_h[slots, -1],
+            self._rls_ratio(slots, np.array([0]))[:, 0])
         self.preds[slots, -1, :COMBINED] = experts[:, :, self.leads - 1]
         self.preds[slots, -1, COMBINED] = combined[:, self.leads - 1]
         self.first_origin[slots] = np.where(self.first_origin[slots] < 0, self.count[slots],
                                             self.first_origin[slots])
-        width = self.conformal.q[slots] @ self.spread
-        young = self.count[slots] < c.window
-        if young.any():
-            # The conformal tracker starts narrow and learns slowly: until the window is full, an
-            # interval is at least as wide as the last-value fallback's would be.
-            fallback = last_value_halfwidths(observed[young], c.horizon, c.coverage) / scale[young, None]
-            width[young] = np.maximum(width[young], fallback)
         self.issued_width[slots, -1] = width[:, self.leads - 1]
-        last = self.hist[slots, -1]
-        value = np.clip(last[:, None] + scale[:, None] * combined, -FLOAT_MAX, FLOAT_MAX)
-        half = scale[:, None] * width
-        lo, hi = np.clip(value - half, -FLOAT_MAX, FLOAT_MAX), np.clip(value + half, -FLOAT_MAX, FLOAT_MAX)
         with self._cache_lock:
             self.fc_value[slots] = value
             self.fc_lo[slots] = lo
@@ -746,26 +739,118 @@ class OnlineEngine(Engine):
             self.fc_origin[slots] = self.last_ts[slots]
             self.fc_count[slots] = self.count[slots]
 
+    def _predict(self, slots: np.ndarray, observed: np.ndarray, scale: np.ndarray, mean: np.ndarray,
+                 ratio: np.ndarray, provisional: bool = False) -> tuple[np.ndarray, ...]:
+        """The models' forecasts from raw windows `observed` (n, W; NaN: never observed) with the
+        normalisation at their origins (scale, slow mean, RLS ratio; each (n,)): the experts'
+        (n, K, H) and their combination (n, H), interval half-widths (n, H), all normalised, and
+        (value, lo, hi) on the series' own scale. `provisional`: one series, off the learning thread."""
+        c = self.config
+        # A young series' window starts with never-observed (NaN) places: the last value fills
+        # them, i.e. zeros relative to it, so the models see no change there rather than a step.
+        window, level = windows(np.where(np.isnan(observed), observed[:, -1:], observed), scale, mean)
+        x = rls_features(window * ratio[:, None], level * ratio, c.rls_lags)
+        gru = (self.gru.predict_one(int(slots[0]), window[0], float(level[0]))[None] if provisional
+               else self.gru.predict(slots, window, level))
+        experts = np.stack([self.rls.predict(slots, x) / ratio[:, None], gru, np.zeros((slots.size, c.horizon))],
+                           axis=1)                                        # (n, K, H)
+        bad = ~np.isfinite(experts)
+        if bad.any():
+            if not provisional:   # counted once, when the learning thread issues the same forecast
+                self.counters["nonfinite"] += int(bad.any(axis=(1, 2)).sum())
+                self.telemetry.nonfinite(int(bad.any(axis=(1, 2)).sum()))
+            experts[bad] = 0.0
+        combined = (self.mixture.weights(slots, self.spread) * experts).sum(axis=1)
+        width = self.conformal.q[slots] @ self.spread
+        young = self.count[slots] < c.window
+        if young.any():
+            # The conformal tracker starts narrow and learns slowly: until the window is full, an
+            # interval is at least as wide as the last-value fallback's would be.
+            fallback = last_value_halfwidths(observed[young], c.horizon, c.coverage) / scale[young, None]
+            width[young] = np.maximum(width[young], fallback)
+        value = np.clip(observed[:, -1:] + scale[:, None] * combined, -FLOAT_MAX, FLOAT_MAX)
+        half = scale[:, None] * width
+        lo, hi = np.clip(value - half, -FLOAT_MAX, FLOAT_MAX), np.clip(value + half, -FLOAT_MAX, FLOAT_MAX)
+        return experts, combined, width, value, lo, hi
+
     def forecast(self, series: str, horizon: int) -> Forecast:
+        found = self.forecast_current(series, horizon)
+        return found if found is not None else self.naive.forecast(series, horizon)
+
+    def forecast_current(self, series: str, horizon: int) -> Forecast | None:
         slot = self.slots.get(series)
-        if slot is None or not self.caught_up(series):
-            return self.naive.forecast(series, horizon)   # raises UnknownSeries if nothing is stored
+        if slot is not None and self.caught_up(series):
+            cached = self._cached(series, slot, horizon)
+            return cached if cached is not None else self.naive.forecast(series, horizon)   # young
+        if self.naive.last_ts(series) is None:
+            raise UnknownSeries(series)
+        return self._provisional(series, slot, horizon) if slot is not None else None
+
+    def _cached(self, series: str, slot: int, horizon: int) -> Forecast | None:
+        """The forecast the learning thread issued at the series' newest record (None: none)."""
         with self._cache_lock:
             origin = float(self.fc_origin[slot])
             if not np.isfinite(origin):
-                return self.naive.forecast(series, horizon)
-            value = self.fc_value[slot, :horizon].tolist()
-            lo = self.fc_lo[slot, :horizon].tolist()
-            hi = self.fc_hi[slot, :horizon].tolist()
+                return None
+            value = self.fc_value[slot, :horizon]
+            lo = self.fc_lo[slot, :horizon]
+            hi = self.fc_hi[slot, :horizon]
             count = int(self.fc_count[slot])
+        return self._answer(series, slot, origin, (value, lo, hi), count)
+
+    def _provisional(self, series: str, slot: int, horizon: int) -> Forecast | None:
+        """The forecast from records recorded but not learnt yet, so that an answer need not wait
+        for the learning thread: the window and normalisation advanced through those records as
+        learning will advance them, read by the models as they are now (learning will first fold
+        in the targets those records complete: the learning thread's own forecast differs by that).
+
+        Made only when it can be made exactly: the slot is not being changed meanwhile (`stamp`,
+        checked before and after), it has a full window, and the records follow its regular step.
+        None otherwise: the caller waits for learning, as before.
+        """
+        c = self.config
+        stamp = int(self.stamp[slot])
+        if stamp % 2 or self.count[slot] < c.window:
+            return None
+        newer = self.naive.since(series, float(self.last_ts[slot]), c.window)
+        if not newer:
+            return None
+        ts = np.array([t for t, _ in newer])
+        y = np.array([v for _, v in newer])
+        gaps = np.diff(ts, prepend=self.last_ts[slot])
+        missing, _ = missing_steps(np.broadcast_to(self.gaps[slot], (len(gaps), GAP_MEMORY)), gaps)
+        if missing.any():
+            return None
+        raw, typical = self.raw_scale[slot:slot + 1], self.typical[slot:slot + 1]
+        mean, prev = self.mean_h[slot, -1:], self.hist[slot, -1:]
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for value in y:   # as _append does, one record at a time
+                now = np.array([value])
+                raw, mean = update_stats(raw, mean, prev, now, c.scale_rate, c.mean_rate)
+                typical = update_typical(typical, raw, np.abs(now - prev))
+                prev = now
+            scale = safe_scale(raw, typical)
+            observed = np.concatenate([self.hist[slot], y])[None, -c.window:]
+            _, _, _, value, lo, hi = self._predict(np.array([slot]), observed, scale, mean,
+                                                   scale / np.maximum(typical, MIN_SCALE), provisional=True)
+        if int(self.stamp[slot]) != stamp:
+            return None
+        return self._answer(series, slot, float(ts[-1]), (value[0, :horizon], lo[0, :horizon], hi[0, :horizon]),
+                            int(self.count[slot]) + len(y), unlearnt=len(y))
+
+    def _answer(self, series: str, slot: int, origin: float, band: tuple[np.ndarray, np.ndarray, np.ndarray],
+                count: int, unlearnt: int = 0) -> Forecast:
         step = self.naive.step(series) or 1.0
-        points = tuple(ForecastPoint(origin + step * (i + 1), v, l, u) for i, (v, l, u) in enumerate(zip(value, lo, hi)))
+        points = tuple(ForecastPoint(origin + step * (i + 1), v, l, u)
+                       for i, (v, l, u) in enumerate(zip(*(part.tolist() for part in band))))
         drift = float(self.last_drift[slot])
         model = {"kind": "online" if count >= self.config.window else "cold_start", "version": FORMAT_VERSION,
                  "init": self.init.kind, "last_drift": drift if np.isfinite(drift) else None,
                  "adaptations": int(self.adaptations[slot])}
         if count < self.config.window:   # young: how much of the window is real
             model["observations"] = count
+        if unlearnt:   # newest records the models forecast from but have not learnt from yet
+            model["unlearnt"] = unlearnt
         return Forecast(series, origin, step, points, model)
 
     def stats(self) -> dict[str, Any]:
