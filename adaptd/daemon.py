@@ -1,7 +1,8 @@
 """The daemon's lifecycle: startup -> serve until SIGTERM/SIGINT -> graceful shutdown.
 
 Startup waits (bounded) for a database that is not up yet, then restores state from the store
-before binding the socket, so `READY=1` means "answers forecasts as before the restart".
+before binding the socket, so `READY=1` means "answers forecasts as before the restart" (as the
+models answered once they had learnt every record).
 Shutdown stops accepting, lets requests in flight finish, commits everything
 acknowledged-or-queued, then removes the socket. A second SIGTERM/SIGINT during shutdown
 exits at once.

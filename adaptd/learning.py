@@ -67,7 +67,9 @@ class LearningWorker:
         with self._cond:
             while self._backlog >= self.max_backlog + self.headroom and not self._stopping and self.alive:
                 self._cond.wait(0.5)
-            self._queue.append((time.monotonic(), rows))
+            now = time.monotonic()
+            for start in range(0, len(rows), self.max_chunk):   # a restart's catch-up: many chunks, so it sheds too
+                self._queue.append((now, rows[start:start + self.max_chunk]))
             self._backlog += len(rows)
             self.metrics.learning_backlog.set(self._backlog)
             self._cond.notify_all()

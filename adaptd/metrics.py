@@ -49,6 +49,12 @@ class Metrics(Telemetry):
         self.requests = Counter(
             "adaptd_requests", "Socket requests by op and outcome (ok or an error code)",
             ["op", "outcome"], registry=r)
+        self.forecast_answers = Counter(
+            "adaptd_forecast_answers", "Forecasts answered, by what answered: the models from learnt records "
+            "(models), the models from records not learnt yet (provisional) or the naive fallback", ["source"],
+            registry=r)
+        for source in ("models", "provisional", "fallback"):
+            self.forecast_answers.labels(source)
         self.request_seconds = Histogram(
             "adaptd_request_duration_seconds", "Time from reading a request to writing its response",
             ["op"], buckets=LATENCY_BUCKETS, registry=r)

@@ -11,6 +11,7 @@ from . import __version__
 from .catalog import SeriesCatalog
 from .config import Settings
 from .engine import Engine, Forecast, NotReady, UnknownSeries
+from .engine.naive import KINDS as FALLBACK_KINDS
 from .ingest import IngestWriter
 from .learning import LearningWorker
 from .metrics import OPS, Metrics
@@ -137,6 +138,9 @@ class Service:
             raise RequestError(UNKNOWN_SERIES, f"no observations of series {series!r}") from None
         except NotReady as exc:
             raise RequestError(NOT_READY, str(exc)) from None
+        source = ("fallback" if fc.model.get("kind") in FALLBACK_KINDS else
+                  "provisional" if fc.model.get("unlearnt") else "models")
+        self.metrics.forecast_answers.labels(source).inc()
         return {
             "ok": True, "series": fc.series, "origin": fc.origin, "step": fc.step,
             "points": [{"ts": p.ts, "value": p.value, "lo": p.lo, "hi": p.hi} for p in fc.points],

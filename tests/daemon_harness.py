@@ -224,6 +224,14 @@ class DaemonProcess:
     def forecast(self, series: str, horizon: int) -> dict[str, Any]:
         return self.request({"op": "forecast", "series": series, "horizon": horizon})
 
+    def wait_learnt(self, timeout: float = 120.0) -> None:
+        """Until the models have learnt every acknowledged record (forecasts from unlearnt
+        records are answered at once, but may differ from the learnt ones)."""
+        deadline = time.monotonic() + timeout
+        while self.request({"op": "stats"})["learning_backlog_records"]:
+            assert time.monotonic() < deadline, "the models did not catch up in time"
+            time.sleep(0.05)
+
 
 @contextlib.contextmanager
 def running_daemon(directory: Path | None = None, store_url: str | None = None, metrics: bool = False,

@@ -81,6 +81,7 @@ def crash_cycles(url: str) -> None:
     try:
         d.start(timeout=60)
         d.ingest(hourly("quiet", 60, values=quiet))
+        d.wait_learnt()   # the restart promise is about what the models learnt
         expected = d.forecast("quiet", 6)
         assert expected["model"]["kind"] == "online", expected
         time.sleep(2.5)   # at least one checkpoint holds the quiet series' model

@@ -126,6 +126,26 @@ def test_learning_that_fell_behind_sheds_the_recurrent_steps_until_it_catches_up
         store.close()
 
 
+def test_a_restarts_catch_up_submitted_at_once_sheds_past_its_first_chunk(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path}/catchup.db")
+    engine = GatedEngine()
+    metrics = Metrics()
+    worker = LearningWorker(engine, store, metrics, max_backlog=10_000, max_chunk=100, shed_lag=0.2)
+    worker.start()
+    try:
+        rows = shifted(300, 10**6)
+        engine.record(rows)
+        worker.submit(rows)                        # as the daemon submits what a restart must relearn
+        time.sleep(0.4)                            # the first chunk is held at the gate, the rest wait
+        engine.gate.set()
+        wait_until(lambda: worker.backlog == 0)
+        assert metrics.value("adaptd_learning_shed_records_total") == 200
+    finally:
+        engine.gate.set()
+        worker.stop(10)
+        store.close()
+
+
 def test_shedding_off_learns_every_step_however_late(tmp_path: Path) -> None:
     store = Store.open(f"sqlite:///{tmp_path}/noshed.db")
     engine = GatedEngine()
@@ -244,6 +264,8 @@ def test_forecasts_asked_while_the_learning_thread_works_reflect_every_recorded_
             rows = [Observation(name, t * HOUR, float(5 + k % 3 + rng.normal())) for k, name in enumerate(names)]
             engine.record(rows)
             worker.submit(rows)
+            # Learning a few rounds behind (not more than a window): provisional answers are possible.
+            wait_until(lambda: worker.backlog <= 4 * len(names))
             for name in rng.choice(names, 20 if t >= 2 else 0):   # two records give a step
                 fc = engine.forecast(str(name), SMALL.horizon)
                 assert fc.origin == t * HOUR and all(np.isfinite([p.value, p.lo, p.hi]).all() for p in fc.points)

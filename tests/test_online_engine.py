@@ -448,3 +448,30 @@ def test_a_series_nobody_sent_is_unknown_at_once():
     engine.observe([Observation("s", t * HOUR, float(v)) for t, v in enumerate(seasonal(40))])
     with pytest.raises(UnknownSeries):
         engine.forecast_current("nobody", 4)
+
+
+def test_a_provisional_forecast_read_while_learning_changed_the_series_is_discarded():
+    y = seasonal(120, seed=6)
+    engine = _learnt_then_recorded(y, 118)
+    read = engine.gru.predict_one
+
+    def learning_lands_mid_read(slot, window, level):   # the learning thread steps this series meanwhile
+        out = read(slot, window, level)
+        engine.learn([Observation("s", 118 * HOUR, float(y[118]))])
+        return out
+
+    engine.gru.predict_one = learning_lands_mid_read
+    assert engine.forecast_current("s", 4) is None
+    engine.gru.predict_one = read
+    fc = engine.forecast_current("s", 4)      # asked again: from the state after that step
+    assert fc is not None and fc.model["unlearnt"] == 1
+
+
+def test_records_that_arrived_out_of_order_or_were_re_sent_are_not_forecast_provisionally():
+    y = seasonal(120, seed=7)
+    engine = _learnt_then_recorded(y, 118)
+    engine.record([Observation("s", 118 * HOUR, 99.0)])   # re-sent: learning keeps the first value
+    assert engine.forecast_current("s", 4) is None
+    engine = _learnt_then_recorded(y[:117], 117)
+    engine.record([Observation("s", 118 * HOUR, float(y[118])), Observation("s", 117 * HOUR, float(y[117]))])
+    assert engine.forecast_current("s", 4) is None          # learning skips the late one

@@ -13,13 +13,16 @@ WEEK = 7 * DAY
 class SeriesHistory:
     """Newest `capacity` (ts, value) pairs in time order; late records are slotted in place."""
 
-    __slots__ = ("capacity", "ts", "values", "version")
+    __slots__ = ("capacity", "ts", "values", "version", "revised")
 
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.ts: list[float] = []
         self.values: list[float] = []
         self.version = 0  # bumps on every change, so derived caches know when they are stale
+        # The newest time at which a record arrived out of order or replaced a value: models
+        # that learn in arrival order see the series differently from here on.
+        self.revised = -float("inf")
 
     def add(self, ts: float, value: float) -> None:
         self.version += 1
@@ -27,6 +30,7 @@ class SeriesHistory:
             self.ts.append(ts)
             self.values.append(value)
         else:
+            self.revised = max(self.revised, ts)
             i = bisect.bisect_left(self.ts, ts)
             if i < len(self.ts) and self.ts[i] == ts:
                 self.values[i] = value  # a re-sent record: the last value wins, as in the store

@@ -160,7 +160,7 @@ class StackedGRU:
 
     def predict_one(self, slot: int, window: np.ndarray, level: float) -> np.ndarray:
         """`predict` of one series, computed in numpy (see gru.forward_one)."""
-        with np.errstate(over="ignore"):   # exp of a saturated gate: the sigmoid is still exact
+        with np.errstate(over="ignore", invalid="ignore"):   # overflow is caught as non-finite by the caller
             return forward_one({k: v[slot].numpy() for k, v in self.params.items()}, window, level).astype(np.float64)
 
     def learn(self, slots: np.ndarray, ex: Examples, step_sizes: dict[str, float], clip: float) -> None:

@@ -17,6 +17,7 @@ from .base import Engine, Forecast, ForecastPoint, NotReady, UnknownSeries
 from .history import SeriesHistory, infer_season, infer_step
 
 FORMAT_VERSION = 1
+KINDS = ("last_value", "seasonal_naive")   # the model.kind of its answers
 MAX_RESIDUAL_ORIGINS = 512
 MIN_RESIDUALS = 8
 _FLOAT_MAX = float(np.finfo(np.float64).max)
@@ -132,7 +133,7 @@ class NaiveEngine(Engine):
         origin = ts[-1]
         points = tuple(ForecastPoint(origin + step * (i + 1), float(v), float(a), float(b))
                        for i, (v, a, b) in enumerate(zip(values, lo, hi)))
-        model = {"kind": "seasonal_naive" if season > 1 else "last_value", "version": FORMAT_VERSION,
+        model = {"kind": KINDS[1] if season > 1 else KINDS[0], "version": FORMAT_VERSION,
                  "init": None, "last_drift": None, "adaptations": 0, "season": season}
         return Forecast(series, origin, step, points, model)
 
@@ -141,11 +142,12 @@ class NaiveEngine(Engine):
         return hist.ts[-1] if hist is not None and hist.ts else None
 
     def since(self, series: str, after: float, limit: int) -> list[tuple[float, float]] | None:
-        """The series' (ts, value) records newer than `after`, oldest first; None when there are
-        more than `limit` (or `after` is older than everything kept)."""
+        """The series' (ts, value) records newer than `after`, oldest first, as they arrived;
+        None when there are more than `limit`, `after` is older than everything kept, or one of
+        them arrived out of order or was re-sent (learning, in arrival order, reads them otherwise)."""
         with self._lock:
             hist = self._series.get(series)
-            if hist is None:
+            if hist is None or hist.revised > after:
                 return None
             start = bisect.bisect_right(hist.ts, after)
             if len(hist.ts) - start > limit or start == 0:

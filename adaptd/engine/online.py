@@ -796,7 +796,7 @@ class OnlineEngine(Engine):
             lo = self.fc_lo[slot, :horizon]
             hi = self.fc_hi[slot, :horizon]
             count = int(self.fc_count[slot])
-        return self._answer(series, slot, origin, (value, lo, hi), count)
+        return self._answer(series, origin, (value, lo, hi), self._about(slot, count))
 
     def _provisional(self, series: str, slot: int, horizon: int) -> Forecast | None:
         """The forecast from records recorded but not learnt yet, so that an answer need not wait
@@ -817,9 +817,7 @@ class OnlineEngine(Engine):
             return None
         ts = np.array([t for t, _ in newer])
         y = np.array([v for _, v in newer])
-        gaps = np.diff(ts, prepend=self.last_ts[slot])
-        missing, _ = missing_steps(np.broadcast_to(self.gaps[slot], (len(gaps), GAP_MEMORY)), gaps)
-        if missing.any():
+        if self._fills_a_gap(slot, np.diff(ts, prepend=self.last_ts[slot])):
             return None
         raw, typical = self.raw_scale[slot:slot + 1], self.typical[slot:slot + 1]
         mean, prev = self.mean_h[slot, -1:], self.hist[slot, -1:]
@@ -833,16 +831,25 @@ class OnlineEngine(Engine):
             observed = np.concatenate([self.hist[slot], y])[None, -c.window:]
             _, _, _, value, lo, hi = self._predict(np.array([slot]), observed, scale, mean,
                                                    scale / np.maximum(typical, MIN_SCALE), provisional=True)
+        about = self._about(slot, int(self.count[slot]) + len(y), unlearnt=len(y))
         if int(self.stamp[slot]) != stamp:
             return None
-        return self._answer(series, slot, float(ts[-1]), (value[0, :horizon], lo[0, :horizon], hi[0, :horizon]),
-                            int(self.count[slot]) + len(y), unlearnt=len(y))
+        return self._answer(series, float(ts[-1]), (value[0, :horizon], lo[0, :horizon], hi[0, :horizon]), about)
 
-    def _answer(self, series: str, slot: int, origin: float, band: tuple[np.ndarray, np.ndarray, np.ndarray],
-                count: int, unlearnt: int = 0) -> Forecast:
-        step = self.naive.step(series) or 1.0
-        points = tuple(ForecastPoint(origin + step * (i + 1), v, l, u)
-                       for i, (v, l, u) in enumerate(zip(*(part.tolist() for part in band))))
+    def _fills_a_gap(self, slot: int, gaps: np.ndarray) -> bool:
+        """Whether learning will fill missing steps before records `gaps` seconds apart."""
+        memory = self.gaps[slot].copy()
+        if (memory == gaps[0]).all() and (gaps == gaps[0]).all():
+            return False   # the regular case: the step stays what it was, nothing is missing
+        for gap in gaps:   # the memory rolled as _align rolls it: the step may change on the way
+            missing, _ = missing_steps(memory[None], np.array([gap]))
+            if missing[0]:
+                return True
+            memory[:-1], memory[-1] = memory[1:].copy(), gap
+        return False
+
+    def _about(self, slot: int, count: int, unlearnt: int = 0) -> dict[str, Any]:
+        """The answer's `model` object for a forecast from `count` observations."""
         drift = float(self.last_drift[slot])
         model = {"kind": "online" if count >= self.config.window else "cold_start", "version": FORMAT_VERSION,
                  "init": self.init.kind, "last_drift": drift if np.isfinite(drift) else None,
@@ -851,6 +858,13 @@ class OnlineEngine(Engine):
             model["observations"] = count
         if unlearnt:   # newest records the models forecast from but have not learnt from yet
             model["unlearnt"] = unlearnt
+        return model
+
+    def _answer(self, series: str, origin: float, band: tuple[np.ndarray, np.ndarray, np.ndarray],
+                model: dict[str, Any]) -> Forecast:
+        step = self.naive.step(series) or 1.0
+        points = tuple(ForecastPoint(origin + step * (i + 1), v, l, u)
+                       for i, (v, l, u) in enumerate(zip(*(part.tolist() for part in band))))
         return Forecast(series, origin, step, points, model)
 
     def stats(self) -> dict[str, Any]:
