@@ -475,3 +475,22 @@ def test_records_that_arrived_out_of_order_or_were_re_sent_are_not_forecast_prov
     engine = _learnt_then_recorded(y[:117], 117)
     engine.record([Observation("s", 118 * HOUR, float(y[118])), Observation("s", 117 * HOUR, float(y[117]))])
     assert engine.forecast_current("s", 4) is None          # learning skips the late one
+
+
+def test_while_learning_computes_a_series_gradient_step_its_forecast_is_answered_from_its_new_state():
+    y = seasonal(120, seed=8)
+    engine = _learnt_then_recorded(y, 119)
+    newest = [Observation("s", 119 * HOUR, float(y[119]))]
+    stepped, asked = engine.gru.stepped, []
+
+    def ask_meanwhile(*args, **kwargs):   # the slow, read-only part of a learning step
+        asked.append(engine.forecast_current("s", SMALL.horizon))
+        return stepped(*args, **kwargs)
+
+    engine.gru.stepped = ask_meanwhile
+    engine.learn(newest)
+    fc = asked[0]
+    assert fc is not None and fc.origin == 119 * HOUR and fc.model["unlearnt"] == 1
+    shed = _learnt_then_recorded(y, 119)   # the same state, the GRU step skipped: the reference
+    shed.learn(newest, shed=True)
+    np.testing.assert_allclose([p.value for p in fc.points], shed.fc_value[shed.slots["s"]], rtol=1e-5)

@@ -163,9 +163,9 @@ class StackedGRU:
         with np.errstate(over="ignore", invalid="ignore"):   # overflow is caught as non-finite by the caller
             return forward_one({k: v[slot].numpy() for k, v in self.params.items()}, window, level).astype(np.float64)
 
-    def learn(self, slots: np.ndarray, ex: Examples, step_sizes: dict[str, float], clip: float) -> None:
-        updated, _ = sgd_steps(self.rows(slots), ex, 1, step_sizes, clip)
-        self.load(slots, updated)
+    def stepped(self, slots: np.ndarray, ex: Examples, step_sizes: dict[str, float], clip: float) -> Params:
+        """These slots' weights after one SGD step on `ex` (not stored: `load` them)."""
+        return sgd_steps(self.rows(slots), ex, 1, step_sizes, clip)[0]
 
 
 @dataclass

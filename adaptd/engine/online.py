@@ -17,12 +17,13 @@ scored, weighted and given intervals exactly like a full window's.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -306,19 +307,30 @@ class OnlineEngine(Engine):
             slots, ts, y = slots[fresh], ts[fresh], y[fresh]
         if slots.size == 0:
             return
-        self.stamp[slots] += 1   # odd: changing
         # Values may be anything finite (up to ±1.8e308): intermediate overflow is expected
         # and handled (clipping, non-finite guards), not a reason to warn.
-        try:
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            # Each change to the slots' state is inside `changing`; the slow computations
+            # between (the GRU's gradient, the forecasts) only read it, so provisional forecasts
+            # (`_provisional`) can be made meanwhile.
+            with self._changing(slots):
                 self._align(slots, ts, y)
                 self._append(slots, ts, y)
                 residuals = self._score(slots)
                 # The detector watches forecasts from full windows only (cold-start ones are noisier).
                 residuals[self.count[slots] <= self.config.window] = np.nan
-                self._learn(slots)
-                self._watch_for_drift(slots, ts, residuals)
-                self._forecast(slots)
+                due = self._learn(slots)
+            if due.size:
+                self._gru_step(due)
+            self._watch_for_drift(slots, ts, residuals)
+            self._forecast(slots)
+
+    @contextlib.contextmanager
+    def _changing(self, slots: np.ndarray | list[int]) -> Iterator[None]:
+        """A change to these slots' state: their `stamp` is odd meanwhile and has moved after it."""
+        self.stamp[slots] += 1
+        try:
+            yield
         finally:
             self.stamp[slots] += 1
 
@@ -444,7 +456,8 @@ class OnlineEngine(Engine):
         target = np.clip((values - origin_y[:, :, None]) / scale[:, :, None], -VALUE_CLIP, VALUE_CLIP)
         return target, np.broadcast_to(mask, target.shape).copy()
 
-    def _learn(self, slots: np.ndarray) -> None:
+    def _learn(self, slots: np.ndarray) -> np.ndarray:
+        """RLS learns the newly observed targets; returns the slots due a GRU step."""
         c = self.config
         H = c.horizon
         back = np.arange(1, H + 1)
@@ -464,12 +477,11 @@ class OnlineEngine(Engine):
             if first.any():
                 self.rls.learn_inputs(slots[first], x[first, 0])
             self.rls.B[slots] += cross
-        due = ok[:, 0] & (self.count[slots] % c.train_every == 0)
-        if c.learning_rate > 0 and due.any():
-            if self._shed:
-                self.counters["gru_steps_shed"] += int(due.sum())
-            else:
-                self._gru_step(slots[due])
+        due = ok[:, 0] & (self.count[slots] % c.train_every == 0) & (c.learning_rate > 0)
+        if self._shed:
+            self.counters["gru_steps_shed"] += int(due.sum())
+            return slots[:0]
+        return slots[due]
 
     def _rls_ratio(self, slots: np.ndarray, back: np.ndarray) -> np.ndarray:
         """(n, D) fast scale / long-run scale at origins `back` ago.
@@ -490,7 +502,9 @@ class OnlineEngine(Engine):
         mask *= valid[:, :, None]
         mask *= np.isfinite(target)
         ex = Examples.from_numpy(window, level, target, mask)
-        self.gru.learn(slots, ex, {k: c.learning_rate for k in self.gru.params}, c.clip)
+        updated = self.gru.stepped(slots, ex, {k: c.learning_rate for k in self.gru.params}, c.clip)
+        with self._changing(slots):
+            self.gru.load(slots, updated)
 
     # -- drift and adaptation ------------------------------------------------------------------
     def _watch_for_drift(self, slots: np.ndarray, ts: np.ndarray, residuals: np.ndarray) -> None:
@@ -509,7 +523,9 @@ class OnlineEngine(Engine):
             if job is None:
                 continue
             if self._pool is None:
-                self._apply(job())
+                done = job()
+                with self._changing([slot]):
+                    self._apply(done)
             else:
                 self._running[slot] = self._pool.submit(job)
 
@@ -568,11 +584,8 @@ class OnlineEngine(Engine):
         for slot, future in list(self._running.items()):
             if future.done():
                 del self._running[slot]
-                self.stamp[slot] += 1   # odd: changing (an inline adaptation runs inside _step's)
-                try:
+                with self._changing([slot]):
                     self._apply(future.result())
-                finally:
-                    self.stamp[slot] += 1
 
     def _apply(self, done: Adaptation) -> None:
         slot, result = done.slot, done.result
@@ -727,12 +740,12 @@ class OnlineEngine(Engine):
         experts, combined, width, value, lo, hi = self._predict(
             slots, self.hist[slots, -c.window:], self.scale_h[slots, -1], self.mean_h[slots, -1],
             self._rls_ratio(slots, np.array([0]))[:, 0])
-        self.preds[slots, -1, :COMBINED] = experts[:, :, self.leads - 1]
-        self.preds[slots, -1, COMBINED] = combined[:, self.leads - 1]
-        self.first_origin[slots] = np.where(self.first_origin[slots] < 0, self.count[slots],
-                                            self.first_origin[slots])
-        self.issued_width[slots, -1] = width[:, self.leads - 1]
-        with self._cache_lock:
+        with self._changing(slots), self._cache_lock:
+            self.preds[slots, -1, :COMBINED] = experts[:, :, self.leads - 1]
+            self.preds[slots, -1, COMBINED] = combined[:, self.leads - 1]
+            self.first_origin[slots] = np.where(self.first_origin[slots] < 0, self.count[slots],
+                                                self.first_origin[slots])
+            self.issued_width[slots, -1] = width[:, self.leads - 1]
             self.fc_value[slots] = value
             self.fc_lo[slots] = lo
             self.fc_hi[slots] = hi
@@ -813,11 +826,14 @@ class OnlineEngine(Engine):
         if stamp % 2 or self.count[slot] < c.window:
             return None
         newer = self.naive.since(series, float(self.last_ts[slot]), c.window)
-        if not newer:
+        # Learning may have appended the newest record and be learning from it (its GRU step):
+        # the slot's state is then complete up to it, only its forecast is not issued yet.
+        stepping = not self.fc_origin[slot] >= self.last_ts[slot]
+        if newer is None or not (newer or stepping):
             return None
-        ts = np.array([t for t, _ in newer])
+        ts = np.array([t for t, _ in newer]) if newer else self.last_ts[slot:slot + 1]
         y = np.array([v for _, v in newer])
-        if self._fills_a_gap(slot, np.diff(ts, prepend=self.last_ts[slot])):
+        if newer and self._fills_a_gap(slot, np.diff(ts, prepend=self.last_ts[slot])):
             return None
         raw, typical = self.raw_scale[slot:slot + 1], self.typical[slot:slot + 1]
         mean, prev = self.mean_h[slot, -1:], self.hist[slot, -1:]
@@ -831,7 +847,7 @@ class OnlineEngine(Engine):
             observed = np.concatenate([self.hist[slot], y])[None, -c.window:]
             _, _, _, value, lo, hi = self._predict(np.array([slot]), observed, scale, mean,
                                                    scale / np.maximum(typical, MIN_SCALE), provisional=True)
-        about = self._about(slot, int(self.count[slot]) + len(y), unlearnt=len(y))
+        about = self._about(slot, int(self.count[slot]) + len(y), unlearnt=len(y) + stepping)
         if int(self.stamp[slot]) != stamp:
             return None
         return self._answer(series, float(ts[-1]), (value[0, :horizon], lo[0, :horizon], hi[0, :horizon]), about)
