@@ -26,6 +26,7 @@ from .records import Observation
 from .store import Store
 
 log = logging.getLogger(__name__)
+SHED_WARNING_EVERY = 60.0   # seconds
 
 
 class LearningWorker:
@@ -41,6 +42,7 @@ class LearningWorker:
         self.max_chunk = max_chunk
         self.shed_lag = shed_lag            # 0: never shed
         self.shedding = False
+        self._warned_at = -float("inf")
         self._queue: deque[tuple[float, Sequence[Observation]]] = deque()   # (submitted at, rows)
         self._backlog = 0
         self._cond = threading.Condition()
@@ -131,11 +133,18 @@ class LearningWorker:
         shed = 0 < self.shed_lag < waited
         if shed != self.shedding:
             self.shedding = shed
-            if shed:
-                log.warning("learning is %.1fs behind the acks: skipping the recurrent models' gradient steps "
-                            "until it catches up ([model] shed_lag = %gs)", waited, self.shed_lag)
-            else:
-                log.info("learning caught up (%.2fs behind): recurrent models learn every record again", waited)
+            # Under steady overload shedding turns on and off every few chunks: one warning a
+            # minute at most; the counter adaptd_learning_shed_records_total has the detail.
+            now = time.monotonic()
+            if not shed:
+                log.debug("learning caught up (%.2fs behind): recurrent models learn every record again", waited)
+                return shed
+            loud = now - self._warned_at >= SHED_WARNING_EVERY
+            if loud:
+                self._warned_at = now
+            log.log(logging.WARNING if loud else logging.DEBUG,
+                    "learning is %.1fs behind the acks: skipping the recurrent models' gradient steps "
+                    "until it catches up ([model] shed_lag = %gs)", waited, self.shed_lag)
         return shed
 
     def _record_drift(self) -> None:

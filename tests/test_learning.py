@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -277,3 +278,14 @@ def test_forecasts_asked_while_the_learning_thread_works_reflect_every_recorded_
         worker.stop(10)
         store.close()
     assert answered["provisional"] > 100, answered   # the models answered without waiting for learning
+
+
+def test_shedding_that_flaps_under_overload_warns_once_a_minute(caplog) -> None:  # type: ignore[no-untyped-def]
+    worker = LearningWorker(OnlineEngine(SMALL, Initializer.random(SMALL.shape, 0, 0.05)), None, Metrics(),  # type: ignore[arg-type]
+                            shed_lag=1.0)
+    with caplog.at_level(logging.DEBUG, logger="adaptd.learning"):
+        for waited in (2.0, 0.1, 3.0, 0.2, 2.5):
+            worker._should_shed(waited)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "2.0s behind" in warnings[0].getMessage()
+    assert worker.shedding
