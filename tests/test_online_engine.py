@@ -175,7 +175,8 @@ def test_a_checkpoint_for_another_model_shape_is_refused(caplog):
     assert np.isfinite(engine.forecast("s", 4).points[0].value)
 
 
-@pytest.mark.parametrize("kind", ["constant", "spikes", "alternating", "tiny", "huge", "long gaps"])
+@pytest.mark.parametrize("kind", ["constant", "spikes", "alternating", "tiny", "huge", "float limit",
+                                  "long gaps"])
 def test_hostile_series_never_produce_non_finite_forecasts(kind):
     n = 300
     t = np.arange(n)
@@ -185,6 +186,7 @@ def test_hostile_series_never_produce_non_finite_forecasts(kind):
         "alternating": np.where(t % 2 == 0, 1e6, -1e6),
         "tiny": 1e-12 * np.sin(t),
         "huge": 1e300 * np.sign(np.sin(t) + 0.1),
+        "float limit": 1.7e308 * np.where(t % 2 == 0, 1.0, -1.0),   # each change overflows to inf
         "long gaps": 10 + np.sin(t / 4),
     }[kind]
     # "long gaps": a year of silence every 50 observations.
@@ -196,6 +198,7 @@ def test_hostile_series_never_produce_non_finite_forecasts(kind):
             continue
         fc = engine.forecast("s", 4)
         assert all(np.isfinite([p.value, p.lo, p.hi]).all() for p in fc.points), (kind, i)
+        assert all(p.lo <= p.value <= p.hi for p in fc.points), (kind, i)
     for params in engine.gru.params.values():
         assert bool(np.isfinite(params.numpy()).all())
 

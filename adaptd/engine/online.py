@@ -781,9 +781,15 @@ class OnlineEngine(Engine):
             # interval is at least as wide as the last-value fallback's would be.
             fallback = last_value_halfwidths(observed[young], c.horizon, c.coverage) / scale[young, None]
             width[young] = np.maximum(width[young], fallback)
-        value = np.clip(observed[:, -1:] + scale[:, None] * combined, -FLOAT_MAX, FLOAT_MAX)
+        last = observed[:, -1:]
+        value = np.clip(last + scale[:, None] * combined, -FLOAT_MAX, FLOAT_MAX)
         half = scale[:, None] * width
         lo, hi = np.clip(value - half, -FLOAT_MAX, FLOAT_MAX), np.clip(value + half, -FLOAT_MAX, FLOAT_MAX)
+        # Changes near the float limit overflow the scale (|1.7e308 - -1.7e308| = inf) and the
+        # forecast with it: answer the last value and an interval as wide as floats go.
+        value = np.where(np.isfinite(value), value, last)
+        lo = np.minimum(np.where(np.isfinite(lo), lo, -FLOAT_MAX), value)
+        hi = np.maximum(np.where(np.isfinite(hi), hi, FLOAT_MAX), value)
         return experts, combined, width, value, lo, hi
 
     def forecast(self, series: str, horizon: int) -> Forecast:
