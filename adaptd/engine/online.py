@@ -79,10 +79,9 @@ RETIRED_EXPERT, RETIRED_INDEX = "rls_recent", 1
 # share beats both θ* alone and the uniform quarter over the first 48 steps.
 COLD_START_GRU_SHARE = 0.5
 FLOAT_MAX = float(np.finfo(np.float64).max)
-# Series stepped together in one batched learning step. Each step holds its series' state in
-# flux (`stamp`) for its whole duration, so smaller steps let provisional forecasts through sooner;
-# and they are faster: at 3,000 series, steps of 128 learnt 3,000 records/s (10,000 when shedding)
-# against 1,600 (7,000) in one step of all 3,000 (smaller temporaries stay in cache).
+# Series stepped together in one batched learning step. Smaller steps issue their series' learnt
+# forecasts sooner and are faster: at 3,000 series, steps of 128 learnt 3,000 records/s (10,000
+# when shedding) against 1,600 (7,000) in one step of all 3,000 (smaller temporaries stay in cache).
 ROUND_SERIES = 128
 
 
@@ -811,9 +810,9 @@ class OnlineEngine(Engine):
             origin = float(self.fc_origin[slot])
             if not np.isfinite(origin):
                 return None
-            value = self.fc_value[slot, :horizon]
-            lo = self.fc_lo[slot, :horizon]
-            hi = self.fc_hi[slot, :horizon]
+            value = self.fc_value[slot, :horizon].copy()   # copies: learning rewrites them
+            lo = self.fc_lo[slot, :horizon].copy()
+            hi = self.fc_hi[slot, :horizon].copy()
             count = int(self.fc_count[slot])
         return self._answer(series, origin, (value, lo, hi), self._about(slot, count))
 
@@ -823,8 +822,10 @@ class OnlineEngine(Engine):
         learning will advance them, read by the models as they are now (learning will first fold
         in the targets those records complete: the learning thread's own forecast differs by that).
 
-        Made only when it can be made exactly: the slot is not being changed meanwhile (`stamp`,
-        checked before and after), it has a full window, and the records follow its regular step.
+        Also made while a learning step computes from the newest record (its GRU gradient, its
+        forecast): the slot's state is then complete up to that record. Made only when it can be
+        made exactly: the slot is not being written meanwhile (`stamp`, checked before and after),
+        it has a full window, and the records follow its regular step, in order, once each.
         None otherwise: the caller waits for learning, as before.
         """
         c = self.config
