@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -95,13 +96,24 @@ def test_a_full_backlog_makes_submit_wait_instead_of_growing(tmp_path: Path) -> 
     store.close()
 
 
-def test_learning_that_fell_behind_sheds_the_recurrent_steps_until_it_catches_up(tmp_path: Path) -> None:
-    store = Store.open(f"sqlite:///{tmp_path}/shed.db")
+@contextlib.contextmanager
+def gated_worker(tmp_path: Path, name: str, **settings):  # type: ignore[no-untyped-def]
+    """A learning thread over a GatedEngine (learning waits for `engine.gate`) and its metrics."""
+    store = Store.open(f"sqlite:///{tmp_path}/{name}.db")
     engine = GatedEngine()
     metrics = Metrics()
-    worker = LearningWorker(engine, store, metrics, max_backlog=10_000, shed_lag=0.2)
+    worker = LearningWorker(engine, store, metrics, max_backlog=10_000, **settings)
     worker.start()
     try:
+        yield engine, worker, metrics
+    finally:
+        engine.gate.set()
+        worker.stop(10)
+        store.close()
+
+
+def test_learning_that_fell_behind_sheds_the_recurrent_steps_until_it_catches_up(tmp_path: Path) -> None:
+    with gated_worker(tmp_path, "shed", shed_lag=0.2) as (engine, worker, metrics):
         rows = shifted(400, 10**6)                 # no change: no adaptation touches the weights
         engine.record(rows[:300])
         worker.submit(rows[:20])                   # taken at once, then held at the gate...
@@ -121,19 +133,10 @@ def test_learning_that_fell_behind_sheds_the_recurrent_steps_until_it_catches_up
         assert not worker.shedding
         assert metrics.value("adaptd_learning_shed_records_total") == 280
         assert not all(torch.equal(before[k], v) for k, v in engine.gru.params.items())
-    finally:
-        engine.gate.set()
-        worker.stop(10)
-        store.close()
 
 
 def test_a_restarts_catch_up_submitted_at_once_sheds_past_its_first_chunk(tmp_path: Path) -> None:
-    store = Store.open(f"sqlite:///{tmp_path}/catchup.db")
-    engine = GatedEngine()
-    metrics = Metrics()
-    worker = LearningWorker(engine, store, metrics, max_backlog=10_000, max_chunk=100, shed_lag=0.2)
-    worker.start()
-    try:
+    with gated_worker(tmp_path, "catchup", max_chunk=100, shed_lag=0.2) as (engine, worker, metrics):
         rows = shifted(300, 10**6)
         engine.record(rows)
         worker.submit(rows)                        # as the daemon submits what a restart must relearn
@@ -141,19 +144,10 @@ def test_a_restarts_catch_up_submitted_at_once_sheds_past_its_first_chunk(tmp_pa
         engine.gate.set()
         wait_until(lambda: worker.backlog == 0)
         assert metrics.value("adaptd_learning_shed_records_total") == 200
-    finally:
-        engine.gate.set()
-        worker.stop(10)
-        store.close()
 
 
 def test_shedding_off_learns_every_step_however_late(tmp_path: Path) -> None:
-    store = Store.open(f"sqlite:///{tmp_path}/noshed.db")
-    engine = GatedEngine()
-    metrics = Metrics()
-    worker = LearningWorker(engine, store, metrics, max_backlog=10_000, shed_lag=0.0)
-    worker.start()
-    try:
+    with gated_worker(tmp_path, "noshed", shed_lag=0.0) as (engine, worker, metrics):
         rows = shifted(300, 10**6)
         engine.record(rows)
         worker.submit(rows[:20])
@@ -164,10 +158,6 @@ def test_shedding_off_learns_every_step_however_late(tmp_path: Path) -> None:
         wait_until(lambda: worker.backlog == 0)
         assert not worker.shedding and metrics.value("adaptd_learning_shed_records_total") == 0
         assert engine.counters["gru_steps_shed"] == 0
-    finally:
-        engine.gate.set()
-        worker.stop(10)
-        store.close()
 
 
 class StallingEngine(OnlineEngine):
