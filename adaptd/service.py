@@ -21,9 +21,38 @@ from .records import Rejected, check_series, validate_batch
 from .store import Store, redact
 
 log = logging.getLogger(__name__)
-# Seconds a forecast waits for learning to issue its series' forecast before the models forecast
-# from the unlearnt records (see Service._models_forecast).
+# Provisional answers (see Service._models_forecast) may take this share of the event loop's
+# time, in bursts of up to PROVISIONAL_BURST seconds. Past it, a forecast first waits up to
+# LEARNT_WAIT seconds for learning to issue its series' forecast.
+PROVISIONAL_SHARE = 0.25
+PROVISIONAL_BURST = 0.05
 LEARNT_WAIT = 0.01
+
+
+class TimeBudget:
+    """A token bucket of seconds: refills `share` of a second every second, holds up to `burst`.
+
+    >>> now = [0.0]
+    >>> budget = TimeBudget(share=0.25, burst=0.05, clock=lambda: now[0])
+    >>> budget.spend(0.2); budget.available()
+    False
+    >>> now[0] = 0.8; budget.available()   # the 0.15 s of debt is repaid at 0.25 s a second
+    True
+    """
+
+    def __init__(self, share: float, burst: float, clock: Callable[[], float] = time.monotonic):
+        self.share, self.burst, self.clock = share, burst, clock
+        self.tokens, self.at = burst, clock()
+
+    def available(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.share)
+        self.at = now
+        return self.tokens > 0
+
+    def spend(self, seconds: float) -> None:
+        self.available()
+        self.tokens -= seconds
 
 Op = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 MAX_REJECTIONS_LISTED = 1000
@@ -53,6 +82,7 @@ class Service:
         self.metrics = metrics
         self.learner = learner
         self.started = time.time()
+        self.provisional_budget = TimeBudget(PROVISIONAL_SHARE, PROVISIONAL_BURST)
         self.ops: dict[str, Op] = {
             "ping": self.ping, "ingest": self.ingest, "forecast": self.forecast,
             "series": self.series, "stats": self.stats,
@@ -152,21 +182,28 @@ class Service:
 
     async def _models_forecast(self, series: str, horizon: int) -> Forecast:
         """The models' forecast from the series' newest record. The one learning issues is a
-        cached read; for a series learning has not reached, it is waited for a moment
-        (`LEARNT_WAIT`) before the models forecast from the unlearnt records (`provisional`,
-        ~0.6 ms of the event loop: done for every such answer it starved learning of the CPU it
-        needed to catch up). When they cannot (learning is changing the series, or is far
-        behind), the wait goes on up to `forecast_wait`, then the naive fallback answers."""
+        cached read; for a series learning has not reached, the models forecast at once from the
+        unlearnt records (`provisional`, ~0.6 ms of the event loop). Those answers get at most
+        `PROVISIONAL_SHARE` of the event loop: clients asking back to back would otherwise take
+        the CPU learning needs to catch up. Past that, a forecast first waits up to `LEARNT_WAIT`
+        for learning. When the models cannot forecast yet (learning is writing the series, or is
+        far behind), the wait goes on up to `forecast_wait`, then the naive fallback answers."""
         started = time.monotonic()
         deadline = started + self.settings.server.forecast_wait
-        learnt_by = started + min(LEARNT_WAIT, self.settings.server.forecast_wait)
-        while not self.engine.caught_up(series) and time.monotonic() < learnt_by:
-            await asyncio.sleep(0.002)
-        while (fc := self.engine.forecast_current(series, horizon)) is None:
+        if not self.provisional_budget.available():
+            learnt_by = started + min(LEARNT_WAIT, self.settings.server.forecast_wait)
+            while not self.engine.caught_up(series) and time.monotonic() < learnt_by:
+                await asyncio.sleep(0.002)
+        while True:
+            began = time.perf_counter()
+            fc = self.engine.forecast_current(series, horizon)
+            if fc is not None:
+                if fc.model.get("unlearnt"):
+                    self.provisional_budget.spend(time.perf_counter() - began)
+                return fc
             if time.monotonic() >= deadline:
                 return self.engine.forecast(series, horizon)
             await asyncio.sleep(0.002)
-        return fc
 
     async def series(self, _request: dict[str, Any]) -> dict[str, Any]:
         listing = [{"series": name, "observations": info.observations, "first_ts": info.first_ts,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -11,12 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adaptd import service as service_module
 from adaptd.catalog import SeriesCatalog
+from adaptd.config import load_config
 from adaptd.engine.learner import Initializer
 from adaptd.engine.online import OnlineConfig, OnlineEngine
 from adaptd.learning import LearningWorker
 from adaptd.metrics import Metrics
 from adaptd.records import Observation
+from adaptd.service import Service
 from adaptd.store import Store
 
 torch.set_num_threads(1)
@@ -268,6 +272,30 @@ def test_forecasts_asked_while_the_learning_thread_works_reflect_every_recorded_
         worker.stop(10)
         store.close()
     assert answered["provisional"] > 100, answered   # the models answered without waiting for learning
+
+
+def test_a_forecast_learning_has_not_reached_is_answered_at_once_while_provisional_answers_are_within_budget(
+        monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Clients asking back to back would spend the CPU learning needs on provisional answers:
+    past their share of the event loop, a forecast first waits (up to LEARNT_WAIT) for learning."""
+    monkeypatch.setattr(service_module, "LEARNT_WAIT", 0.3)   # forecast_wait is 0.5
+    engine = OnlineEngine(SMALL, Initializer.random(SMALL.shape, 0, 0.05))
+    rows = shifted(200, 10**6)
+    engine.observe(rows[:180])
+    engine.record(rows[180:183])                       # recorded, not learnt: nothing will learn them
+    service = Service(load_config(None), None, None, engine, SeriesCatalog({}), Metrics())  # type: ignore[arg-type]
+
+    async def timed_forecast() -> tuple[float, dict]:
+        began = time.monotonic()
+        fc = await service._models_forecast("s", SMALL.horizon)
+        assert fc.origin == rows[182].ts
+        return time.monotonic() - began, fc.model
+
+    took, model = asyncio.run(timed_forecast())
+    assert model["unlearnt"] == 3 and took < 0.3       # no wait for learning
+    service.provisional_budget.spend(1.0)              # provisional answers have had their share
+    took, model = asyncio.run(timed_forecast())
+    assert model["unlearnt"] == 3 and took >= 0.3      # waited for learning first, then answered
 
 
 def test_shedding_that_flaps_under_overload_warns_once_a_minute(caplog) -> None:  # type: ignore[no-untyped-def]
