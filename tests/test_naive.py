@@ -212,8 +212,8 @@ def test_late_records_are_slotted_in_time_order() -> None:
     first = engine.forecast("a", 1)
     engine.observe([Obs("a", T0 + 2 * HOUR, 2.0)])  # late
     hist = engine._series["a"]  # type: ignore[attr-defined]
-    assert hist.ts == [T0 + h * HOUR for h in range(5)]
-    assert hist.values == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert list(hist.ts) == [T0 + h * HOUR for h in range(5)]
+    assert list(hist.values) == [0.0, 1.0, 2.0, 3.0, 4.0]
     fc = engine.forecast("a", 1)
     assert fc.origin == first.origin == T0 + 4 * HOUR  # the late record does not move the origin
     assert fc.points[0].value == 4.0
@@ -242,20 +242,20 @@ def test_history_is_bounded_to_the_newest() -> None:
     feed(engine, "a", range(100))
     hist = engine._series["a"]  # type: ignore[attr-defined]
     assert len(hist) == 16
-    assert hist.values == [float(v) for v in range(84, 100)]
+    assert list(hist.values) == [float(v) for v in range(84, 100)]
     # A record older than everything kept is ignored by the engine (the store still has it).
     engine.observe([Obs("a", T0, -1.0)])
     assert hist.values[0] == 84.0 and len(hist) == 16
     # A late record inside the kept window is slotted in and the oldest falls out.
     engine.observe([Obs("a", T0 + 90.5 * HOUR, 0.5)])
-    assert len(hist) == 16 and hist.ts == sorted(hist.ts) and hist.values[0] == 85.0
+    assert len(hist) == 16 and list(hist.ts) == sorted(hist.ts) and hist.values[0] == 85.0
 
 
 def test_series_history_buffer() -> None:
     h = SeriesHistory(3)
     for ts in (5.0, 1.0, 3.0, 3.0, 7.0, 0.5):
         h.add(ts, ts * 10)
-    assert h.ts == [3.0, 5.0, 7.0] and list(h.array()) == [30.0, 50.0, 70.0]
+    assert list(h.ts) == [3.0, 5.0, 7.0] and list(h.array()) == [30.0, 50.0, 70.0]
     assert h.version == 6
 
 

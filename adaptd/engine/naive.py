@@ -121,13 +121,13 @@ class NaiveEngine(Engine):
             cached = self._cache.get(series)
             if cached is not None and cached[0] == hist.version:
                 return cached[1].head(horizon)
-            ts, y, version = list(hist.ts), hist.array(), hist.version
+            ts, y, version = hist.ts[:], hist.array(), hist.version
         full = self._compute(series, ts, y)
         with self._lock:
             self._cache[series] = (version, full)
         return full.head(horizon)
 
-    def _compute(self, series: str, ts: list[float], y: np.ndarray) -> Forecast:
+    def _compute(self, series: str, ts: Sequence[float], y: np.ndarray) -> Forecast:
         step = infer_step(ts)
         if step is None:
             raise NotReady(f"series {series!r} has {len(ts)} observation(s) at one time; "
