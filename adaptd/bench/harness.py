@@ -57,4 +57,7 @@ class ScratchDaemon:
                 self.process.wait(60)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait()
+        if self.process is not None and self.process.stderr is not None:
+            self.process.stderr.close()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -4,8 +4,12 @@ A fresh daemon gets `--series` series with enough history for the online models,
 until the models have learnt it, then for `--seconds` one client ingests a new observation
 of every series every `--interval` seconds (a live feed; a level shift is injected into a
 tenth of them halfway, so adaptations run too) while `--clients` clients ask forecasts of
-random series back to back. Reports answer-time percentiles of the forecasts (client-side, request sent
-to answer read), which model answered, and the daemon's own counters.
+random series. By default they ask back to back (closed loop: throughput, latency mostly
+queueing behind the other clients); with `--rate` they ask at random (Poisson) times, that many
+a second in all, and an answer's time counts from when its request was due, so a client that
+fell behind is charged for it (no coordinated omission). Reports answer-time percentiles
+(client-side), which model answered (`provisional`: from records not yet learnt), and the
+daemon's own counters.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import queue
 import random
 import statistics
 import threading
@@ -39,21 +44,59 @@ def _ingest_round(client: Client, n_series: int, t: int, shifted: bool) -> None:
             raise SystemExit(f"ingest failed: {answer}")
 
 
-def _asker(socket: str, n_series: int, seconds: float, seed: int, out: "mp.Queue[tuple[list[float], dict[str, int]]]") -> None:
+def _answer_kind(answer: dict) -> str:
+    if not answer.get("ok"):
+        return answer["error"]["code"]
+    model = answer["model"]
+    return "provisional" if model.get("unlearnt") else model["kind"]
+
+
+Answers = list[tuple[float, str]]   # (seconds, which model answered) per forecast
+
+
+def _asker(socket: str, n_series: int, seconds: float, rate: float, seed: int, out: "mp.Queue[Answers]") -> None:
+    """Ask forecasts for `seconds`: back to back (rate 0) or at Poisson times, `rate` a second."""
     rng = random.Random(seed)
-    times: list[float] = []
-    kinds: dict[str, int] = {}
+    answers: Answers = []
+    clock = time.perf_counter
     with Client(socket) as client:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        deadline = clock() + seconds
+        due = clock()
+        while due < deadline:
             line = json.dumps({"op": "forecast", "series": f"s{rng.randrange(n_series)}", "horizon": 24}).encode() + b"\n"
-            sent = time.perf_counter()
+            if rate > 0:
+                due += rng.expovariate(rate)
+                time.sleep(max(0.0, due - clock()))
+            else:
+                due = clock()
             client.send_raw(line)
             answer = client.read_response()
-            times.append(time.perf_counter() - sent)
-            kind = answer["model"]["kind"] if answer.get("ok") else answer["error"]["code"]
-            kinds[kind] = kinds.get(kind, 0) + 1
-    out.put((times, kinds))
+            answers.append((clock() - due, _answer_kind(answer)))
+    out.put(answers)
+
+
+def _collect(askers: list[mp.process.BaseProcess], out: "mp.Queue[Answers]", timeout: float) -> Answers:
+    """Every asker's answers; a client that died says so instead of leaving the bench hanging."""
+    results: list[Answers] = []
+    deadline = time.monotonic() + timeout
+    while len(results) < len(askers):
+        try:
+            results.append(out.get(timeout=1.0))
+        except queue.Empty:
+            dead = [p for p in askers if p.exitcode not in (None, 0)]
+            if dead or time.monotonic() > deadline:
+                for p in askers:
+                    p.kill()
+                raise SystemExit(f"adaptd bench latency: {len(dead)} forecast client(s) failed "
+                                 f"(exit codes {[p.exitcode for p in dead]}); see above") from None
+    return [answer for answers in results for answer in answers]
+
+
+def _percentiles(times: list[float]) -> str:
+    if len(times) < 2:
+        return "too few to rank"
+    q = statistics.quantiles(times, n=1000)
+    return f"p50 {q[499] * 1e3:.2f} ms, p99 {q[989] * 1e3:.2f} ms, p99.9 {q[998] * 1e3:.2f} ms"
 
 
 def _wait_for_learning(client: Client, timeout: float) -> None:
@@ -64,8 +107,11 @@ def _wait_for_learning(client: Client, timeout: float) -> None:
 
 def main(args: argparse.Namespace) -> int:
     history = 70
-    print(f"adaptd bench latency: {args.series} series, {args.clients} forecast clients, {args.seconds}s of "
-          f"ingest (one observation per series every {args.interval}s)", flush=True)
+    if not args.rate >= 0:
+        raise SystemExit("adaptd bench latency: --rate must be a number >= 0 (0: back to back)")
+    asking = f"{args.rate:g} forecasts/s at random times" if args.rate > 0 else "back to back"
+    print(f"adaptd bench latency: {args.series} series, {args.clients} forecast clients asking {asking}, "
+          f"{args.seconds}s of ingest (one observation per series every {args.interval}s)", flush=True)
     with ScratchDaemon({"metrics": {"listen": ""}}) as daemon, Client(daemon.socket, timeout=600) as feeder:
         setup = time.perf_counter()
         for t in range(history):
@@ -88,31 +134,31 @@ def main(args: argparse.Namespace) -> int:
         feeding = threading.Thread(target=feed)
         feeding.start()
         ctx = mp.get_context("fork")
-        out: mp.Queue[tuple[list[float], dict[str, int]]] = ctx.Queue()
-        askers = [ctx.Process(target=_asker, args=(str(daemon.socket), args.series, args.seconds, k, out))
+        out: mp.Queue[Answers] = ctx.Queue()
+        askers = [ctx.Process(target=_asker,
+                              args=(str(daemon.socket), args.series, args.seconds, args.rate / args.clients, k, out))
                   for k in range(args.clients)]
         for p in askers:
             p.start()
-        results = [out.get(timeout=args.seconds + 600) for _ in askers]
+        answers = _collect(askers, out, args.seconds + 600)
         for p in askers:
             p.join()
         stop.set()
         feeding.join()
         with Client(daemon.socket) as c:
             stats = c.request({"op": "stats"})
-    times = sorted(x for r in results for x in r[0])
-    kinds: dict[str, int] = {}
-    for _, k in results:
-        for name, n in k.items():
-            kinds[name] = kinds.get(name, 0) + n
-    q = statistics.quantiles(times, n=1000)
+    by_kind: dict[str, list[float]] = {}
+    for seconds, kind in answers:
+        by_kind.setdefault(kind, []).append(seconds)
     engine = stats.get("engine", {})
-    print(f"forecasts answered: {len(times)} ({len(times) / args.seconds:,.0f}/s) by {kinds}")
-    print(f"answer time: p50 {q[499] * 1e3:.2f} ms, p99 {q[989] * 1e3:.2f} ms, p99.9 {q[998] * 1e3:.2f} ms "
-          f"(target p99 < 1 ms)")
+    print(f"forecasts answered: {len(answers)} ({len(answers) / args.seconds:,.0f}/s) by "
+          f"{ {kind: len(times) for kind, times in by_kind.items()} }")
+    print(f"answer time: {_percentiles([seconds for seconds, _ in answers])} (target p99 < 1 ms)")
+    for kind, times in sorted(by_kind.items()):
+        print(f"  {kind}: {_percentiles(times)}")
     print(f"ingest meanwhile: {rounds[0]} rounds of {args.series} records; drifts {engine.get('drifts')}, "
           f"adapted {engine.get('adapted')}, kept {engine.get('kept')}, "
           f"learning backlog at the end {stats.get('learning_backlog_records')}")
     print(f"reproduce: adaptd bench latency --series {args.series} --clients {args.clients} "
-          f"--seconds {args.seconds} --interval {args.interval}")
+          f"--seconds {args.seconds} --interval {args.interval}" + (f" --rate {args.rate:g}" if args.rate > 0 else ""))
     return 0

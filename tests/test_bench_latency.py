@@ -1,0 +1,50 @@
+"""`adaptd bench latency`: forecast answer times from a real daemon while a live feed runs."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import re
+
+import pytest
+
+from adaptd.bench.latency import _collect
+from adaptd.cli import main
+
+PERCENTILES = r"p50 ([\d.]+) ms, p99 ([\d.]+) ms, p99.9 ([\d.]+) ms"
+
+
+@pytest.mark.slow
+def test_open_loop_clients_get_answer_times_by_the_model_that_answered(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["bench", "latency", "--series", "30", "--clients", "2", "--seconds", "3", "--interval", "0.5",
+            "--rate", "100"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    answered = re.search(r"forecasts answered: (\d+) \(", out)
+    overall = re.search(r"answer time: " + PERCENTILES, out)
+    assert answered and overall, out
+    assert 150 <= int(answered.group(1)) <= 450, out     # ~100 a second over 3 s: paced, not back to back
+    p50, p99, p999 = (float(overall.group(i)) for i in (1, 2, 3))
+    assert 0 < p50 <= p99 <= p999
+    sources = re.findall(r"^  (\w+): " + PERCENTILES, out, re.M)
+    assert sources and {name for name, *_ in sources} <= {"online", "provisional", "cold_start", "last_value",
+                                                          "seasonal_naive"}, out
+    assert "reproduce: adaptd bench latency --series 30 --clients 2 --seconds 3.0 --interval 0.5 --rate 100" in out
+
+
+def test_a_negative_rate_is_refused_before_any_daemon_starts() -> None:
+    with pytest.raises(SystemExit, match="--rate must be a number >= 0"):
+        main(["bench", "latency", "--rate", "-5"])
+
+
+def _crash() -> None:
+    raise SystemExit(3)
+
+
+def test_a_forecast_client_that_dies_fails_the_bench_instead_of_hanging_it() -> None:
+    ctx = mp.get_context("fork")
+    out: mp.Queue = ctx.Queue()
+    dead = ctx.Process(target=_crash)
+    dead.start()
+    dead.join()
+    with pytest.raises(SystemExit, match=r"1 forecast client\(s\) failed \(exit codes \[3\]\)"):
+        _collect([dead], out, timeout=60)
