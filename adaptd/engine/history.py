@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 DAY = 86_400.0
+STEP_TIMESTAMPS = 65   # the newest timestamps a series' step is inferred from
 WEEK = 7 * DAY
 
 
@@ -60,7 +61,7 @@ def infer_step(ts: Sequence[float]) -> float | None:
     """The sampling interval: the median gap of the newest timestamps (robust to a few gaps)."""
     if len(ts) < 2:
         return None
-    gaps = np.diff(np.asarray(ts[-65:], dtype=np.float64))
+    gaps = np.diff(np.asarray(ts[-STEP_TIMESTAMPS:], dtype=np.float64))
     gaps = gaps[gaps > 0]
     return float(np.median(gaps)) if gaps.size else None
 
