@@ -159,6 +159,10 @@ def main(args: argparse.Namespace) -> int:
     print(f"ingest meanwhile: {rounds[0]} rounds of {args.series} records; drifts {engine.get('drifts')}, "
           f"adapted {engine.get('adapted')}, kept {engine.get('kept')}, "
           f"learning backlog at the end {stats.get('learning_backlog_records')}")
+    if not engine.get("adapted"):
+        print("note: no adaptation ran during this measurement: the level shift came too late for the "
+              "detectors (ADWIN looks every 32 observations of a series); give each series more observations "
+              "after it (--seconds > 70 x --interval)")
     print(f"reproduce: adaptd bench latency --series {args.series} --clients {args.clients} "
           f"--seconds {args.seconds} --interval {args.interval}" + (f" --rate {args.rate:g}" if args.rate > 0 else ""))
     return 0
