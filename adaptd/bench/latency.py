@@ -51,7 +51,7 @@ def _answer_kind(answer: dict) -> str:
     return "provisional" if model.get("unlearnt") else model["kind"]
 
 
-Answers = list[tuple[float, str]]   # (seconds, which model answered) per forecast
+Answers = list[tuple[float, float, str]]   # (seconds, of which the client sent late, which model answered)
 
 
 def _asker(socket: str, n_series: int, seconds: float, rate: float, seed: int, out: "mp.Queue[Answers]") -> None:
@@ -69,9 +69,10 @@ def _asker(socket: str, n_series: int, seconds: float, rate: float, seed: int, o
                 time.sleep(max(0.0, due - clock()))
             else:
                 due = clock()
+            sent = clock()
             client.send_raw(line)
             answer = client.read_response()
-            answers.append((clock() - due, _answer_kind(answer)))
+            answers.append((clock() - due, sent - due, _answer_kind(answer)))
     out.put(answers)
 
 
@@ -148,14 +149,16 @@ def main(args: argparse.Namespace) -> int:
         with Client(daemon.socket) as c:
             stats = c.request({"op": "stats"})
     by_kind: dict[str, list[float]] = {}
-    for seconds, kind in answers:
+    for seconds, _late, kind in answers:
         by_kind.setdefault(kind, []).append(seconds)
     engine = stats.get("engine", {})
     print(f"forecasts answered: {len(answers)} ({len(answers) / args.seconds:,.0f}/s) by "
           f"{ {kind: len(times) for kind, times in by_kind.items()} }")
-    print(f"answer time: {_percentiles([seconds for seconds, _ in answers])} (target p99 < 1 ms)")
+    print(f"answer time: {_percentiles([seconds for seconds, _, _ in answers])} (target p99 < 1 ms)")
     for kind, times in sorted(by_kind.items()):
         print(f"  {kind}: {_percentiles(times)}")
+    if args.rate > 0:   # the clients share the CPU: a request they send late counts against its answer
+        print(f"  of that, requests sent late by their client: {_percentiles([late for _, late, _ in answers])}")
     print(f"ingest meanwhile: {rounds[0]} rounds of {args.series} records; drifts {engine.get('drifts')}, "
           f"adapted {engine.get('adapted')}, kept {engine.get('kept')}, "
           f"learning backlog at the end {stats.get('learning_backlog_records')}")
