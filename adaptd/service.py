@@ -183,7 +183,7 @@ class Service:
     async def _models_forecast(self, series: str, horizon: int) -> Forecast:
         """The models' forecast from the series' newest record. The one learning issues is a
         cached read; for a series learning has not reached, the models forecast at once from the
-        unlearnt records (`provisional`, ~0.6 ms of the event loop). Those answers get at most
+        unlearnt records (`provisional`, ~0.5-0.6 ms of the event loop). Those answers get at most
         `PROVISIONAL_SHARE` of the event loop: clients asking back to back would otherwise take
         the CPU learning needs to catch up. Past that, a forecast first waits up to `LEARNT_WAIT`
         for learning. When the models cannot forecast yet (learning is writing the series, or is

@@ -28,12 +28,19 @@ def test_open_loop_clients_get_answer_times_by_the_model_that_answered(capsys: p
     sources = re.findall(r"^  (\w+): " + PERCENTILES, out, re.M)
     assert sources and {name for name, *_ in sources} <= {"online", "provisional", "cold_start", "last_value",
                                                           "seasonal_naive"}, out
+    assert re.search(r"clients waking late to send: " + PERCENTILES, out), out
     assert "reproduce: adaptd bench latency --series 30 --clients 2 --seconds 3.0 --interval 0.5 --rate 100" in out
 
 
-def test_a_negative_rate_is_refused_before_any_daemon_starts() -> None:
-    with pytest.raises(SystemExit, match="--rate must be a number >= 0"):
-        main(["bench", "latency", "--rate", "-5"])
+@pytest.mark.parametrize("args", [["--rate", "-5"], ["--rate", "inf"], ["--rate", "nan"]])
+def test_a_rate_that_is_negative_or_not_finite_is_refused_before_any_daemon_starts(args: list[str]) -> None:
+    with pytest.raises(SystemExit, match="--rate must be a finite number >= 0"):
+        main(["bench", "latency", *args])
+
+
+def test_no_clients_is_refused_before_any_daemon_starts() -> None:
+    with pytest.raises(SystemExit, match="--clients and --series must be at least 1"):
+        main(["bench", "latency", "--clients", "0", "--rate", "10"])
 
 
 def _crash() -> None:

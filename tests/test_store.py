@@ -414,7 +414,7 @@ def test_late_and_duplicate_records_are_counted_like_the_database(harness: Harne
     assert h.metric("adaptd_records_ingested_total") == 10 + 1 + 1 + 2 + 1 + 1
     # The engine saw the late record in its place and the re-sent value.
     fc_hist = h.engine._series["s"]  # type: ignore[attr-defined]
-    assert fc_hist.ts == sorted(fc_hist.ts) and fc_hist.values[fc_hist.ts.index(15.0)] == 33.0
+    assert list(fc_hist.ts) == sorted(fc_hist.ts) and fc_hist.values[fc_hist.ts.index(15.0)] == 33.0
 
 
 def test_a_restarted_writer_counts_resent_records_as_overwritten(store: Store) -> None:

@@ -3,12 +3,14 @@
 A fresh daemon gets `--series` series with enough history for the online models, waits
 until the models have learnt it, then for `--seconds` one client ingests a new observation
 of every series every `--interval` seconds (a live feed; a level shift is injected into a
-tenth of them halfway, so adaptations run too) while `--clients` clients ask forecasts of
+tenth of them halfway: adaptations run while the clients ask only if each series gets enough
+observations after it, about --seconds > 70 x --interval) while `--clients` clients ask forecasts of
 random series. By default they ask back to back (closed loop: throughput, latency mostly
 queueing behind the other clients); with `--rate` they ask at random (Poisson) times, that many
 a second in all, and an answer's time counts from when its request was due, so a client that
 fell behind is charged for it (no coordinated omission). Reports answer-time percentiles
-(client-side), which model answered (`provisional`: from records not yet learnt), and the
+(client-side), which model answered (`provisional`: from records not yet learnt), how late the
+clients' processes woke to send (their own share of the tail on shared cores), and the
 daemon's own counters.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import queue
 import random
@@ -51,7 +54,7 @@ def _answer_kind(answer: dict) -> str:
     return "provisional" if model.get("unlearnt") else model["kind"]
 
 
-Answers = list[tuple[float, float, str]]   # (seconds, of which the client sent late, which model answered)
+Answers = list[tuple[float, float, str]]   # (seconds, of which the client woke late, which model answered)
 
 
 def _asker(socket: str, n_series: int, seconds: float, rate: float, seed: int, out: "mp.Queue[Answers]") -> None:
@@ -61,18 +64,20 @@ def _asker(socket: str, n_series: int, seconds: float, rate: float, seed: int, o
     clock = time.perf_counter
     with Client(socket) as client:
         deadline = clock() + seconds
-        due = clock()
-        while due < deadline:
+        due = free = clock()   # free: when the previous answer came back
+        while True:
             line = json.dumps({"op": "forecast", "series": f"s{rng.randrange(n_series)}", "horizon": 24}).encode() + b"\n"
+            due = due + rng.expovariate(rate) if rate > 0 else clock()
+            if due >= deadline:
+                break
             if rate > 0:
-                due += rng.expovariate(rate)
                 time.sleep(max(0.0, due - clock()))
-            else:
-                due = clock()
             sent = clock()
             client.send_raw(line)
             answer = client.read_response()
-            answers.append((clock() - due, sent - due, _answer_kind(answer)))
+            # Late waking is the client's own; waiting for its previous answer is the daemon's.
+            answers.append((clock() - due, sent - max(due, free), _answer_kind(answer)))
+            free = clock()
     out.put(answers)
 
 
@@ -85,11 +90,14 @@ def _collect(askers: list[mp.process.BaseProcess], out: "mp.Queue[Answers]", tim
             results.append(out.get(timeout=1.0))
         except queue.Empty:
             dead = [p for p in askers if p.exitcode not in (None, 0)]
-            if dead or time.monotonic() > deadline:
+            late = time.monotonic() > deadline
+            if dead or late:
                 for p in askers:
                     p.kill()
-                raise SystemExit(f"adaptd bench latency: {len(dead)} forecast client(s) failed "
-                                 f"(exit codes {[p.exitcode for p in dead]}); see above") from None
+                if dead:
+                    raise SystemExit(f"adaptd bench latency: {len(dead)} forecast client(s) failed "
+                                     f"(exit codes {[p.exitcode for p in dead]}); see above") from None
+                raise SystemExit(f"adaptd bench latency: the forecast clients did not report within {timeout:.0f}s")
     return [answer for answers in results for answer in answers]
 
 
@@ -108,8 +116,10 @@ def _wait_for_learning(client: Client, timeout: float) -> None:
 
 def main(args: argparse.Namespace) -> int:
     history = 70
-    if not args.rate >= 0:
-        raise SystemExit("adaptd bench latency: --rate must be a number >= 0 (0: back to back)")
+    if not 0 <= args.rate < math.inf:
+        raise SystemExit("adaptd bench latency: --rate must be a finite number >= 0 (0: back to back)")
+    if args.clients < 1 or args.series < 1:
+        raise SystemExit("adaptd bench latency: --clients and --series must be at least 1")
     asking = f"{args.rate:g} forecasts/s at random times" if args.rate > 0 else "back to back"
     print(f"adaptd bench latency: {args.series} series, {args.clients} forecast clients asking {asking}, "
           f"{args.seconds}s of ingest (one observation per series every {args.interval}s)", flush=True)
@@ -158,7 +168,7 @@ def main(args: argparse.Namespace) -> int:
     for kind, times in sorted(by_kind.items()):
         print(f"  {kind}: {_percentiles(times)}")
     if args.rate > 0:   # the clients share the CPU: a request they send late counts against its answer
-        print(f"  of that, requests sent late by their client: {_percentiles([late for _, late, _ in answers])}")
+        print(f"  of that, clients waking late to send: {_percentiles([late for _, late, _ in answers])}")
     print(f"ingest meanwhile: {rounds[0]} rounds of {args.series} records; drifts {engine.get('drifts')}, "
           f"adapted {engine.get('adapted')}, kept {engine.get('kept')}, "
           f"learning backlog at the end {stats.get('learning_backlog_records')}")

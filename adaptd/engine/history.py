@@ -31,7 +31,14 @@ class SeriesHistory:
         self.revised = -float("inf")
 
     def add(self, ts: float, value: float) -> None:
-        self.version += 1
+        try:
+            self._place(ts, value)
+        finally:
+            # Bumped after the change: a reader without the lock that sees this version also
+            # sees the records it stands for (NaiveEngine.step relies on it).
+            self.version += 1
+
+    def _place(self, ts: float, value: float) -> None:
         if not self.ts or ts > self.ts[-1]:
             self.ts.append(ts)
             self.values.append(value)

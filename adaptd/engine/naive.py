@@ -177,8 +177,8 @@ class NaiveEngine(Engine):
         """The series' sampling interval, inferred from its newest timestamps (every answer
         needs it: kept until the series changes)."""
         # Without the lock (record may hold it): each read below is one atomic step under the
-        # GIL, and the version is read first, so a step cached from newer records than its
-        # version says is only recomputed once more.
+        # GIL. The version is read first and bumped only after a change, so a cached step is
+        # never older than its version; one from newer records is only recomputed once more.
         hist = self._series.get(series)
         if hist is None:
             return None
