@@ -48,7 +48,7 @@ def interval_halfwidths(y: np.ndarray, lags: np.ndarray, coverage: float) -> np.
         if lo < n:
             errors[i, : n - lo] = np.abs(y[lo:] - y[lo - lag: n - lag])
     widths = _conformal_quantiles(errors, coverage)
-    few = np.isnan(widths) & (np.isnan(errors).sum(axis=1) > errors.shape[1] - MIN_RESIDUALS)
+    few = (~np.isnan(errors)).sum(axis=1) < MIN_RESIDUALS   # as _conformal_quantiles counts
     if few.any():   # too little history: spread of one-step changes, grown with sqrt(h)
         one_step = np.abs(np.diff(y))
         fallback = float(one_step.max()) if one_step.size else 0.0
