@@ -29,6 +29,8 @@ def test_open_loop_clients_get_answer_times_by_the_model_that_answered(capsys: p
     assert sources and {name for name, *_ in sources} <= {"online", "provisional", "cold_start", "last_value",
                                                           "seasonal_naive"}, out
     assert re.search(r"clients waking late to send: " + PERCENTILES, out), out
+    assert re.search(r"meanwhile: \d+ rounds of ingest \(30 records each\), \d+ drifts detected, \d+ adaptations ran",
+                     out), out
     assert "reproduce: adaptd bench latency --series 30 --clients 2 --seconds 3.0 --interval 0.5 --rate 100" in out
 
 

@@ -1,8 +1,9 @@
 """Choosing engine settings on validation rows only: `python -m adaptd.bench.accuracy.validate`.
 
-For each H=1 data set, models see the train rows as warm-up and are scored on the validation
-rows [train_end, val_end) — rows the accuracy report never scores — so a setting picked here
-is not tuned on the held-out test rows.
+For each data set, models see the train rows as warm-up and are scored on the validation rows
+[train_end, val_end) — rows the accuracy report never scores — so a setting picked here is not
+tuned on the held-out test rows. H=1 uses the FSNet split, longer horizons the DSOF split, as
+the report does.
 """
 
 from __future__ import annotations
@@ -21,22 +22,29 @@ from .runner import BenchContext, evaluate
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--datasets", default="etth2,ettm1,wth")
+    parser.add_argument("--horizon", type=int, default=1)
+    parser.add_argument("--baselines", default="rls-ar60-relative,rls-ar96",
+                        help="comma-separated baseline models scored next to the variants")
     parser.add_argument("--variants", default="{}", help='JSON: {"name": {OnlineConfig field: value}}')
     args = parser.parse_args()
+    H = args.horizon
+    protocol = "fsnet" if H == 1 else "dsof"
+    specs = baseline_specs()
     variants = {"default": {}, **json.loads(args.variants)}
     settings = load_config(None)
     for name in args.datasets.split(","):
-        split = load_split(name, "fsnet")
+        split = load_split(name, protocol)
         values = split.values[: split.val_end]
-        ctx = BenchContext(name, "fsnet", 1, split.channels, split.period, split.step_seconds, split.train_end,
+        ctx = BenchContext(name, protocol, H, split.channels, split.period, split.step_seconds, split.train_end,
                            split.val_end - split.train_end, split.val_end)
-        rls = evaluate(baseline_specs()["rls-ar60-relative"].build(ctx), values, split.train_end, split.val_end, 1)
-        print(f"{name}: rls-ar60-relative {rls.mse:.4f}", flush=True)
+        for baseline in filter(None, args.baselines.split(",")):
+            result = evaluate(specs[baseline].build(ctx), values, split.train_end, split.val_end, H)
+            print(f"{name} H={H}: {baseline} {result.mse:.4f} (mae {result.mae:.4f})", flush=True)
         for label, overrides in variants.items():
             model = EngineModel("adaptd", ctx, settings, adapt=True, init=settings.adapt.init)
             model.config = dataclasses.replace(model.config, **overrides)
-            result = evaluate(model, values, split.train_end, split.val_end, 1)
-            print(f"{name}: {label} {result.mse:.4f} (mae {result.mae:.4f}, {result.wall_seconds:.0f}s)", flush=True)
+            result = evaluate(model, values, split.train_end, split.val_end, H)
+            print(f"{name} H={H}: {label} {result.mse:.4f} (mae {result.mae:.4f}, {result.wall_seconds:.0f}s)", flush=True)
 
 
 if __name__ == "__main__":
