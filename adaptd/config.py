@@ -79,7 +79,7 @@ class ModelSettings:
     patch: int = 4
     hidden: int = 32
     learning_rate: float = 0.01
-    train_every: int = 1
+    train_every: int = 4
     rls_lags: int = 32
     rls_forgetting: float = 0.999
     mixture_eta: float = 4.0

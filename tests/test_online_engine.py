@@ -497,3 +497,20 @@ def test_while_learning_computes_a_series_gradient_step_its_forecast_is_answered
     shed = _learnt_then_recorded(y, 119)   # the same state, the GRU step skipped: the reference
     shed.learn(newest, shed=True)
     np.testing.assert_allclose([p.value for p in fc.points], shed.fc_value[shed.slots["s"]], rtol=1e-5)
+
+
+def test_with_train_every_series_that_arrive_together_take_their_gru_steps_in_turn():
+    # Every 4th observation per series, but not all series in the same round: a round with
+    # every series' gradient step would stall the forecasts waiting for that round.
+    engine = make_engine(dataclasses.replace(SMALL, train_every=4))
+    stepped: list[int] = []
+    engine._gru_step = lambda slots: stepped.append(len(slots))
+    y = seasonal(100)
+    per_round = []
+    for t in range(100):
+        before = len(stepped)
+        engine.observe([Observation(f"series-{k}", t * HOUR, float(y[t] + k)) for k in range(16)])
+        per_round.append(sum(stepped[before:]))
+    last = per_round[-20:]
+    assert sum(last) == 16 * 5                    # each series every 4th observation...
+    assert 0 < min(last) and max(last) < 16       # ...but never all of them in one round

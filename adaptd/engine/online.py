@@ -21,6 +21,7 @@ import contextlib
 import logging
 import threading
 import time
+import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -94,7 +95,7 @@ class OnlineConfig:
     rls_lags: int = 32
     rls_forgetting: float = 0.999
     learning_rate: float = 0.01
-    train_every: int = 1
+    train_every: int = 1        # [model] train_every sets it in the daemon (default 4)
     clip: float = 1.0
     mixture_eta: float = 4.0
     mixture_memory: float = 0.05
@@ -230,12 +231,14 @@ class OnlineEngine(Engine):
             if old is not None:
                 grown[: old.shape[0]] = old
             setattr(self, name, grown)
-        stamp = np.zeros(capacity, dtype=np.int64)
-        old_stamp = getattr(self, "stamp", stamp[:0])
-        stamp[: old_stamp.size] = old_stamp
-        # Per slot, a sequence lock for `_provisional`: odd while a learning step or an adaptation
-        # is changing the slot; a reader that saw it odd, or changed, discards what it read.
-        self.stamp = stamp
+        for name in ("stamp", "train_phase"):
+            grown = np.zeros(capacity, dtype=np.int64)
+            old = getattr(self, name, grown[:0])
+            grown[: old.size] = old
+            setattr(self, name, grown)
+        # stamp: per slot, a sequence lock for `_provisional`: odd while a learning step or an
+        # adaptation is changing the slot; a reader that saw it odd, or changed, discards what it
+        # read. train_phase: offsets the series' GRU steps (`_learn`), from its name.
         self.rls.resize(capacity)
         self.gru.resize(capacity, self.init)
         self.mixture.resize(capacity, L)
@@ -249,6 +252,9 @@ class OnlineEngine(Engine):
                 self._allocate(max(16, 2 * slot))
             self.names.append(name)
             self.slots[name] = slot
+            # With train_every > 1, series that arrive together would all take their GRU steps in
+            # the same rounds: a hash of the name (the same after a restart) spreads them.
+            self.train_phase[slot] = zlib.crc32(name.encode())
             self.gru.load(np.array([slot]), self.init.params)   # a new series starts from θ*
             if self.config.cold:
                 self.mixture.lean(np.array([slot]), GRU, COLD_START_GRU_SHARE)
@@ -476,7 +482,7 @@ class OnlineEngine(Engine):
             if first.any():
                 self.rls.learn_inputs(slots[first], x[first, 0])
             self.rls.B[slots] += cross
-        due = ok[:, 0] & (self.count[slots] % c.train_every == 0) & (c.learning_rate > 0)
+        due = ok[:, 0] & ((self.count[slots] + self.train_phase[slots]) % c.train_every == 0) & (c.learning_rate > 0)
         if self._shed:
             self.counters["gru_steps_shed"] += int(due.sum())
             return slots[:0]
