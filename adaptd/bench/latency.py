@@ -38,8 +38,6 @@ HISTORY = 70         # rows every series has before the clients start (the model
 ADWIN_CLOCK = 32     # river's ADWIN tests for a change once per this many updates
 SHIFT_AHEAD = 8      # the shift comes this many rounds before the clients start: ADWIN needs a
                      # few observations on each side of a change before it can cut there
-
-
 SETUP_ROUNDS = HISTORY + ADWIN_CLOCK
 SHIFT_ROUND = SETUP_ROUNDS - SHIFT_AHEAD
 
