@@ -319,12 +319,13 @@ class OnlineEngine(Engine):
             # between (the GRU's gradient, the forecasts) only read it, so provisional forecasts
             # (`_provisional`) can be made meanwhile.
             with self._changing(slots):
+                before = self.count[slots].copy()
                 self._align(slots, ts, y)
                 self._append(slots, ts, y)
                 residuals = self._score(slots)
                 # The detector watches forecasts from full windows only (cold-start ones are noisier).
                 residuals[self.count[slots] <= self.config.window] = np.nan
-                due = self._learn(slots)
+                due = self._learn(slots, before)
             if due.size:
                 self._gru_step(due)
             self._watch_for_drift(slots, ts, residuals)
@@ -461,8 +462,9 @@ class OnlineEngine(Engine):
         target = np.clip((values - origin_y[:, :, None]) / scale[:, :, None], -VALUE_CLIP, VALUE_CLIP)
         return target, np.broadcast_to(mask, target.shape).copy()
 
-    def _learn(self, slots: np.ndarray) -> np.ndarray:
-        """RLS learns the newly observed targets; returns the slots due a GRU step."""
+    def _learn(self, slots: np.ndarray, before: np.ndarray) -> np.ndarray:
+        """RLS learns the newly observed targets; returns the slots due a GRU step (`before`:
+        their observation counts before this step, which may have filled missing ones too)."""
         c = self.config
         H = c.horizon
         back = np.arange(1, H + 1)
@@ -482,7 +484,11 @@ class OnlineEngine(Engine):
             if first.any():
                 self.rls.learn_inputs(slots[first], x[first, 0])
             self.rls.B[slots] += cross
-        due = ok[:, 0] & ((self.count[slots] + self.train_phase[slots]) % c.train_every == 0) & (c.learning_rate > 0)
+        # Due when the count passed a multiple of train_every (offset by the series' phase); "is
+        # one" would skip a series whose filled gaps keep stepping over its multiples.
+        phase = self.train_phase[slots]
+        passed = (self.count[slots] + phase) // c.train_every != (before + phase) // c.train_every
+        due = ok[:, 0] & passed & (c.learning_rate > 0)
         if self._shed:
             self.counters["gru_steps_shed"] += int(due.sum())
             return slots[:0]
