@@ -91,6 +91,11 @@ class BenchReport:
 
 # ---------------------------------------------------------------- planning and running
 
+def auto_protocol(horizon: int) -> str:
+    """The split a horizon is scored on by default: FSNet/OneNet for H = 1, leak-free DSOF past it."""
+    return "fsnet" if horizon == 1 else "dsof"
+
+
 def plan_columns(datasets: Sequence[str], horizons: Sequence[int], protocol: str = "auto"
                  ) -> tuple[list[Column], list[str]]:
     """Which split each (dataset, horizon) runs on, and what is skipped (with the reason).
@@ -107,7 +112,7 @@ def plan_columns(datasets: Sequence[str], horizons: Sequence[int], protocol: str
     columns, skipped = [], []
     for h in horizons:
         for ds in datasets:
-            proto = protocol if protocol != "auto" else ("fsnet" if h == 1 else "dsof")
+            proto = protocol if protocol != "auto" else auto_protocol(h)
             if not has_protocol(ds, proto):
                 skipped.append(f"{DISPLAY[ds]} H={h}: no {proto.upper()} split for {DISPLAY[ds]} (the leak-free DSOF "
                                f"paper does not report it; FSNet/OneNet H>1 numbers leak labels). "

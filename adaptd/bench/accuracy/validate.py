@@ -16,6 +16,7 @@ from ...config import load_config
 from .baselines import baseline_specs
 from .datasets import load_split
 from .engine_model import EngineModel
+from .report import auto_protocol
 from .runner import BenchContext, evaluate
 
 
@@ -28,7 +29,7 @@ def main() -> None:
     parser.add_argument("--variants", default="{}", help='JSON: {"name": {OnlineConfig field: value}}')
     args = parser.parse_args()
     H = args.horizon
-    protocol = "fsnet" if H == 1 else "dsof"
+    protocol = auto_protocol(H)
     specs = baseline_specs()
     variants = {"default": {}, **json.loads(args.variants)}
     settings = load_config(None)
