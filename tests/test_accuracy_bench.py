@@ -12,6 +12,7 @@ from adaptd.bench.accuracy.baselines import RepeatLast, RLSAutoregression, Seaso
 from adaptd.bench.accuracy.datasets import DataMissing, data_path, load_split, split_rows
 from adaptd.bench.accuracy.report import add_arguments, main, plan_columns
 from adaptd.bench.accuracy.runner import BenchContext, scored_origins
+from adaptd.bench.accuracy.validate import main as validate_main
 
 
 def _data_available(*datasets: str) -> bool:
@@ -245,6 +246,21 @@ def test_missing_data_fails_clearly(tmp_path, capsys) -> None:
     add_arguments(parser)
     assert main(parser.parse_args(["--datasets", "etth2", "--data-dir", str(tmp_path)])) == 2
     assert "ETTh2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--baselines", "rls-ar69"], "--baselines: unknown rls-ar69; choose from"),
+    (["--datasets", "etth2,etth3"], "--datasets: unknown etth3; choose from etth2, ettm1, wth"),
+    (["--horizon", "0"], "--horizon must be at least 1, got 0"),
+    (["--variants", '{"a": {"rls_lag": 96}}'], "--variants a: rls_lag not OnlineConfig fields"),
+    (["--variants", '{"a": 96}'], "--variants must look like"),
+    (["--variants", "{a: 1}"], "--variants is not JSON"),
+])
+def test_validation_sweeps_reject_bad_arguments_before_reading_data(argv, message, capsys) -> None:
+    with pytest.raises(SystemExit) as exit:
+        validate_main(argv)
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 @needs_data

@@ -13,32 +13,57 @@ import dataclasses
 import json
 
 from ...config import load_config
+from ...engine.online import OnlineConfig
 from .baselines import baseline_specs
-from .datasets import load_split
+from .datasets import FILES, load_split
 from .engine_model import EngineModel
 from .report import auto_protocol
 from .runner import BenchContext, evaluate
 
 
-def main() -> None:
+def _variants(parser: argparse.ArgumentParser, text: str) -> dict[str, dict]:
+    """--variants checked before any data is read: a typo should not cost a 5-minute run."""
+    try:
+        variants = json.loads(text)
+    except json.JSONDecodeError as e:
+        parser.error(f"--variants is not JSON: {e}")
+    fields = {f.name for f in dataclasses.fields(OnlineConfig)}
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        parser.error('--variants must look like {"name": {"field": value}}')
+    for label, overrides in variants.items():
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            parser.error(f"--variants {label}: {', '.join(unknown)} not OnlineConfig fields; "
+                         f"choose from {', '.join(sorted(fields))}")
+    return variants
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--datasets", default="etth2,ettm1,wth")
     parser.add_argument("--horizon", type=int, default=1)
     parser.add_argument("--baselines", default="rls-ar60-relative,rls-ar96",
                         help="comma-separated baseline models scored next to the variants")
     parser.add_argument("--variants", default="{}", help='JSON: {"name": {OnlineConfig field: value}}')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     H = args.horizon
-    protocol = auto_protocol(H)
+    datasets, baselines = args.datasets.split(","), list(filter(None, args.baselines.split(",")))
     specs = baseline_specs()
-    variants = {"default": {}, **json.loads(args.variants)}
+    variants = {"default": {}, **_variants(parser, args.variants)}
+    if H < 1:
+        parser.error(f"--horizon must be at least 1, got {H}")
+    for flag, names, known in (("--datasets", datasets, FILES), ("--baselines", baselines, specs)):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            parser.error(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    protocol = auto_protocol(H)
     settings = load_config(None)
-    for name in args.datasets.split(","):
+    for name in datasets:
         split = load_split(name, protocol)
         values = split.values[: split.val_end]
         ctx = BenchContext(name, protocol, H, split.channels, split.period, split.step_seconds, split.train_end,
                            split.val_end - split.train_end, split.val_end)
-        for baseline in filter(None, args.baselines.split(",")):
+        for baseline in baselines:
             result = evaluate(specs[baseline].build(ctx), values, split.train_end, split.val_end, H)
             print(f"{name} H={H}: {baseline} {result.mse:.4f} (mae {result.mae:.4f})", flush=True)
         for label, overrides in variants.items():
