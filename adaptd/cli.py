@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--clients", type=int, default=4)
     lat.add_argument("--seconds", type=float, default=30.0)
     lat.add_argument("--interval", type=float, default=1.0, help="seconds between observations of a series")
+    lat.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+                     help="a daemon setting for this run (repeatable), e.g. --set model.train_every=1")
     lat.add_argument("--rate", type=float, default=0.0,
                      help="forecasts a second over all clients, at random times (default 0: back to back)")
     a = bench.add_parser("adapt", help="time of one drift adaptation (k steps) of one series")

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from adaptd.bench.harness import ScratchDaemon
 from adaptd.bench.latency import _collect
 from adaptd.cli import main
 
@@ -16,7 +17,7 @@ PERCENTILES = r"p50 ([\d.]+) ms, p99 ([\d.]+) ms, p99.9 ([\d.]+) ms"
 @pytest.mark.slow
 def test_open_loop_clients_get_answer_times_by_the_model_that_answered(capsys: pytest.CaptureFixture[str]) -> None:
     args = ["bench", "latency", "--series", "30", "--clients", "2", "--seconds", "3", "--interval", "0.5",
-            "--rate", "100"]
+            "--rate", "100", "--set", "model.train_every=2"]
     assert main(args) == 0
     out = capsys.readouterr().out
     answered = re.search(r"forecasts answered: (\d+) \(", out)
@@ -31,7 +32,8 @@ def test_open_loop_clients_get_answer_times_by_the_model_that_answered(capsys: p
     assert re.search(r"clients waking late to send: " + PERCENTILES, out), out
     assert re.search(r"meanwhile: \d+ rounds of ingest \(30 records each\), \d+ drifts detected, \d+ adaptations ran",
                      out), out
-    assert "reproduce: adaptd bench latency --series 30 --clients 2 --seconds 3.0 --interval 0.5 --rate 100" in out
+    assert ("reproduce: adaptd bench latency --series 30 --clients 2 --seconds 3.0 --interval 0.5 --rate 100 "
+            "--set model.train_every=2") in out
 
 
 @pytest.mark.parametrize("args", [["--rate", "-5"], ["--rate", "inf"], ["--rate", "nan"]])
@@ -43,6 +45,23 @@ def test_a_rate_that_is_negative_or_not_finite_is_refused_before_any_daemon_star
 def test_no_clients_is_refused_before_any_daemon_starts() -> None:
     with pytest.raises(SystemExit, match="--clients and --series must be at least 1"):
         main(["bench", "latency", "--clients", "0", "--rate", "10"])
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("train_every=1", "expected section.key=value"),
+    ("model.train_every=0", "train_every"),
+    ("model.no_such_key=1", "no_such_key"),
+])
+def test_a_bad_setting_is_refused_with_the_config_message_before_any_daemon_starts(setting: str, message: str) -> None:
+    with pytest.raises(SystemExit, match=f"adaptd bench latency: .*{message}"):
+        main(["bench", "latency", "--set", setting])
+
+
+def test_a_daemon_that_fails_to_start_says_why(tmp_path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(RuntimeError, match="daemon exited: (?s:.*)a-file"):
+        with ScratchDaemon({"store": {"url": f"sqlite:///{tmp_path}/a-file/adaptd.db"}}):
+            pass
 
 
 def _crash() -> None:

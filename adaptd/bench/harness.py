@@ -9,10 +9,60 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import tomllib
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from ..client import Client, ClientError
+from ..config import load_config
+
+
+class LogDrain(threading.Thread):
+    """Reads the daemon's stderr (a full pipe would block it) and keeps the lines."""
+
+    def __init__(self, stream: Any):
+        super().__init__(name="daemon-log", daemon=True)
+        self.stream = stream
+        self.lines: list[str] = []
+
+    def run(self) -> None:
+        for raw in iter(self.stream.readline, b""):
+            self.lines.append(raw.decode(errors="replace").rstrip())
+
+    def summary(self) -> dict[str, Any]:
+        levels = Counter(word for line in self.lines for word in ("WARNING", "ERROR", "CRITICAL", "Traceback")
+                         if word in line)
+        distinct: list[str] = []
+        for line in self.lines:
+            if any(w in line for w in ("WARNING", "ERROR", "CRITICAL", "Traceback")):
+                text = line.split(" ", 2)[-1] if line[:4].isdigit() else line   # drop the time stamp
+                if text not in distinct:
+                    distinct.append(text)
+        return {"lines": len(self.lines), "by_level": dict(levels), "first": distinct[:12]}
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, object]]:
+    """`--set section.key=value` options as config sections; the value is read as TOML
+    (a bare word that is not TOML is a string).
+
+    >>> parse_overrides(["model.train_every=1", "adapt.init=meta", "server.forecast_wait=0.2"])
+    {'model': {'train_every': 1}, 'adapt': {'init': 'meta'}, 'server': {'forecast_wait': 0.2}}
+    """
+    sections: dict[str, dict[str, object]] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not (sep and dot and section and key):
+            raise ValueError(f"--set {item!r}: expected section.key=value, e.g. model.train_every=1")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        sections.setdefault(section, {})[key] = value
+    return sections
 
 
 class ScratchDaemon:
@@ -31,24 +81,34 @@ class ScratchDaemon:
         self.config.write_text("".join(
             f"[{name}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
             for name, values in sections.items()))
+        try:
+            load_config(str(self.config))   # a bad setting: the daemon's own message, before it starts
+        except Exception:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
+        self.log: LogDrain | None = None
 
     def __enter__(self) -> "ScratchDaemon":
         self.process = subprocess.Popen(
             [sys.executable, "-m", "adaptd", "serve", "--config", str(self.config)],
             stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.log = LogDrain(self.process.stderr)
+        self.log.start()
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"daemon exited: {self.process.stderr.read().decode()}")  # type: ignore[union-attr]
+                self.__exit__()
+                raise RuntimeError("daemon exited: " + "\n".join(self.log.lines))
             try:
                 with Client(self.socket, timeout=5) as client:
                     if client.request({"op": "ping"}).get("ok"):
                         return self
             except ClientError:
                 time.sleep(0.05)
-        raise RuntimeError("daemon did not answer in time")
+        self.__exit__()
+        raise RuntimeError("daemon did not answer in time: " + "\n".join(self.log.lines[-20:]))
 
     def __exit__(self, *_exc: object) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -58,6 +118,8 @@ class ScratchDaemon:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.log is not None:
+            self.log.join(5)   # the pipe reaches its end with the process
         if self.process is not None and self.process.stderr is not None:
             self.process.stderr.close()
         shutil.rmtree(self.dir, ignore_errors=True)

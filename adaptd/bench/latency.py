@@ -25,12 +25,13 @@ import math
 import multiprocessing as mp
 import queue
 import random
+import shlex
 import statistics
 import threading
 import time
 
 from ..client import Client
-from .harness import ScratchDaemon
+from .harness import ScratchDaemon, parse_overrides
 
 STEP = 3600.0
 T0 = 1_600_000_000.0
@@ -140,10 +141,15 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("adaptd bench latency: --rate must be a finite number >= 0 (0: back to back)")
     if args.clients < 1 or args.series < 1:
         raise SystemExit("adaptd bench latency: --clients and --series must be at least 1")
+    try:
+        daemon = ScratchDaemon(parse_overrides(args.overrides))
+    except ValueError as e:   # a malformed --set, or a setting the daemon's config rejects
+        raise SystemExit(f"adaptd bench latency: {e}") from None
     asking = f"{args.rate:g} forecasts/s at random times" if args.rate > 0 else "back to back"
     print(f"adaptd bench latency: {args.series} series, {args.clients} forecast clients asking {asking}, "
-          f"{args.seconds}s of ingest (one observation per series every {args.interval}s)", flush=True)
-    with ScratchDaemon({"metrics": {"listen": ""}}) as daemon, Client(daemon.socket, timeout=600) as feeder:
+          f"{args.seconds}s of ingest (one observation per series every {args.interval}s)"
+          + "".join(f", {item}" for item in args.overrides), flush=True)
+    with daemon, Client(daemon.socket, timeout=600) as feeder:
         setup = time.perf_counter()
         for t in range(SETUP_ROUNDS):
             _ingest_round(feeder, args.series, t)
@@ -205,5 +211,6 @@ def main(args: argparse.Namespace) -> int:
               f"checks (every {ADWIN_CLOCK} observations) one round at a time; give the feed more rounds "
               "(--seconds / --interval) or more series")
     print(f"reproduce: adaptd bench latency --series {args.series} --clients {args.clients} "
-          f"--seconds {args.seconds} --interval {args.interval}" + (f" --rate {args.rate:g}" if args.rate > 0 else ""))
+          f"--seconds {args.seconds} --interval {args.interval}" + (f" --rate {args.rate:g}" if args.rate > 0 else "")
+          + "".join(f" --set {shlex.quote(item)}" for item in args.overrides))
     return 0

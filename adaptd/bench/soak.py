@@ -390,30 +390,6 @@ class Sampler(threading.Thread):
         return self.metrics[-1][1] if self.metrics else {}
 
 
-class LogDrain(threading.Thread):
-    """Reads the daemon's stderr (a full pipe would block it) and keeps the lines."""
-
-    def __init__(self, stream: Any):
-        super().__init__(name="soak-log", daemon=True)
-        self.stream = stream
-        self.lines: list[str] = []
-
-    def run(self) -> None:
-        for raw in iter(self.stream.readline, b""):
-            self.lines.append(raw.decode(errors="replace").rstrip())
-
-    def summary(self) -> dict[str, Any]:
-        levels = Counter(word for line in self.lines for word in ("WARNING", "ERROR", "CRITICAL", "Traceback")
-                         if word in line)
-        distinct: list[str] = []
-        for line in self.lines:
-            if any(w in line for w in ("WARNING", "ERROR", "CRITICAL", "Traceback")):
-                text = line.split(" ", 2)[-1] if line[:4].isdigit() else line   # drop the time stamp
-                if text not in distinct:
-                    distinct.append(text)
-        return {"lines": len(self.lines), "by_level": dict(levels), "first": distinct[:12]}
-
-
 # -- numbers -------------------------------------------------------------------------------------
 def percentiles(values: list[float]) -> dict[str, float | int | None]:
     """p50/p99/p99.9/max in ms (nearest rank)."""
@@ -565,9 +541,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     tty = sys.stderr.isatty()
     daemon = ScratchDaemon(settings)
     with daemon:
-        assert daemon.process is not None and daemon.process.stderr is not None
-        drain = LogDrain(daemon.process.stderr)
-        drain.start()
+        assert daemon.process is not None and daemon.log is not None
+        drain = daemon.log
         pid = daemon.process.pid
         with Client(daemon.socket, timeout=600) as feeder:
             sent, acked_s, learnt_s, engine = _preload(feeder, series, args.preload, storm_at, timeout=1800)
