@@ -17,8 +17,8 @@ from ...engine.online import OnlineConfig
 from .baselines import baseline_specs
 from .datasets import FILES, load_split
 from .engine_model import EngineModel
-from .report import auto_protocol
-from .runner import BenchContext, evaluate
+from .report import AFTER_CHANGE_SEASONS, auto_protocol
+from .runner import BenchContext, EvalResult, after_changes, evaluate
 
 
 def _variants(parser: argparse.ArgumentParser, text: str) -> dict[str, dict]:
@@ -45,11 +45,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baselines", default="rls-ar60-relative,rls-ar96",
                         help="comma-separated baseline models scored next to the variants")
     parser.add_argument("--variants", default="{}", help='JSON: {"name": {OnlineConfig field: value}}')
+    parser.add_argument("--no-default", action="store_true", help="skip the default settings' row")
     args = parser.parse_args(argv)
     H = args.horizon
     datasets, baselines = args.datasets.split(","), list(filter(None, args.baselines.split(",")))
     specs = baseline_specs()
-    variants = {"default": {}, **_variants(parser, args.variants)}
+    variants = {**({} if args.no_default else {"default": {}}), **_variants(parser, args.variants)}
     if H < 1:
         parser.error(f"--horizon must be at least 1, got {H}")
     for flag, names, known in (("--datasets", datasets, FILES), ("--baselines", baselines, specs)):
@@ -66,11 +67,24 @@ def main(argv: list[str] | None = None) -> None:
         for baseline in baselines:
             result = evaluate(specs[baseline].build(ctx), values, split.train_end, split.val_end, H)
             print(f"{name} H={H}: {baseline} {result.mse:.4f} (mae {result.mae:.4f})", flush=True)
+        results: dict[str, EvalResult] = {}
         for label, overrides in variants.items():
             model = EngineModel("adaptd", ctx, settings, adapt=True, init=settings.adapt.init)
             model.config = dataclasses.replace(model.config, **overrides)
-            result = evaluate(model, values, split.train_end, split.val_end, H)
+            result = results[label] = evaluate(model, values, split.train_end, split.val_end, H)
             print(f"{name} H={H}: {label} {result.mse:.4f} (mae {result.mae:.4f}, {result.wall_seconds:.0f}s)", flush=True)
+        _print_after_changes(f"{name} H={H}", results, split.train_end - 1, AFTER_CHANGE_SEASONS * split.period)
+
+
+def _print_after_changes(where: str, results: dict[str, EvalResult], first_origin: int, span: int) -> None:
+    """Every variant's MSE on the same cells: up to `span` rows after a change any variant detected
+    (as the report's "after detected change" column; a variant with "adapt": false is the no-adapt row)."""
+    if not any(r.drift_rows for r in results.values()):
+        return
+    mask = after_changes(list(results.values()), first_origin, span)
+    for label, res in results.items():
+        print(f"{where}: {label} after detected changes {float(res.origin_mse[mask].mean()):.4f} "  # type: ignore[index]
+              f"({mask.mean():.0%} of cells, {len(res.drift_rows)} detected)", flush=True)
 
 
 if __name__ == "__main__":
