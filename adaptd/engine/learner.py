@@ -217,7 +217,7 @@ def preselect(memory: Params, recent: Examples, count: int) -> torch.Tensor:
 
 def adapt(init: Initializer, current: Params, train: Examples, valid: Examples, steps: int,
           clip: float = 1.0, memory: Params | None = None, lookup: int = 0,
-          recent: Examples | None = None, margin: float = 0.0) -> AdaptResult:
+          recent: Examples | None = None) -> AdaptResult:
     """Restart one series: the candidates are θ* fine-tuned `steps` steps on `train`, θ* as it
     is, remembered regimes fine-tuned the same way, and the current weights; the lowest loss on
     `valid` (the newest points) wins, ties in CANDIDATES order.
@@ -226,8 +226,7 @@ def adapt(init: Initializer, current: Params, train: Examples, valid: Examples, 
     `lookup` that forecast `recent` best (the newest training examples; not `valid`) compete.
     All fine-tuning runs as one batch of rows and all candidates are scored in one forward.
     A candidate with non-finite weights or loss never wins. `remembered` in the result indexes
-    the rows of `memory`. A new candidate replaces the current weights only with a loss below
-    (1 - `margin`) times theirs: on a few noisy points the lowest loss is partly luck.
+    the rows of `memory`.
     """
     pool = torch.arange(next(iter(memory.values())).shape[0]) if memory else torch.zeros(0, dtype=torch.long)
     if memory and 0 < lookup < pool.numel():
@@ -241,9 +240,7 @@ def adapt(init: Initializer, current: Params, train: Examples, valid: Examples, 
             for k in init.params}
     with torch.no_grad():
         loss, finite = usable_losses(example_loss(rows, _repeat(valid, len(kinds))).double(), rows)
-    handicap = torch.ones_like(loss)
-    handicap[:-1] = 1.0 / (1.0 - margin)   # the last row is the current weights
-    best = int(torch.argmin(loss * handicap))   # the first of equal minima: CANDIDATES order
+    best = int(torch.argmin(loss))          # the first of equal minima: CANDIDATES order
     if not bool(finite[best]):              # nothing finite: keep what the series has
         best = len(kinds) - 1
     losses: dict[str, float] = {}

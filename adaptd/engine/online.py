@@ -110,7 +110,6 @@ class OnlineConfig:
     adapt_steps: int = 5
     adapt_window: int = 96
     adapt_validation: int = 8
-    adapt_margin: float = 0.0   # a candidate must beat the current weights by this share to replace them
     adapt_workers: int = 0      # 0: adapt inline (replay: deterministic); n: a pool of n threads
     regime_memory: int = 0      # remembered regimes per series (0: none)
     regime_shared: int = 0      # remembered regimes shared by all series (0: none)
@@ -563,7 +562,7 @@ class OnlineEngine(Engine):
         if float(valid.mask.sum()) == 0 or float(train.mask.sum()) == 0:
             return None
         current = {k: v.clone() for k, v in self.gru.rows(np.array([slot])).items()}
-        init, steps, clip, margin = self.init, self.config.adapt_steps, self.config.clip, self.config.adapt_margin
+        init, steps, clip = self.init, self.config.adapt_steps, self.config.clip
         found, departing, recent = None, None, None
         if self.regimes.enabled:
             found, departing = self.regimes.lookup(slot, self._regime_key(slot, 0)), self._regime_key(slot, 1)
@@ -574,7 +573,7 @@ class OnlineEngine(Engine):
             started = time.perf_counter()
             try:
                 memory = found.params if found is not None else None   # stacked here, not while queued
-                result = adapt(init, current, train, valid, steps, clip, memory, lookup, recent, margin)
+                result = adapt(init, current, train, valid, steps, clip, memory, lookup, recent)
             except Exception:
                 log.exception("adaptation of slot %d failed; keeping its model", slot)
                 return Adaptation(slot, None, time.perf_counter() - started)
