@@ -255,6 +255,7 @@ def test_missing_data_fails_clearly(tmp_path, capsys) -> None:
     (["--variants", '{"a": {"rls_lag": 96}}'], "--variants a: rls_lag not OnlineConfig fields"),
     (["--variants", '{"a": 96}'], "--variants must look like"),
     (["--variants", "{a: 1}"], "--variants is not JSON"),
+    (["--no-default"], "--no-default needs --variants"),
 ])
 def test_validation_sweeps_reject_bad_arguments_before_reading_data(argv, message, capsys) -> None:
     with pytest.raises(SystemExit) as exit:

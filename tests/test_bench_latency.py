@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import re
+import subprocess
 
 import pytest
 
@@ -51,17 +52,28 @@ def test_no_clients_is_refused_before_any_daemon_starts() -> None:
     ("train_every=1", "expected section.key=value"),
     ("model.train_every=0", "train_every"),
     ("model.no_such_key=1", "no_such_key"),
+    ("model.train_every=inf", "train_every"),
+    ("store.url=sqlite:///elsewhere.db", "scratch store and socket"),
+    ("server.socket=/tmp/x.sock", "scratch store and socket"),
 ])
-def test_a_bad_setting_is_refused_with_the_config_message_before_any_daemon_starts(setting: str, message: str) -> None:
+def test_a_bad_setting_is_refused_with_the_config_message_before_any_daemon_starts(
+        setting: str, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_daemon(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a daemon was started")
+    monkeypatch.setattr(subprocess, "Popen", no_daemon)
     with pytest.raises(SystemExit, match=f"adaptd bench latency: .*{message}"):
         main(["bench", "latency", "--set", setting])
 
 
 def test_a_daemon_that_fails_to_start_says_why(tmp_path) -> None:
     (tmp_path / "a-file").write_text("not a directory")
+    daemon = ScratchDaemon({"store": {"url": f"sqlite:///{tmp_path}/a-file/adaptd.db"}})
     with pytest.raises(RuntimeError, match="daemon exited: (?s:.*)a-file"):
-        with ScratchDaemon({"store": {"url": f"sqlite:///{tmp_path}/a-file/adaptd.db"}}):
+        with daemon:
             pass
+    assert daemon.process is not None and daemon.process.returncode is not None
+    assert daemon.process.stderr is not None and daemon.process.stderr.closed
+    assert not daemon.dir.exists()
 
 
 def _crash() -> None:

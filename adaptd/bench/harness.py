@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..client import Client, ClientError
-from ..config import load_config
+from ..config import parse_config
 
 
 class LogDrain(threading.Thread):
@@ -44,9 +46,14 @@ class LogDrain(threading.Thread):
         return {"lines": len(self.lines), "by_level": dict(levels), "first": distinct[:12]}
 
 
+# The bench's own scratch daemon lives in a temp dir: these stay the harness's.
+SCRATCH_KEYS = ("store.url", "server.socket", "daemon.state_dir")
+_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+
+
 def parse_overrides(items: list[str]) -> dict[str, dict[str, object]]:
-    """`--set section.key=value` options as config sections; the value is read as TOML
-    (a bare word that is not TOML is a string).
+    """`--set section.key=value` options as config sections; the value is read as a TOML number,
+    boolean or quoted string, and anything else is taken as a plain string.
 
     >>> parse_overrides(["model.train_every=1", "adapt.init=meta", "server.forecast_wait=0.2"])
     {'model': {'train_every': 1}, 'adapt': {'init': 'meta'}, 'server': {'forecast_wait': 0.2}}
@@ -55,12 +62,17 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, object]]:
     for item in items:
         name, sep, text = item.partition("=")
         section, dot, key = name.strip().partition(".")
-        if not (sep and dot and section and key):
+        if not (sep and dot and _NAME.fullmatch(section) and _NAME.fullmatch(key)):
             raise ValueError(f"--set {item!r}: expected section.key=value, e.g. model.train_every=1")
+        if f"{section}.{key}" in SCRATCH_KEYS:
+            raise ValueError(f"--set {section}.{key}: the bench runs its daemon on a scratch store and socket; "
+                             f"{', '.join(SCRATCH_KEYS)} cannot be set")
         try:
             value = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
             value = text
+        if not isinstance(value, (bool, int, float, str)) or (isinstance(value, float) and not math.isfinite(value)):
+            value = text   # dates, tables, lists, inf/nan: the config check gives its own message
         sections.setdefault(section, {})[key] = value
     return sections
 
@@ -78,11 +90,12 @@ class ScratchDaemon:
             "metrics": {"listen": ""}, "daemon": {"log_level": "warning"}}
         for name, values in (settings or {}).items():
             sections.setdefault(name, {}).update(values)
-        self.config.write_text("".join(
-            f"[{name}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
-            for name, values in sections.items()))
         try:
-            load_config(str(self.config))   # a bad setting: the daemon's own message, before it starts
+            # Checked as the daemon will check it, before it starts; the message names "--set".
+            parse_config(sections, "bench settings (--set)", self.dir)
+            self.config.write_text("".join(
+                f"[{name}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
+                for name, values in sections.items()))
         except Exception:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise
@@ -91,24 +104,38 @@ class ScratchDaemon:
         self.log: LogDrain | None = None
 
     def __enter__(self) -> "ScratchDaemon":
+        if self.process is None:
+            self.start()
+        return self
+
+    def start(self) -> None:
+        """Start the daemon and wait until it answers; RuntimeError (with its log) if it does not."""
         self.process = subprocess.Popen(
             [sys.executable, "-m", "adaptd", "serve", "--config", str(self.config)],
             stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.log = LogDrain(self.process.stderr)
         self.log.start()
+        try:
+            self._wait_until_answering()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def _wait_until_answering(self) -> None:
+        assert self.process is not None and self.log is not None
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                self.__exit__()
-                raise RuntimeError("daemon exited: " + "\n".join(self.log.lines))
+                self.log.join(5)
+                raise RuntimeError("daemon exited: " + ("\n".join(self.log.lines) or "(no log output)"))
             try:
                 with Client(self.socket, timeout=5) as client:
                     if client.request({"op": "ping"}).get("ok"):
-                        return self
+                        return
             except ClientError:
                 time.sleep(0.05)
-        self.__exit__()
-        raise RuntimeError("daemon did not answer in time: " + "\n".join(self.log.lines[-20:]))
+        raise RuntimeError(f"daemon did not answer on {self.socket} within {self.start_timeout:g} s: "
+                           + ("\n".join(self.log.lines[-20:]) or "(no log output)"))
 
     def __exit__(self, *_exc: object) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -149,6 +149,10 @@ def main(args: argparse.Namespace) -> int:
     print(f"adaptd bench latency: {args.series} series, {args.clients} forecast clients asking {asking}, "
           f"{args.seconds}s of ingest (one observation per series every {args.interval}s)"
           + "".join(f", {item}" for item in args.overrides), flush=True)
+    try:
+        daemon.start()
+    except RuntimeError as e:
+        raise SystemExit(f"adaptd bench latency: {e}") from None
     with daemon, Client(daemon.socket, timeout=600) as feeder:
         setup = time.perf_counter()
         for t in range(SETUP_ROUNDS):

@@ -48,9 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-default", action="store_true", help="skip the default settings' row")
     args = parser.parse_args(argv)
     H = args.horizon
-    datasets, baselines = args.datasets.split(","), list(filter(None, args.baselines.split(",")))
+    datasets, baselines = (list(filter(None, arg.split(","))) for arg in (args.datasets, args.baselines))
     specs = baseline_specs()
     variants = {**({} if args.no_default else {"default": {}}), **_variants(parser, args.variants)}
+    if not variants:
+        parser.error("--no-default needs --variants: there would be nothing to score")
     if H < 1:
         parser.error(f"--horizon must be at least 1, got {H}")
     for flag, names, known in (("--datasets", datasets, FILES), ("--baselines", baselines, specs)):
