@@ -141,17 +141,14 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("adaptd bench latency: --rate must be a finite number >= 0 (0: back to back)")
     if args.clients < 1 or args.series < 1:
         raise SystemExit("adaptd bench latency: --clients and --series must be at least 1")
-    try:
-        daemon = ScratchDaemon(parse_overrides(args.overrides))
-    except ValueError as e:   # a malformed --set, or a setting the daemon's config rejects
-        raise SystemExit(f"adaptd bench latency: {e}") from None
     asking = f"{args.rate:g} forecasts/s at random times" if args.rate > 0 else "back to back"
     print(f"adaptd bench latency: {args.series} series, {args.clients} forecast clients asking {asking}, "
           f"{args.seconds}s of ingest (one observation per series every {args.interval}s)"
           + "".join(f", {item}" for item in args.overrides), flush=True)
     try:
+        daemon = ScratchDaemon(parse_overrides(args.overrides))
         daemon.start()
-    except RuntimeError as e:
+    except (ValueError, RuntimeError) as e:   # a bad --set (ConfigError is a ValueError), or no start
         raise SystemExit(f"adaptd bench latency: {e}") from None
     with daemon, Client(daemon.socket, timeout=600) as feeder:
         setup = time.perf_counter()
