@@ -81,9 +81,10 @@ class ModelSettings:
     learning_rate: float = 0.01
     train_every: int = 4
     rls_lags: int = 32
-    rls_forgetting: float = 0.999
+    rls_forgetting: float = 0.9999
     mixture_eta: float = 4.0
     mixture_memory: float = 0.05
+    mixture_anchor: float = 0.5
     torch_threads: int = 1
     learning_backlog: int = 1_000_000
     shed_lag: float = 1.0
@@ -245,6 +246,7 @@ CHECKS: dict[str, dict[str, Check]] = {
         "rls_forgetting": (lambda v: 0.9 <= v <= 1, "a number from 0.9 to 1"),
         "mixture_eta": (lambda v: 0 <= v <= 100, "a number from 0 (equal weights) to 100"),
         "mixture_memory": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+        "mixture_anchor": (lambda v: 0 <= v <= 1, "a number from 0 (weights follow recent losses only) to 1 (fixed)"),
         "torch_threads": (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
         "learning_backlog": (lambda v: 1000 <= v <= 100_000_000, "an integer from 1000 to 100000000"),
         "shed_lag": (lambda v: 0 <= v <= 86_400, "a number of seconds from 0 (never skip) to 86400"),

@@ -357,6 +357,19 @@ def test_a_checkpoint_with_the_wrong_number_of_experts_is_refused(broken, caplog
     assert engine.forecast("s", 4) == reference.forecast("s", 4)
 
 
+def test_the_mixture_anchor_reaches_the_forecasts():
+    """The daemon's `[model] mixture_anchor` changes what is forecast, and a fully anchored
+    engine forecasts exactly the half-RLS, half-recurrent blend of its experts."""
+    y = seasonal(200)
+    forecasts = {}
+    for anchor in (0.0, 0.5, 1.0):
+        engine = make_engine(dataclasses.replace(SMALL, mixture_anchor=anchor))
+        forecasts[anchor] = feed(engine, y)[-1]
+    assert not np.allclose(forecasts[0.0], forecasts[0.5])
+    weights = engine.mixture.weights(np.array([engine.slots["s"]]), engine.spread)
+    assert np.allclose(weights[0], np.array([0.5, 0.5, 0.0])[:, None])
+
+
 def test_many_series_in_one_batch_move_in_lockstep():
     engine = make_engine()
     batch = [Observation(f"s{k}", t * HOUR, float(v)) for t, v in enumerate(seasonal(50)) for k in range(3)]

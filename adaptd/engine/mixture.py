@@ -4,6 +4,11 @@ Each series and scored lead keeps an exponentially weighted mean of every expert
 normalised error; weights are a softmax of -eta * loss / (typical loss), so they follow
 whichever expert has been better lately, and a reset (after drift) can hand the weight to a
 chosen expert.
+
+An `anchor` share of the weight stays on a fixed `prior` blend. Following recent losses alone
+chases noise: on the validation rows of ETTh2, ETTm1 and WTH a fixed half-RLS, half-recurrent
+blend was as good as the best single expert, and anchoring half the weight there beat the fully
+adaptive weights in every column (BENCHMARKS.md, "Anchored mixture").
 """
 
 from __future__ import annotations
@@ -12,10 +17,16 @@ import numpy as np
 
 
 class Mixture:
-    def __init__(self, experts: int, eta: float = 4.0, memory: float = 0.05):
+    def __init__(self, experts: int, eta: float = 4.0, memory: float = 0.05,
+                 anchor: float = 0.0, prior: np.ndarray | None = None):
         self.experts = experts
         self.eta = eta
         self.memory = memory  # weight of the newest loss in the running mean
+        self.anchor = anchor
+        prior = np.full(experts, 1.0 / experts) if prior is None else np.asarray(prior, dtype=float)
+        if prior.shape != (experts,) or (prior < 0).any() or not np.isclose(prior.sum(), 1.0):
+            raise ValueError(f"prior must be {experts} non-negative weights summing to 1, not {prior!r}")
+        self.prior = prior[None, :, None]
         self.loss = np.zeros((0, experts, 0))
 
     def resize(self, capacity: int, leads: int) -> None:
@@ -33,13 +44,21 @@ class Mixture:
         self.loss[slots, :, lead_index] = (1 - self.memory) * current + self.memory * sq
 
     def weights(self, slots: np.ndarray, spread: np.ndarray) -> np.ndarray:
-        """(n, experts, H) weights at every lead (spread: the (L, H) interpolation matrix)."""
+        """(n, experts, H) weights at every lead (spread: the (L, H) interpolation matrix).
+
+        >>> mixture = Mixture(2, eta=4.0, anchor=0.5, prior=np.array([0.5, 0.5]))
+        >>> mixture.resize(1, 1)
+        >>> mixture.update(np.array([0]), np.array([0]), np.array([[0.0, 100.0]]))
+        >>> mixture.weights(np.array([0]), np.eye(1))[0, :, 0].round(3).tolist()
+        [0.75, 0.25]
+        """
         loss = self.loss[slots] @ spread                      # (n, K, H)
         typical = loss.min(axis=1, keepdims=True) + 1e-12
         logits = -self.eta * loss / typical
         logits -= logits.max(axis=1, keepdims=True)
         w = np.exp(logits)
-        return w / w.sum(axis=1, keepdims=True)
+        w /= w.sum(axis=1, keepdims=True)
+        return w if self.anchor == 0 else (1 - self.anchor) * w + self.anchor * self.prior
 
     def lean(self, slots: np.ndarray, expert: int, share: float) -> None:
         """A fresh record in which `expert` holds `share` of the weight and the others split the rest.

@@ -77,8 +77,11 @@ RETIRED_EXPERT, RETIRED_INDEX = "rls_recent", 1
 # With cold start, a new series' mixture gives the recurrent model (θ*) this share at first and
 # splits the rest among the others (at that age: the last value; RLS has learnt nothing yet and
 # forecasts no change). Measured on held-out series (issue #4), with four experts then: a half
-# share beats both θ* alone and the uniform quarter over the first 48 steps.
+# share beats both θ* alone and the uniform quarter over the first 48 steps. An anchored mixture
+# keeps that share: its fixed prior gives the recurrent model half as well.
 COLD_START_GRU_SHARE = 0.5
+# The fixed blend an anchored mixture holds part of its weight on (`mixture_anchor`).
+MIXTURE_PRIOR = np.array([0.5, 0.5, 0.0])
 FLOAT_MAX = float(np.finfo(np.float64).max)
 # Series stepped together in one batched learning step. Smaller steps issue their series' learnt
 # forecasts sooner and are faster: at 3,000 series, steps of 128 learnt 3,000 records/s (10,000
@@ -99,6 +102,7 @@ class OnlineConfig:
     clip: float = 1.0
     mixture_eta: float = 4.0
     mixture_memory: float = 0.05
+    mixture_anchor: float = 0.0  # [model] mixture_anchor sets it in the daemon (default 0.5)
     coverage: float = 0.9
     interval_rate: float = 0.02
     scale_rate: float = 0.04
@@ -195,7 +199,7 @@ class OnlineEngine(Engine):
         self.origins = max(c.horizon, c.adapt_window) + 1              # origins whose scale we keep
         self.rls = BatchedRLS(rls_feature_count(c.rls_lags), c.horizon, c.rls_forgetting)
         self.gru = StackedGRU(c.shape)
-        self.mixture = Mixture(len(EXPERTS), c.mixture_eta, c.mixture_memory)
+        self.mixture = Mixture(len(EXPERTS), c.mixture_eta, c.mixture_memory, c.mixture_anchor, MIXTURE_PRIOR)
         self.conformal = QuantileTracker(c.coverage, c.interval_rate)
         self.drift = DriftMonitor(c.detector, c.detector_params, c.cooldown)
         self.names: list[str] = []

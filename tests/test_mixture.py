@@ -1,0 +1,40 @@
+"""The mixture of experts' weights: they follow recent losses, except the anchored share."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adaptd.engine.mixture import Mixture
+
+PRIOR = np.array([0.5, 0.5, 0.0])
+
+
+def weights_after(mixture: Mixture, sq_errors: list[float], times: int = 200) -> np.ndarray:
+    mixture.resize(1, 1)
+    for _ in range(times):
+        mixture.update(np.array([0]), np.array([0]), np.array([sq_errors]))
+    return mixture.weights(np.array([0]), np.eye(1))[0, :, 0]
+
+
+def test_unanchored_weights_go_to_the_expert_that_has_been_best_lately():
+    w = weights_after(Mixture(3, eta=4.0), [1.0, 1.0, 0.1])
+    assert w[2] > 0.99
+
+
+def test_anchored_weights_keep_their_share_on_the_prior_however_one_expert_dominates():
+    w = weights_after(Mixture(3, eta=4.0, anchor=0.5, prior=PRIOR), [1.0, 1.0, 0.1])
+    assert w.sum() == pytest.approx(1.0)
+    assert w[0] >= 0.25 and w[1] >= 0.25 and w[2] <= 0.5
+    assert w[2] == pytest.approx(0.5, abs=0.01)   # the adaptive half still follows the best
+
+
+def test_a_fully_anchored_mixture_is_the_fixed_blend():
+    w = weights_after(Mixture(3, eta=4.0, anchor=1.0, prior=PRIOR), [5.0, 0.1, 0.1])
+    assert w.tolist() == PRIOR.tolist()
+
+
+@pytest.mark.parametrize("prior", [[0.5, 0.5], [0.6, 0.6, 0.0], [1.5, -0.5, 0.0]])
+def test_a_prior_that_is_not_a_blend_of_the_experts_is_refused(prior):
+    with pytest.raises(ValueError, match="non-negative weights summing to 1"):
+        Mixture(3, anchor=0.5, prior=np.array(prior))
