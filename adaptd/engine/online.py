@@ -624,6 +624,8 @@ class OnlineEngine(Engine):
         self._remember_departing(done)
         self.gru.load(slots, result.params)
         self.adaptations[slot] += 1
+        # The mixture's anchor (`mixture_anchor`) stays in force: letting it go until the new record
+        # filled was no better on the validation rows (BENCHMARKS.md, "Anchored mixture").
         self.mixture.favour(slots, GRU)
 
     def _remember_departing(self, done: Adaptation) -> None:
