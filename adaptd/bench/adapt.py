@@ -67,6 +67,7 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     for t, v in enumerate(y):
         engine.observe([Observation("s", t * 3600.0, float(v))])
     slot = engine.slots["s"]
+    engine.regimes.clear()   # a drift in the warm-up may have remembered a regime already
     print(f"adaptd bench adapt: window {config.window}, hidden {config.hidden}, horizon {config.horizon}, "
           f"{config.adapt_steps} steps on {config.adapt_window} observations, 1 torch thread")
     times, kinds = time_jobs(engine, slot, args.repeats)

@@ -209,6 +209,12 @@ class RegimeMemory:
         self.own.pop(slot, None)
         self.source.pop(slot, None)
 
+    def clear(self) -> None:
+        """Forget every remembered regime, of every series and shared."""
+        self.own.clear()
+        self.source.clear()
+        self.shared = RegimeLibrary(self.shared.capacity)
+
     def __len__(self) -> int:
         """Distinct remembered regimes (an entry in a series' library and its shared copy are one)."""
         idents = {e.ident for e in self.shared.entries}
