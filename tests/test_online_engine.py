@@ -358,8 +358,8 @@ def test_a_checkpoint_with_the_wrong_number_of_experts_is_refused(broken, caplog
 
 
 def test_the_mixture_anchor_reaches_the_forecasts():
-    """The daemon's `[model] mixture_anchor` changes what is forecast, and a fully anchored
-    engine forecasts exactly the half-RLS, half-recurrent blend of its experts."""
+    """`mixture_anchor` changes what is forecast, and a fully anchored engine forecasts exactly
+    the half-RLS, half-recurrent blend of its experts."""
     y = seasonal(200)
     forecasts = {}
     for anchor in (0.0, 0.5, 1.0):

@@ -70,6 +70,8 @@ ERROR_RATE = 0.05   # the rolling per-series error forgets with this weight per 
 EXPERTS = ("rls", "gru", "last")
 RLS, GRU, LAST = 0, 1, 2
 COMBINED = len(EXPERTS)
+# The fixed blend an anchored mixture holds part of its weight on (`mixture_anchor`).
+MIXTURE_PRIOR = np.array([0.5 if e in ("rls", "gru") else 0.0 for e in EXPERTS])
 # Checkpoints written before a second linear learner, "rls_recent", was removed hold it as expert
 # 1 of four. Once the restart policy stopped resetting it, it duplicated "rls" exactly, so such a
 # checkpoint loads with it dropped (see `_without_retired_expert`).
@@ -80,8 +82,6 @@ RETIRED_EXPERT, RETIRED_INDEX = "rls_recent", 1
 # share beats both θ* alone and the uniform quarter over the first 48 steps. An anchored mixture
 # keeps that share: its fixed prior gives the recurrent model half as well.
 COLD_START_GRU_SHARE = 0.5
-# The fixed blend an anchored mixture holds part of its weight on (`mixture_anchor`).
-MIXTURE_PRIOR = np.array([0.5, 0.5, 0.0])
 FLOAT_MAX = float(np.finfo(np.float64).max)
 # Series stepped together in one batched learning step. Smaller steps issue their series' learnt
 # forecasts sooner and are faster: at 3,000 series, steps of 128 learnt 3,000 records/s (10,000
