@@ -121,6 +121,7 @@ class AdaptSettings:
     steps: int = 5
     window: int = 96
     validation: int = 8
+    keep: float = 0.5
     step_size: float = 0.05
     workers: int = 1
     regime_memory: int = 0
@@ -270,6 +271,7 @@ CHECKS: dict[str, dict[str, Check]] = {
         "steps": (lambda v: 0 <= v <= 1000, "an integer from 0 to 1000"),
         "window": (lambda v: 4 <= v <= 10_000, "an integer from 4 to 10000"),
         "validation": (lambda v: 1 <= v <= 1000, "an integer from 1 to 1000, below adapt.window"),
+        "keep": (lambda v: 0 <= v <= 0.95, "a number from 0 (a full restart) to 0.95"),
         "step_size": (lambda v: 0 < v <= 10, "a number in (0, 10]: the inner-loop SGD step"),
         "workers": (lambda v: 0 <= v <= 64, "an integer from 0 (adapt inline) to 64"),
         "regime_memory": (lambda v: 0 <= v <= 64, "an integer from 0 (none) to 64 remembered regimes per series"),

@@ -121,3 +121,24 @@ def test_the_winning_remembered_regime_is_named_by_its_row_in_the_whole_pool():
     result = adapt(init, with_bias(init, 5 * TARGET), examples(), examples(), steps=2, memory=pool, lookup=2,
                    recent=recent)
     assert (result.winner, result.remembered) == ("memory", 3)
+
+
+def test_with_a_kept_share_each_new_candidate_is_scored_and_loaded_partway_back_to_the_current_weights():
+    init = theta()
+    current = with_bias(init, 3 * TARGET)
+    result = adapt(init, current, examples(), examples(), steps=0, keep=0.25)
+    assert result.winner == "init"
+    for k, v in result.params.items():
+        assert torch.allclose(v, 0.75 * init.params[k] + 0.25 * current[k])
+    as_is = adapt(init, current, examples(), examples(), steps=0)
+    assert as_is.losses["previous"] == result.losses["previous"]   # the current weights are not moved
+    assert as_is.losses["init"] != result.losses["init"]           # the candidate scored is the one loaded
+
+
+def test_a_kept_share_leaves_the_current_weights_alone_when_they_score_best():
+    init = theta()
+    current = with_bias(init, TARGET)
+    result = adapt(init, current, examples(), examples(), steps=2, keep=0.5)
+    assert result.winner == "previous"
+    for k, v in result.params.items():
+        assert torch.equal(v, current[k])

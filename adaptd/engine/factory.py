@@ -35,7 +35,7 @@ def online_config(settings: Settings, horizon: int | None = None, seed: int = 0)
         train_every=m.train_every, mixture_eta=m.mixture_eta, mixture_memory=m.mixture_memory,
         mixture_anchor=m.mixture_anchor, coverage=m.coverage, interval_rate=m.interval_rate,
         detector=d.detector, detector_params=d.detector_params(seed), cooldown=d.cooldown, adapt=a.enabled,
-        adapt_steps=a.steps, adapt_window=a.window, adapt_validation=a.validation,
+        adapt_steps=a.steps, adapt_window=a.window, adapt_validation=a.validation, adapt_keep=a.keep,
         adapt_workers=a.workers, regime_memory=a.regime_memory, regime_shared=a.regime_shared,
         regime_lookup=a.regime_lookup, regime_pool=a.regime_pool, history=m.history, season=m.season,
         max_gap_fill=m.max_gap_fill, seed=seed, cold_start=m.cold_start, torch_threads=m.torch_threads)

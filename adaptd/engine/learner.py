@@ -217,13 +217,15 @@ def preselect(memory: Params, recent: Examples, count: int) -> torch.Tensor:
 
 def adapt(init: Initializer, current: Params, train: Examples, valid: Examples, steps: int,
           clip: float = 1.0, memory: Params | None = None, lookup: int = 0,
-          recent: Examples | None = None) -> AdaptResult:
+          recent: Examples | None = None, keep: float = 0.0) -> AdaptResult:
     """Restart one series: the candidates are θ* fine-tuned `steps` steps on `train`, θ* as it
     is, remembered regimes fine-tuned the same way, and the current weights; the lowest loss on
     `valid` (the newest points) wins, ties in CANDIDATES order.
 
     `memory` holds remembered regimes as rows; when there are more than `lookup` (> 0), only the
     `lookup` that forecast `recent` best (the newest training examples; not `valid`) compete.
+    `keep` (0..1): every new candidate is moved back toward the current weights by that share
+    before it is scored (0: the candidates as they are).
     All fine-tuning runs as one batch of rows and all candidates are scored in one forward.
     A candidate with non-finite weights or loss never wins. `remembered` in the result indexes
     the rows of `memory`.
@@ -238,6 +240,8 @@ def adapt(init: Initializer, current: Params, train: Examples, valid: Examples, 
     kinds = candidate_kinds(steps, m)
     rows = {k: torch.cat(([tuned[k][:1]] if steps > 0 else []) + [init.params[k], tuned[k][1:], current[k]])
             for k in init.params}
+    if keep > 0:
+        rows = {k: torch.cat([(1 - keep) * v[:-1] + keep * v[-1:], v[-1:]]) for k, v in rows.items()}
     with torch.no_grad():
         loss, finite = usable_losses(example_loss(rows, _repeat(valid, len(kinds))).double(), rows)
     best = int(torch.argmin(loss))          # the first of equal minima: CANDIDATES order

@@ -114,6 +114,7 @@ class OnlineConfig:
     adapt_steps: int = 5
     adapt_window: int = 96
     adapt_validation: int = 8
+    adapt_keep: float = 0.0     # share of the current weights kept in every adaptation candidate
     adapt_workers: int = 0      # 0: adapt inline (replay: deterministic); n: a pool of n threads
     regime_memory: int = 0      # remembered regimes per series (0: none)
     regime_shared: int = 0      # remembered regimes shared by all series (0: none)
@@ -571,13 +572,13 @@ class OnlineEngine(Engine):
         if self.regimes.enabled:
             found, departing = self.regimes.lookup(slot, self._regime_key(slot, 0)), self._regime_key(slot, 1)
             recent = _newest(train, max(1, self.config.adapt_window // 4))
-        lookup = self.config.regime_lookup
+        lookup, keep = self.config.regime_lookup, self.config.adapt_keep
 
         def job() -> Adaptation:
             started = time.perf_counter()
             try:
                 memory = found.params if found is not None else None   # stacked here, not while queued
-                result = adapt(init, current, train, valid, steps, clip, memory, lookup, recent)
+                result = adapt(init, current, train, valid, steps, clip, memory, lookup, recent, keep)
             except Exception:
                 log.exception("adaptation of slot %d failed; keeping its model", slot)
                 return Adaptation(slot, None, time.perf_counter() - started)
