@@ -77,7 +77,8 @@ class Metrics(Telemetry):
         self.adaptation_winners = Counter(
             "adaptd_adaptation_winners", "Finished adaptations by the candidate that won on the newest points: "
             "finetuned (the initializer after k steps), init (the initializer as it is), memory (a remembered "
-            "regime after k steps) or previous (the weights the series had; = outcome kept)",
+            "regime after k steps), each moved [adapt] keep of the way back to the series' weights, or previous "
+            "(the weights the series had; = outcome kept)",
             ["candidate"], registry=r)
         self.adaptation_seconds = Histogram(
             "adaptd_adaptation_duration_seconds", "Time one adaptation (k gradient steps) took",

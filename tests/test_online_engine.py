@@ -117,6 +117,24 @@ def test_drift_adaptation_measurably_lowers_error_right_after_a_change(keep: flo
     assert with_adaptation < 0.99 * without
 
 
+def test_the_configured_kept_share_reaches_every_adaptation(monkeypatch):
+    from adaptd.config import parse_config
+    from adaptd.engine import online
+    from adaptd.engine.factory import online_config
+
+    assert online_config(parse_config({"adapt": {"keep": 0.3}})).adapt_keep == 0.3
+    received = []
+    real = online.adapt
+
+    def spy(*args, **kwargs):
+        received.append(args[9] if len(args) > 9 else kwargs["keep"])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(online, "adapt", spy)
+    engine = make_engine(dataclasses.replace(SMALL, adapt_keep=0.3))
+    feed(engine, level_shift(600, 400))
+    assert received and set(received) == {0.3}
+
+
 def test_intervals_cover_close_to_their_target_on_a_stationary_series():
     engine = make_engine(dataclasses.replace(SMALL, coverage=0.9))
     y = seasonal(1500, seed=3)

@@ -4,7 +4,8 @@ At a drift the daemon (`learner.adapt`) tries several starting points and keeps 
 the lowest loss on the newest `validation` points. Here the same choice is made for every task
 at once: candidates are θ* fine-tuned k steps, θ* as it is and, with regime memory, the nearest
 remembered regimes fine-tuned k steps. (The daemon also has the series' previous weights as a
-candidate; tasks have none, and the plain arms do not get them either.)
+candidate, and moves every other candidate `[adapt] keep` of the way back to them; tasks have
+none, so neither happens here, nor in the plain arms.)
 
 What a series remembers at a task's change is what the daemon's own engine stored while it
 learnt the series' history before the change: the engine, configured as the daemon

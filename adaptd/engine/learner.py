@@ -224,7 +224,7 @@ def adapt(init: Initializer, current: Params, train: Examples, valid: Examples, 
 
     `memory` holds remembered regimes as rows; when there are more than `lookup` (> 0), only the
     `lookup` that forecast `recent` best (the newest training examples; not `valid`) compete.
-    `keep` (0..1): every new candidate is moved back toward the current weights by that share
+    `keep` (in [0, 1)): every new candidate is moved back toward the current weights by that share
     before it is scored (0: the candidates as they are).
     All fine-tuning runs as one batch of rows and all candidates are scored in one forward.
     A candidate with non-finite weights or loss never wins. `remembered` in the result indexes
