@@ -127,7 +127,7 @@ def test_the_configured_kept_share_reaches_every_adaptation(monkeypatch):
     real = online.adapt
 
     def spy(*args, **kwargs):
-        received.append(args[9] if len(args) > 9 else kwargs["keep"])
+        received.append(kwargs["keep"])
         return real(*args, **kwargs)
     monkeypatch.setattr(online, "adapt", spy)
     engine = make_engine(dataclasses.replace(SMALL, adapt_keep=0.3))

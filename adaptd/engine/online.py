@@ -578,7 +578,7 @@ class OnlineEngine(Engine):
             started = time.perf_counter()
             try:
                 memory = found.params if found is not None else None   # stacked here, not while queued
-                result = adapt(init, current, train, valid, steps, clip, memory, lookup, recent, keep)
+                result = adapt(init, current, train, valid, steps, clip, memory, lookup, recent, keep=keep)
             except Exception:
                 log.exception("adaptation of slot %d failed; keeping its model", slot)
                 return Adaptation(slot, None, time.perf_counter() - started)
