@@ -56,9 +56,12 @@ FRESH: dict[str, float] = {
     "typical_h": np.nan,
     "raw_scale": 0.0, "typical": 0.0, "preds": np.nan, "fc_value": np.nan, "fc_lo": np.nan, "fc_hi": np.nan,
     "fc_origin": np.nan, "last_drift": np.nan, "adaptations": 0, "restarts": 0, "gaps": np.nan,
+    # The interval tracker's own widths (scored leads) as each recent forecast was issued: it
+    # judges a matured forecast against them (conformal.py), so a restart must keep them.
+    "issued_q": np.nan,
 }
 PER_SLOT = tuple(FRESH)
-ADDED_LATER = {"gaps"}   # a checkpoint from before these keys loads them fresh
+ADDED_LATER = {"gaps", "issued_q"}   # a checkpoint from before these keys loads them fresh
 GAP_MEMORY = 16          # recent time gaps kept per series; their median is its step
 # Per-series arrays not checkpointed: for metrics (a restart starts them afresh), and how many
 # observations the cached forecast was made from (restored from the checkpoint's `count`).
@@ -228,7 +231,8 @@ class OnlineEngine(Engine):
         shapes = {"hist": (self.span,), "scale_h": (self.origins + 1,), "mean_h": (self.origins + 1,),
                   "typical_h": (self.origins + 1,),
                   "preds": (c.horizon + 1, K + 1, L), "fc_value": (c.horizon,), "fc_lo": (c.horizon,),
-                  "fc_hi": (c.horizon,), "issued_width": (c.horizon + 1, L), "now_fc": (3,),
+                  "fc_hi": (c.horizon,), "issued_width": (c.horizon + 1, L), "issued_q": (c.horizon + 1, L),
+                  "now_fc": (3,),
                   "gaps": (GAP_MEMORY,)}
         for name, fresh in (FRESH | TRANSIENT).items():
             grown = np.full((capacity, *shapes.get(name, ())), fresh)
@@ -387,11 +391,12 @@ class OnlineEngine(Engine):
         raw_scale, mean = update_stats(self.raw_scale[slots], np.where(first, y, self.mean_h[slots, -1]),
                                        prev, y, c.scale_rate, c.mean_rate)
         typical = update_typical(self.typical[slots], raw_scale, np.abs(y - prev))
-        for name in ("hist", "scale_h", "mean_h", "typical_h", "preds", "issued_width"):
+        for name in ("hist", "scale_h", "mean_h", "typical_h", "preds", "issued_width", "issued_q"):
             array = getattr(self, name)
             array[slots, :-1] = array[slots, 1:]
         self.preds[slots, -1] = np.nan
         self.issued_width[slots, -1] = np.nan
+        self.issued_q[slots, -1] = np.nan
         self.hist[slots, -1] = y
         self.raw_scale[slots] = raw_scale
         self.typical[slots] = typical
@@ -405,7 +410,7 @@ class OnlineEngine(Engine):
     def _score(self, slots: np.ndarray) -> np.ndarray:
         """Fold matured forecasts into mixture and intervals; returns lead-1 residuals (NaN: none)."""
         residual = np.full(slots.size, np.nan)
-        pick_slots, pick_leads, errors, scaled, widths = [], [], [], [], []
+        pick_slots, pick_leads, errors, scaled, widths, tracked = [], [], [], [], [], []
         y = self.hist[slots, -1]
         for j, h in enumerate(self.leads):
             made = (self.first_origin[slots] >= 0) & (self.count[slots] - h >= self.first_origin[slots])
@@ -421,6 +426,7 @@ class OnlineEngine(Engine):
             pick_leads.append(np.full(s.size, j))
             errors.append(err)
             widths.append(self.issued_width[s, -1 - h, j])
+            tracked.append(self.issued_q[s, -1 - h, j])
             scaled.append(np.abs(err[:, COMBINED]) * origin_scale / np.maximum(self.typical_h[s, -1 - h], MIN_SCALE))
             if h == 1:
                 # In units of the series' long-run scale, not the fast one the models use:
@@ -432,7 +438,7 @@ class OnlineEngine(Engine):
         if pick_slots:
             s_all, j_all, e_all = np.concatenate(pick_slots), np.concatenate(pick_leads), np.concatenate(errors)
             self.mixture.update(s_all, j_all, e_all[:, :COMBINED] ** 2)
-            self.conformal.update(s_all, j_all, np.abs(e_all[:, COMBINED]))
+            self.conformal.update(s_all, j_all, np.abs(e_all[:, COMBINED]), np.concatenate(tracked))
             miss, width, scaled_all = np.abs(e_all[:, COMBINED]), np.concatenate(widths), np.concatenate(scaled)
             issued = np.isfinite(width) & np.isfinite(scaled_all)   # intervals are not checkpointed
             self.telemetry.scored(self.leads[j_all[issued]], scaled_all[issued], miss[issued] <= width[issued])
@@ -764,6 +770,7 @@ class OnlineEngine(Engine):
             self.first_origin[slots] = np.where(self.first_origin[slots] < 0, self.count[slots],
                                                 self.first_origin[slots])
             self.issued_width[slots, -1] = width[:, self.leads - 1]
+            self.issued_q[slots, -1] = self.conformal.q[slots]   # before a young series' widening
             self.fc_value[slots] = value
             self.fc_lo[slots] = lo
             self.fc_hi[slots] = hi
