@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 
 import pytest
 
+from adaptd.bench.harness import LogDrain
 from adaptd.bench.soak import Feed, Series, percentiles, slope_per_minute
 from adaptd.cli import build_parser
 
@@ -70,3 +72,17 @@ def test_short_soak_reports_and_has_no_failures() -> None:
     assert "Traceback" not in report["daemon"]["log"]["by_level"]
     assert report["reproduce"].startswith("adaptd bench soak --clients 8 ")
     assert "soak:" in out.stderr   # the progress line
+
+
+def test_the_daemon_log_drain_counts_every_line_and_keeps_a_bounded_tail() -> None:
+    # A soak runs for hours with the daemon logging: the bench must not keep every line.
+    lines = [f"2026-11-27 12:00:{i % 60:02d} INFO adaptd.learning: step {i}" for i in range(5000)]
+    lines[10] = "2026-11-27 12:00:10 WARNING adaptd.server: slow client"
+    lines[4000] = "2026-11-27 12:00:40 ERROR adaptd.store: database is locked"
+    lines[4001] = "2026-11-27 12:00:41 WARNING adaptd.server: slow client"
+    drain = LogDrain(io.BytesIO("".join(line + "\n" for line in lines).encode()))
+    drain.start()
+    drain.join(10)
+    assert drain.summary() == {"lines": 5000, "by_level": {"WARNING": 2, "ERROR": 1},
+                               "first": ["WARNING adaptd.server: slow client", "ERROR adaptd.store: database is locked"]}
+    assert len(drain.lines) == LogDrain.TAIL and drain.lines[-1] == lines[-1]

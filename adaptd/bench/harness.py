@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 import tomllib
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +22,39 @@ from ..client import Client, ClientError
 from ..config import parse_config
 
 
+LEVELS = ("WARNING", "ERROR", "CRITICAL", "Traceback")
+
+
 class LogDrain(threading.Thread):
-    """Reads the daemon's stderr (a full pipe would block it) and keeps the lines."""
+    """Reads the daemon's stderr (a full pipe would block it): counts its lines by level, keeps
+    the first distinct problems and the newest lines. Bounded, so an hours-long soak whose daemon
+    logs a line a second does not grow the bench's memory."""
+
+    TAIL = 200
+    FIRST = 12
 
     def __init__(self, stream: Any):
         super().__init__(name="daemon-log", daemon=True)
         self.stream = stream
-        self.lines: list[str] = []
+        self.lines: deque[str] = deque(maxlen=self.TAIL)   # the newest lines, for error messages
+        self.count = 0
+        self.levels: Counter[str] = Counter()
+        self.first: list[str] = []
 
     def run(self) -> None:
         for raw in iter(self.stream.readline, b""):
-            self.lines.append(raw.decode(errors="replace").rstrip())
+            line = raw.decode(errors="replace").rstrip()
+            self.lines.append(line)
+            self.count += 1
+            found = [word for word in LEVELS if word in line]
+            self.levels.update(found)
+            if found and len(self.first) < self.FIRST:
+                text = line.split(" ", 2)[-1] if line[:4].isdigit() else line   # drop the time stamp
+                if text not in self.first:
+                    self.first.append(text)
 
     def summary(self) -> dict[str, Any]:
-        levels = Counter(word for line in self.lines for word in ("WARNING", "ERROR", "CRITICAL", "Traceback")
-                         if word in line)
-        distinct: list[str] = []
-        for line in self.lines:
-            if any(w in line for w in ("WARNING", "ERROR", "CRITICAL", "Traceback")):
-                text = line.split(" ", 2)[-1] if line[:4].isdigit() else line   # drop the time stamp
-                if text not in distinct:
-                    distinct.append(text)
-        return {"lines": len(self.lines), "by_level": dict(levels), "first": distinct[:12]}
+        return {"lines": self.count, "by_level": dict(self.levels), "first": list(self.first)}
 
 
 # The bench's own scratch daemon lives in a temp dir: these stay the harness's.
@@ -135,7 +146,7 @@ class ScratchDaemon:
             except ClientError:
                 time.sleep(0.05)
         raise RuntimeError(f"daemon did not answer on {self.socket} within {self.start_timeout:g} s: "
-                           + ("\n".join(self.log.lines[-20:]) or "(no log output)"))
+                           + ("\n".join(list(self.log.lines)[-20:]) or "(no log output)"))
 
     def __exit__(self, *_exc: object) -> None:
         if self.process is not None and self.process.poll() is None:
