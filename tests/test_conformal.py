@@ -23,10 +23,10 @@ def delayed_coverage(lead: int, judge_issued: bool, n: int = 30_000, seed: int =
     issued = np.empty(n)
     slot, first = np.array([0]), np.array([0])
     for t in range(n):
-        issued[t] = tracker.q[0, 0]
-        if t >= lead:   # the forecast issued `lead` steps ago has matured
+        if t >= lead:   # as the engine does: fold in what matured, then issue the next interval
             o = t - lead
             tracker.update(slot, first, score[o:o + 1], issued[o:o + 1] if judge_issued else None)
+        issued[t] = tracker.q[0, 0]
     return float(np.mean(score[1000:n - lead] <= issued[1000:n - lead]))
 
 
@@ -39,6 +39,20 @@ def test_judging_a_late_target_by_the_current_width_would_undercover():
     # Why the engine keeps the width each forecast was issued with: the tracker's width when a
     # lead-24 target arrives has already been widened by the misses of overlapping forecasts.
     assert delayed_coverage(24, judge_issued=False) < delayed_coverage(24, judge_issued=True) - 0.01
+
+
+def test_a_series_with_tiny_errors_gets_tight_intervals_that_still_cover():
+    rng = np.random.default_rng(1)
+    tracker = QuantileTracker(coverage=0.9, rate=0.05, initial=1.0)
+    tracker.resize(1, 1)
+    inside = []
+    for t in range(6000):
+        score = np.abs(rng.normal(0, 0.01, 1))
+        if t >= 2000:
+            inside.append(score[0] <= tracker.q[0, 0])
+        tracker.update(np.array([0]), np.array([0]), score)
+    assert 0.01 < tracker.q[0, 0] < 0.03          # the 90% quantile of |N(0, 0.01)| is 0.016
+    assert abs(np.mean(inside) - 0.9) < 0.02
 
 
 def test_a_width_that_shrank_to_zero_can_grow_again():

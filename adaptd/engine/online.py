@@ -718,6 +718,9 @@ class OnlineEngine(Engine):
         if arrays["mixture_loss"].shape != self.mixture.loss[slot].shape:
             raise SnapshotError(f"mixture_loss has shape {arrays['mixture_loss'].shape}, "
                                 f"expected {self.mixture.loss[slot].shape}")
+        q = arrays["conformal_q"]
+        if q.shape != self.conformal.q[slot].shape or not (np.isfinite(q) & (q >= 0)).all():
+            raise SnapshotError(f"conformal_q is not {self.conformal.q[slot].shape} finite widths >= 0")
         params = {k: torch.from_numpy(arrays[f"gru_{k}"]) for k in self.gru.params}
         if not all(bool(torch.isfinite(v).all()) for v in params.values()):
             raise SnapshotError("recurrent weights are not finite")
