@@ -337,7 +337,7 @@ def test_after_change_errors_are_scored_on_the_same_cells_for_every_row() -> Non
     rng = np.random.default_rng(2)
     Y = rng.normal(size=(400, 2)).cumsum(axis=0)
     rows = [evaluate(Detector(), Y, 300, 400, 1), evaluate(SeasonalNaive(24), Y, 300, 400, 1)]
-    _score_after_changes(rows, 299, 24)
+    _score_after_changes({"adaptd": rows[0], "adaptd-no-adapt": rows[1]}, 299, 24)
     cells = np.zeros((len(scored_origins(300, 400, 1)), 2), dtype=bool)
     cells[310 - 299: 334 - 299, 1] = True
     cells[395 - 299:, 0] = True
@@ -345,3 +345,9 @@ def test_after_change_errors_are_scored_on_the_same_cells_for_every_row() -> Non
         assert res.extra["after_changes_mse"] == pytest.approx(res.origin_mse[cells].mean())
         assert res.extra["after_changes_share"] == pytest.approx(cells.mean())
     assert rows[0].extra["changes_detected"] == 2 and rows[1].extra["changes_detected"] == 0
+    # The paired ratio on those cells, resampled by change episode (one per channel here).
+    paired = rows[0].extra["after_changes_vs"]["adaptd-no-adapt"]
+    ratio = rows[0].origin_mse[cells].mean() / rows[1].origin_mse[cells].mean()
+    assert paired["ratio"] == pytest.approx(ratio) and paired["episodes"] == 2
+    assert paired["lo"] <= ratio <= paired["hi"] and paired["won"] in (0.0, 0.5, 1.0)
+    assert "after_changes_vs" not in rows[1].extra

@@ -9,8 +9,9 @@ import pytest
 
 import torch
 
-from adaptd.bench.meta import CHOSEN, MEMORY_ARM, MEMORY_OWN, MEMORY_SHARED, REFERENCE, SEASONS, bootstrap_ratio, first_steps, synthetic, held_out_tasks
+from adaptd.bench.meta import CHOSEN, MEMORY_ARM, MEMORY_OWN, MEMORY_SHARED, REFERENCE, SEASONS, first_steps, synthetic, held_out_tasks
 from adaptd.bench.meta_memory import Remembered, chosen_losses, newest_origins
+from adaptd.bench.stats import bootstrap_ratio
 from adaptd.cli import main
 from adaptd.engine.learner import Examples, Initializer, adapt, example_loss
 from adaptd.engine.online import OnlineConfig

@@ -40,6 +40,7 @@ from ..records import Observation
 from .accuracy.baselines import RLSAutoregression
 from .accuracy.datasets import resolve_data_dir
 from .meta_memory import Remembered, chosen_losses, remembered, shared_library
+from .stats import bootstrap_ratio
 
 SEASONS = (1, 2, 4)
 REFERENCE = "pretrained + fine-tune"
@@ -178,13 +179,6 @@ def rls_losses(data: Data, tasks: Tasks, config: OnlineConfig) -> np.ndarray:
         err = ((model.forecast(H) - rows[tau + 1:tau + 1 + H].T) / scale[j][:, None]) ** 2
         errors += (np.nan_to_num(err) * mask[:, j]).sum(axis=1)
     return errors / mask.reshape(len(tasks), -1).sum(axis=1).clip(min=1)
-
-
-def bootstrap_ratio(arm: np.ndarray, ref: np.ndarray, reps: int, seed: int) -> tuple[float, float, float]:
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, arm.size, (reps, arm.size))
-    ratios = arm[idx].mean(axis=1) / ref[idx].mean(axis=1)
-    return float(arm.mean() / ref.mean()), float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))
 
 
 def run_dataset(data: Data, settings: Settings, config: OnlineConfig, args: argparse.Namespace,

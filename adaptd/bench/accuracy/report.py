@@ -31,6 +31,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
+from ..stats import bootstrap_ratio
 from .baselines import DEFAULT_MODELS, baseline_specs
 from .datasets import DISPLAY, FILES, REPO_ROOT, DataMissing, has_protocol, load_split, resolve_data_dir
 from .published import anchors_for
@@ -42,6 +45,11 @@ DEFAULT_DATASETS = ("etth2", "ettm1", "wth")
 DEFAULT_HORIZONS = (1, 24, 48)
 DEFAULT_RIVER_BUDGET = 900.0
 AFTER_CHANGE_SEASONS = 2   # "post-drift" = this many seasonal periods after a detected change
+# Rows compared after detected changes, (row, reference): does adaptation pay (issue #3), does
+# the meta-learned initializer beat the others (issue #4).
+PAIRED = (("adaptd", "adaptd-no-adapt"), ("adaptd-init-meta", "adaptd-init-pretrained"),
+          ("adaptd-init-meta", "adaptd-init-random"))
+BOOTSTRAP = 2000
 
 
 @dataclass(frozen=True)
@@ -184,15 +192,17 @@ def run(models: Sequence[ModelSpec | Callable[[BenchContext], OnlineModel]] | No
             if res.model not in names.split(" / "):
                 report.row_names[spec.name] = f"{names} / {res.model}" if names else res.model
             log(f"{where}: MSE {res.mse:.4f} MAE {res.mae:.4f} ({res.wall_seconds:.1f} s)")
-        _score_after_changes([cells[col.key] for cells in report.results.values() if col.key in cells],
+        _score_after_changes({name: cells[col.key] for name, cells in report.results.items() if col.key in cells},
                              split.first_target - 1, AFTER_CHANGE_SEASONS * split.period)
     report.wall_seconds = time.perf_counter() - started
     return report
 
 
-def _score_after_changes(results: list[EvalResult], first_origin: int, span: int) -> None:
+def _score_after_changes(rows: dict[str, EvalResult], first_origin: int, span: int) -> None:
     """Every row's MSE on the same cells: the origins up to `span` rows after any change that
-    any adaptd row detected (how fast each recovers; baselines and no-adapt scored alike)."""
+    any adaptd row detected (how fast each recovers; baselines and no-adapt scored alike); and,
+    for the PAIRED rows present, their ratio there with a bootstrap interval over change episodes."""
+    results = list(rows.values())
     if not results or not any(r.drift_rows for r in results):
         return
     mask = after_changes(results, first_origin, span)
@@ -200,6 +210,28 @@ def _score_after_changes(results: list[EvalResult], first_origin: int, span: int
         res.extra["after_changes_mse"] = float(res.origin_mse[mask].mean())   # type: ignore[index]
         res.extra["after_changes_share"] = float(mask.mean())
         res.extra["changes_detected"] = len(res.drift_rows)
+    episodes = change_episodes(mask)
+    for name, reference in PAIRED:
+        if name in rows and reference in rows and episodes:
+            arm, ref = (np.array([rows[n].origin_mse[a:b, ch].sum() for ch, a, b in episodes])  # type: ignore[index]
+                        for n in (name, reference))
+            ratio, lo, hi = bootstrap_ratio(arm, ref, BOOTSTRAP, 0)
+            rows[name].extra.setdefault("after_changes_vs", {})[reference] = {
+                "ratio": ratio, "lo": lo, "hi": hi, "episodes": len(episodes), "won": float(np.mean(arm < ref))}
+
+
+def change_episodes(mask: np.ndarray) -> list[tuple[int, int, int]]:
+    """(channel, first, stop) of every run of marked origins: the after-change cells of one change
+    (or of changes close together), which move together and are resampled as one.
+
+    >>> change_episodes(np.array([[1, 0], [1, 1], [0, 1], [1, 0]], dtype=bool))
+    [(0, 0, 2), (0, 3, 4), (1, 1, 3)]
+    """
+    out = []
+    for ch in range(mask.shape[1]):
+        edges = np.diff(np.concatenate([[0], mask[:, ch].astype(np.int8), [0]]))
+        out += [(ch, int(a), int(b)) for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
+    return out
 
 
 # ---------------------------------------------------------------- rendering
@@ -216,6 +248,27 @@ def _after_changes_cell(res: EvalResult | None) -> str:
         return ""
     detected = f", {len(res.drift_rows)}" if res.drift_rows else ""
     return f"{_fmt(res.extra['after_changes_mse'])} ({res.extra['after_changes_share']:.0%}{detected})"
+
+
+def _paired_section(report: BenchReport) -> list[str]:
+    pairs = [(name, ref) for name, ref in PAIRED
+             if any(ref in res.extra.get("after_changes_vs", {}) for res in report.results.get(name, {}).values())]
+    if not pairs:
+        return []
+    cols = report.columns
+    out = ["Paired, on those cells: the row's MSE over the reference's, with a 95% bootstrap interval "
+           "over change episodes (runs of after-change cells of one channel), and the share of "
+           "episodes where the row's error is lower.", "",
+           "| row / reference | " + " | ".join(c.title for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, ref in pairs:
+        cells = []
+        for c in cols:
+            v = report.results[name].get(c.key)
+            v = v.extra.get("after_changes_vs", {}).get(ref) if v is not None else None
+            cells.append("" if v is None else
+                         f"{v['ratio']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}], {v['won']:.0%} of {v['episodes']}")
+        out.append(f"| {name} / {ref} | " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def render_markdown(report: BenchReport) -> str:
@@ -274,6 +327,7 @@ def render_markdown(report: BenchReport) -> str:
         for row, cells in report.results.items():
             out.append(f"| {row} | " + " | ".join(_after_changes_cell(cells.get(c.key)) for c in cols) + " |")
         out.append("")
+        out += _paired_section(report)
     out += ["## MAE (same run)", "", header, rule]
     for row, cells in report.results.items():
         out.append(f"| {row} | " + " | ".join(_fmt(cells[c.key].mae) if c.key in cells else "skipped"
