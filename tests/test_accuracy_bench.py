@@ -328,7 +328,7 @@ def test_the_meta_row_is_meta_trained_on_the_warm_up_rows_only() -> None:
 
 
 def test_after_change_errors_are_scored_on_the_same_cells_for_every_row() -> None:
-    from adaptd.bench.accuracy.report import _score_after_changes
+    from adaptd.bench.accuracy.report import BenchReport, Column, _score_after_changes, render_markdown
 
     class Detector(RepeatLast):
         def drift_rows(self) -> list[tuple[int, int]]:
@@ -349,5 +349,10 @@ def test_after_change_errors_are_scored_on_the_same_cells_for_every_row() -> Non
     paired = rows[0].extra["after_changes_vs"]["adaptd-no-adapt"]
     ratio = rows[0].origin_mse[cells].mean() / rows[1].origin_mse[cells].mean()
     assert paired["ratio"] == pytest.approx(ratio) and paired["episodes"] == 2
-    assert paired["lo"] <= ratio <= paired["hi"] and paired["won"] in (0.0, 0.5, 1.0)
+    assert paired["lo"] <= ratio <= paired["hi"] and paired["better"] + paired["worse"] == 1.0
     assert "after_changes_vs" not in rows[1].extra
+    column = Column("etth2", "fsnet", 1)
+    report = BenchReport(date="", command="", machine={}, columns=[column], splits={}, row_names={}, descriptions={},
+                         results={"adaptd": {column.key: rows[0]}, "adaptd-no-adapt": {column.key: rows[1]}})
+    line = next(x for x in render_markdown(report).splitlines() if x.startswith("| adaptd / adaptd-no-adapt |"))
+    assert f"{ratio:.3f} [{paired['lo']:.3f}, {paired['hi']:.3f}]" in line and "of 2 |" in line
