@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adaptd.engine.conformal import QuantileTracker
+from adaptd.engine.conformal import CEILING, QuantileTracker
 
 
 def delayed_coverage(lead: int, judge_issued: bool, n: int = 30_000, seed: int = 0) -> float:
@@ -61,3 +61,11 @@ def test_a_width_that_shrank_to_zero_can_grow_again():
     for _ in range(50):
         tracker.update(np.array([0]), np.array([0]), np.array([1.0]))
     assert tracker.q[0, 0] > 0.1
+
+
+def test_enormous_errors_leave_the_width_finite():
+    tracker = QuantileTracker(coverage=0.9, rate=0.05, initial=1.0)
+    tracker.resize(1, 1)
+    for _ in range(20_000):
+        tracker.update(np.array([0]), np.array([0]), np.array([1e300]))
+    assert np.isfinite(tracker.q[0, 0]) and tracker.q[0, 0] <= CEILING

@@ -217,6 +217,74 @@ def test_a_restored_engine_keeps_forecasting_exactly_as_before_on_volatile_serie
         assert restored.forecast(name, H).points == engine.forecast(name, H).points, name
 
 
+DETECTORS = {"adwin": {}, "kswin": {"alpha": 0.005, "window_size": 60, "stat_size": 20, "seed": 3},
+             "page_hinkley": {"threshold": 8.0, "min_instances": 20}}
+
+
+@pytest.mark.parametrize("detector", sorted(DETECTORS))
+def test_a_restored_engine_detects_and_adapts_exactly_as_before(detector):
+    # The drift detectors are part of the state: restarted in the middle of a calm stretch, the
+    # daemon must notice the change that follows at the same step and adapt the same way.
+    config = dataclasses.replace(SMALL, detector=detector, detector_params=DETECTORS[detector])
+    names = ["a", "b", "c"]
+    y = np.stack([level_shift(700, 450, seed) for seed in range(len(names))], axis=1)
+    cut = 380
+
+    def observe(engine: OnlineEngine, t: int) -> None:
+        engine.observe([Observation(name, t * HOUR, float(v)) for name, v in zip(names, y[t])])
+
+    engine = make_engine(config)
+    for t in range(cut):
+        observe(engine, t)
+    engine.take_drift_events()
+    restored = make_engine(config)
+    restored.restore({name: [(t * HOUR, float(y[t, i])) for t in range(cut)] for i, name in enumerate(names)},
+                     engine.checkpoint())
+    for t in range(cut, len(y)):
+        observe(engine, t)
+        observe(restored, t)
+    events = engine.take_drift_events()
+    assert any(e.ts / HOUR >= 450 for e in events)   # the change after the restart was noticed ...
+    assert restored.take_drift_events() == events     # ... at the same steps by the restored engine
+    assert restored.counters["adapted"] + restored.counters["kept"] >= 1
+    for name in names:
+        assert restored.forecast(name, 4) == engine.forecast(name, 4), name
+
+
+def test_a_checkpoint_from_before_detector_state_restores_with_empty_detectors(caplog):
+    caplog.set_level("INFO")
+    engine = make_engine()
+    y = seasonal(150)
+    feed(engine, y)
+    old = []
+    for cp in engine.checkpoint():
+        arrays, header = decode(cp.payload, engine.fingerprint())
+        old.append(dataclasses.replace(cp, payload=encode({k: v for k, v in arrays.items()
+                                                           if not k.startswith("drift_")}, header)))
+    restored = make_engine()
+    assert restored.restore({"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}, old) == []
+    assert restored.forecast("s", 4) == engine.forecast("s", 4)
+    assert "1 series' drift detectors start empty" in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["adwin bytes", "other detector"])
+def test_a_detector_state_that_does_not_fit_starts_empty_and_keeps_the_model(damage, caplog):
+    y = seasonal(150)
+    donor = make_engine()
+    feed(donor, y)
+    arrays, header = decode(donor.checkpoint()[0].payload, donor.fingerprint())
+    if damage == "adwin bytes":
+        arrays["drift_adwin"] = arrays["drift_adwin"][:7]
+    engine = make_engine(SMALL if damage == "adwin bytes" else dataclasses.replace(SMALL, detector="page_hinkley"))
+    engine.restore({"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]},
+                   [Checkpoint("s", "online", 1, encode(arrays, header))])
+    assert "ignoring its checkpoint" not in caplog.text
+    assert engine.forecast("s", 4) == donor.forecast("s", 4)       # the models were restored
+    assert engine.drift._detectors == {}                             # the detector starts empty
+    engine.observe([Observation("s", 150 * HOUR, 12.0)])
+    assert np.isfinite([p.value for p in engine.forecast("s", 4).points]).all()
+
+
 @pytest.mark.parametrize("payload", [b"garbage", b"", b"PK\x03\x04broken", "newer"])
 def test_a_corrupt_checkpoint_is_refused_and_the_series_relearns(payload, caplog):
     y = seasonal(100)
@@ -236,17 +304,21 @@ def test_a_corrupt_checkpoint_is_refused_and_the_series_relearns(payload, caplog
     assert engine.forecast("s", 4) == reference.forecast("s", 4)
 
 
-@pytest.mark.parametrize("q", [np.nan, -1.0], ids=["nan", "negative"])
-def test_a_checkpoint_with_broken_interval_widths_is_refused(q, caplog):
+@pytest.mark.parametrize("key, q", [("conformal_q", np.nan), ("conformal_q", -1.0), ("conformal_q", np.inf),
+                                    ("conformal_q", "short"), ("issued_q", -np.inf)])
+def test_a_checkpoint_with_broken_interval_widths_is_refused(key, q, caplog):
     y = seasonal(100)
     donor = make_engine()
     feed(donor, y)
     arrays, header = decode(donor.checkpoint()[0].payload, donor.fingerprint())
-    arrays["conformal_q"][0] = q
+    if q == "short":
+        arrays[key] = arrays[key][:1]
+    else:
+        arrays[key].flat[0] = q
     engine = make_engine()
     engine.learn(engine.restore({"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]},
                                 [Checkpoint("s", "online", 1, encode(arrays, header))]))
-    assert "ignoring its checkpoint" in caplog.text and "conformal_q" in caplog.text
+    assert "ignoring its checkpoint" in caplog.text and key in caplog.text
     assert np.isfinite([(p.lo, p.hi) for p in engine.forecast("s", 4).points]).all()
 
 
@@ -405,6 +477,7 @@ def test_a_checkpoint_from_before_an_added_array_still_restores_exactly(added):
     after, reference = restored.forecast("s", 4), engine.forecast("s", 4)
     assert [p.value for p in after.points] == [p.value for p in reference.points]
     assert np.isfinite([(p.lo, p.hi) for p in after.points]).all()
+    assert all(p.lo < p.value < p.hi for p in after.points)
 
 
 @pytest.mark.parametrize("duplicate", [True, False], ids=["duplicate", "reset at drifts"])

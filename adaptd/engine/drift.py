@@ -12,11 +12,20 @@ series is left alone for `cooldown` observations so one change triggers one adap
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from typing import Any
 
+import numpy as np
+import river
 from river import drift
 from river.base import DriftDetector
+
+from .detector_state import load_state, save_state
+
+log = logging.getLogger(__name__)
+PREFIX = "drift_"   # checkpoint keys of the detector's state
 
 DETECTORS: dict[str, type[DriftDetector]] = {
     "adwin": drift.ADWIN,
@@ -40,6 +49,43 @@ class DriftMonitor:
     def reset(self, slot: int) -> None:
         self._detectors.pop(slot, None)
         self._quiet_until.pop(slot, None)
+
+    @property
+    def kind(self) -> str:
+        """Which detector, with which parameters, in which river: a saved state is only loaded into
+        the same (another river may lay out ADWIN's bytes differently)."""
+        return json.dumps([self.detector, self.params, river.__version__], sort_keys=True)
+
+    def state(self, slot: int) -> dict[str, np.ndarray]:
+        """The slot's detector state and cool-down as checkpoint arrays (none: no detector yet)."""
+        out = {f"{PREFIX}kind": np.array(self.kind), f"{PREFIX}quiet": np.array(self._quiet_until.get(slot, -1))}
+        detector = self._detectors.get(slot)
+        if detector is not None:
+            out.update({PREFIX + k: v for k, v in save_state(self.detector, detector).items()})
+        return out
+
+    def load(self, slot: int, arrays: dict[str, np.ndarray]) -> bool:
+        """Restore what `state` saved; False (and an empty detector) if there is none or it was
+        saved by another detector or with other parameters, or does not fit."""
+        self.reset(slot)
+        if f"{PREFIX}kind" not in arrays or str(arrays[f"{PREFIX}kind"]) != self.kind:
+            return False
+        state = {k[len(PREFIX):]: v for k, v in arrays.items() if k.startswith(PREFIX)}
+        try:
+            quiet = int(state["quiet"])
+            if "fired" in state:   # else saved before the detector saw a residual
+                detector = make_detector(self.detector, self.params)
+                load_state(self.detector, detector, state)
+                self._detectors[slot] = detector
+        except BaseException as exc:   # river's Rust decoding panics (a BaseException) on bad bytes
+            if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+                raise
+            log.warning("slot %d: drift detector state not restored (%s); it starts empty", slot, exc)
+            self.reset(slot)
+            return False
+        if quiet >= 0:
+            self._quiet_until[slot] = quiet
+        return True
 
     def update(self, slot: int, residual: float, count: int) -> bool:
         """Feed one residual of `slot` at observation `count`; True when drift is declared."""

@@ -33,7 +33,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ..records import Observation
 from ..store import Checkpoint
 from .base import Engine, Forecast, ForecastPoint, UnknownSeries
-from .conformal import QuantileTracker
+from .conformal import CEILING, QuantileTracker
 from .drift import DriftMonitor
 from .features import (MIN_SCALE, VALUE_CLIP, rls_feature_count, rls_features, safe_scale, update_stats, update_typical,
                        windows)
@@ -670,6 +670,7 @@ class OnlineEngine(Engine):
                 arrays.update({f"gru_{k}": v[slot].numpy() for k, v in self.gru.params.items()})
                 arrays["mixture_loss"] = self.mixture.loss[slot]
                 arrays["conformal_q"] = self.conformal.q[slot]
+                arrays.update(self.drift.state(slot))
                 if self.regimes.enabled:
                     arrays.update(self.regimes.state(slot, owned))
                 out.append(Checkpoint(name, self.kind, FORMAT_VERSION, encode(arrays, header)))
@@ -683,6 +684,7 @@ class OnlineEngine(Engine):
         for name, rows in history.items():
             self.naive.record([Observation(name, ts, value) for ts, value in rows])
         restored: set[str] = set()
+        fresh_detectors = 0
         expect = self.fingerprint()
         with self._state_lock:
             for cp in checkpoints:
@@ -690,7 +692,7 @@ class OnlineEngine(Engine):
                     if cp.kind != self.kind:
                         raise SnapshotError(f"checkpoint is of a {cp.kind!r} model")
                     arrays, _ = decode(cp.payload, expect)
-                    self._load_slot(self._slot(cp.series), arrays)
+                    fresh_detectors += not self._load_slot(self._slot(cp.series), arrays)
                 except (SnapshotError, KeyError, ValueError) as exc:
                     log.warning("series %r: ignoring its checkpoint (%s); relearning from stored history",
                                 cp.series, exc)
@@ -705,9 +707,14 @@ class OnlineEngine(Engine):
         pending.sort(key=lambda o: o.ts)   # series advance together, as they arrived
         if checkpoints:
             log.info("restored %d series from checkpoints; %d stored records to learn", len(restored), len(pending))
+        if fresh_detectors:
+            log.info("%d series' drift detectors start empty (checkpoints from before detector state was "
+                     "kept, or another [drift] detector or parameters)", fresh_detectors)
         return pending
 
-    def _load_slot(self, slot: int, arrays: dict[str, np.ndarray]) -> None:
+    def _load_slot(self, slot: int, arrays: dict[str, np.ndarray]) -> bool:
+        """Load one series' checkpoint (SnapshotError: unusable); False if its drift detector
+        could not be restored and starts empty."""
         arrays = _without_retired_expert(arrays)
         for key in ADDED_LATER - arrays.keys():
             arrays[key] = np.full(getattr(self, key)[slot].shape, FRESH[key])
@@ -718,9 +725,11 @@ class OnlineEngine(Engine):
         if arrays["mixture_loss"].shape != self.mixture.loss[slot].shape:
             raise SnapshotError(f"mixture_loss has shape {arrays['mixture_loss'].shape}, "
                                 f"expected {self.mixture.loss[slot].shape}")
-        q = arrays["conformal_q"]
-        if q.shape != self.conformal.q[slot].shape or not (np.isfinite(q) & (q >= 0)).all():
-            raise SnapshotError(f"conformal_q is not {self.conformal.q[slot].shape} finite widths >= 0")
+        q, issued = arrays["conformal_q"], arrays["issued_q"]
+        if q.shape != self.conformal.q[slot].shape or not ((q >= 0) & (q <= CEILING)).all():
+            raise SnapshotError(f"conformal_q is not {self.conformal.q[slot].shape} widths in [0, {CEILING:g}]")
+        if not (np.isnan(issued) | ((issued >= 0) & (issued <= CEILING))).all():   # NaN: none issued
+            raise SnapshotError(f"issued_q holds widths outside [0, {CEILING:g}]")
         params = {k: torch.from_numpy(arrays[f"gru_{k}"]) for k in self.gru.params}
         if not all(bool(torch.isfinite(v).all()) for v in params.values()):
             raise SnapshotError("recurrent weights are not finite")
@@ -737,6 +746,7 @@ class OnlineEngine(Engine):
             except (ValueError, KeyError) as exc:
                 log.warning("slot %d: ignoring its remembered regimes (%s)", slot, exc)
                 self.regimes.forget(slot)
+        return self.drift.load(slot, arrays)
 
     def _forget(self, name: str) -> None:
         """Return a series' slot to a fresh state (after a refused checkpoint)."""
@@ -748,6 +758,7 @@ class OnlineEngine(Engine):
         self.rls.reset(np.array([slot]))
         self.gru.load(np.array([slot]), self.init.params)
         self.regimes.forget(slot)
+        self.drift.reset(slot)
         self.mixture.loss[slot] = 1.0
         if self.config.cold:
             self.mixture.lean(np.array([slot]), GRU, COLD_START_GRU_SHARE)
