@@ -51,6 +51,7 @@ AFTER_CHANGE_SEASONS = 2   # "post-drift" = this many seasonal periods after a d
 PAIRED = tuple(("adaptd", ref) for ref in ("adaptd-no-adapt", "adaptd-init-pretrained", "adaptd-init-random",
                                             "adaptd-init-meta"))
 BOOTSTRAP = 2000
+MIN_EPISODES = 5   # fewer: the ratio without an interval (a bootstrap of 1-4 units means little)
 
 
 @dataclass(frozen=True)
@@ -214,26 +215,25 @@ def _score_after_changes(rows: dict[str, EvalResult], first_origin: int, span: i
     episodes = change_episodes(mask)
     for name, reference in PAIRED:
         if name in rows and reference in rows and episodes:
-            arm, ref = (np.array([rows[n].origin_mse[a:b, ch].sum() for ch, a, b in episodes])  # type: ignore[index]
+            arm, ref = (np.array([rows[n].origin_mse[a:b][mask[a:b]].sum() for a, b in episodes])  # type: ignore[index]
                         for n in (name, reference))
-            ratio, lo, hi = bootstrap_ratio(arm, ref, BOOTSTRAP, 0)
+            ratio, lo, hi = (bootstrap_ratio(arm, ref, BOOTSTRAP, 0) if len(episodes) >= MIN_EPISODES
+                             else (float(arm.sum() / ref.sum()), None, None))
             rows[name].extra.setdefault("after_changes_vs", {})[reference] = {
                 "ratio": ratio, "lo": lo, "hi": hi, "episodes": len(episodes),
                 "better": float(np.mean(arm < ref)), "worse": float(np.mean(arm > ref))}
 
 
-def change_episodes(mask: np.ndarray) -> list[tuple[int, int, int]]:
-    """(channel, first, stop) of every run of marked origins: the after-change cells of one change
-    (or of changes close together), which move together and are resampled as one.
+def change_episodes(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(first, stop) origins of every run of time in which some channel is marked: the after-
+    change cells of one change, or of changes close together in any channels (channels of one
+    data set often change together), which move together and are resampled as one.
 
-    >>> change_episodes(np.array([[1, 0], [1, 1], [0, 1], [1, 0]], dtype=bool))
-    [(0, 0, 2), (0, 3, 4), (1, 1, 3)]
+    >>> change_episodes(np.array([[1, 0], [1, 1], [0, 1], [0, 0], [1, 0]], dtype=bool))
+    [(0, 3), (4, 5)]
     """
-    out = []
-    for ch in range(mask.shape[1]):
-        edges = np.diff(np.concatenate([[0], mask[:, ch].astype(np.int8), [0]]))
-        out += [(ch, int(a), int(b)) for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
-    return out
+    edges = np.diff(np.concatenate([[0], mask.any(axis=1).astype(np.int8), [0]]))
+    return [(int(a), int(b)) for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
 
 
 # ---------------------------------------------------------------- rendering
@@ -259,16 +259,18 @@ def _paired_section(report: BenchReport) -> list[str]:
         return []
     cols = report.columns
     out = ["Paired, on those cells: the row's MSE over the reference's, with a 95% bootstrap interval "
-           "over change episodes (runs of after-change cells of one channel), and the shares of "
-           "episodes where the row's error is lower and higher (the rest: equal).", "",
+           f"over change episodes (runs of time with after-change cells in any channel; none under "
+           f"{MIN_EPISODES} episodes), and the shares of episodes where the row's error is lower and higher "
+           "(the rest: equal).", "",
            "| row / reference | " + " | ".join(c.title for c in cols) + " |", "|---|" + "---:|" * len(cols)]
     for name, ref in pairs:
         cells = []
         for c in cols:
             v = report.results[name].get(c.key)
             v = v.extra.get("after_changes_vs", {}).get(ref) if v is not None else None
+            interval = "" if v is None or v["lo"] is None else f" [{v['lo']:.3f}, {v['hi']:.3f}]"
             cells.append("" if v is None else
-                         f"{v['ratio']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}], better in {v['better']:.0%}, "
+                         f"{v['ratio']:.3f}{interval}, better in {v['better']:.0%}, "
                          f"worse in {v['worse']:.0%} of {v['episodes']}")
         out.append(f"| {name} / {ref} | " + " | ".join(cells) + " |")
     return out + [""]
