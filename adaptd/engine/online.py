@@ -709,7 +709,8 @@ class OnlineEngine(Engine):
             log.info("restored %d series from checkpoints; %d stored records to learn", len(restored), len(pending))
         if fresh_detectors:
             log.info("%d series' drift detectors start empty (checkpoints from before detector state was "
-                     "kept, or another [drift] detector or parameters)", fresh_detectors)
+                     "kept, or another [drift] detector, its parameters or the river version changed)",
+                     fresh_detectors)
         return pending
 
     def _load_slot(self, slot: int, arrays: dict[str, np.ndarray]) -> bool:
