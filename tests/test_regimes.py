@@ -191,9 +191,8 @@ def test_a_restarted_engine_remembers_the_same_regimes_and_forecasts_exactly_as_
     restored = OnlineEngine(SMALL, Initializer.random(SMALL.shape, 0, 0.05))
     assert restored.restore(history, engine.checkpoint()) == []
     assert len(restored.regimes) == len(engine.regimes)
-    # Drift detectors are not checkpointed (they restart empty); start the original's afresh too,
-    # so both see the return to "b" at the same moment. It is adapted from memory in both, alike.
-    engine.drift.reset(engine.slots["s"])
+    # The drift detectors are checkpointed too: both see the return to "b" at the same moment,
+    # and adapt to it from memory alike.
     memory_wins = engine.counters["adapted_memory"]
     assert run(restored, y, start=500) == run(engine, y, start=500)
     assert restored.counters["adapted_memory"] == engine.counters["adapted_memory"] - memory_wins >= 1

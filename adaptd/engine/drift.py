@@ -42,6 +42,9 @@ class DriftMonitor:
     def __init__(self, detector: str, params: dict[str, Any], cooldown: int):
         self.detector = detector
         self.params = dict(params)
+        # Which detector, with which parameters, in which river: a saved state is only loaded
+        # into the same (another river may lay out ADWIN's bytes differently).
+        self.kind = json.dumps([detector, self.params, river.__version__], sort_keys=True)
         self.cooldown = cooldown
         self._detectors: dict[int, DriftDetector] = {}
         self._quiet_until: dict[int, int] = {}
@@ -50,16 +53,12 @@ class DriftMonitor:
         self._detectors.pop(slot, None)
         self._quiet_until.pop(slot, None)
 
-    @property
-    def kind(self) -> str:
-        """Which detector, with which parameters, in which river: a saved state is only loaded into
-        the same (another river may lay out ADWIN's bytes differently)."""
-        return json.dumps([self.detector, self.params, river.__version__], sort_keys=True)
-
-    def state(self, slot: int) -> dict[str, np.ndarray]:
-        """The slot's detector state and cool-down as checkpoint arrays (none: no detector yet)."""
-        out = {f"{PREFIX}kind": np.array(self.kind), f"{PREFIX}quiet": np.array(self._quiet_until.get(slot, -1))}
-        detector = self._detectors.get(slot)
+    def state(self, slot: int, empty: bool = False) -> dict[str, np.ndarray]:
+        """The slot's detector state and cool-down as checkpoint arrays (none: no detector yet;
+        `empty`: as a fresh detector without cool-down)."""
+        quiet = -1 if empty else self._quiet_until.get(slot, -1)
+        out = {f"{PREFIX}kind": np.array(self.kind), f"{PREFIX}quiet": np.array(quiet)}
+        detector = None if empty else self._detectors.get(slot)
         if detector is not None:
             out.update({PREFIX + k: v for k, v in save_state(self.detector, detector).items()})
         return out
@@ -74,8 +73,12 @@ class DriftMonitor:
         try:
             quiet = int(state["quiet"])
             if "fired" in state:   # else saved before the detector saw a residual
-                detector = make_detector(self.detector, self.params)
+                detector, probe = (make_detector(self.detector, self.params) for _ in range(2))
                 load_state(self.detector, detector, state)
+                # Damaged bytes can load and then fail at the first update, in the learning
+                # thread: try one on a copy of the state first.
+                load_state(self.detector, probe, state)
+                probe.update(0.0)
                 self._detectors[slot] = detector
         except BaseException as exc:   # river's Rust decoding panics (a BaseException) on bad bytes
             if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":

@@ -604,7 +604,8 @@ class OnlineEngine(Engine):
 
     def _apply_finished_adaptations(self) -> None:
         for slot, future in list(self._running.items()):
-            if future.done():
+            # A job cancelled at shutdown (`close`) never ran: it stays owed (see `checkpoint`).
+            if future.done() and not future.cancelled():
                 del self._running[slot]
                 with self._changing([slot]):
                     self._apply(future.result())
@@ -670,7 +671,10 @@ class OnlineEngine(Engine):
                 arrays.update({f"gru_{k}": v[slot].numpy() for k, v in self.gru.params.items()})
                 arrays["mixture_loss"] = self.mixture.loss[slot]
                 arrays["conformal_q"] = self.conformal.q[slot]
-                arrays.update(self.drift.state(slot))
+                # A detection whose adaptation is still owed (queued, running, or cancelled at
+                # shutdown): its detector is saved empty, so after a restart it can notice the
+                # change again rather than remember it as handled.
+                arrays.update(self.drift.state(slot, empty=slot in self._running))
                 if self.regimes.enabled:
                     arrays.update(self.regimes.state(slot, owned))
                 out.append(Checkpoint(name, self.kind, FORMAT_VERSION, encode(arrays, header)))
