@@ -303,13 +303,19 @@ def test_a_checkpoint_from_before_detector_state_restores_with_empty_detectors(c
     assert "1 series' drift detectors start empty" in caplog.text
 
 
+def donor_state(y: np.ndarray) -> tuple[OnlineEngine, dict[str, np.ndarray], dict]:
+    """An engine that learnt y, and its checkpoint's arrays and header (to damage in a test)."""
+    donor = make_engine()
+    feed(donor, y)
+    arrays, header = decode(donor.checkpoint()[0].payload, donor.fingerprint())
+    return donor, arrays, header
+
+
 @pytest.mark.parametrize("damage", ["truncated adwin bytes", "adwin bytes that fail at the next update",
                                     "other detector"])
 def test_a_detector_state_that_does_not_fit_starts_empty_and_keeps_the_model(damage, caplog):
     y = seasonal(150)
-    donor = make_engine()
-    feed(donor, y)
-    arrays, header = decode(donor.checkpoint()[0].payload, donor.fingerprint())
+    donor, arrays, header = donor_state(y)
     if damage == "truncated adwin bytes":
         arrays["drift_adwin"] = arrays["drift_adwin"][:7]
     elif damage == "adwin bytes that fail at the next update":   # found by overwriting 8 bytes at each offset
@@ -347,9 +353,7 @@ def test_a_corrupt_checkpoint_is_refused_and_the_series_relearns(payload, caplog
                                     ("conformal_q", "short"), ("issued_q", -np.inf)])
 def test_a_checkpoint_with_broken_interval_widths_is_refused(key, q, caplog):
     y = seasonal(100)
-    donor = make_engine()
-    feed(donor, y)
-    arrays, header = decode(donor.checkpoint()[0].payload, donor.fingerprint())
+    _, arrays, header = donor_state(y)
     if q == "short":
         arrays[key] = arrays[key][:1]
     else:
@@ -543,9 +547,7 @@ def test_a_checkpoint_with_the_removed_rls_recent_expert_restores_without_it(dup
 @pytest.mark.parametrize("broken", ["rls_recent, three experts", "no rls_recent, four experts' record"])
 def test_a_checkpoint_with_the_wrong_number_of_experts_is_refused(broken, caplog):
     y = seasonal(100)
-    donor = make_engine()
-    feed(donor, y)
-    arrays, header = decode(donor.checkpoint()[0].payload, donor.fingerprint())
+    _, arrays, header = donor_state(y)
     if broken == "rls_recent, three experts":
         arrays.update(rls_recent_P=arrays["rls_P"], rls_recent_B=arrays["rls_B"])
     else:
