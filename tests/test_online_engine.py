@@ -47,6 +47,16 @@ def seasonal(n: int, seed: int = 0, level: float = 10.0) -> np.ndarray:
     return level + np.sin(2 * np.pi * t / 24) * 3 + rng.normal(0, 0.3, n)
 
 
+def observe_row(engine: OnlineEngine, names: list[str], y: np.ndarray, t: int) -> None:
+    """Row t of y (one column per series in `names`) arrives, every series at once."""
+    engine.observe([Observation(name, t * HOUR, float(v)) for name, v in zip(names, y[t])])
+
+
+def history_of(names: list[str], y: np.ndarray, stop: int) -> dict[str, list[tuple[float, float]]]:
+    """The stored history of rows [0, stop) of y, as `restore` takes it."""
+    return {name: [(t * HOUR, float(y[t, i])) for t in range(stop)] for i, name in enumerate(names)}
+
+
 def test_forecasts_issued_before_k_ignore_every_value_after_k():
     y = seasonal(200)
     changed = y.copy()
@@ -168,7 +178,7 @@ def test_intervals_at_the_longest_lead_cover_their_target_when_volatility_comes_
         bands = issued.pop(t - H, None)
         if bands is not None and t > 400:
             inside += [lo <= v <= hi for (lo, hi), v in zip(bands, y[t])]
-        engine.observe([Observation(name, t * HOUR, float(v)) for name, v in zip(names, y[t])])
+        observe_row(engine, names, y, t)
         if t:
             issued[t] = [(p.lo, p.hi) for p in (engine.forecast(name, H).points[-1] for name in names)]
     assert 0.89 <= np.mean(inside) <= 0.92
@@ -201,18 +211,14 @@ def test_a_restored_engine_keeps_forecasting_exactly_as_before_on_volatile_serie
     y = 50 + np.cumsum(rng.normal(size=(n, S)) * np.exp(log_vol), axis=0)
     names = [f"s{i}" for i in range(S)]
 
-    def observe(engine: OnlineEngine, t: int) -> None:
-        engine.observe([Observation(name, t * HOUR, float(v)) for name, v in zip(names, y[t])])
-
     engine = make_engine(config)
     for t in range(cut):
-        observe(engine, t)
+        observe_row(engine, names, y, t)
     restored = make_engine(config)
-    restored.restore({name: [(t * HOUR, float(y[t, i])) for t in range(cut)] for i, name in enumerate(names)},
-                     engine.checkpoint())
+    restored.restore(history_of(names, y, cut), engine.checkpoint())
     for t in range(cut, n):
-        observe(engine, t)
-        observe(restored, t)
+        observe_row(engine, names, y, t)
+        observe_row(restored, names, y, t)
     for name in names:
         assert restored.forecast(name, H) == engine.forecast(name, H), name
 
@@ -230,19 +236,15 @@ def test_a_restored_engine_detects_and_adapts_exactly_as_before(detector):
     y = np.stack([level_shift(700, 450, seed) for seed in range(len(names))], axis=1)
     cut = 380
 
-    def observe(engine: OnlineEngine, t: int) -> None:
-        engine.observe([Observation(name, t * HOUR, float(v)) for name, v in zip(names, y[t])])
-
     engine = make_engine(config)
     for t in range(cut):
-        observe(engine, t)
+        observe_row(engine, names, y, t)
     engine.take_drift_events()
     restored = make_engine(config)
-    restored.restore({name: [(t * HOUR, float(y[t, i])) for t in range(cut)] for i, name in enumerate(names)},
-                     engine.checkpoint())
+    restored.restore(history_of(names, y, cut), engine.checkpoint())
     for t in range(cut, len(y)):
-        observe(engine, t)
-        observe(restored, t)
+        observe_row(engine, names, y, t)
+        observe_row(restored, names, y, t)
     events = engine.take_drift_events()
     assert any(e.ts / HOUR >= 450 for e in events)   # the change after the restart was noticed ...
     assert restored.take_drift_events() == events     # ... at the same steps by the restored engine
@@ -269,7 +271,7 @@ def test_a_checkpoint_taken_while_adaptations_are_owed_saves_their_detectors_emp
     t = 0
     try:
         while len(engine._running) < 2 and t < len(y):
-            engine.observe([Observation(name, t * HOUR, float(v)) for name, v in zip(names, y[t])])
+            observe_row(engine, names, y, t)
             t += 1
         assert len(engine._running) == 2, "both series should have an adaptation owed"
         engine._pool.shutdown(wait=False, cancel_futures=True)   # what close() does to the queued one
@@ -281,8 +283,7 @@ def test_a_checkpoint_taken_while_adaptations_are_owed_saves_their_detectors_emp
         arrays, _ = decode(cp.payload, engine.fingerprint())
         assert "drift_fired" not in arrays and int(arrays["drift_quiet"]) == -1, cp.series
     restored = make_engine(dataclasses.replace(SMALL, adapt_workers=1))
-    restored.restore({name: [(k * HOUR, float(y[k, i])) for k in range(t)] for i, name in enumerate(names)},
-                     checkpoints)
+    restored.restore(history_of(names, y, t), checkpoints)
     assert restored.drift._detectors == {}
     restored.close()
 
