@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from adaptd.engine.base import UnknownSeries
+from adaptd.engine.conformal import lead_units
 from adaptd.engine.learner import Initializer
 from adaptd.engine.online import OnlineConfig, OnlineEngine
 from adaptd.engine.snapshot import decode, encode
@@ -542,6 +543,33 @@ def test_a_checkpoint_with_the_removed_rls_recent_expert_restores_without_it(dup
     engine.observe(nxt)
     restored.observe(nxt)
     assert restored.forecast("s", 4) == engine.forecast("s", 4)
+def test_a_checkpoint_with_widths_on_the_fast_scale_restores_the_same_intervals():
+    # Checkpoints written before `lead_units` hold every lead's widths in units of the fast
+    # scale and no "interval_units" in their header: they are converted on restore.
+    engine = make_engine()
+    y = level_shift(300, 200)   # after a shift the fast and long-run scales differ
+    feed(engine, y)
+    old = []
+    for cp in engine.checkpoint():
+        arrays, header = decode(cp.payload, engine.fingerprint())
+        ratio = arrays["scale_h"] / arrays["typical_h"]
+        assert not np.isclose(ratio[-1], 1.0, rtol=0.05)
+        arrays["conformal_q"] = arrays["conformal_q"] * lead_units(ratio[-1:], engine.leads)[0]
+        issued = arrays["issued_q"]
+        arrays["issued_q"] = issued * lead_units(ratio[-issued.shape[0]:], engine.leads)
+        del header["interval_units"]
+        old.append(dataclasses.replace(cp, payload=encode(arrays, header)))
+    restored = make_engine()
+    assert restored.restore({"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}, old) == []
+    for t in range(300, 304):   # the cached forecast, then ones issued from the converted widths
+        after, reference = restored.forecast("s", 8), engine.forecast("s", 8)
+        assert [p.value for p in after.points] == [p.value for p in reference.points]
+        assert np.allclose([(p.lo, p.hi) for p in after.points], [(p.lo, p.hi) for p in reference.points],
+                           rtol=1e-12, atol=0)
+        for e in (restored, engine):
+            e.observe([Observation("s", t * HOUR, 11.0 + t % 3)])
+
+
     assert np.isfinite([p.value for p in restored.forecast("s", 4).points]).all()
 
 

@@ -13,9 +13,20 @@ overlap this one's) have widened it, and judging against that hides this miss. O
 H=24 coverage was 0.882 at lead 24 against 0.898 at lead 1 (where the two widths are the same
 and the 0.2 points came from the step used before, additive and proportional to q).
 
+Two things make long-lead intervals narrower at the same coverage (ETTh2, H=48: -15% at lead
+24, -29% at lead 48; BENCHMARKS.md, "Interval coverage"):
+- Scores are in `lead_units`: at lead 1 the fast scale the models use counts half, and with
+  the lead the series' long-run scale takes over. The volatility at the origin says less and
+  less about the error many steps later, so normalising by it alone made scores heavy-tailed.
+- The step shrinks past lead SLOW_AFTER (rate x SLOW_AFTER / lead): the errors of forecasts
+  from consecutive origins overlap, so a lead-h score brings about 1/h of new information, and
+  a tracker stepping at the lead-1 rate swung widely about its quantile; the mean width of a
+  swinging width is larger (a wide spell costs more than a narrow one saves). A long lead
+  starts `initial` x sqrt(lead) wide, so a young series' slow tracker starts wide, not narrow.
+
 >>> import numpy as np
 >>> tracker = QuantileTracker(coverage=0.9, rate=0.05, initial=1.0)
->>> tracker.resize(1, 1)
+>>> tracker.resize(1)
 >>> rng, misses = np.random.default_rng(0), 0
 >>> for _ in range(5000):
 ...     score = np.abs(rng.normal(size=1))
@@ -31,20 +42,30 @@ import numpy as np
 
 FLOOR = 0.05      # below this q (in units of the series' scale) steps are additive
 CEILING = 1e6     # q stays finite whatever the errors (scores are not clipped)
+SLOW_AFTER = 12   # leads beyond this step more slowly (rate x SLOW_AFTER / lead)
+
+
+def lead_units(ratio: np.ndarray, leads: np.ndarray) -> np.ndarray:
+    """(n, len(leads)) size of an interval unit at each lead, in units of the fast scale, given
+    `ratio` (n,) = fast scale / long-run scale at the origin: fast^w x long-run^(1-w) with
+    w = 1/(1+lead), so half each at lead 1 and mostly the long-run scale at long leads."""
+    return np.asarray(ratio, dtype=float)[:, None] ** (-leads / (1.0 + leads))
 
 
 class QuantileTracker:
-    def __init__(self, coverage: float = 0.9, rate: float = 0.05, initial: float = 1.5):
+    def __init__(self, coverage: float = 0.9, rate: float = 0.05, initial: float = 1.5,
+                 leads: np.ndarray | None = None):
         self.coverage = coverage
-        self.rate = rate
-        self.initial = initial
-        self.q = np.zeros((0, 0))
+        leads = np.ones(1) if leads is None else np.asarray(leads, dtype=float)
+        self.rate = rate * np.minimum(1.0, SLOW_AFTER / leads)   # per lead
+        self.initial = initial * np.sqrt(leads)                  # per lead
+        self.q = np.zeros((0, leads.size))
 
-    def resize(self, capacity: int, leads: int) -> None:
+    def resize(self, capacity: int) -> None:
         old = self.q.shape[0]
-        if capacity > old or self.q.shape[1] != leads:
-            q = np.full((capacity, leads), self.initial)
-            q[:old, : self.q.shape[1]] = self.q[:, :leads]
+        if capacity > old:
+            q = np.tile(self.initial, (capacity, 1))
+            q[:old] = self.q
             self.q = q
 
     def update(self, slots: np.ndarray, lead_index: np.ndarray, score: np.ndarray,
@@ -56,7 +77,7 @@ class QuantileTracker:
         slots, lead_index, score = slots[ok], lead_index[ok], score[ok]
         current = self.q[slots, lead_index]
         width = current if issued is None else np.where(np.isfinite(issued[ok]), issued[ok], current)
-        step = 2 * self.rate * ((score > width) - (1 - self.coverage))
+        step = 2 * self.rate[lead_index] * ((score > width) - (1 - self.coverage))
         # On log q the steps telescope, so the miss rate is on target in the long run (a step
         # proportional to q instead, as before, missed ~0.2 points more).
         stepped = np.where(current >= FLOOR, current * np.exp(step), np.maximum(current + step * FLOOR, 0.0))

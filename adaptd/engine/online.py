@@ -33,7 +33,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ..records import Observation
 from ..store import Checkpoint
 from .base import Engine, Forecast, ForecastPoint, UnknownSeries
-from .conformal import CEILING, QuantileTracker
+from .conformal import CEILING, QuantileTracker, lead_units
 from .drift import DriftMonitor
 from .features import (MIN_SCALE, VALUE_CLIP, rls_feature_count, rls_features, safe_scale, update_stats, update_typical,
                        windows)
@@ -62,6 +62,9 @@ FRESH: dict[str, float] = {
 }
 PER_SLOT = tuple(FRESH)
 ADDED_LATER = {"gaps", "issued_q"}   # a checkpoint from before these keys loads them fresh
+# The unit interval widths are kept in (checkpoint header "interval_units"): 1, the fast scale
+# at every lead (before `lead_units`, absent from the header); 2, `lead_units`.
+INTERVAL_UNITS = 2
 GAP_MEMORY = 16          # recent time gaps kept per series; their median is its step
 # Per-series arrays not checkpointed: for metrics (a restart starts them afresh), and how many
 # observations the cached forecast was made from (restored from the checkpoint's `count`).
@@ -188,6 +191,18 @@ def _without_retired_expert(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarr
     return converted
 
 
+def _intervals_by_lead(arrays: dict[str, np.ndarray], leads: np.ndarray) -> None:
+    """Convert a checkpoint's interval widths from the fast scale (written before `lead_units`)
+    to `lead_units`, so the restored engine issues exactly the intervals the saved one would."""
+    ratio = arrays["scale_h"] / arrays["typical_h"]   # at each kept origin, newest last
+    issued = arrays.get("issued_q")
+    with np.errstate(invalid="ignore"):   # NaN where no origin is kept yet: judged as unknown
+        if issued is not None:
+            arrays["issued_q"] = np.minimum(issued / lead_units(ratio[-issued.shape[0]:], leads), CEILING)
+        if np.isfinite(ratio[-1]):
+            arrays["conformal_q"] = np.minimum(arrays["conformal_q"] / lead_units(ratio[-1:], leads)[0], CEILING)
+
+
 class OnlineEngine(Engine):
     kind = "online"
 
@@ -199,12 +214,13 @@ class OnlineEngine(Engine):
         self.naive = NaiveEngine(history=c.history, max_horizon=c.horizon, season=c.season, coverage=c.coverage)
         self.leads = scored_leads(c.horizon)
         self.spread = interpolation(self.leads, c.horizon)
+        self.all_leads = np.arange(1, c.horizon + 1)
         self.span = c.window + max(c.horizon, c.adapt_window) + 2   # history kept per series
         self.origins = max(c.horizon, c.adapt_window) + 1              # origins whose scale we keep
         self.rls = BatchedRLS(rls_feature_count(c.rls_lags), c.horizon, c.rls_forgetting)
         self.gru = StackedGRU(c.shape)
         self.mixture = Mixture(len(EXPERTS), c.mixture_eta, c.mixture_memory, c.mixture_anchor, MIXTURE_PRIOR)
-        self.conformal = QuantileTracker(c.coverage, c.interval_rate)
+        self.conformal = QuantileTracker(c.coverage, c.interval_rate, leads=self.leads)
         self.drift = DriftMonitor(c.detector, c.detector_params, c.cooldown)
         self.names: list[str] = []
         self.slots: dict[str, int] = {}
@@ -251,7 +267,7 @@ class OnlineEngine(Engine):
         self.rls.resize(capacity)
         self.gru.resize(capacity, self.init)
         self.mixture.resize(capacity, L)
-        self.conformal.resize(capacity, L)
+        self.conformal.resize(capacity)
 
     def _slot(self, name: str) -> int:
         slot = self.slots.get(name)
@@ -410,7 +426,7 @@ class OnlineEngine(Engine):
     def _score(self, slots: np.ndarray) -> np.ndarray:
         """Fold matured forecasts into mixture and intervals; returns lead-1 residuals (NaN: none)."""
         residual = np.full(slots.size, np.nan)
-        pick_slots, pick_leads, errors, scaled, widths, tracked = [], [], [], [], [], []
+        pick_slots, pick_leads, errors, scaled, widths, tracked, units = [], [], [], [], [], [], []
         y = self.hist[slots, -1]
         for j, h in enumerate(self.leads):
             made = (self.first_origin[slots] >= 0) & (self.count[slots] - h >= self.first_origin[slots])
@@ -420,6 +436,7 @@ class OnlineEngine(Engine):
             s = slots[made]
             origin_y = self.hist[s, -1 - h]
             origin_scale = self.scale_h[s, -1 - h]
+            origin_ratio = origin_scale / self.typical_h[s, -1 - h]
             target = np.clip((y[made] - origin_y) / origin_scale, -VALUE_CLIP, VALUE_CLIP)
             err = self.preds[s, -1 - h, :, j] - target[:, None]
             pick_slots.append(s)
@@ -427,6 +444,7 @@ class OnlineEngine(Engine):
             errors.append(err)
             widths.append(self.issued_width[s, -1 - h, j])
             tracked.append(self.issued_q[s, -1 - h, j])
+            units.append(lead_units(origin_ratio, self.leads[j:j + 1])[:, 0])
             scaled.append(np.abs(err[:, COMBINED]) * origin_scale / np.maximum(self.typical_h[s, -1 - h], MIN_SCALE))
             if h == 1:
                 # In units of the series' long-run scale, not the fast one the models use:
@@ -438,7 +456,8 @@ class OnlineEngine(Engine):
         if pick_slots:
             s_all, j_all, e_all = np.concatenate(pick_slots), np.concatenate(pick_leads), np.concatenate(errors)
             self.mixture.update(s_all, j_all, e_all[:, :COMBINED] ** 2)
-            self.conformal.update(s_all, j_all, np.abs(e_all[:, COMBINED]), np.concatenate(tracked))
+            self.conformal.update(s_all, j_all, np.abs(e_all[:, COMBINED]) / np.concatenate(units),
+                                  np.concatenate(tracked))
             miss, width, scaled_all = np.abs(e_all[:, COMBINED]), np.concatenate(widths), np.concatenate(scaled)
             issued = np.isfinite(width) & np.isfinite(scaled_all)   # intervals are not checkpointed
             self.telemetry.scored(self.leads[j_all[issued]], scaled_all[issued], miss[issued] <= width[issued])
@@ -662,7 +681,7 @@ class OnlineEngine(Engine):
         """Every series' complete model state, so a restart forecasts exactly as before."""
         with self._state_lock:
             self._apply_finished_adaptations()
-            header = self.fingerprint()
+            header = self.fingerprint() | {"interval_units": INTERVAL_UNITS}
             out = []
             owned = self.regimes.owned()   # not a scan of the shared library per series
             for name, slot in self.slots.items():
@@ -695,7 +714,9 @@ class OnlineEngine(Engine):
                 try:
                     if cp.kind != self.kind:
                         raise SnapshotError(f"checkpoint is of a {cp.kind!r} model")
-                    arrays, _ = decode(cp.payload, expect)
+                    arrays, header = decode(cp.payload, expect)
+                    if header.get("interval_units", 1) == 1:
+                        _intervals_by_lead(arrays, self.leads)
                     fresh_detectors += not self._load_slot(self._slot(cp.series), arrays)
                 except (SnapshotError, KeyError, ValueError) as exc:
                     log.warning("series %r: ignoring its checkpoint (%s); relearning from stored history",
@@ -818,7 +839,7 @@ class OnlineEngine(Engine):
                 self.telemetry.nonfinite(int(bad.any(axis=(1, 2)).sum()))
             experts[bad] = 0.0
         combined = (self.mixture.weights(slots, self.spread) * experts).sum(axis=1)
-        width = self.conformal.q[slots] @ self.spread
+        width = (self.conformal.q[slots] @ self.spread) * lead_units(ratio, self.all_leads)   # fast-scale units
         young = self.count[slots] < c.window
         if young.any():
             # The conformal tracker starts narrow and learns slowly: until the window is full, an
