@@ -254,9 +254,10 @@ def test_a_restored_engine_detects_and_adapts_exactly_as_before(detector):
         assert restored.forecast(name, 4) == engine.forecast(name, 4), name
 
 
-def test_a_checkpoint_taken_while_adaptations_are_owed_saves_their_detectors_empty(monkeypatch):
+def test_adaptations_owed_at_a_checkpoint_run_when_it_is_restored(monkeypatch, caplog):
     # One adaptation running (held), one queued and then cancelled as at shutdown: the checkpoint
-    # must not fail on the cancelled one, and neither change may be remembered as handled.
+    # must not fail on the cancelled one, and a restart must adapt both series, not remember
+    # their changes as handled (nor wait for a detector to notice them again).
     from adaptd.engine import online
 
     release, real = threading.Event(), online.adapt
@@ -282,11 +283,28 @@ def test_a_checkpoint_taken_while_adaptations_are_owed_saves_their_detectors_emp
         engine.close()
     for cp in checkpoints:
         arrays, _ = decode(cp.payload, engine.fingerprint())
-        assert "drift_fired" not in arrays and int(arrays["drift_quiet"]) == -1, cp.series
-    restored = make_engine(dataclasses.replace(SMALL, adapt_workers=1))
+        assert bool(arrays["adaptation_owed"]), cp.series
+    monkeypatch.setattr(online, "adapt", real)
+    caplog.set_level("INFO")
+    restored = make_engine()   # adapting inline: done when restore returns
     restored.restore(history_of(names, y, t), checkpoints)
-    assert restored.drift._detectors == {}
-    restored.close()
+    assert "2 series had an adaptation owed" in caplog.text
+    assert restored.counters["adapted"] + restored.counters["kept"] == 2
+    assert restored.take_drift_events() == []   # adapted without being detected again
+
+
+@pytest.mark.parametrize("flag", [np.array([True, False]), np.array(2.5)], ids=["two flags", "a number"])
+def test_a_checkpoint_with_a_broken_owed_flag_is_refused(flag, caplog):
+    y = seasonal(150)
+    donor, arrays, header = donor_state(y)
+    arrays["adaptation_owed"] = flag
+    cp = dataclasses.replace(donor.checkpoint()[0], payload=encode(arrays, header))
+    history = {"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}
+    restored, reference = make_engine(), make_engine()
+    restored.learn(restored.restore(history, [cp]))
+    assert "adaptation_owed is not one flag" in caplog.text
+    reference.learn(reference.restore(history))
+    assert restored.forecast("s", 4) == reference.forecast("s", 4)   # relearnt from the stored history
 
 
 def test_a_checkpoint_from_before_detector_state_restores_with_empty_detectors(caplog):
@@ -525,24 +543,6 @@ def test_a_checkpoint_from_before_an_added_array_still_restores_exactly(added):
     assert all(p.lo < p.value < p.hi for p in after.points)
 
 
-@pytest.mark.parametrize("duplicate", [True, False], ids=["duplicate", "reset at drifts"])
-def test_a_checkpoint_with_the_removed_rls_recent_expert_restores_without_it(duplicate, caplog):
-    engine = make_engine()
-    y = level_shift(400, 250)   # a drift, so the mixture's record is not uniform
-    feed(engine, y)
-    assert engine.counters["drifts"] >= 1
-    old = [dataclasses.replace(cp, payload=with_rls_recent(cp.payload, duplicate)) for cp in engine.checkpoint()]
-    history = {"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}
-    restored = make_engine()
-    assert restored.restore(history, old) == []
-    assert "ignoring its checkpoint" not in caplog.text
-    # Exactly the engine the four-expert checkpoint was made from, minus rls_recent: same
-    # forecast now, and the same after learning one more record.
-    assert restored.forecast("s", 4) == engine.forecast("s", 4)
-    nxt = [Observation("s", 400 * HOUR, float(y[-1]))]
-    engine.observe(nxt)
-    restored.observe(nxt)
-    assert restored.forecast("s", 4) == engine.forecast("s", 4)
 def test_a_checkpoint_with_widths_on_the_fast_scale_restores_the_same_intervals():
     # Checkpoints written before `lead_units` hold every lead's widths in units of the fast
     # scale and no "interval_units" in their header: they are converted on restore.
@@ -570,6 +570,24 @@ def test_a_checkpoint_with_widths_on_the_fast_scale_restores_the_same_intervals(
             e.observe([Observation("s", t * HOUR, 11.0 + t % 3)])
 
 
+@pytest.mark.parametrize("duplicate", [True, False], ids=["duplicate", "reset at drifts"])
+def test_a_checkpoint_with_the_removed_rls_recent_expert_restores_without_it(duplicate, caplog):
+    engine = make_engine()
+    y = level_shift(400, 250)   # a drift, so the mixture's record is not uniform
+    feed(engine, y)
+    assert engine.counters["drifts"] >= 1
+    old = [dataclasses.replace(cp, payload=with_rls_recent(cp.payload, duplicate)) for cp in engine.checkpoint()]
+    history = {"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}
+    restored = make_engine()
+    assert restored.restore(history, old) == []
+    assert "ignoring its checkpoint" not in caplog.text
+    # Exactly the engine the four-expert checkpoint was made from, minus rls_recent: same
+    # forecast now, and the same after learning one more record.
+    assert restored.forecast("s", 4) == engine.forecast("s", 4)
+    nxt = [Observation("s", 400 * HOUR, float(y[-1]))]
+    engine.observe(nxt)
+    restored.observe(nxt)
+    assert restored.forecast("s", 4) == engine.forecast("s", 4)
     assert np.isfinite([p.value for p in restored.forecast("s", 4).points]).all()
 
 

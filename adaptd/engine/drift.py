@@ -53,17 +53,15 @@ class DriftMonitor:
         self._detectors.pop(slot, None)
         self._quiet_until.pop(slot, None)
 
-    def state(self, slot: int, empty: bool = False) -> dict[str, np.ndarray]:
-        """The slot's detector state and cool-down as checkpoint arrays (none: no detector yet;
-        `empty`: as a fresh detector without cool-down)."""
-        quiet = -1 if empty else self._quiet_until.get(slot, -1)
-        out = {f"{PREFIX}kind": np.array(self.kind), f"{PREFIX}quiet": np.array(quiet)}
-        detector = None if empty else self._detectors.get(slot)
+    def state(self, slot: int) -> dict[str, np.ndarray]:
+        """The slot's detector state and cool-down as checkpoint arrays (none: no detector yet)."""
+        out = {f"{PREFIX}kind": np.array(self.kind), f"{PREFIX}quiet": np.array(self._quiet_until.get(slot, -1))}
+        detector = self._detectors.get(slot)
         if detector is not None:
             out.update({PREFIX + k: v for k, v in save_state(self.detector, detector).items()})
         return out
 
-    def load(self, slot: int, arrays: dict[str, np.ndarray]) -> bool:
+    def load(self, slot: int, arrays: dict[str, np.ndarray], series: str = "") -> bool:
         """Restore what `state` saved; False (and an empty detector) if there is none or it was
         saved by another detector or with other parameters, or does not fit."""
         self.reset(slot)
@@ -83,7 +81,7 @@ class DriftMonitor:
         except BaseException as exc:   # river's Rust decoding panics (a BaseException) on bad bytes
             if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
                 raise
-            log.warning("slot %d: drift detector state not restored (%s); it starts empty", slot, exc)
+            log.warning("series %r: drift detector state not restored (%s); it starts empty", series or slot, exc)
             self.reset(slot)
             return False
         if quiet >= 0:

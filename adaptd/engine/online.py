@@ -558,17 +558,21 @@ class OnlineEngine(Engine):
             self.drift_events.append(DriftEvent(self.names[slot], float(ts[i]), self.config.detector,
                                                 float(residuals[i])))
             self.telemetry.drifted(self.config.detector)   # now, not when the whole chunk is learnt
-            if not self.config.adapt or slot in self._running:   # adapt off: detect and record only
-                continue
-            job = self._adaptation_job(slot)
-            if job is None:
-                continue
-            if self._pool is None:
-                done = job()
-                with self._changing([slot]):
-                    self._apply(done)
-            else:
-                self._running[slot] = self._pool.submit(job)
+            if self.config.adapt and slot not in self._running:   # adapt off: detect and record only
+                self._start_adaptation(slot)
+
+    def _start_adaptation(self, slot: int) -> None:
+        """Adapt the slot's models to its newest window: at once without a pool (replay: the
+        same result every run), else in the pool while forecasts go on from the current ones."""
+        job = self._adaptation_job(slot)
+        if job is None:
+            return
+        if self._pool is None:
+            done = job()
+            with self._changing([slot]):
+                self._apply(done)
+        else:
+            self._running[slot] = self._pool.submit(job)
 
     def _support(self, slot: int) -> tuple[Examples, Examples]:
         """Train/validation examples from the newest window: validation = the newest points."""
@@ -691,9 +695,9 @@ class OnlineEngine(Engine):
                 arrays["mixture_loss"] = self.mixture.loss[slot]
                 arrays["conformal_q"] = self.conformal.q[slot]
                 # A detection whose adaptation is still owed (queued, running, or cancelled at
-                # shutdown): its detector is saved empty, so after a restart it can notice the
-                # change again rather than remember it as handled.
-                arrays.update(self.drift.state(slot, empty=slot in self._running))
+                # shutdown) is saved as owed: a restart runs it (`restore`), on the newest window.
+                arrays["adaptation_owed"] = np.array(slot in self._running)
+                arrays.update(self.drift.state(slot))
                 if self.regimes.enabled:
                     arrays.update(self.regimes.state(slot, owned))
                 out.append(Checkpoint(name, self.kind, FORMAT_VERSION, encode(arrays, header)))
@@ -707,6 +711,7 @@ class OnlineEngine(Engine):
         for name, rows in history.items():
             self.naive.record([Observation(name, ts, value) for ts, value in rows])
         restored: set[str] = set()
+        owed: list[int] = []
         fresh_detectors = 0
         expect = self.fingerprint()
         with self._state_lock:
@@ -717,13 +722,23 @@ class OnlineEngine(Engine):
                     arrays, header = decode(cp.payload, expect)
                     if header.get("interval_units", 1) == 1:
                         _intervals_by_lead(arrays, self.leads)
-                    fresh_detectors += not self._load_slot(self._slot(cp.series), arrays)
+                    owes = arrays.get("adaptation_owed", np.array(False))
+                    if owes.shape != () or owes.dtype != bool:
+                        raise SnapshotError(f"adaptation_owed is not one flag: {owes!r}")
+                    slot = self._slot(cp.series)
+                    fresh_detectors += not self._load_slot(slot, arrays)
                 except (SnapshotError, KeyError, ValueError) as exc:
                     log.warning("series %r: ignoring its checkpoint (%s); relearning from stored history",
                                 cp.series, exc)
                     self._forget(cp.series)
                     continue
                 restored.add(cp.series)
+                if owes:
+                    owed.append(slot)
+            if owed and self.config.adapt:
+                log.info("%d series had an adaptation owed at the checkpoint: adapting them now", len(owed))
+                for slot in owed:
+                    self._start_adaptation(slot)
         pending = []
         for name, rows in history.items():
             slot = self.slots.get(name)
@@ -770,9 +785,9 @@ class OnlineEngine(Engine):
             try:
                 self.regimes.load(slot, arrays, list(self.gru.params))
             except (ValueError, KeyError) as exc:
-                log.warning("slot %d: ignoring its remembered regimes (%s)", slot, exc)
+                log.warning("series %r: ignoring its remembered regimes (%s)", self.names[slot], exc)
                 self.regimes.forget(slot)
-        return self.drift.load(slot, arrays)
+        return self.drift.load(slot, arrays, self.names[slot])
 
     def _forget(self, name: str) -> None:
         """Return a series' slot to a fresh state (after a refused checkpoint)."""
