@@ -131,17 +131,17 @@ def test_drift_adaptation_measurably_lowers_error_right_after_a_change(keep: flo
 
 def test_the_configured_kept_share_reaches_every_adaptation(monkeypatch):
     from adaptd.config import parse_config
-    from adaptd.engine import online
+    from adaptd.engine import adapting
     from adaptd.engine.factory import online_config
 
     assert online_config(parse_config({"adapt": {"keep": 0.3}})).adapt_keep == 0.3
     received = []
-    real = online.adapt
+    real = adapting.adapt
 
     def spy(*args, **kwargs):
         received.append(kwargs["keep"])
         return real(*args, **kwargs)
-    monkeypatch.setattr(online, "adapt", spy)
+    monkeypatch.setattr(adapting, "adapt", spy)
     engine = make_engine(dataclasses.replace(SMALL, adapt_keep=0.3))
     feed(engine, level_shift(600, 400))
     assert received and set(received) == {0.3}
@@ -258,15 +258,15 @@ def test_adaptations_owed_at_a_checkpoint_run_when_it_is_restored(monkeypatch, c
     # One adaptation running (held), one queued and then cancelled as at shutdown: the checkpoint
     # must not fail on the cancelled one, and a restart must adapt both series, not remember
     # their changes as handled (nor wait for a detector to notice them again).
-    from adaptd.engine import online
+    from adaptd.engine import adapting
 
-    release, real = threading.Event(), online.adapt
+    release, real = threading.Event(), adapting.adapt
 
     def held(*args, **kwargs):
         release.wait(60)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(online, "adapt", held)
+    monkeypatch.setattr(adapting, "adapt", held)
     engine = make_engine(dataclasses.replace(SMALL, adapt_workers=1))
     names = ["a", "b"]
     y = np.stack([level_shift(600, 400, seed) for seed in range(len(names))], axis=1)
@@ -284,7 +284,7 @@ def test_adaptations_owed_at_a_checkpoint_run_when_it_is_restored(monkeypatch, c
     for cp in checkpoints:
         arrays, _ = decode(cp.payload, engine.fingerprint())
         assert bool(arrays["adaptation_owed"]), cp.series
-    monkeypatch.setattr(online, "adapt", real)
+    monkeypatch.setattr(adapting, "adapt", real)
     caplog.set_level("INFO")
     restored = make_engine()   # adapting inline: done when restore returns
     restored.restore(history_of(names, y, t), checkpoints)

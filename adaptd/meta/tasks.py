@@ -1,9 +1,9 @@
 """Meta-learning tasks: what the daemon sees at a drift, and what it must then forecast.
 
 A task is one series at one detection time t. Its support is exactly what an adaptation at t
-trains on (`OnlineEngine._support`): the `adapt_window` origins before t, with targets observed
-at least `validation` steps before t. Its query is the next `query` origins from t on, with
-targets up to t + query: the support never sees a query target. Detection times are drawn
+trains on (`Adapting._support` in engine/adapting.py): the `adapt_window` origins before t,
+with targets observed at least `validation` steps before t. Its query is the next `query`
+origins from t on, with targets up to t + query: the support never sees a query target. Detection times are drawn
 around known changes (a change plus a detection delay the daemon's detectors produce) and at
 ordinary times, so the initializer is trained for false alarms as well as real changes.
 

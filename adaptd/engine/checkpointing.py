@@ -1,0 +1,191 @@
+"""Checkpoints, part of OnlineEngine: every series' complete model state as a versioned,
+pickle-free payload (snapshot.py), restored at start so that a restarted daemon forecasts,
+detects and adapts as before. Older layouts are converted here; broken ones are refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..records import Observation
+from ..store import Checkpoint
+from .conformal import CEILING, lead_units
+from .layout import ADDED_LATER, COLD_START_GRU_SHARE, EXPERTS, FRESH, GRU, PER_SLOT, TRANSIENT
+from .snapshot import FORMAT_VERSION, SnapshotError, decode, encode
+
+log = logging.getLogger(__name__)
+
+# The unit interval widths are kept in (checkpoint header "interval_units"): 1, the fast scale
+# at every lead (before `lead_units`, absent from the header); 2, `lead_units`.
+INTERVAL_UNITS = 2
+# Checkpoints written before a second linear learner, "rls_recent", was removed hold it as expert
+# 1 of four. Once the restart policy stopped resetting it, it duplicated "rls" exactly, so such a
+# checkpoint loads with it dropped (see `_without_retired_expert`).
+RETIRED_EXPERT, RETIRED_INDEX = "rls_recent", 1
+
+
+def _without_retired_expert(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A checkpoint written with the retired expert in today's layout: its `rls_recent_*` arrays
+    dropped, and its row (RETIRED_INDEX) of `mixture_loss` (four experts) and of the expert axis
+    of `preds` (four experts, then the combined forecast). Other checkpoints are returned as they are."""
+    retired = [key for key in arrays if key in (f"{RETIRED_EXPERT}_P", f"{RETIRED_EXPERT}_B")]
+    if not retired:
+        return arrays
+    old = len(EXPERTS) + 1
+    loss, preds = arrays["mixture_loss"], arrays["preds"]
+    if loss.ndim != 2 or loss.shape[0] != old or preds.ndim != 3 or preds.shape[1] != old + 1:
+        raise SnapshotError(f"a checkpoint with {RETIRED_EXPERT!r} needs {old} experts; it has mixture_loss "
+                            f"of shape {loss.shape} and preds of shape {preds.shape}")
+    converted = {key: value for key, value in arrays.items() if key not in retired}
+    converted["mixture_loss"] = np.delete(loss, RETIRED_INDEX, axis=0)
+    converted["preds"] = np.delete(preds, RETIRED_INDEX, axis=1)
+    return converted
+
+
+def _intervals_by_lead(arrays: dict[str, np.ndarray], leads: np.ndarray) -> None:
+    """Convert a checkpoint's interval widths from the fast scale (written before `lead_units`)
+    to `lead_units`, so the restored engine issues exactly the intervals the saved one would."""
+    ratio = arrays["scale_h"] / arrays["typical_h"]   # at each kept origin, newest last
+    issued = arrays.get("issued_q")
+    with np.errstate(invalid="ignore"):   # NaN where no origin is kept yet: judged as unknown
+        if issued is not None:
+            arrays["issued_q"] = np.minimum(issued / lead_units(ratio[-issued.shape[0]:], leads), CEILING)
+        if np.isfinite(ratio[-1]):
+            arrays["conformal_q"] = np.minimum(arrays["conformal_q"] / lead_units(ratio[-1:], leads)[0], CEILING)
+
+
+class Checkpointing:
+    """OnlineEngine's checkpoint and restore methods (they use its per-slot arrays and models)."""
+
+    def fingerprint(self) -> dict[str, Any]:
+        c = self.config
+        return {"kind": self.kind, "window": c.window, "patch": c.patch, "hidden": c.hidden,
+                "horizon": c.horizon, "rls_lags": c.rls_lags, "span": self.span, "origins": self.origins}
+
+    def checkpoint(self) -> list[Checkpoint]:
+        """Every series' complete model state, so a restart forecasts exactly as before."""
+        with self._state_lock:
+            self._apply_finished_adaptations()
+            header = self.fingerprint() | {"interval_units": INTERVAL_UNITS}
+            out = []
+            owned = self.regimes.owned()   # not a scan of the shared library per series
+            for name, slot in self.slots.items():
+                arrays = {key: getattr(self, key)[slot] for key in PER_SLOT}
+                arrays.update(self.rls.state(slot))
+                arrays.update({f"gru_{k}": v[slot].numpy() for k, v in self.gru.params.items()})
+                arrays["mixture_loss"] = self.mixture.loss[slot]
+                arrays["conformal_q"] = self.conformal.q[slot]
+                # A detection whose adaptation is still owed (queued, running, or cancelled at
+                # shutdown) is saved as owed: a restart runs it (`restore`), on the newest window.
+                arrays["adaptation_owed"] = np.array(slot in self._running)
+                arrays.update(self.drift.state(slot))
+                if self.regimes.enabled:
+                    arrays.update(self.regimes.state(slot, owned))
+                out.append(Checkpoint(name, self.kind, FORMAT_VERSION, encode(arrays, header)))
+            return out
+
+    def restore(self, history: dict[str, list[tuple[float, float]]],
+                checkpoints: Sequence[Checkpoint] = ()) -> list[Observation]:
+        """Load checkpoints and record the stored history; returns what the models have still to
+        learn (records newer than a series' checkpoint, or all of a series without a usable one),
+        for the learning thread, so start-up does not wait for it."""
+        for name, rows in history.items():
+            self.naive.record([Observation(name, ts, value) for ts, value in rows])
+        restored: set[str] = set()
+        owed: list[int] = []
+        fresh_detectors = 0
+        expect = self.fingerprint()
+        with self._state_lock:
+            for cp in checkpoints:
+                try:
+                    if cp.kind != self.kind:
+                        raise SnapshotError(f"checkpoint is of a {cp.kind!r} model")
+                    arrays, header = decode(cp.payload, expect)
+                    if header.get("interval_units", 1) == 1:
+                        _intervals_by_lead(arrays, self.leads)
+                    owes = arrays.get("adaptation_owed", np.array(False))
+                    if owes.shape != () or owes.dtype != bool:
+                        raise SnapshotError(f"adaptation_owed is not one flag: {owes!r}")
+                    slot = self._slot(cp.series)
+                    fresh_detectors += not self._load_slot(slot, arrays)
+                except (SnapshotError, KeyError, ValueError) as exc:
+                    log.warning("series %r: ignoring its checkpoint (%s); relearning from stored history",
+                                cp.series, exc)
+                    self._forget(cp.series)
+                    continue
+                restored.add(cp.series)
+                if owes:
+                    owed.append(slot)
+            if owed and self.config.adapt:
+                log.info("%d series had an adaptation owed at the checkpoint: adapting them now", len(owed))
+                for slot in owed:
+                    self._start_adaptation(slot)
+        pending = []
+        for name, rows in history.items():
+            slot = self.slots.get(name)
+            seen = self.last_ts[slot] if slot is not None else -np.inf
+            pending.extend(Observation(name, ts, value) for ts, value in rows if ts > seen)
+        pending.sort(key=lambda o: o.ts)   # series advance together, as they arrived
+        if checkpoints:
+            log.info("restored %d series from checkpoints; %d stored records to learn", len(restored), len(pending))
+        if fresh_detectors:
+            log.info("%d series' drift detectors start empty (checkpoints from before detector state was "
+                     "kept, or another [drift] detector, its parameters or the river version changed)",
+                     fresh_detectors)
+        return pending
+
+    def _load_slot(self, slot: int, arrays: dict[str, np.ndarray]) -> bool:
+        """Load one series' checkpoint (SnapshotError: unusable); False if its drift detector
+        could not be restored and starts empty."""
+        arrays = _without_retired_expert(arrays)
+        for key in ADDED_LATER - arrays.keys():
+            arrays[key] = np.full(getattr(self, key)[slot].shape, FRESH[key])
+        for key in PER_SLOT:
+            target = getattr(self, key)
+            if arrays[key].shape != target[slot].shape or not np.isfinite(arrays["hist"][-1]):
+                raise SnapshotError(f"{key} has shape {arrays[key].shape}, expected {target[slot].shape}")
+        if arrays["mixture_loss"].shape != self.mixture.loss[slot].shape:
+            raise SnapshotError(f"mixture_loss has shape {arrays['mixture_loss'].shape}, "
+                                f"expected {self.mixture.loss[slot].shape}")
+        q, issued = arrays["conformal_q"], arrays["issued_q"]
+        if q.shape != self.conformal.q[slot].shape or not ((q >= 0) & (q <= CEILING)).all():
+            raise SnapshotError(f"conformal_q is not {self.conformal.q[slot].shape} widths in [0, {CEILING:g}]")
+        if not (np.isnan(issued) | ((issued >= 0) & (issued <= CEILING))).all():   # NaN: none issued
+            raise SnapshotError(f"issued_q holds widths outside [0, {CEILING:g}]")
+        params = {k: torch.from_numpy(arrays[f"gru_{k}"]) for k in self.gru.params}
+        if not all(bool(torch.isfinite(v).all()) for v in params.values()):
+            raise SnapshotError("recurrent weights are not finite")
+        for key in PER_SLOT:
+            getattr(self, key)[slot] = arrays[key]
+        self.fc_count[slot] = arrays["count"]   # a checkpoint holds the forecast of its newest step
+        self.rls.load_state(slot, arrays)
+        self.gru.load(np.array([slot]), {k: v[None] for k, v in params.items()})
+        self.mixture.loss[slot] = arrays["mixture_loss"]
+        self.conformal.q[slot] = arrays["conformal_q"]
+        if self.regimes.enabled:   # a checkpoint from before regime memory has none: that is fine
+            try:
+                self.regimes.load(slot, arrays, list(self.gru.params))
+            except (ValueError, KeyError) as exc:
+                log.warning("series %r: ignoring its remembered regimes (%s)", self.names[slot], exc)
+                self.regimes.forget(slot)
+        return self.drift.load(slot, arrays, self.names[slot])
+
+    def _forget(self, name: str) -> None:
+        """Return a series' slot to a fresh state (after a refused checkpoint)."""
+        slot = self.slots.get(name)
+        if slot is None:
+            return
+        for key, fresh in (FRESH | TRANSIENT).items():
+            getattr(self, key)[slot] = fresh
+        self.rls.reset(np.array([slot]))
+        self.gru.load(np.array([slot]), self.init.params)
+        self.regimes.forget(slot)
+        self.drift.reset(slot)
+        self.mixture.loss[slot] = 1.0
+        if self.config.cold:
+            self.mixture.lean(np.array([slot]), GRU, COLD_START_GRU_SHARE)
+        self.conformal.q[slot] = self.conformal.initial
