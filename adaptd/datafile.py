@@ -18,7 +18,7 @@ import csv
 import json
 import math
 from datetime import datetime, timezone
-from typing import Any, Iterator, TextIO
+from typing import Iterator, TextIO
 
 from .records import Rejected, parse_ts
 

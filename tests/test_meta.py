@@ -18,7 +18,7 @@ from adaptd.config import load_config
 from adaptd.engine.learner import Initializer, pretrain
 from adaptd.engine.factory import online_config, pooled_examples
 from adaptd.engine.online import OnlineConfig
-from adaptd.meta.job import NotEnoughData, run
+from adaptd.meta.job import run
 from adaptd.meta.synthetic import regime_series
 from adaptd.meta.tasks import SeriesPool, cut_tasks, sample_tasks
 from adaptd.meta.train import MIN_STEP, MAX_STEP, MetaSettings, meta_train, post_adaptation_loss
