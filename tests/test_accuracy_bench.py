@@ -380,3 +380,25 @@ def test_after_change_ratios_resample_changes_that_coincide_across_channels_as_o
     cells[starts[0] - 299:starts[0] - 289, 1] = True
     mse = {name: res.origin_mse[cells].sum() for name, res in rows.items()}
     assert paired["ratio"] == pytest.approx(mse["adaptd"] / mse["adaptd-no-adapt"])
+
+
+def test_validation_sweeps_print_each_variant_after_changes_over_the_first_with_its_interval(capsys) -> None:
+    from adaptd.bench.accuracy.validate import _print_after_changes
+
+    starts = [310, 330, 350, 370, 390, 410]
+
+    class Detector(RepeatLast):
+        def drift_rows(self) -> list[tuple[int, int]]:
+            return [(0, row) for row in starts]
+
+    rng = np.random.default_rng(5)
+    Y = rng.normal(size=(450, 2)).cumsum(axis=0)
+    results = {"default": evaluate(Detector(), Y, 300, 450, 1), "seasonal": evaluate(SeasonalNaive(24), Y, 300, 450, 1)}
+    _print_after_changes("etth2 H=1", results, 299, 10)
+    default, seasonal = capsys.readouterr().out.splitlines()
+    assert default.startswith("etth2 H=1: default after detected changes") and " / " not in default
+    cells = np.zeros_like(results["default"].origin_mse, dtype=bool)
+    for start in starts:
+        cells[start - 299:start - 289, 0] = True
+    ratio = results["seasonal"].origin_mse[cells].sum() / results["default"].origin_mse[cells].sum()
+    assert f"/ default {ratio:.3f} [" in seasonal and "over 6 episodes" in seasonal

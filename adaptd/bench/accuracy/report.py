@@ -215,13 +215,20 @@ def _score_after_changes(rows: dict[str, EvalResult], first_origin: int, span: i
     episodes = change_episodes(mask)
     for name, reference in PAIRED:
         if name in rows and reference in rows and episodes:
-            arm, ref = (np.array([rows[n].origin_mse[a:b][mask[a:b]].sum() for a, b in episodes])  # type: ignore[index]
-                        for n in (name, reference))
-            ratio, lo, hi = (bootstrap_ratio(arm, ref, BOOTSTRAP, 0) if len(episodes) >= MIN_EPISODES
-                             else (float(arm.sum() / ref.sum()), None, None))
-            rows[name].extra.setdefault("after_changes_vs", {})[reference] = {
-                "ratio": ratio, "lo": lo, "hi": hi, "episodes": len(episodes),
-                "better": float(np.mean(arm < ref)), "worse": float(np.mean(arm > ref))}
+            rows[name].extra.setdefault("after_changes_vs", {})[reference] = paired_after_changes(
+                rows[name], rows[reference], mask, episodes)
+
+
+def paired_after_changes(arm: EvalResult, reference: EvalResult, mask: np.ndarray,
+                         episodes: list[tuple[int, int]]) -> dict[str, Any]:
+    """arm's MSE over reference's on the `mask`ed cells, with a 95% bootstrap interval that
+    resamples change `episodes` (none under MIN_EPISODES), and the shares of episodes better/worse."""
+    a, r = (np.array([res.origin_mse[i:j][mask[i:j]].sum() for i, j in episodes])  # type: ignore[index]
+            for res in (arm, reference))
+    ratio, lo, hi = (bootstrap_ratio(a, r, BOOTSTRAP, 0) if len(episodes) >= MIN_EPISODES
+                     else (float(a.sum() / r.sum()), None, None))
+    return {"ratio": ratio, "lo": lo, "hi": hi, "episodes": len(episodes),
+            "better": float(np.mean(a < r)), "worse": float(np.mean(a > r))}
 
 
 def change_episodes(mask: np.ndarray) -> list[tuple[int, int]]:

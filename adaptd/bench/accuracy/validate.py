@@ -17,7 +17,7 @@ from ...engine.online import OnlineConfig
 from .baselines import baseline_specs
 from .datasets import FILES, load_split
 from .engine_model import EngineModel
-from .report import AFTER_CHANGE_SEASONS, auto_protocol
+from .report import AFTER_CHANGE_SEASONS, auto_protocol, change_episodes, paired_after_changes
 from .runner import BenchContext, EvalResult, after_changes, evaluate
 
 
@@ -80,13 +80,22 @@ def main(argv: list[str] | None = None) -> None:
 
 def _print_after_changes(where: str, results: dict[str, EvalResult], first_origin: int, span: int) -> None:
     """Every variant's MSE on the same cells: up to `span` rows after a change any variant detected
-    (as the report's "after detected change" column; a variant with "adapt": false is the no-adapt row)."""
+    (as the report's "after detected change" column; a variant with "adapt": false is the no-adapt row),
+    and each one's ratio to the first variant there, with the report's paired interval."""
     if not any(r.drift_rows for r in results.values()):
         return
     mask = after_changes(list(results.values()), first_origin, span)
+    episodes = change_episodes(mask)
+    reference = next(iter(results))   # "default" unless --no-default
     for label, res in results.items():
+        paired = ""
+        if label != reference:
+            p = paired_after_changes(res, results[reference], mask, episodes)
+            interval = f" [{p['lo']:.3f}, {p['hi']:.3f}]" if p["lo"] is not None else ""
+            paired = (f"; / {reference} {p['ratio']:.3f}{interval} over {p['episodes']} episodes, "
+                      f"better in {p['better']:.0%}, worse in {p['worse']:.0%}")
         print(f"{where}: {label} after detected changes {float(res.origin_mse[mask].mean()):.4f} "  # type: ignore[index]
-              f"({mask.mean():.0%} of cells, {len(res.drift_rows)} detected)", flush=True)
+              f"({mask.mean():.0%} of cells, {len(res.drift_rows)} detected{paired})", flush=True)
 
 
 if __name__ == "__main__":
