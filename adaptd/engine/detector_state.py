@@ -33,7 +33,9 @@ def save_state(name: str, detector: Any) -> dict[str, np.ndarray]:
     elif name == "kswin":
         version, internal, gauss = detector._rng.getstate()
         state.update(window=np.array(detector.window, dtype=np.float64), n=np.array(detector.n),
-                     p_value=np.array(float(detector.p_value)), rng=np.array(internal, dtype=np.int64),
+                     # Mersenne Twister: 624 32-bit words and a position (older checkpoints
+                     # hold them as int64; both load).
+                     p_value=np.array(float(detector.p_value)), rng=np.array(internal, dtype=np.uint32),
                      rng_meta=np.array([version, math.nan if gauss is None else gauss]))
     elif name == "page_hinkley":
         state["stats"] = np.array([detector._x_mean.n, detector._x_mean._mean, detector._sum_increase,
