@@ -150,9 +150,10 @@ def report(result: ReplayResult) -> dict[str, Any]:
         if not scored.any():
             continue
         err = (pred - target)[scored]
-        inside = ((target >= result.lo[:, s]) & (target <= result.hi[:, s]))[scored]
-        per_step = np.array([np.mean(((pred[:, h] - target[:, h]) / std)[scored[:, h]] ** 2)
-                             if scored[:, h].any() else np.nan for h in range(H)])
+        covered = (target >= result.lo[:, s]) & (target <= result.hi[:, s])
+        width = (result.hi[:, s] - result.lo[:, s]) / std   # z-scored, like the errors
+        inside = covered[scored]
+        per_step = _by_step(((pred - target) / std) ** 2, scored)
         season = _season(table.ts)
         naive_scale = _mase_scale(warm, season)
         per_series[name] = {
@@ -160,7 +161,10 @@ def report(result: ReplayResult) -> dict[str, Any]:
             "raw_mae": float(np.mean(np.abs(err))), "raw_rmse": float(np.sqrt(np.mean(err ** 2))),
             "mase": float(np.mean(np.abs(err)) / naive_scale) if naive_scale > 0 else None,
             "coverage": float(inside.mean()), "forecasts": int(scored[:, 0].sum()),
-            "mse_by_step": [float(x) for x in per_step],
+            # Coverage alone can be bought with width: how wide the intervals were, by lead too.
+            "interval_width": float(width[scored].mean()),
+            "mse_by_step": per_step, "coverage_by_step": _by_step(covered, scored),
+            "interval_width_by_step": _by_step(width, scored),
         }
     rows = list(per_series.values())
 
@@ -171,11 +175,16 @@ def report(result: ReplayResult) -> dict[str, Any]:
     stats = result.engine_stats
     return {
         "horizon": H, "series": len(table.names), "rows": len(table.ts),
-        "overall": {k: avg(k) for k in ("mse", "mae", "raw_mae", "raw_rmse", "mase", "coverage")},
+        "overall": {k: avg(k) for k in ("mse", "mae", "raw_mae", "raw_rmse", "mase", "coverage", "interval_width")},
         "drifts": stats.get("drifts", 0), "adaptations": stats.get("adapted", 0),
         "adaptations_kept_previous": stats.get("kept", 0), "engine": stats,
         "wall_seconds": round(result.seconds, 3), "per_series": per_series,
     }
+
+
+def _by_step(values: np.ndarray, scored: np.ndarray) -> list[float | None]:
+    """Mean of (origins, H) `values` over the scored cells of each lead (None: none scored)."""
+    return [float(values[scored[:, h], h].mean()) if scored[:, h].any() else None for h in range(values.shape[1])]
 
 
 def _season(ts: np.ndarray) -> int:
@@ -244,5 +253,5 @@ def main(settings: Settings, path: str, horizon: int, warmup_frac: float, seed: 
     print(f"replayed {summary['rows']} rows of {summary['series']} series, horizon {horizon}, "
           f"warm-up {warmup_frac:.0%}, in {summary['wall_seconds']:.1f}s")
     print(f"z-scored MSE {o['mse']:.4f}  MAE {o['mae']:.4f}  MASE {o['mase'] or float('nan'):.3f}  "
-          f"coverage {o['coverage']:.3f}  drifts {summary['drifts']}  adaptations {summary['adaptations']}")
+          f"coverage {o['coverage']:.3f} (width {o['interval_width']:.3f})  drifts {summary['drifts']}  adaptations {summary['adaptations']}")
     return 0

@@ -67,6 +67,23 @@ def test_outputs_follow_the_contract(tmp_path: Path) -> None:
     assert {"drifts", "adaptations", "wall_seconds"} <= set(report)
 
 
+def test_the_report_says_how_wide_the_intervals_were_at_each_lead(tmp_path: Path) -> None:
+    values = series(160)
+    rows, report = replay(tmp_path, values, "a")
+    for s, name in enumerate(("a", "b")):
+        std = values[:40, s].std()   # the warm-up's: the report is on the z-scored scale
+        last = "2024-01-07 15:00:00"   # row 159: targets after it are not scored
+        mine = [r for r in rows if r["series"] == name and r["target"] <= last]
+        width = [(float(r["hi"]) - float(r["lo"])) / std for r in mine]
+        ours = report["per_series"][name]
+        assert ours["interval_width"] == pytest.approx(np.mean(width), rel=1e-4)
+        by_step = [np.mean([w for w, r in zip(width, mine) if r["step"] == str(h)]) for h in (1, 2, 3)]
+        assert ours["interval_width_by_step"] == pytest.approx(by_step, rel=1e-4)
+        assert len(ours["coverage_by_step"]) == 3 and all(0 <= c <= 1 for c in ours["coverage_by_step"])
+    assert report["overall"]["interval_width"] == pytest.approx(
+        np.mean([report["per_series"][n]["interval_width"] for n in ("a", "b")]))
+
+
 def test_the_same_seed_gives_the_same_forecasts(tmp_path: Path) -> None:
     first, _ = replay(tmp_path, series(120), "x", seed=3)
     second, _ = replay(tmp_path, series(120), "y", seed=3)
