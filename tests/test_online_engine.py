@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from adaptd.engine.base import UnknownSeries
+from adaptd.engine.checkpointing import CHECKPOINT_FORMAT
 from adaptd.engine.conformal import lead_units
 from adaptd.engine.learner import Initializer
 from adaptd.engine.online import OnlineConfig, OnlineEngine
@@ -282,15 +283,16 @@ def test_adaptations_owed_at_a_checkpoint_run_when_it_is_restored(monkeypatch, c
         release.set()
         engine.close()
     for cp in checkpoints:
-        arrays, _ = decode(cp.payload, engine.fingerprint())
+        arrays, _ = decode(cp.payload, engine.fingerprint(), CHECKPOINT_FORMAT)
         assert bool(arrays["adaptation_owed"]), cp.series
     monkeypatch.setattr(adapting, "adapt", real)
     caplog.set_level("INFO")
-    restored = make_engine()   # adapting inline: done when restore returns
-    restored.restore(history_of(names, y, t), checkpoints)
+    restored = make_engine()   # adapting inline
+    assert restored.learn(restored.restore(history_of(names, y, t), checkpoints)) is None
     assert "2 series had an adaptation owed" in caplog.text
+    # Both adapted at the first learning step, and not because a detector fired again.
     assert restored.counters["adapted"] + restored.counters["kept"] == 2
-    assert restored.take_drift_events() == []   # adapted without being detected again
+    assert restored.counters["drifts"] == 0
 
 
 @pytest.mark.parametrize("flag", [np.array([True, False]), np.array(2.5)], ids=["two flags", "a number"])
@@ -298,7 +300,7 @@ def test_a_checkpoint_with_a_broken_owed_flag_is_refused(flag, caplog):
     y = seasonal(150)
     donor, arrays, header = donor_state(y)
     arrays["adaptation_owed"] = flag
-    cp = dataclasses.replace(donor.checkpoint()[0], payload=encode(arrays, header))
+    cp = dataclasses.replace(donor.checkpoint()[0], payload=encode(arrays, header, CHECKPOINT_FORMAT))
     history = {"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}
     restored, reference = make_engine(), make_engine()
     restored.learn(restored.restore(history, [cp]))
@@ -314,20 +316,26 @@ def test_a_checkpoint_from_before_detector_state_restores_with_empty_detectors(c
     feed(engine, y)
     old = []
     for cp in engine.checkpoint():
-        arrays, header = decode(cp.payload, engine.fingerprint())
+        arrays, header = decode(cp.payload, engine.fingerprint(), CHECKPOINT_FORMAT)
         old.append(dataclasses.replace(cp, payload=encode({k: v for k, v in arrays.items()
-                                                           if not k.startswith("drift_")}, header)))
+                                                           if not k.startswith("drift_")}, header,
+                                                          CHECKPOINT_FORMAT)))
     restored = make_engine()
     assert restored.restore({"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}, old) == []
     assert restored.forecast("s", 4) == engine.forecast("s", 4)
     assert "1 series' drift detectors start empty" in caplog.text
 
 
+def stored(arrays: dict[str, np.ndarray], header: dict) -> Checkpoint:
+    """Series "s"'s checkpoint row holding `arrays` (in the current format)."""
+    return Checkpoint("s", "online", CHECKPOINT_FORMAT, encode(arrays, header, CHECKPOINT_FORMAT))
+
+
 def donor_state(y: np.ndarray) -> tuple[OnlineEngine, dict[str, np.ndarray], dict]:
     """An engine that learnt y, and its checkpoint's arrays and header (to damage in a test)."""
     donor = make_engine()
     feed(donor, y)
-    arrays, header = decode(donor.checkpoint()[0].payload, donor.fingerprint())
+    arrays, header = decode(donor.checkpoint()[0].payload, donor.fingerprint(), CHECKPOINT_FORMAT)
     return donor, arrays, header
 
 
@@ -342,7 +350,7 @@ def test_a_detector_state_that_does_not_fit_starts_empty_and_keeps_the_model(dam
         arrays["drift_adwin"][93:101] = 255
     engine = make_engine(dataclasses.replace(SMALL, detector="page_hinkley") if damage == "other detector" else SMALL)
     engine.restore({"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]},
-                   [Checkpoint("s", "online", 1, encode(arrays, header))])
+                   [stored(arrays, header)])
     assert "ignoring its checkpoint" not in caplog.text
     assert engine.forecast("s", 4) == donor.forecast("s", 4)       # the models were restored
     assert engine.drift._detectors == {}                             # the detector starts empty
@@ -380,7 +388,7 @@ def test_a_checkpoint_with_broken_interval_widths_is_refused(key, q, caplog):
         arrays[key].flat[0] = q
     engine = make_engine()
     engine.learn(engine.restore({"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]},
-                                [Checkpoint("s", "online", 1, encode(arrays, header))]))
+                                [stored(arrays, header)]))
     assert "ignoring its checkpoint" in caplog.text and key in caplog.text
     assert np.isfinite([(p.lo, p.hi) for p in engine.forecast("s", 4).points]).all()
 
@@ -529,9 +537,9 @@ def test_a_checkpoint_from_before_an_added_array_still_restores_exactly(added):
     feed(engine, y)
     old = []
     for cp in engine.checkpoint():   # as written before the array existed
-        arrays, header = decode(cp.payload, engine.fingerprint())
+        arrays, header = decode(cp.payload, engine.fingerprint(), CHECKPOINT_FORMAT)
         del arrays[added]
-        old.append(dataclasses.replace(cp, payload=encode(arrays, header)))
+        old.append(dataclasses.replace(cp, payload=encode(arrays, header, CHECKPOINT_FORMAT)))
     restored = make_engine()
     assert restored.restore({"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}, old) == []
     assert restored.forecast("s", 4) == engine.forecast("s", 4)
@@ -544,21 +552,22 @@ def test_a_checkpoint_from_before_an_added_array_still_restores_exactly(added):
 
 
 def test_a_checkpoint_with_widths_on_the_fast_scale_restores_the_same_intervals():
-    # Checkpoints written before `lead_units` hold every lead's widths in units of the fast
-    # scale and no "interval_units" in their header: they are converted on restore.
+    # Format-1 checkpoints (before `lead_units`) hold every lead's widths in units of the fast
+    # scale: they are converted on restore.
     engine = make_engine()
     y = level_shift(300, 200)   # after a shift the fast and long-run scales differ
     feed(engine, y)
     old = []
     for cp in engine.checkpoint():
-        arrays, header = decode(cp.payload, engine.fingerprint())
-        ratio = arrays["scale_h"] / arrays["typical_h"]
+        arrays, header = decode(cp.payload, engine.fingerprint(), CHECKPOINT_FORMAT)
+        ratio = arrays["scale_h"] / arrays["typical_h"]   # fast / long-run scale at each origin
         assert not np.isclose(ratio[-1], 1.0, rtol=0.05)
         arrays["conformal_q"] = arrays["conformal_q"] * lead_units(ratio[-1:], engine.leads)[0]
-        issued = arrays["issued_q"]
-        arrays["issued_q"] = issued * lead_units(ratio[-issued.shape[0]:], engine.leads)
-        del header["interval_units"]
-        old.append(dataclasses.replace(cp, payload=encode(arrays, header)))
+        issued = arrays["issued_q"].copy()
+        for back in range(1, issued.shape[0] + 1):   # the forecast issued `back - 1` steps ago
+            issued[-back] *= lead_units(ratio[-back:][:1], engine.leads)[0]
+        arrays["issued_q"] = issued
+        old.append(dataclasses.replace(cp, format_version=1, payload=encode(arrays, header, version=1)))
     restored = make_engine()
     assert restored.restore({"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}, old) == []
     for t in range(300, 304):   # the cached forecast, then ones issued from the converted widths
@@ -568,6 +577,21 @@ def test_a_checkpoint_with_widths_on_the_fast_scale_restores_the_same_intervals(
                            rtol=1e-12, atol=0)
         for e in (restored, engine):
             e.observe([Observation("s", t * HOUR, 11.0 + t % 3)])
+
+
+@pytest.mark.parametrize("damage, message", [("short issued_q", "issued_q has shape"),
+                                             ("zero long-run scale", "cannot be converted")])
+def test_a_broken_format_1_checkpoint_is_refused_before_its_widths_are_converted(damage, message, caplog):
+    y = seasonal(150)
+    _, arrays, header = donor_state(y)
+    if damage == "short issued_q":
+        arrays["issued_q"] = arrays["issued_q"][:3]
+    else:
+        arrays["typical_h"][-1] = 0.0
+    engine = make_engine()
+    engine.restore({"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]},
+                   [Checkpoint("s", "online", 1, encode(arrays, header, version=1))])
+    assert "ignoring its checkpoint" in caplog.text and message in caplog.text
 
 
 @pytest.mark.parametrize("duplicate", [True, False], ids=["duplicate", "reset at drifts"])
@@ -601,7 +625,7 @@ def test_a_checkpoint_with_the_wrong_number_of_experts_is_refused(broken, caplog
         arrays["mixture_loss"] = np.insert(arrays["mixture_loss"], 1, arrays["mixture_loss"][0], axis=0)
     history = {"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}
     engine = make_engine()
-    engine.learn(engine.restore(history, [Checkpoint("s", "online", 1, encode(arrays, header))]))
+    engine.learn(engine.restore(history, [stored(arrays, header)]))
     assert "ignoring its checkpoint" in caplog.text and "mixture_loss" in caplog.text
     reference = make_engine()
     reference.learn(reference.restore(history))

@@ -75,6 +75,12 @@ class Adapting:
         else:
             self._running[slot] = self._pool.submit(job)
 
+    def _start_owed_adaptations(self) -> None:
+        owed, self._owed = self._owed, []
+        for slot in owed:
+            if slot not in self._running:
+                self._start_adaptation(slot)
+
     def _support(self, slot: int) -> tuple[Examples, Examples]:
         """Train/validation examples from the newest window: validation = the newest points."""
         c = self.config
@@ -102,7 +108,7 @@ class Adapting:
         if self.regimes.enabled:
             found, departing = self.regimes.lookup(slot, self._regime_key(slot, 0)), self._regime_key(slot, 1)
             recent = _newest(train, max(1, self.config.adapt_window // 4))
-        lookup, keep = self.config.regime_lookup, self.config.adapt_keep
+        lookup, keep, name = self.config.regime_lookup, self.config.adapt_keep, self.names[slot]
 
         def job() -> Adaptation:
             started = time.perf_counter()
@@ -110,7 +116,7 @@ class Adapting:
                 memory = found.params if found is not None else None   # stacked here, not while queued
                 result = adapt(init, current, train, valid, steps, clip, memory, lookup, recent, keep=keep)
             except Exception:
-                log.exception("adaptation of slot %d failed; keeping its model", slot)
+                log.exception("adaptation of series %r failed; keeping its model", name)
                 return Adaptation(slot, None, time.perf_counter() - started)
             return Adaptation(slot, result, time.perf_counter() - started, found, departing)
         return job

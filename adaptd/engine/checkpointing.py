@@ -15,13 +15,14 @@ from ..records import Observation
 from ..store import Checkpoint
 from .conformal import CEILING, lead_units
 from .layout import ADDED_LATER, COLD_START_GRU_SHARE, EXPERTS, FRESH, GRU, PER_SLOT, TRANSIENT
-from .snapshot import FORMAT_VERSION, SnapshotError, decode, encode
+from .snapshot import SnapshotError, decode, encode
 
 log = logging.getLogger(__name__)
 
-# The unit interval widths are kept in (checkpoint header "interval_units"): 1, the fast scale
-# at every lead (before `lead_units`, absent from the header); 2, `lead_units`.
-INTERVAL_UNITS = 2
+# The checkpoint format. 1: interval widths in units of the fast scale at every lead (converted
+# on restore). 2: widths in `lead_units`, and `adaptation_owed`. An older adaptd refuses a newer
+# format and relearns from stored history rather than misread it.
+CHECKPOINT_FORMAT = 2
 # Checkpoints written before a second linear learner, "rls_recent", was removed hold it as expert
 # 1 of four. Once the restart policy stopped resetting it, it duplicated "rls" exactly, so such a
 # checkpoint loads with it dropped (see `_without_retired_expert`).
@@ -47,15 +48,17 @@ def _without_retired_expert(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarr
 
 
 def _intervals_by_lead(arrays: dict[str, np.ndarray], leads: np.ndarray) -> None:
-    """Convert a checkpoint's interval widths from the fast scale (written before `lead_units`)
-    to `lead_units`, so the restored engine issues exactly the intervals the saved one would."""
-    ratio = arrays["scale_h"] / arrays["typical_h"]   # at each kept origin, newest last
-    issued = arrays.get("issued_q")
-    with np.errstate(invalid="ignore"):   # NaN where no origin is kept yet: judged as unknown
-        if issued is not None:
-            arrays["issued_q"] = np.minimum(issued / lead_units(ratio[-issued.shape[0]:], leads), CEILING)
-        if np.isfinite(ratio[-1]):
-            arrays["conformal_q"] = np.minimum(arrays["conformal_q"] / lead_units(ratio[-1:], leads)[0], CEILING)
+    """Convert a format-1 checkpoint's (checked) interval widths from the fast scale to
+    `lead_units`: the restored engine issues the intervals the saved one would (exactly at the
+    scored leads; between them the interpolation differs by well under 1%)."""
+    with np.errstate(all="ignore"):   # NaN where no origin is kept yet: judged as unknown
+        ratio = arrays["scale_h"] / arrays["typical_h"]   # at each kept origin, newest last
+        issued = arrays["issued_q"]
+        q = arrays["conformal_q"] / lead_units(ratio[-1:], leads)[0]
+        arrays["issued_q"] = np.minimum(issued / lead_units(ratio[-issued.shape[0]:], leads), CEILING)
+    if not np.isfinite(q).all():
+        raise SnapshotError("its interval widths cannot be converted: the series' scales are not finite")
+    arrays["conformal_q"] = np.minimum(q, CEILING)
 
 
 class Checkpointing:
@@ -70,7 +73,7 @@ class Checkpointing:
         """Every series' complete model state, so a restart forecasts exactly as before."""
         with self._state_lock:
             self._apply_finished_adaptations()
-            header = self.fingerprint() | {"interval_units": INTERVAL_UNITS}
+            header = self.fingerprint()
             out = []
             owned = self.regimes.owned()   # not a scan of the shared library per series
             for name, slot in self.slots.items():
@@ -85,7 +88,7 @@ class Checkpointing:
                 arrays.update(self.drift.state(slot))
                 if self.regimes.enabled:
                     arrays.update(self.regimes.state(slot, owned))
-                out.append(Checkpoint(name, self.kind, FORMAT_VERSION, encode(arrays, header)))
+                out.append(Checkpoint(name, self.kind, CHECKPOINT_FORMAT, encode(arrays, header, CHECKPOINT_FORMAT)))
             return out
 
     def restore(self, history: dict[str, list[tuple[float, float]]],
@@ -104,14 +107,12 @@ class Checkpointing:
                 try:
                     if cp.kind != self.kind:
                         raise SnapshotError(f"checkpoint is of a {cp.kind!r} model")
-                    arrays, header = decode(cp.payload, expect)
-                    if header.get("interval_units", 1) == 1:
-                        _intervals_by_lead(arrays, self.leads)
+                    arrays, header = decode(cp.payload, expect, CHECKPOINT_FORMAT)
                     owes = arrays.get("adaptation_owed", np.array(False))
                     if owes.shape != () or owes.dtype != bool:
                         raise SnapshotError(f"adaptation_owed is not one flag: {owes!r}")
                     slot = self._slot(cp.series)
-                    fresh_detectors += not self._load_slot(slot, arrays)
+                    fresh_detectors += not self._load_slot(slot, arrays, header["format"])
                 except (SnapshotError, KeyError, ValueError) as exc:
                     log.warning("series %r: ignoring its checkpoint (%s); relearning from stored history",
                                 cp.series, exc)
@@ -121,9 +122,11 @@ class Checkpointing:
                 if owes:
                     owed.append(slot)
             if owed and self.config.adapt:
-                log.info("%d series had an adaptation owed at the checkpoint: adapting them now", len(owed))
-                for slot in owed:
-                    self._start_adaptation(slot)
+                # Started by the learning thread (its torch threads, metrics attached; start-up
+                # does not wait for them), on the newest window the checkpoint holds.
+                log.info("%d series had an adaptation owed at the checkpoint: adapting them at the next "
+                         "learning step", len(owed))
+                self._owed.extend(owed)
         pending = []
         for name, rows in history.items():
             slot = self.slots.get(name)
@@ -138,9 +141,9 @@ class Checkpointing:
                      fresh_detectors)
         return pending
 
-    def _load_slot(self, slot: int, arrays: dict[str, np.ndarray]) -> bool:
-        """Load one series' checkpoint (SnapshotError: unusable); False if its drift detector
-        could not be restored and starts empty."""
+    def _load_slot(self, slot: int, arrays: dict[str, np.ndarray], version: int) -> bool:
+        """Load one series' checkpoint of format `version` (SnapshotError: unusable); False if its
+        drift detector could not be restored and starts empty."""
         arrays = _without_retired_expert(arrays)
         for key in ADDED_LATER - arrays.keys():
             arrays[key] = np.full(getattr(self, key)[slot].shape, FRESH[key])
@@ -156,6 +159,8 @@ class Checkpointing:
             raise SnapshotError(f"conformal_q is not {self.conformal.q[slot].shape} widths in [0, {CEILING:g}]")
         if not (np.isnan(issued) | ((issued >= 0) & (issued <= CEILING))).all():   # NaN: none issued
             raise SnapshotError(f"issued_q holds widths outside [0, {CEILING:g}]")
+        if version == 1:
+            _intervals_by_lead(arrays, self.leads)
         params = {k: torch.from_numpy(arrays[f"gru_{k}"]) for k in self.gru.params}
         if not all(bool(torch.isfinite(v).all()) for v in params.values()):
             raise SnapshotError("recurrent weights are not finite")

@@ -14,15 +14,17 @@ FRESH: dict[str, float] = {
     "typical_h": np.nan,
     "raw_scale": 0.0, "typical": 0.0, "preds": np.nan, "fc_value": np.nan, "fc_lo": np.nan, "fc_hi": np.nan,
     "fc_origin": np.nan, "last_drift": np.nan, "adaptations": 0, "restarts": 0, "gaps": np.nan,
-    # The interval tracker's own widths (scored leads) as each recent forecast was issued: it
-    # judges a matured forecast against them (conformal.py), so a restart must keep them.
+    # The interval tracker's own widths (scored leads, in `lead_units`) as each recent forecast
+    # was issued: it judges a matured forecast against them (conformal.py), so a restart must
+    # keep them.
     "issued_q": np.nan,
 }
 PER_SLOT = tuple(FRESH)
 ADDED_LATER = {"gaps", "issued_q"}   # a checkpoint from before these keys loads them fresh
 GAP_MEMORY = 16          # recent time gaps kept per series; their median is its step
-# Per-series arrays not checkpointed: for metrics (a restart starts them afresh), and how many
-# observations the cached forecast was made from (restored from the checkpoint's `count`).
+# Per-series arrays not checkpointed: for metrics (a restart starts them afresh; issued_width:
+# the half-widths issued, in units of the fast scale), and how many observations the cached
+# forecast was made from (restored from the checkpoint's `count`).
 TRANSIENT: dict[str, float] = {"issued_width": np.nan, "now_fc": np.nan, "recent_error": np.nan,
                                "fc_count": np.nan}   # observations behind the cached forecast
 # One linear learner (long memory, never reset: see the restart policy in `_apply`), the

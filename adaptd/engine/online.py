@@ -22,7 +22,6 @@ with the slots' layout in layout.py.
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -53,15 +52,12 @@ from .telemetry import SeriesNow
 
 __all__ = ["DriftEvent", "OnlineConfig", "OnlineEngine"]   # what other modules import from here
 
-log = logging.getLogger(__name__)
-
 ERROR_RATE = 0.05   # the rolling per-series error forgets with this weight per observation
 FLOAT_MAX = float(np.finfo(np.float64).max)
 # Series stepped together in one batched learning step. Smaller steps issue their series' learnt
 # forecasts sooner and are faster: at 3,000 series, steps of 128 learnt 3,000 records/s (10,000
 # when shedding) against 1,600 (7,000) in one step of all 3,000 (smaller temporaries stay in cache).
 ROUND_SERIES = 128
-
 
 
 class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
@@ -90,6 +86,7 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
         self._pool = (ThreadPoolExecutor(c.adapt_workers, "adaptd-adapt", initializer=use_torch_threads,
                                          initargs=(c.torch_threads,)) if c.adapt_workers > 0 else None)
         self._running: dict[int, Future[Adaptation]] = {}
+        self._owed: list[int] = []   # slots whose checkpoint owed an adaptation: started by `learn`
         self._halt = threading.Event()
         self._shed = False   # this batch skips the GRU's online steps (learn(shed=True))
         self.drift_events: list[DriftEvent] = []   # drained by the daemon into SQL
@@ -155,6 +152,7 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
         with self._state_lock:
             self._shed = shed
             try:
+                self._start_owed_adaptations()
                 self._observe_models(batch)
             finally:
                 self._shed = False
@@ -455,8 +453,9 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
         width = (self.conformal.q[slots] @ self.spread) * lead_units(ratio, self.all_leads)   # fast-scale units
         young = self.count[slots] < c.window
         if young.any():
-            # The conformal tracker starts narrow and learns slowly: until the window is full, an
-            # interval is at least as wide as the last-value fallback's would be.
+            # The conformal tracker has seen few errors yet (its start is a guess, conformal.py):
+            # until the window is full, an interval is at least as wide as the last-value
+            # fallback's would be.
             fallback = last_value_halfwidths(observed[young], c.horizon, c.coverage) / scale[young, None]
             width[young] = np.maximum(width[young], fallback)
         last = observed[:, -1:]

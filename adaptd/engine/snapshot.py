@@ -27,14 +27,16 @@ class SnapshotError(ValueError):
     """The payload cannot be used; the message says why."""
 
 
-def encode(arrays: dict[str, np.ndarray], header: dict[str, Any]) -> bytes:
+def encode(arrays: dict[str, np.ndarray], header: dict[str, Any], version: int = FORMAT_VERSION) -> bytes:
     buffer = io.BytesIO()
-    meta = dict(header, format=FORMAT_VERSION)
+    meta = dict(header, format=version)
     np.savez(buffer, __header__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
     return buffer.getvalue()
 
 
-def decode(payload: bytes, expect: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def decode(payload: bytes, expect: dict[str, Any],
+           newest: int = FORMAT_VERSION) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays and header of a payload in format `newest` or older (the caller converts those)."""
     try:
         with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
@@ -45,8 +47,8 @@ def decode(payload: bytes, expect: dict[str, Any]) -> tuple[dict[str, np.ndarray
     except (KeyError, ValueError, UnicodeDecodeError):
         raise SnapshotError("snapshot has no valid header") from None
     version = header.get("format")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise SnapshotError(f"snapshot format {version!r} is newer than this adaptd reads ({FORMAT_VERSION})")
+    if not isinstance(version, int) or version > newest:
+        raise SnapshotError(f"snapshot format {version!r} is newer than this adaptd reads ({newest})")
     for key, value in expect.items():
         if header.get(key) != value:
             raise SnapshotError(f"snapshot was made for {key}={header.get(key)!r}, this model has {value!r}")

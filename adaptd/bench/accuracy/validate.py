@@ -89,7 +89,7 @@ def _print_after_changes(where: str, results: dict[str, EvalResult], first_origi
     reference = next(iter(results))   # "default" unless --no-default
     for label, res in results.items():
         paired = ""
-        if label != reference:
+        if label != reference and episodes:
             p = paired_after_changes(res, results[reference], mask, episodes)
             interval = f" [{p['lo']:.3f}, {p['hi']:.3f}]" if p["lo"] is not None else ""
             paired = (f"; / {reference} {p['ratio']:.3f}{interval} over {p['episodes']} episodes, "
