@@ -253,5 +253,6 @@ def main(settings: Settings, path: str, horizon: int, warmup_frac: float, seed: 
     print(f"replayed {summary['rows']} rows of {summary['series']} series, horizon {horizon}, "
           f"warm-up {warmup_frac:.0%}, in {summary['wall_seconds']:.1f}s")
     print(f"z-scored MSE {o['mse']:.4f}  MAE {o['mae']:.4f}  MASE {o['mase'] or float('nan'):.3f}  "
-          f"coverage {o['coverage']:.3f} (width {o['interval_width']:.3f})  drifts {summary['drifts']}  adaptations {summary['adaptations']}")
+          f"coverage {o['coverage']:.3f} (width {o['interval_width']:.3f})  drifts {summary['drifts']}  "
+          f"adaptations {summary['adaptations']}")
     return 0
