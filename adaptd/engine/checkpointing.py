@@ -83,7 +83,8 @@ class Checkpointing:
                 arrays["mixture_loss"] = self.mixture.loss[slot]
                 arrays["conformal_q"] = self.conformal.q[slot]
                 # A detection whose adaptation is still owed (queued, running, or cancelled at
-                # shutdown) is saved as owed: a restart runs it (`restore`), on the newest window.
+                # shutdown) is saved as owed: after a restart the first learning step runs it
+                # (`restore`), on the newest window.
                 arrays["adaptation_owed"] = np.array(slot in self._running)
                 arrays.update(self.drift.state(slot))
                 if self.regimes.enabled:
