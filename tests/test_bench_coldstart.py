@@ -37,3 +37,22 @@ def test_bench_coldstart_refuses_when_cold_start_is_off(tmp_path: Path, capsys: 
     config.write_text("[model]\ncold_start = 0\n")
     assert main(["bench", "--config", str(config), "coldstart", "--datasets", "m4"]) == 2
     assert "cold_start" in capsys.readouterr().err
+
+
+def test_validation_rows_are_cut_where_no_reported_figure_looks() -> None:
+    from adaptd.bench.accuracy.datasets import load_split
+    from adaptd.bench.coldstart import segments
+    from adaptd.config import load_config
+
+    if not (resolve_data_dir() / "ett" / "ETTh2.csv").is_file():
+        pytest.skip("real data not present: ../shared/data/ett/ETTh2.csv (see ../shared/data/SOURCES.md)")
+    split, settings, need = load_split("etth2", "fsnet"), load_config(None), 95
+    for rows_from, (start, end) in (("test", (split.val_end, split.test_end)),
+                                    ("validation", (split.train_end, split.val_end))):
+        rows, _ = segments("etth2", need, 240, None, settings, rows_from)
+        allowed = [split.values[o: o + need, c] for c in range(split.values.shape[1])
+                   for o in range(start, end - need + 1)]
+        assert len(rows) > 0 and all(any(np.array_equal(r, a) for a in allowed) for r in rows[:5])
+    validation, _ = segments("etth2", need, 240, None, settings, "validation")
+    test, _ = segments("etth2", need, 240, None, settings, "test")
+    assert not any(np.array_equal(v, t) for v in validation for t in test)
