@@ -38,3 +38,14 @@ def test_a_fully_anchored_mixture_is_the_fixed_blend():
 def test_a_prior_that_is_not_a_blend_of_the_experts_is_refused(prior):
     with pytest.raises(ValueError, match="non-negative weights summing to 1"):
         Mixture(3, anchor=0.5, prior=np.array(prior))
+
+
+def test_rows_left_unanchored_follow_their_losses_alone():
+    # The engine leaves young series (cold starts) unanchored: their RLS has learnt little.
+    mixture = Mixture(3, eta=4.0, anchor=0.5, prior=PRIOR)
+    mixture.resize(2, 1)
+    for _ in range(200):
+        mixture.update(np.array([0, 1]), np.array([0, 0]), np.array([[1.0, 1.0, 0.1], [1.0, 1.0, 0.1]]))
+    w = mixture.weights(np.array([0, 1]), np.eye(1), anchored=np.array([True, False]))[:, :, 0]
+    assert w[0, 2] == pytest.approx(0.5, abs=0.01)   # anchored: half stays on the prior
+    assert w[1, 2] > 0.99                            # unanchored: all on the best expert

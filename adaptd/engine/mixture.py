@@ -44,8 +44,9 @@ class Mixture:
         current = self.loss[slots, :, lead_index]
         self.loss[slots, :, lead_index] = (1 - self.memory) * current + self.memory * sq
 
-    def weights(self, slots: np.ndarray, spread: np.ndarray) -> np.ndarray:
-        """(n, experts, H) weights at every lead (spread: the (L, H) interpolation matrix).
+    def weights(self, slots: np.ndarray, spread: np.ndarray, anchored: np.ndarray | None = None) -> np.ndarray:
+        """(n, experts, H) weights at every lead (spread: the (L, H) interpolation matrix;
+        anchored: (n,) which rows hold the anchor, default all).
 
         >>> mixture = Mixture(2, eta=4.0, anchor=0.5, prior=np.array([0.5, 0.5]))
         >>> mixture.resize(1, 1)
@@ -59,7 +60,10 @@ class Mixture:
         logits -= logits.max(axis=1, keepdims=True)
         w = np.exp(logits)
         w /= w.sum(axis=1, keepdims=True)
-        return w if self.anchor == 0 else (1 - self.anchor) * w + self.anchor * self.prior
+        if self.anchor == 0:
+            return w
+        anchor = self.anchor if anchored is None else self.anchor * anchored[:, None, None]
+        return (1 - anchor) * w + anchor * self.prior
 
     def lean(self, slots: np.ndarray, expert: int, share: float) -> None:
         """A fresh record in which `expert` holds `share` of the weight and the others split the rest.

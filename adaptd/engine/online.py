@@ -449,9 +449,13 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
                 self.counters["nonfinite"] += int(bad.any(axis=(1, 2)).sum())
                 self.telemetry.nonfinite(int(bad.any(axis=(1, 2)).sum()))
             experts[bad] = 0.0
-        combined = (self.mixture.weights(slots, self.spread) * experts).sum(axis=1)
-        width = (self.conformal.q[slots] @ self.spread) * lead_units(ratio, self.all_leads)   # fast-scale units
         young = self.count[slots] < c.window
+        # A young series (a cold start) follows its experts' errors alone: the anchor's RLS has
+        # learnt from a few dozen values there, and holding a quarter of the weight on it made
+        # M4 cold starts 25-40% less accurate at 36-47 observations (BENCHMARKS.md, "Cold
+        # start"); the anchor was chosen on full-window series.
+        combined = (self.mixture.weights(slots, self.spread, ~young) * experts).sum(axis=1)
+        width = (self.conformal.q[slots] @ self.spread) * lead_units(ratio, self.all_leads)   # fast-scale units
         if young.any():
             # The conformal tracker has seen few errors yet (its start is a guess, conformal.py):
             # until the window is full, an interval is at least as wide as the last-value
