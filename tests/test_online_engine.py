@@ -4,8 +4,10 @@ what it does, intervals cover, state survives a restart, hostile series stay fin
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -577,6 +579,30 @@ def test_a_checkpoint_with_widths_on_the_fast_scale_restores_the_same_intervals(
                            rtol=1e-12, atol=0)
         for e in (restored, engine):
             e.observe([Observation("s", t * HOUR, 11.0 + t % 3)])
+
+
+def test_a_checkpoint_written_by_an_older_adaptd_forecasts_as_that_adaptd_did():
+    # tests/data/checkpoint-format1.*: a format-1 checkpoint (interval widths on the fast scale)
+    # written by adaptd at commit ca4f782 after 300 observations of a level-shifted series, and
+    # the forecasts that adaptd then issued over the next 20 observations. The forecasts are the
+    # same. The intervals are the ones it cached at the restore; the next one, from the widths
+    # converted to `lead_units`, is within 1% here (12-19% off unconverted), and later ones follow
+    # today's units (`lead_units` move with each origin's scales: a few percent apart, by design).
+    data = Path(__file__).parent / "data"
+    payload = (data / "checkpoint-format1.npz").read_bytes()
+    old = json.loads((data / "checkpoint-format1.json").read_text())
+    y, cut = np.array(old["values"]), old["checkpoint_after"]
+    engine = make_engine()
+    assert engine.restore({"s": [(t * HOUR, float(v)) for t, v in enumerate(y[:cut])]},
+                          [Checkpoint("s", "online", 1, payload)]) == []
+    for t, expected in zip(range(cut, len(y)), np.array(old["forecasts"])):
+        got = np.array([[p.value, p.lo, p.hi] for p in engine.forecast("s", 4).points])
+        assert got[:, 0].tolist() == expected[:, 0].tolist(), t
+        if t <= cut + 1:
+            half, old_half = got[:, 2] - got[:, 0], expected[:, 2] - expected[:, 0]
+            assert np.allclose(half, old_half, rtol=1e-9 if t == cut else 0.02, atol=0), t
+        assert (got[:, 1] < got[:, 0]).all() and (got[:, 0] < got[:, 2]).all(), t
+        engine.observe([Observation("s", t * HOUR, float(y[t]))])
 
 
 @pytest.mark.parametrize("damage, message", [("short issued_q", "issued_q has shape"),
