@@ -300,9 +300,9 @@ def test_adaptations_owed_at_a_checkpoint_run_when_it_is_restored(monkeypatch, c
 @pytest.mark.parametrize("flag", [np.array([True, False]), np.array(2.5)], ids=["two flags", "a number"])
 def test_a_checkpoint_with_a_broken_owed_flag_is_refused(flag, caplog):
     y = seasonal(150)
-    donor, arrays, header = donor_state(y)
+    _, arrays, header = donor_state(y)
     arrays["adaptation_owed"] = flag
-    cp = dataclasses.replace(donor.checkpoint()[0], payload=encode(arrays, header, CHECKPOINT_FORMAT))
+    cp = stored(arrays, header)
     history = {"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}
     restored, reference = make_engine(), make_engine()
     restored.learn(restored.restore(history, [cp]))

@@ -76,6 +76,8 @@ class Adapting:
             self._running[slot] = self._pool.submit(job)
 
     def _start_owed_adaptations(self) -> None:
+        if not self._owed:   # every learning step asks; only the first after a restore finds any
+            return
         owed, self._owed = self._owed, []
         for slot in owed:
             if slot not in self._running:

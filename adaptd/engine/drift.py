@@ -61,7 +61,7 @@ class DriftMonitor:
             out.update({PREFIX + k: v for k, v in save_state(self.detector, detector).items()})
         return out
 
-    def load(self, slot: int, arrays: dict[str, np.ndarray], series: str = "") -> bool:
+    def load(self, slot: int, arrays: dict[str, np.ndarray], series: str) -> bool:
         """Restore what `state` saved; False (and an empty detector) if there is none or it was
         saved by another detector or with other parameters, or does not fit."""
         self.reset(slot)
@@ -81,7 +81,7 @@ class DriftMonitor:
         except BaseException as exc:   # river's Rust decoding panics (a BaseException) on bad bytes
             if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
                 raise
-            log.warning("series %r: drift detector state not restored (%s); it starts empty", series or slot, exc)
+            log.warning("series %r: drift detector state not restored (%s); it starts empty", series, exc)
             self.reset(slot)
             return False
         if quiet >= 0:

@@ -304,7 +304,7 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
             widths.append(self.issued_width[s, -1 - h, j])
             tracked.append(self.issued_q[s, -1 - h, j])
             units.append(lead_units(origin_ratio, self.leads[j:j + 1])[:, 0])
-            scaled.append(np.abs(err[:, COMBINED]) * origin_scale / np.maximum(self.typical_h[s, -1 - h], MIN_SCALE))
+            scaled.append(np.abs(err[:, COMBINED]) * origin_ratio)   # in units of the long-run scale
             if h == 1:
                 # In units of the series' long-run scale, not the fast one the models use:
                 # the fast scale absorbs a change in volatility the detector should notice.
