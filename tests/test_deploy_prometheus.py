@@ -43,7 +43,8 @@ GRAFANA_DASHBOARD_DIR = "/var/lib/grafana/dashboards/adaptd"
 SQL_DATASOURCE_TYPES = {"grafana-postgresql-datasource", "postgres"}
 
 REQUIRED_ALERTS = {
-    "AdaptdDown", "AdaptdAccuracyDegraded", "AdaptdIntervalCoverageLow", "AdaptdDriftStorm",
+    "AdaptdDown", "AdaptdAccuracyDegraded", "AdaptdIntervalCoverageLow", "AdaptdIntervalCoverageLowAtSomeLead",
+    "AdaptdDriftStorm",
     "AdaptdAdaptationsFailing", "AdaptdIngestRejectedHigh", "AdaptdStaleSeries", "AdaptdCheckpointStale",
     "AdaptdCheckpointFailures", "AdaptdLearningBacklog", "AdaptdOverloaded", "AdaptdStoreCommitFailures",
 }
@@ -202,6 +203,28 @@ SCENARIOS: list[tuple[str, list[tuple[str, str]], list[tuple[Any, ...]]]] = [
     ], [
         ("20m", "AdaptdDriftStorm", []),                # not yet for 30 minutes
         ("90m", "AdaptdDriftStorm", [({"job": "adaptd", "instance": INSTANCE}, "75")]),
+    ]),
+    ("intervals cover 60% at every lead", [
+        (f"adaptd_forecast_interval_target_ratio{{{LABELS}}}", "0.9x120"),
+        *((f'adaptd_forecast_interval_hits_total{{{LABELS},lead="{lead}"}}', "0+6x120") for lead in (1, 48)),
+        *((f'adaptd_forecast_scaled_error_count{{{LABELS},lead="{lead}"}}', "0+10x120") for lead in (1, 48)),
+    ], [
+        ("20m", "AdaptdIntervalCoverageLow", []),      # pending for 30 minutes
+        ("60m", "AdaptdIntervalCoverageLow", [({"job": "adaptd", "instance": INSTANCE}, "30%")]),
+        ("110m", "AdaptdIntervalCoverageLowAtSomeLead", [({"job": "adaptd", "instance": INSTANCE}, "30%")]),
+    ]),
+    ("only the longest lead under target: 90% at lead 1 and 24, 60% at lead 48", [
+        (f"adaptd_forecast_interval_target_ratio{{{LABELS}}}", "0.9x120"),
+        *((f'adaptd_forecast_interval_hits_total{{{LABELS},lead="{lead}"}}', "0+9x120") for lead in (1, 24)),
+        (f'adaptd_forecast_interval_hits_total{{{LABELS},lead="48"}}', "0+6x120"),
+        *((f'adaptd_forecast_scaled_error_count{{{LABELS},lead="{lead}"}}', "0+10x120") for lead in (1, 24, 48)),
+        (f"adaptd_forecast_interval_target_ratio{{{QUIET}}}", "0.9x120"),      # on target: quiet
+        (f'adaptd_forecast_interval_hits_total{{{QUIET},lead="48"}}', "0+9x120"),
+        (f'adaptd_forecast_scaled_error_count{{{QUIET},lead="48"}}', "0+10x120"),
+    ], [
+        ("60m", "AdaptdIntervalCoverageLowAtSomeLead", []),   # pending for an hour
+        ("110m", "AdaptdIntervalCoverageLowAtSomeLead", [({"job": "adaptd", "instance": INSTANCE}, "30%")]),
+        ("110m", "AdaptdIntervalCoverageLow", []),            # all leads together: 80%, within 15 points
     ]),
     ("a tenth of the records rejected", [
         (f'adaptd_records_rejected_total{{{LABELS},reason="ts"}}', "0+10x60"),
