@@ -1,4 +1,4 @@
-"""The SQL store: schema, migrations and the queries the daemon needs.
+"""The SQL store: opening and migrating the database, and the queries the daemon needs.
 
 One code path for SQLite (embedded default, WAL) and PostgreSQL, through SQLAlchemy Core.
 Every persisted artifact carries a format version; the schema itself is versioned in
@@ -18,93 +18,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from .records import Observation
+from .schema import (MIGRATIONS, SCHEMA_VERSION, create_forecast_view, drift_events, forecasts_table, initializers,
+                     metadata, model_checkpoints, observations, schema_version, series_table)
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 2
-
-metadata = sa.MetaData()
-
-schema_version = sa.Table(
-    "schema_version", metadata,
-    sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("applied_at", sa.Double, nullable=False),
-)
-
-series_table = sa.Table(
-    "series", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("name", sa.String(200), nullable=False, unique=True),
-    sa.Column("created_at", sa.Double, nullable=False),
-)
-
-observations = sa.Table(
-    "observations", metadata,
-    sa.Column("series_id", sa.Integer, sa.ForeignKey("series.id"), primary_key=True),
-    sa.Column("ts", sa.Double, primary_key=True),
-    sa.Column("value", sa.Double, nullable=False),
-    sqlite_with_rowid=False,
-)
-
-forecasts_table = sa.Table(
-    "forecasts", metadata,
-    sa.Column("series_id", sa.Integer, sa.ForeignKey("series.id"), primary_key=True),
-    sa.Column("origin", sa.Double, primary_key=True),
-    sa.Column("step", sa.Integer, primary_key=True),
-    sa.Column("target", sa.Double, nullable=False),
-    sa.Column("value", sa.Double, nullable=False),
-    sa.Column("lo", sa.Double, nullable=False),
-    sa.Column("hi", sa.Double, nullable=False),
-    sa.Column("model_kind", sa.String(32), nullable=False),
-    sa.Column("created_at", sa.Double, nullable=False),
-)
-
-drift_events = sa.Table(
-    "drift_events", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("series_id", sa.Integer, sa.ForeignKey("series.id"), nullable=False, index=True),
-    sa.Column("ts", sa.Double, nullable=False),
-    sa.Column("detector", sa.String(32), nullable=False),
-    sa.Column("statistic", sa.Double),
-    sa.Column("created_at", sa.Double, nullable=False),
-)
-
-model_checkpoints = sa.Table(
-    "model_checkpoints", metadata,
-    sa.Column("series_id", sa.Integer, sa.ForeignKey("series.id"), primary_key=True),
-    sa.Column("kind", sa.String(32), nullable=False),
-    sa.Column("format_version", sa.Integer, nullable=False),
-    sa.Column("payload", sa.LargeBinary, nullable=False),
-    sa.Column("updated_at", sa.Double, nullable=False),
-)
-
-initializers = sa.Table(
-    "initializers", metadata,
-    sa.Column("version", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("algorithm", sa.String(32), nullable=False),
-    sa.Column("format_version", sa.Integer, nullable=False),
-    sa.Column("payload", sa.LargeBinary, nullable=False),
-    sa.Column("training", sa.JSON, nullable=False),
-    sa.Column("val_score", sa.Double),
-    sa.Column("promoted", sa.Boolean, nullable=False, default=False),
-    sa.Column("created_at", sa.Double, nullable=False),
-)
-
-
-def _create_forecast_view(conn: Connection) -> None:
-    """`forecast_latest`: the newest forecast of each exported series with readable times, for
-    Grafana's SQL datasources (Prometheus cannot hold future-dated samples)."""
-    to_time = "to_timestamp({})" if conn.dialect.name == "postgresql" else "datetime({}, 'unixepoch')"
-    conn.exec_driver_sql(
-        "CREATE VIEW forecast_latest AS SELECT s.name AS series, "
-        f"{to_time.format('f.target')} AS target_time, f.value, f.lo, f.hi, "
-        f"{to_time.format('f.origin')} AS origin_time, f.step, f.model_kind "
-        "FROM forecasts f JOIN series s ON s.id = f.series_id")
-
-
-# version N -> function migrating a database at version N-1 to N.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _create_forecast_view}
-
 
 # libpq's own limit on one connection attempt (seconds) unless the URL sets connect_timeout:
 # without it a host that drops packets holds an attempt for the kernel's TCP timeout (~2 min).
@@ -229,7 +146,7 @@ class Store:
                     if inspector.has_table("observations"):
                         raise StoreError("database has adaptd tables but no schema_version; refusing to guess")
                     metadata.create_all(conn)
-                    _create_forecast_view(conn)
+                    create_forecast_view(conn)
                     conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, applied_at=time.time()))
                     log.info("created store schema version %d", SCHEMA_VERSION)
                     return
