@@ -327,6 +327,32 @@ def test_the_meta_row_is_meta_trained_on_the_warm_up_rows_only() -> None:
     assert {"adaptd-init-pretrained", "adaptd-init-random", "adaptd-no-adapt"} <= specs.keys()
 
 
+def test_an_adapt_from_row_starts_series_from_the_configured_init_and_adapts_from_another() -> None:
+    """Isolates the initializer's effect on adapting: same start as `adaptd`, another adaptation start."""
+    import torch
+
+    from adaptd.bench.accuracy.engine_model import engine_specs
+    from adaptd.config import parse_config
+
+    rng = np.random.default_rng(3)
+    T = 700
+    t = np.arange(T)
+    Y = np.stack([np.sin(2 * np.pi * t / 24 + k) + 0.1 * rng.normal(size=T) for k in range(4)], axis=1)
+    ctx = BenchContext("synthetic", "fsnet", 1, tuple("abcd"), 24, 3600.0, 500, T - 500, T)
+    settings = parse_config({"meta": {"iterations": 5, "meta_batch": 4, "validation_tasks": 16}})
+    specs = {s.name: s for s in engine_specs(settings)}
+    assert {"adaptd-adapt-from-pretrained", "adaptd-adapt-from-random"} <= specs.keys()
+    plain, isolated = specs["adaptd"].build(ctx), specs["adaptd-adapt-from-random"].build(ctx)
+    for model in (plain, isolated):
+        model.fit_warmup(Y[:500].copy())
+        model.observe(Y[0])
+    assert isolated.extra["init"] == plain.extra["init"] and isolated.extra["adapt_from"] == "random"
+    assert isolated.engine.init.kind == "random"          # where its adaptations start
+    for name, weights in plain.engine.gru.rows(np.arange(4)).items():    # where its series started
+        assert torch.equal(weights, isolated.engine.gru.rows(np.arange(4))[name])
+    assert not torch.equal(isolated.engine.init.params["head"], plain.engine.init.params["head"])
+
+
 def test_after_change_errors_are_scored_on_the_same_cells_for_every_row() -> None:
     from adaptd.bench.accuracy.report import BenchReport, Column, _score_after_changes, render_markdown
 
@@ -356,6 +382,28 @@ def test_after_change_errors_are_scored_on_the_same_cells_for_every_row() -> Non
                          results={"adaptd": {column.key: rows[0]}, "adaptd-no-adapt": {column.key: rows[1]}})
     line = next(x for x in render_markdown(report).splitlines() if x.startswith("| adaptd / adaptd-no-adapt |"))
     assert f"| {ratio:.3f}, better in" in line and "of 2 |" in line
+
+
+def test_the_overall_paired_ratio_resamples_blocks_of_time_and_is_rendered() -> None:
+    from adaptd.bench.accuracy.report import BenchReport, Column, _score_paired_overall, render_markdown
+
+    rng = np.random.default_rng(6)
+    Y = rng.normal(size=(600, 2)).cumsum(axis=0)   # a random walk: repeating the last value wins
+    rows = {"adaptd": evaluate(RepeatLast(), Y, 300, 600, 1), "adaptd-no-adapt": evaluate(SeasonalNaive(24), Y, 300, 600, 1)}
+    _score_paired_overall(rows, 48)
+    paired = rows["adaptd"].extra["all_vs"]["adaptd-no-adapt"]
+    n = rows["adaptd"].origin_mse.shape[0]
+    assert paired["episodes"] == -(-n // 48)                     # the last block is shorter
+    assert paired["ratio"] == pytest.approx(rows["adaptd"].mse / rows["adaptd-no-adapt"].mse)
+    assert paired["lo"] < paired["ratio"] < paired["hi"] < 1.0   # measurably better
+    assert "all_vs" not in rows["adaptd-no-adapt"].extra
+    column = Column("etth2", "fsnet", 1)
+    report = BenchReport(date="", command="", machine={}, columns=[column], splits={}, row_names={}, descriptions={},
+                         results={name: {column.key: res} for name, res in rows.items()})
+    text = render_markdown(report)
+    line = next(x for x in text.splitlines() if x.startswith("| adaptd / adaptd-no-adapt |"))
+    assert text.index("## Paired over all scored cells") < text.index(line)
+    assert f"| {paired['ratio']:.3f} [{paired['lo']:.3f}, {paired['hi']:.3f}], better in" in line
 
 
 def test_after_change_ratios_resample_changes_that_coincide_across_channels_as_one() -> None:

@@ -5,6 +5,9 @@ The model shape follows the data's seasonal period (a rule, not a fit to scored 
 window covers 64 hours of hourly data, one day of 15-minute data; RLS reads the whole window.
 The initializer is fitted on the warm-up rows only: pretrained, meta-trained (see
 `adaptd.meta.fit`) or random, one row each, so `[adapt] init` is compared on identical data.
+The `adaptd-init-*` rows start every series from their initializer as well, so they differ
+everywhere; the `adaptd-adapt-from-*` rows start every series from the configured initializer
+and change only where adaptations start, which isolates the initializer's effect on adapting.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 
 from ...config import Settings, load_config
 from ...engine.factory import online_config
+from ...engine.learner import Initializer
 from ...engine.online import OnlineEngine
 from ...meta.fit import initializer_for
 from ...meta.train import Progress
@@ -34,11 +38,14 @@ def shape_for(period: int) -> dict[str, int]:
 
 
 class EngineModel:
-    def __init__(self, name: str, context: BenchContext, settings: Settings, adapt: bool, init: str, seed: int = 0):
+    def __init__(self, name: str, context: BenchContext, settings: Settings, adapt: bool, init: str, seed: int = 0,
+                 adapt_from: str | None = None):
         self.name = name
         self.context = context
         self.seed = seed
         self.init_kind = init
+        self.adapt_from = adapt_from   # None: adaptations start from `init` too
+        self.adapt_init: Initializer | None = None
         self.settings = settings
         config = online_config(settings, context.horizon, seed)
         self.config = dataclasses.replace(config, adapt=adapt, adapt_workers=0, **shape_for(context.period))
@@ -54,6 +61,10 @@ class EngineModel:
         self.engine = OnlineEngine(self.config, init)
         self.extra = {"init": init.kind, **({"init_validation": init.meta["validation"]}
                                             if "validation" in init.meta else {})}
+        if self.adapt_from is not None:
+            self.adapt_init = initializer_for(self.adapt_from, self.config, series, self.settings.meta, self.seed,
+                                              self.settings.adapt.step_size, progress=self._progress)
+            self.extra["adapt_from"] = self.adapt_init.kind
 
     def _progress(self, p: Progress) -> None:
         if p.iteration % max(1, p.iterations // 10) == 0 or p.iteration == p.iterations:
@@ -67,6 +78,9 @@ class EngineModel:
         self.engine.observe([Observation(name, ts, float(v))
                              for name, v in zip(self.context.channels, y) if np.isfinite(v)])
         self.t += 1
+        if self.adapt_init is not None and len(self.engine.names) == len(self.context.channels):
+            self.engine.set_initializer(self.adapt_init)   # every series started from `init`; now only adaptations
+            self.adapt_init = None
 
     def forecast(self, horizon: int) -> np.ndarray:
         assert self.engine is not None
@@ -93,5 +107,10 @@ def engine_specs(settings: Settings | None = None) -> list[ModelSpec]:
                   "the same engine with drift-triggered adaptation off"),
         *(ModelSpec(f"adaptd-init-{kind}", lambda c, kind=kind: EngineModel(f"adaptd-init-{kind}", c, s, True, kind),
                     f"adaptd with [adapt] init = \"{kind}\" (fitted on the warm-up rows)")
+          for kind in ("meta", "pretrained", "random") if kind != s.adapt.init),
+        *(ModelSpec(f"adaptd-adapt-from-{kind}",
+                    lambda c, kind=kind: EngineModel(f"adaptd-adapt-from-{kind}", c, s, True, s.adapt.init,
+                                                     adapt_from=kind),
+                    f"adaptd whose series start from [adapt] init = \"{s.adapt.init}\" and adapt from \"{kind}\"")
           for kind in ("meta", "pretrained", "random") if kind != s.adapt.init),
     ]

@@ -47,9 +47,12 @@ DEFAULT_RIVER_BUDGET = 900.0
 AFTER_CHANGE_SEASONS = 2   # "post-drift" = this many seasonal periods after a detected change
 # Rows compared after detected changes, (row, reference): the engine as configured against
 # itself without adaptation (does adaptation pay, issue #3) and with the other `[adapt] init`s
-# (with the default init, "meta": does the meta-learned initializer beat the others, issue #4).
+# (with the default init, "meta": does the meta-learned initializer beat the others, issue #4),
+# and with adaptations alone starting from the others (the initializer's effect on adapting).
 PAIRED = tuple(("adaptd", ref) for ref in ("adaptd-no-adapt", "adaptd-init-pretrained", "adaptd-init-random",
-                                            "adaptd-init-meta"))
+                                            "adaptd-init-meta", "adaptd-adapt-from-pretrained",
+                                            "adaptd-adapt-from-random", "adaptd-adapt-from-meta"))
+OVERALL_BLOCK_SEASONS = 7   # the paired ratio over all scored cells resamples blocks of a week (hourly data)
 BOOTSTRAP = 2000
 MIN_EPISODES = 5   # fewer: the ratio without an interval (a bootstrap of 1-4 units means little)
 
@@ -194,8 +197,9 @@ def run(models: Sequence[ModelSpec | Callable[[BenchContext], OnlineModel]] | No
             if res.model not in names.split(" / "):
                 report.row_names[spec.name] = f"{names} / {res.model}" if names else res.model
             log(f"{where}: MSE {res.mse:.4f} MAE {res.mae:.4f} ({res.wall_seconds:.1f} s)")
-        _score_after_changes({name: cells[col.key] for name, cells in report.results.items() if col.key in cells},
-                             split.first_target - 1, AFTER_CHANGE_SEASONS * split.period)
+        column_rows = {name: cells[col.key] for name, cells in report.results.items() if col.key in cells}
+        _score_after_changes(column_rows, split.first_target - 1, AFTER_CHANGE_SEASONS * split.period)
+        _score_paired_overall(column_rows, OVERALL_BLOCK_SEASONS * split.period)
     report.wall_seconds = time.perf_counter() - started
     return report
 
@@ -215,14 +219,27 @@ def _score_after_changes(rows: dict[str, EvalResult], first_origin: int, span: i
     episodes = change_episodes(mask)
     for name, reference in PAIRED:
         if name in rows and reference in rows and episodes:
-            rows[name].extra.setdefault("after_changes_vs", {})[reference] = paired_after_changes(
+            rows[name].extra.setdefault("after_changes_vs", {})[reference] = paired_ratio(
                 rows[name], rows[reference], mask, episodes)
 
 
-def paired_after_changes(arm: EvalResult, reference: EvalResult, mask: np.ndarray,
-                         episodes: list[tuple[int, int]]) -> dict[str, Any]:
+def _score_paired_overall(rows: dict[str, EvalResult], block: int) -> None:
+    """For the PAIRED rows present, their ratio over all scored cells with a bootstrap interval
+    over blocks of `block` consecutive origins (errors are correlated over hours, not weeks).
+    A replaced recurrent model keeps forecasting long after the seasons scored "after a change"."""
+    for name, reference in PAIRED:
+        if name in rows and reference in rows and rows[name].origin_mse is not None:
+            n = rows[name].origin_mse.shape[0]   # type: ignore[union-attr]
+            blocks = [(i, min(i + block, n)) for i in range(0, n, block)]
+            rows[name].extra.setdefault("all_vs", {})[reference] = paired_ratio(
+                rows[name], rows[reference], np.ones_like(rows[name].origin_mse, dtype=bool), blocks)
+
+
+def paired_ratio(arm: EvalResult, reference: EvalResult, mask: np.ndarray,
+                 episodes: list[tuple[int, int]]) -> dict[str, Any]:
     """arm's MSE over reference's on the `mask`ed cells, with a 95% bootstrap interval that
-    resamples change `episodes` (none under MIN_EPISODES), and the shares of episodes better/worse."""
+    resamples `episodes` (origin ranges: change episodes, or blocks of time; none under
+    MIN_EPISODES), and the shares of episodes better/worse."""
     a, r = (np.array([res.origin_mse[i:j][mask[i:j]].sum() for i, j in episodes])  # type: ignore[index]
             for res in (arm, reference))
     ratio, lo, hi = (bootstrap_ratio(a, r, BOOTSTRAP, 0) if len(episodes) >= MIN_EPISODES
@@ -259,22 +276,20 @@ def _after_changes_cell(res: EvalResult | None) -> str:
     return f"{_fmt(res.extra['after_changes_mse'])} ({res.extra['after_changes_share']:.0%}{detected})"
 
 
-def _paired_section(report: BenchReport) -> list[str]:
+def _paired_section(report: BenchReport, key: str, intro: str) -> list[str]:
+    """The PAIRED rows' ratios stored under `key` ("after_changes_vs" or "all_vs"), one table."""
     pairs = [(name, ref) for name, ref in PAIRED
-             if any(ref in res.extra.get("after_changes_vs", {}) for res in report.results.get(name, {}).values())]
+             if any(ref in res.extra.get(key, {}) for res in report.results.get(name, {}).values())]
     if not pairs:
         return []
     cols = report.columns
-    out = ["Paired, on those cells: the row's MSE over the reference's, with a 95% bootstrap interval "
-           f"over change episodes (runs of time with after-change cells in any channel; none under "
-           f"{MIN_EPISODES} episodes), and the shares of episodes where the row's error is lower and higher "
-           "(the rest: equal).", "",
-           "| row / reference | " + " | ".join(c.title for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    out = [intro, "", "| row / reference | " + " | ".join(c.title for c in cols) + " |",
+           "|---|" + "---:|" * len(cols)]
     for name, ref in pairs:
         cells = []
         for c in cols:
             v = report.results[name].get(c.key)
-            v = v.extra.get("after_changes_vs", {}).get(ref) if v is not None else None
+            v = v.extra.get(key, {}).get(ref) if v is not None else None
             interval = "" if v is None or v["lo"] is None else f" [{v['lo']:.3f}, {v['hi']:.3f}]"
             cells.append("" if v is None else
                          f"{v['ratio']:.3f}{interval}, better in {v['better']:.0%}, "
@@ -339,7 +354,18 @@ def render_markdown(report: BenchReport) -> str:
         for row, cells in report.results.items():
             out.append(f"| {row} | " + " | ".join(_after_changes_cell(cells.get(c.key)) for c in cols) + " |")
         out.append("")
-        out += _paired_section(report)
+        out += _paired_section(report, "after_changes_vs", (
+            "Paired, on those cells: the row's MSE over the reference's, with a 95% bootstrap interval "
+            f"over change episodes (runs of time with after-change cells in any channel; none under "
+            f"{MIN_EPISODES} episodes), and the shares of episodes where the row's error is lower and higher "
+            "(the rest: equal)."))
+    overall = _paired_section(report, "all_vs", (
+        "A model replaced at a change forecasts until the next one, beyond the seasons scored after it: "
+        "the row's MSE over the reference's on every scored cell, with a 95% bootstrap interval over "
+        f"blocks of {OVERALL_BLOCK_SEASONS} seasonal periods of origins, and the shares of blocks where "
+        "the row's error is lower and higher."))
+    if overall:
+        out += ["## Paired over all scored cells (same run)", ""] + overall
     out += ["## MAE (same run)", "", header, rule]
     for row, cells in report.results.items():
         out.append(f"| {row} | " + " | ".join(_fmt(cells[c.key].mae) if c.key in cells else "skipped"

@@ -17,7 +17,7 @@ from ...engine.online import OnlineConfig
 from .baselines import baseline_specs
 from .datasets import FILES, load_split
 from .engine_model import EngineModel
-from .report import AFTER_CHANGE_SEASONS, auto_protocol, change_episodes, paired_after_changes
+from .report import AFTER_CHANGE_SEASONS, auto_protocol, change_episodes, paired_ratio
 from .runner import BenchContext, EvalResult, after_changes, evaluate
 
 
@@ -90,7 +90,7 @@ def _print_after_changes(where: str, results: dict[str, EvalResult], first_origi
     for label, res in results.items():
         paired = ""
         if label != reference and episodes:
-            p = paired_after_changes(res, results[reference], mask, episodes)
+            p = paired_ratio(res, results[reference], mask, episodes)
             interval = f" [{p['lo']:.3f}, {p['hi']:.3f}]" if p["lo"] is not None else ""
             paired = (f"; / {reference} {p['ratio']:.3f}{interval} over {p['episodes']} episodes, "
                       f"better in {p['better']:.0%}, worse in {p['worse']:.0%}")
