@@ -226,6 +226,17 @@ SCENARIOS: list[tuple[str, list[tuple[str, str]], list[tuple[Any, ...]]]] = [
         ("110m", "AdaptdIntervalCoverageLowAtSomeLead", [({"job": "adaptd", "instance": INSTANCE}, "30%")]),
         ("110m", "AdaptdIntervalCoverageLow", []),            # all leads together: 80%, within 15 points
     ]),
+    ("the worst lead counts, and a lead with few scored forecasts does not", [
+        (f"adaptd_forecast_interval_target_ratio{{{LABELS}}}", "0.9x120"),
+        (f'adaptd_forecast_interval_hits_total{{{LABELS},lead="1"}}', "0+9x120"),
+        (f'adaptd_forecast_interval_hits_total{{{LABELS},lead="24"}}', "0+7x120"),     # 20 points under
+        (f'adaptd_forecast_interval_hits_total{{{LABELS},lead="48"}}', "0+6x120"),     # 30 points under
+        (f'adaptd_forecast_interval_hits_total{{{LABELS},lead="12"}}', "0+0x120"),     # 90 under, but
+        *((f'adaptd_forecast_scaled_error_count{{{LABELS},lead="{lead}"}}', "0+10x120") for lead in (1, 24, 48)),
+        (f'adaptd_forecast_scaled_error_count{{{LABELS},lead="12"}}', "0+0.2x120"),    # 24 in 2 hours
+    ], [
+        ("110m", "AdaptdIntervalCoverageLowAtSomeLead", [({"job": "adaptd", "instance": INSTANCE}, "30%")]),
+    ]),
     ("a tenth of the records rejected", [
         (f'adaptd_records_rejected_total{{{LABELS},reason="ts"}}', "0+10x60"),
         (f"adaptd_records_ingested_total{{{LABELS}}}", "0+90x60"),

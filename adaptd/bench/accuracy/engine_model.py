@@ -7,7 +7,8 @@ The initializer is fitted on the warm-up rows only: pretrained, meta-trained (se
 `adaptd.meta.fit`) or random, one row each, so `[adapt] init` is compared on identical data.
 The `adaptd-init-*` rows start every series from their initializer as well, so they differ
 everywhere; the `adaptd-adapt-from-*` rows start every series from the configured initializer
-and change only where adaptations start, which isolates the initializer's effect on adapting.
+and change only what adaptations use, as that `[adapt] init` would in the daemon: the weights
+they start from and the step sizes every fine-tuned candidate (θ*, remembered regimes) takes.
 """
 
 from __future__ import annotations

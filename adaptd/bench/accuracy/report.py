@@ -52,7 +52,7 @@ AFTER_CHANGE_SEASONS = 2   # "post-drift" = this many seasonal periods after a d
 PAIRED = tuple(("adaptd", ref) for ref in ("adaptd-no-adapt", "adaptd-init-pretrained", "adaptd-init-random",
                                             "adaptd-init-meta", "adaptd-adapt-from-pretrained",
                                             "adaptd-adapt-from-random", "adaptd-adapt-from-meta"))
-OVERALL_BLOCK_SEASONS = 7   # the paired ratio over all scored cells resamples blocks of a week (hourly data)
+OVERALL_BLOCK_SEASONS = 7   # the paired ratio over all scored cells resamples blocks of 7 seasonal periods
 BOOTSTRAP = 2000
 MIN_EPISODES = 5   # fewer: the ratio without an interval (a bootstrap of 1-4 units means little)
 
@@ -199,7 +199,7 @@ def run(models: Sequence[ModelSpec | Callable[[BenchContext], OnlineModel]] | No
             log(f"{where}: MSE {res.mse:.4f} MAE {res.mae:.4f} ({res.wall_seconds:.1f} s)")
         column_rows = {name: cells[col.key] for name, cells in report.results.items() if col.key in cells}
         _score_after_changes(column_rows, split.first_target - 1, AFTER_CHANGE_SEASONS * split.period)
-        _score_paired_overall(column_rows, OVERALL_BLOCK_SEASONS * split.period)
+        _score_paired_overall(column_rows, max(OVERALL_BLOCK_SEASONS * split.period, col.horizon))
     report.wall_seconds = time.perf_counter() - started
     return report
 
@@ -225,14 +225,20 @@ def _score_after_changes(rows: dict[str, EvalResult], first_origin: int, span: i
 
 def _score_paired_overall(rows: dict[str, EvalResult], block: int) -> None:
     """For the PAIRED rows present, their ratio over all scored cells with a bootstrap interval
-    over blocks of `block` consecutive origins (errors are correlated over hours, not weeks).
-    A replaced recurrent model keeps forecasting long after the seasons scored "after a change"."""
+    over blocks of `block` consecutive origins (errors are correlated over hours, not weeks; a
+    block at least the horizon long keeps one target out of two blocks). A replaced recurrent
+    model keeps forecasting long after the seasons scored "after a change"."""
     for name, reference in PAIRED:
-        if name in rows and reference in rows and rows[name].origin_mse is not None:
-            n = rows[name].origin_mse.shape[0]   # type: ignore[union-attr]
-            blocks = [(i, min(i + block, n)) for i in range(0, n, block)]
-            rows[name].extra.setdefault("all_vs", {})[reference] = paired_ratio(
-                rows[name], rows[reference], np.ones_like(rows[name].origin_mse, dtype=bool), blocks)
+        if name not in rows or reference not in rows:
+            continue
+        arm, ref = rows[name], rows[reference]
+        if arm.origin_mse is None or ref.origin_mse is None:
+            continue
+        n = arm.origin_mse.shape[0]
+        starts = list(range(0, max(n - block, 0) + 1, block))   # a short remainder joins the last block
+        blocks = [(i, j) for i, j in zip(starts, starts[1:] + [n])]
+        arm.extra.setdefault("all_vs", {})[reference] = paired_ratio(
+            arm, ref, np.ones_like(arm.origin_mse, dtype=bool), blocks)
 
 
 def paired_ratio(arm: EvalResult, reference: EvalResult, mask: np.ndarray,
@@ -362,8 +368,8 @@ def render_markdown(report: BenchReport) -> str:
     overall = _paired_section(report, "all_vs", (
         "A model replaced at a change forecasts until the next one, beyond the seasons scored after it: "
         "the row's MSE over the reference's on every scored cell, with a 95% bootstrap interval over "
-        f"blocks of {OVERALL_BLOCK_SEASONS} seasonal periods of origins, and the shares of blocks where "
-        "the row's error is lower and higher."))
+        f"blocks of {OVERALL_BLOCK_SEASONS} seasonal periods of origins (none under {MIN_EPISODES} blocks), "
+        "and the shares of blocks where the row's error is lower and higher."))
     if overall:
         out += ["## Paired over all scored cells (same run)", ""] + overall
     out += ["## MAE (same run)", "", header, rule]
