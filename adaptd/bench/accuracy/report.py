@@ -45,10 +45,11 @@ DEFAULT_DATASETS = ("etth2", "ettm1", "wth")
 DEFAULT_HORIZONS = (1, 24, 48)
 DEFAULT_RIVER_BUDGET = 900.0
 AFTER_CHANGE_SEASONS = 2   # "post-drift" = this many seasonal periods after a detected change
-# Rows compared after detected changes, (row, reference): the engine as configured against
-# itself without adaptation (does adaptation pay, issue #3) and with the other `[adapt] init`s
-# (with the default init, "meta": does the meta-learned initializer beat the others, issue #4),
-# and with adaptations alone starting from the others (the initializer's effect on adapting).
+# Rows compared after detected changes and over all scored cells, (row, reference): the engine
+# as configured against itself without adaptation (does adaptation pay, issue #3), with the
+# other `[adapt] init`s (with the default init, "meta": does the meta-learned initializer beat
+# the others, issue #4), and with adaptations alone starting from the others (the
+# initializer's effect on adapting).
 PAIRED = tuple(("adaptd", ref) for ref in ("adaptd-no-adapt", "adaptd-init-pretrained", "adaptd-init-random",
                                             "adaptd-init-meta", "adaptd-adapt-from-pretrained",
                                             "adaptd-adapt-from-random", "adaptd-adapt-from-meta"))
