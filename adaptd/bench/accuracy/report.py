@@ -237,7 +237,7 @@ def _score_paired_overall(rows: dict[str, EvalResult], block: int) -> None:
             continue
         n = arm.origin_mse.shape[0]
         starts = list(range(0, max(n - block, 0) + 1, block))   # a short remainder joins the last block
-        blocks = [(i, j) for i, j in zip(starts, starts[1:] + [n])]
+        blocks = list(zip(starts, starts[1:] + [n]))
         arm.extra.setdefault("all_vs", {})[reference] = paired_ratio(
             arm, ref, np.ones_like(arm.origin_mse, dtype=bool), blocks)
 
@@ -253,6 +253,11 @@ def paired_ratio(arm: EvalResult, reference: EvalResult, mask: np.ndarray,
                      else (float(a.sum() / r.sum()), None, None))
     return {"ratio": ratio, "lo": lo, "hi": hi, "episodes": len(episodes),
             "better": float(np.mean(a < r)), "worse": float(np.mean(a > r))}
+
+
+def interval_text(paired: dict[str, Any]) -> str:
+    """The text " [lo, hi]" of a `paired_ratio`, or "" where it has none (too few episodes)."""
+    return "" if paired["lo"] is None else f" [{paired['lo']:.3f}, {paired['hi']:.3f}]"
 
 
 def change_episodes(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -297,9 +302,8 @@ def _paired_section(report: BenchReport, key: str, intro: str) -> list[str]:
         for c in cols:
             v = report.results[name].get(c.key)
             v = v.extra.get(key, {}).get(ref) if v is not None else None
-            interval = "" if v is None or v["lo"] is None else f" [{v['lo']:.3f}, {v['hi']:.3f}]"
             cells.append("" if v is None else
-                         f"{v['ratio']:.3f}{interval}, better in {v['better']:.0%}, "
+                         f"{v['ratio']:.3f}{interval_text(v)}, better in {v['better']:.0%}, "
                          f"worse in {v['worse']:.0%} of {v['episodes']}")
         out.append(f"| {name} / {ref} | " + " | ".join(cells) + " |")
     return out + [""]

@@ -17,7 +17,7 @@ from ...engine.online import OnlineConfig
 from .baselines import baseline_specs
 from .datasets import FILES, load_split
 from .engine_model import EngineModel
-from .report import AFTER_CHANGE_SEASONS, auto_protocol, change_episodes, paired_ratio
+from .report import AFTER_CHANGE_SEASONS, auto_protocol, change_episodes, interval_text, paired_ratio
 from .runner import BenchContext, EvalResult, after_changes, evaluate
 
 
@@ -91,8 +91,7 @@ def _print_after_changes(where: str, results: dict[str, EvalResult], first_origi
         paired = ""
         if label != reference and episodes:
             p = paired_ratio(res, results[reference], mask, episodes)
-            interval = f" [{p['lo']:.3f}, {p['hi']:.3f}]" if p["lo"] is not None else ""
-            paired = (f"; / {reference} {p['ratio']:.3f}{interval} over {p['episodes']} episodes, "
+            paired = (f"; / {reference} {p['ratio']:.3f}{interval_text(p)} over {p['episodes']} episodes, "
                       f"better in {p['better']:.0%}, worse in {p['worse']:.0%}")
         print(f"{where}: {label} after detected changes {float(res.origin_mse[mask].mean()):.4f} "  # type: ignore[index]
               f"({mask.mean():.0%} of cells, {len(res.drift_rows)} detected{paired})", flush=True)
