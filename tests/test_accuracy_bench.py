@@ -248,6 +248,20 @@ def test_missing_data_fails_clearly(tmp_path, capsys) -> None:
     assert "ETTh2" in capsys.readouterr().err
 
 
+def test_an_unknown_model_is_refused_naming_the_engine_rows_too(tmp_path, capsys) -> None:
+    from adaptd.bench.accuracy.engine_model import engine_specs
+    from adaptd.config import load_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--datasets", "etth2", "--models", "adaptd,adaptd-adapt-from-nope",
+                              "--data-dir", str(tmp_path)])
+    assert main(args, extra_models=engine_specs(load_config(None))) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'adaptd-adapt-from-nope'" in err
+    assert "adaptd-adapt-from-pretrained" in err and "rls-ar96" in err and "ETTh2" not in err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--baselines", "rls-ar69"], "--baselines: unknown rls-ar69; choose from"),
     (["--datasets", "etth2,etth3"], "--datasets: unknown etth3; choose from etth2, ettm1, wth"),

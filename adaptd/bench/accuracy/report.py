@@ -506,6 +506,10 @@ def main(args: argparse.Namespace, extra_models: Sequence[ModelSpec] | None = No
         extra_names = {m.name for m in extra}
         if args.models:
             wanted = _csv_list(args.models)
+            known = [*baseline_specs(None), *(m.name for m in extra)]
+            unknown = [m for m in wanted if m not in known]
+            if unknown:   # before any data is read, naming every row there is
+                raise ValueError(f"unknown model {', '.join(map(repr, unknown))}; choose from {', '.join(known)}")
             baselines = [m for m in wanted if m not in extra_names]
             extra = [m for m in extra if m.name in wanted]
             models_arg = ",".join(wanted)
