@@ -23,12 +23,28 @@ SMALL = OnlineConfig(window=16, patch=4, hidden=8, horizon=6, rls_lags=8, adapt_
 
 def test_shorter_seasons_score_a_prefix_of_the_same_tasks():
     data = synthetic(20, 24, 0)
-    tasks = held_out_tasks(data, SMALL, [8, 16], 96, 1)
+    tasks = held_out_tasks(data, SMALL, [8, 16], 96, 1, 24)
     short = first_steps(tasks, 24)
     assert np.array_equal(short.time, tasks.time)
     mask = short.query.mask.numpy()
     offsets = np.arange(24)[:, None] + np.arange(1, 7)[None, :]
     assert mask.shape[1] == 24 and not mask[:, offsets > 24].any()   # nothing past the first season
+
+
+def test_no_target_after_the_series_next_change_is_scored():
+    data = synthetic(40, 24, 0)
+    tasks = held_out_tasks(data, SMALL, [8, 16], 96, 1, 24)
+    mask = tasks.query.mask.numpy()
+    cut = 0
+    for row, (j, t) in enumerate(zip(tasks.series, tasks.time)):
+        later = [c for c in data.test_changes[j] if c > t]
+        assert later == [] or later[0] > t + 24            # a season before the next change, at least
+        target_time = t + np.arange(96)[:, None] + np.arange(1, 7)[None, :]
+        if later:
+            assert not mask[row][target_time >= later[0]].any()
+            cut += int(later[0] <= t + 96)
+        assert mask[row][target_time < min(later + [t + 97])].all()   # everything before it is
+    assert cut > 0                                          # the rule was exercised
 
 
 def test_bootstrap_interval_brackets_the_ratio_and_excludes_one_for_a_clear_gain():
@@ -43,7 +59,7 @@ def test_bootstrap_interval_brackets_the_ratio_and_excludes_one_for_a_clear_gain
 
 def test_the_bench_chooses_among_candidates_exactly_as_the_daemon_adapts():
     data = synthetic(20, 24, 0)
-    tasks = first_steps(held_out_tasks(data, SMALL, [8, 16], 48, 1), 24)
+    tasks = first_steps(held_out_tasks(data, SMALL, [8, 16], 48, 1, 24), 24)
     init = Initializer.random(SMALL.shape, 0, 0.3)
     n, P = len(tasks), 3
     pool = {k: torch.stack([Initializer.random(SMALL.shape, s + 1, 0.3).params[k][0] + 0.1 * torch.randn(n, *v.shape[1:])

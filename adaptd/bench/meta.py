@@ -4,7 +4,8 @@ Arms: random / pretrained / meta-learned (first-order Meta-SGD, Reptile) initial
 restarted at the detection time and fine-tuned with the daemon's own inner loop (or not), and
 an online RLS autoregression that simply keeps learning through the change. Every arm is
 scored on the same tasks: the forecasts issued from the detection time over the first 1, 2 and
-4 seasons after it, in the normalised units the models learn in (per-origin scale).
+4 seasons after it, in the normalised units the models learn in (per-origin scale), on targets
+before the series' next change (synthetic: a detection less than a season before it is no task).
 
 Data, split by series (training never sees a test series):
 - synthetic: regime switches at known times (level, seasonal shape, AR dynamics and noise
@@ -76,6 +77,7 @@ class Data:
     test_change: np.ndarray         # (n,) change time of each test series
     source: np.ndarray | None = None    # (n,) which underlying series each task cuts (None: its own)
     revisit: np.ndarray | None = None   # (n,) the change returns to a regime the series had before
+    test_changes: list[list[int]] | None = None   # every known change of each test series (None: one each)
 
 
 def synthetic(n_tasks: int, period: int, seed: int) -> Data:
@@ -91,7 +93,7 @@ def synthetic(n_tasks: int, period: int, seed: int) -> Data:
             revisit.append(bool(ids[c] in ids[:c]))
     order = np.random.default_rng(seed + 2).permutation(len(series))[:n_tasks]
     return Data("synthetic", train.values, train.changes, [series[i] for i in order], np.array(change)[order],
-                np.array(source)[order], np.array(revisit)[order])
+                np.array(source)[order], np.array(revisit)[order], [test.changes[source[i]] for i in order])
 
 
 def m4(n_tasks: int, seed: int, data_dir: str | None) -> Data:
@@ -132,17 +134,34 @@ def measured_delays(config: OnlineConfig, period: int, seed: int) -> tuple[list[
     return delays, f"measured: {len(delays)} detections, median {int(np.median(delays))} steps"
 
 
-def held_out_tasks(data: Data, config: OnlineConfig, delays: list[int], query: int, seed: int) -> Tasks:
+def held_out_tasks(data: Data, config: OnlineConfig, delays: list[int], query: int, seed: int,
+                   period: int) -> Tasks:
+    """A task per test series, detected a drawn delay after its change; its query stops at the
+    series' next change (`cut_tasks`), and a detection less than a season before that is no task."""
     rng = np.random.default_rng(seed)
-    pool = SeriesPool(data.test, config)
+    changes = data.test_changes if data.test_changes is not None else [[int(c)] for c in data.test_change]
+    pool = SeriesPool(data.test, config, changes=changes)
     times, keep = [], []
     for i, (y, c) in enumerate(zip(data.test, data.test_change)):
         t = int(c + rng.choice(delays))
         lo, hi = pool.detection_range(i, query)
-        if lo <= t < hi:
+        if lo <= t < hi and pool.next_change(i, t) > t + period:
             times.append(t)
             keep.append(i)
     return cut_tasks(pool, np.array(keep), np.array(times), query)
+
+
+def unscored_share(data: Data, tasks: Tasks, query: int) -> float:
+    """The share of the first `query` steps' targets that lie at or after the series' next change
+    (`cut_tasks` leaves them out of the scores)."""
+    if data.test_changes is None:
+        return 0.0
+    leads = tasks.query.mask.shape[2]
+    offset = np.arange(query)[:, None] + np.arange(1, leads + 1)[None, :]
+    inside = offset <= query
+    after = sum(int((inside & (t + offset >= min((c for c in data.test_changes[j] if c > t), default=t + 2 * query)))
+                    .sum()) for j, t in zip(tasks.series, tasks.time))
+    return after / (int(inside.sum()) * len(tasks))
 
 
 def first_steps(tasks: Tasks, query: int) -> Tasks:
@@ -199,7 +218,7 @@ def run_dataset(data: Data, settings: Settings, config: OnlineConfig, args: argp
             "meta (Meta-SGD), no fine-tune": (meta, 0), "meta (Meta-SGD) + fine-tune": (meta, k),
             "meta (Reptile) + fine-tune": (reptile, k)}
     results: dict[str, dict[str, Any]] = {}
-    longest = held_out_tasks(data, config, delays, max(SEASONS) * args.period, seed + 11)
+    longest = held_out_tasks(data, config, delays, max(SEASONS) * args.period, seed + 11, args.period)
     memories: dict[str, Remembered] = {}
     memory_note = "off (--regime-lookup 0)"
     mem_config = replace(config, regime_memory=args.regime_memory, regime_shared=args.regime_shared,
@@ -251,6 +270,7 @@ def run_dataset(data: Data, settings: Settings, config: OnlineConfig, args: argp
             results.setdefault(name, {})[str(seasons)] = row
     return {"dataset": data.name, "train_series": len(data.train), "train_seconds": round(train_seconds, 1),
             "step_sizes": meta.step_sizes, "arms": results, "winners": winners, "memory": memory_note,
+            "unscored_after_next_change": unscored_share(data, longest, 2 * args.period),
             "revisit_share": float(revisit.mean()) if revisit is not None else None}
 
 
@@ -276,6 +296,9 @@ def render(report: dict[str, Any]) -> str:
                          f"{r['ratio_hi']:.3f}], {100 * r['win_rate']:.0f}%")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"regime memory: {report['memory']}"]
+    if report.get("unscored_after_next_change"):
+        lines.append(f"not scored: targets at or after the series' next change "
+                     f"({100 * report['unscored_after_next_change']:.1f}% of two seasons' targets)")
     for name, won in report.get("winners", {}).items():
         lines.append(f"{name}: winning candidate (over {max(SEASONS)} seasons' tasks) "
                      + ", ".join(f"{kind} {100 * share:.0f}%" for kind, share in won.items()))
