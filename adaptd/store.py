@@ -296,6 +296,16 @@ class Store:
                 {"series_id": ids[e.series], "ts": e.ts, "detector": e.detector, "statistic": e.statistic,
                  "created_at": now} for e in events])
 
+    def drift_times(self) -> dict[str, list[float]]:
+        """Every recorded detection's ts, per series name, in time order."""
+        d, s = drift_events, series_table
+        query = sa.select(s.c.name, d.c.ts).join(s, s.c.id == d.c.series_id).order_by(s.c.name, d.c.ts)
+        out: dict[str, list[float]] = {}
+        with self.engine.connect() as conn:
+            for name, ts in conn.execute(query):
+                out.setdefault(name, []).append(float(ts))
+        return out
+
     def drift_history(self, name: str) -> list[tuple[float, str, float]]:
         d, s = drift_events, series_table
         query = (sa.select(d.c.ts, d.c.detector, d.c.statistic).join(s, s.c.id == d.c.series_id)

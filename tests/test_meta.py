@@ -65,6 +65,47 @@ def test_tasks_are_placed_after_known_changes_at_realistic_delays():
     assert np.mean(after_change) > 0.9
 
 
+def test_a_query_stops_at_the_next_known_change():
+    y = regime_series(1, 400, np.random.default_rng(0)).values[0]
+    t, query = 200, 12
+    cut = cut_tasks(SeriesPool([y], SMALL, changes=[[150, 205]]), np.array([0]), np.array([t]), query)
+    whole = cut_tasks(SeriesPool([y], SMALL, changes=[[150]]), np.array([0]), np.array([t]), query)
+    target_time = t + np.arange(query)[:, None] + np.arange(1, SMALL.horizon + 1)[None, :]
+    mask, full = cut.query.mask[0].numpy(), whole.query.mask[0].numpy()
+    assert not mask[target_time >= 205].any()
+    assert full[(target_time >= 205) & (target_time <= t + query)].all()   # scored without the change
+    assert np.array_equal(mask[target_time < 205], full[target_time < 205])
+    assert torch.equal(cut.support.mask, whole.support.mask) and torch.equal(cut.valid.mask, whole.valid.mask)
+
+
+def test_tasks_sit_at_recorded_detections_and_stop_at_the_next_one():
+    y = regime_series(1, 600, np.random.default_rng(3)).values[0]
+    pool = SeriesPool([y], SMALL, detections=[[150, 300, 305]])
+    tasks = sample_tasks(pool, 300, 12, np.random.default_rng(4), change_share=1.0)
+    assert set(tasks.time.tolist()) == {150, 300, 305}            # exactly where the detectors fired
+    at = tasks.time == 300
+    target_time = 300 + np.arange(12)[:, None] + np.arange(1, SMALL.horizon + 1)[None, :]
+    assert not tasks.query.mask[at].numpy()[:, target_time >= 305].any()
+    assert tasks.query.mask[at].numpy()[:, target_time < 305].all()
+
+
+def test_meta_training_reads_the_recorded_detections_from_the_store(tmp_path: Path):
+    from adaptd.engine.adapting import DriftEvent
+    from adaptd.meta.sources import series_from_store
+    from adaptd.records import Observation
+    store = Store.open(f"sqlite:///{tmp_path / 'h.db'}")
+    try:
+        store.migrate()
+        store.write([Observation(name, 3600.0 * (10 + k), float(k)) for name in ("a", "b") for k in range(50)])
+        store.add_drift_events([DriftEvent("a", 3600.0 * 30, "adwin", 0.1), DriftEvent("a", 3600.0 * 55, "adwin", 0.2),
+                                DriftEvent("b", 3600.0 * 5, "adwin", 0.3)])   # b's is older than its values
+        series, detections = series_from_store(store, limit=40)      # the newest 40: k = 10..49
+    finally:
+        store.close()
+    assert sorted(series) == ["a", "b"] and series["a"][0] == 10.0 and len(series["a"]) == 40
+    assert detections == {"a": [10, 35], "b": []}                  # the index of the value each came with
+
+
 def test_too_short_series_are_refused_with_what_is_needed():
     with pytest.raises(ValueError, match="long enough"):
         sample_tasks(SeriesPool([np.arange(30.0)], SMALL), 4, 12, np.random.default_rng(0))
@@ -193,6 +234,41 @@ def test_the_daemon_picks_up_a_newly_promoted_initializer_without_restart():
     finally:
         d.kill()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.integration
+def test_the_scheduled_retrain_learns_from_the_store_at_its_recorded_detections(tmp_path: Path):
+    """The daemon's job (`InitializerJobs.retrain`, what APScheduler calls) runs the real
+    `adaptd meta-train` on the store's history, counts the outcome and switches the engine."""
+    from adaptd.engine.adapting import DriftEvent
+    from adaptd.engine.factory import build_engine, stored_initializer
+    from adaptd.meta.schedule import InitializerJobs
+    from adaptd.metrics import Metrics
+    from adaptd.records import Observation
+    config = write_config(tmp_path, naive=False, sections={
+        "model": MODEL, "adapt": ADAPT, "meta": {"iterations": 6, "meta_batch": 8, "query": 12, "validation_tasks": 32}})
+    settings = load_config(str(config))
+    data = regime_series(8, 500, np.random.default_rng(5))
+    store = Store.open(settings.store.url)
+    try:
+        store.migrate()
+        store.write([Observation(f"s{k}", 3600.0 * t, float(v)) for k, y in enumerate(data.values)
+                     for t, v in enumerate(y)])
+        store.add_drift_events([DriftEvent(f"s{k}", 3600.0 * (c + 20), "adwin", 0.1)
+                                for k, cuts in enumerate(data.changes) for c in cuts if c + 20 < 500])
+        engine = build_engine(settings, stored_initializer(settings, store, online_config(settings)))
+        metrics = Metrics()
+        InitializerJobs(settings, store, engine, metrics).retrain()
+        newest = max(store.initializer_list(), key=lambda row: row["version"])
+    finally:
+        store.close()
+    outcomes = {o: metrics.registry.get_sample_value("adaptd_meta_training_runs_total", {"outcome": o})
+                for o in ("promoted", "not_promoted", "failed", "not_enough_data")}
+    assert outcomes["promoted"] == 1.0, outcomes              # the first meta version of this model shape
+    assert newest["algorithm"] == "meta_sgd" and newest["promoted"]
+    assert newest["training"]["series"] == 8
+    assert newest["training"]["detections"] == sum(c + 20 < 500 for cuts in data.changes for c in cuts) > 0
+    assert engine.init.version == newest["version"]           # picked up without a restart
 
 
 def test_online_config_of_the_daemon_matches_the_tasks_shape(tmp_path: Path):

@@ -24,7 +24,7 @@ def meta_train(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     try:
         try:
-            series = series_from_m4(args.m4) if args.m4 else series_from_store(store)
+            series, detections = (series_from_m4(args.m4), {}) if args.m4 else series_from_store(store)
         except (OSError, ValueError) as exc:
             print(f"adaptd: {args.m4}: {exc}", file=sys.stderr)
             return 2
@@ -40,7 +40,7 @@ def meta_train(settings: Settings, args: argparse.Namespace) -> int:
                 bar.set_postfix(loss=f"{p.loss:.4f}", tasks_s=f"{p.tasks_per_second:.0f}")
         try:
             report = run(settings, store, series, args.iterations, args.algorithm, args.seed,
-                         promote=not args.no_promote, progress=progress)
+                         promote=not args.no_promote, progress=progress, detections=detections)
         except NotEnoughData as exc:
             print(f"adaptd: {exc} ({len(series)} series found)", file=sys.stderr)
             return 3

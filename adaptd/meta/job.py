@@ -2,8 +2,10 @@
 
 Validation tasks come from held-out series and from the final fifth of every training series
 (training tasks never have a query target there), with a fixed seed, so the new initializer
-and the current one are scored on identical tasks. A new version is promoted only if it beats
-the current promoted one of its kind there; every run is stored with what it was trained on.
+and the current one are scored on identical tasks. Of the tasks cut from a series with
+recorded drift detections, half sit at one of them (what that adaptation saw), the rest at
+ordinary times. A new version is promoted only if it beats the current promoted one of its
+kind there; every run is stored with what it was trained on.
 """
 
 from __future__ import annotations
@@ -66,16 +68,20 @@ def held_out_names(names: list[str], held_out: float, seed: int) -> set[str]:
 
 
 def split(series: dict[str, np.ndarray], config: OnlineConfig, held_out: float, query: int,
-          seed: int) -> tuple[SeriesPool, SeriesPool]:
-    """(training pool, validation pool): held-out series whole, the others' final fifth."""
+          seed: int, detections: dict[str, list[int]] | None = None) -> tuple[SeriesPool, SeriesPool]:
+    """(training pool, validation pool): held-out series whole, the others' final fifth.
+    `detections`: per series, where the daemon's detectors fired (indices into its values)."""
     names = sorted(series)
-    valid_names = held_out_names(names, held_out, seed)
+    valid_names = sorted(held_out_names(names, held_out, seed))
     train_names = [n for n in names if n not in valid_names]
+    fired = detections or {}
     cut = {n: int(len(series[n]) * TRAIN_SHARE) for n in train_names}
-    train = SeriesPool([series[n] for n in train_names], config, span=[(0, cut[n]) for n in train_names])
-    valid = SeriesPool([series[n] for n in train_names] + [series[n] for n in sorted(valid_names)], config,
+    train = SeriesPool([series[n] for n in train_names], config, span=[(0, cut[n]) for n in train_names],
+                       detections=[fired.get(n, []) for n in train_names])
+    valid = SeriesPool([series[n] for n in train_names] + [series[n] for n in valid_names], config,
                        span=[(cut[n], len(series[n])) for n in train_names]
-                       + [(0, len(series[n])) for n in sorted(valid_names)])
+                       + [(0, len(series[n])) for n in valid_names],
+                       detections=[fired.get(n, []) for n in train_names + valid_names])
     for pool, what in ((train, "training"), (valid, "validation")):
         if not pool.usable(query).any():
             need = config.window + config.adapt_window + query
@@ -87,14 +93,15 @@ def split(series: dict[str, np.ndarray], config: OnlineConfig, held_out: float, 
 
 def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterations: int | None = None,
         algorithm: str | None = None, seed: int = 0, promote: bool = True,
-        progress: Callable[[Progress], None] | None = None) -> RunReport:
+        progress: Callable[[Progress], None] | None = None,
+        detections: dict[str, list[int]] | None = None) -> RunReport:
     m = settings.meta
     torch.set_num_threads(m.torch_threads)
     config = online_config(settings)
     meta = MetaSettings(algorithm or m.algorithm, iterations or m.iterations, m.meta_batch, m.outer_rate,
                         m.query, seed)
     started = time.perf_counter()
-    train, valid = split(series, config, m.validation_series, m.query, seed)
+    train, valid = split(series, config, m.validation_series, m.query, seed, detections)
     valid_tasks = sample_tasks(valid, m.validation_tasks, m.query, np.random.default_rng(seed + 1))
     current = promoted_by_kind(store, config)
 
@@ -124,6 +131,7 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
                  else baselines.get("meta (packaged)"))
     promoted = promote and (incumbent is None or val_score < incumbent)
     training = {**result.init.meta, "series": len(series), "train_series": len(train.lengths),
+                "detections": sum(len(d) for d in (detections or {}).values()),
                 "validation_tasks": len(valid_tasks), "baselines": baselines, "seconds": round(result.seconds, 1),
                 "loss_last": float(np.mean(result.history[-10:])) if result.history else None}
     payload = encode_initializer(result.init, config)

@@ -25,7 +25,16 @@ def series_from_m4(path: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
-def series_from_store(store: Store, limit: int = 100_000) -> dict[str, np.ndarray]:
-    """Every stored series' newest `limit` values, in time order."""
-    return {name: np.array([v for _, v in rows], dtype=np.float64)
-            for name, rows in store.recent(limit).items() if rows}
+def series_from_store(store: Store, limit: int = 100_000) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
+    """Every stored series' newest `limit` values, in time order, and where the daemon's drift
+    detectors fired in them: the index of the value each recorded detection came with."""
+    series, detections = {}, {}
+    fired = store.drift_times()
+    for name, rows in store.recent(limit).items():
+        if not rows:
+            continue
+        ts = np.array([t for t, _ in rows])
+        series[name] = np.array([v for _, v in rows], dtype=np.float64)
+        at = np.searchsorted(ts, fired.get(name, []))
+        detections[name] = [int(i) for i, e in zip(at, fired.get(name, [])) if i < ts.size and ts[i] == e]
+    return series, detections
