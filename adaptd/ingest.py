@@ -119,9 +119,10 @@ class IngestWriter:
             self._add_pending(-size)
 
     def _commit(self, group: list[_Batch]) -> None:
-        # The last value of a (series, ts) within a group wins, as across groups.
+        # The last value of a (series, ts) within a group wins, as across groups. Then time
+        # order: a batch sent newest first is not late to itself (the models skip late records).
         latest = {(r.series, r.ts): r for batch in group for r in batch.rows}
-        rows = list(latest.values())
+        rows = sorted(latest.values(), key=lambda r: r.ts)
         started = time.perf_counter()
         try:
             with self.store.engine.begin() as conn:

@@ -758,12 +758,16 @@ def test_duplicates_last_value_wins_and_late_records_are_stored() -> None:
         for ts in (10, 5, 7):
             d.ingest([{"series": "ooo", "ts": T0 + ts * H, "value": float(ts)}])
         d.ingest([{"series": "ooo", "ts": T0 + ts * H, "value": float(ts)} for ts in (12, 1, 11)])
+        # A batch is taken in time order: sent newest first, none of it is late.
+        d.ingest([{"series": "desc", "ts": T0 + ts * H, "value": float(ts)} for ts in range(8, -1, -1)])
         listing = d.series()
+        assert listing["desc"]["late"] == 0 and listing["desc"]["observations"] == 9
+        assert d.forecast("desc", 1)["points"][0]["value"] == 8.0
         assert listing["dup"]["observations"] == 6 and listing["dup"]["overwritten"] == 2
         assert listing["dup2"]["observations"] == 2
         assert listing["ooo"]["observations"] == 6
         assert (listing["ooo"]["first_ts"], listing["ooo"]["last_ts"]) == (T0 + H, T0 + 12 * H)
-        assert listing["ooo"]["late"] == 4  # 5, 7, 1 and 11 each came after a newer record
+        assert listing["ooo"]["late"] == 3  # 5, 7 and 1 each came after a newer record (11 after 10)
         fc = d.forecast("ooo", 1)
         assert fc["origin"] == T0 + 12 * H and fc["points"][0]["value"] == 12.0
         before = {s: d.forecast(s, 3) for s in ("dup", "dup2", "ooo")}
