@@ -205,6 +205,29 @@ def test_a_restored_engine_forecasts_exactly_as_before():
     assert restored.forecast("s", 4) == engine.forecast("s", 4)
 
 
+def test_a_re_sent_newest_value_is_answered_by_the_fallback_until_the_models_learn_past_it():
+    """Read-your-writes: the models learn in time order and never see a re-sent value; the
+    fallback, which knows every acknowledged record, answers until a newer record is learnt."""
+    y = seasonal(40)            # younger than two days: the fallback forecasts the last value
+    engine = make_engine()
+    feed(engine, y)
+    assert engine.forecast("s", 4).model["kind"] == "online"
+    checkpoints = engine.checkpoint()
+    engine.observe([Observation("s", 39 * HOUR, float(y[39]))])           # a retry: the same value
+    assert engine.forecast("s", 4).model["kind"] == "online"
+    engine.observe([Observation("s", 39 * HOUR, 500.0)])                  # a new value for the newest time
+    fc = engine.forecast("s", 4)
+    assert fc.model["kind"] == "last_value" and fc.points[0].value == 500.0
+    # A restart from a checkpoint made before the re-send, with the stored value: the same.
+    history = {"s": [(t * HOUR, float(v)) for t, v in enumerate(y[:39])] + [(39 * HOUR, 500.0)]}
+    restored = make_engine()
+    restored.restore(history, checkpoints)
+    assert restored.forecast("s", 4).points[0].value == 500.0
+    for e in (engine, restored):
+        e.observe([Observation("s", 40 * HOUR, 501.0)])
+        assert e.forecast("s", 4).model["kind"] == "online"           # past it: the models again
+
+
 def test_a_restored_engine_keeps_forecasting_exactly_as_before_on_volatile_series():
     # Intervals depend on the widths the pending forecasts were issued with: a restart that
     # lost them drifts apart here. (Adaptation is off to compare the intervals alone.)

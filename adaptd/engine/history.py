@@ -43,11 +43,13 @@ class SeriesHistory:
             self.ts.append(ts)
             self.values.append(value)
         else:
-            self.revised = max(self.revised, ts)
             i = bisect.bisect_left(self.ts, ts)
             if i < len(self.ts) and self.ts[i] == ts:
-                self.values[i] = value  # a re-sent record: the last value wins, as in the store
-                return
+                if self.values[i] != value:   # a re-sent record: the last value wins, as in the store
+                    self.revised = max(self.revised, ts)
+                    self.values[i] = value
+                return                        # the same value again (a client's retry): nothing changed
+            self.revised = max(self.revised, ts)
             if i == 0 and len(self.ts) >= self.capacity:
                 return  # older than everything kept: stored, but too old to matter here
             self.ts.insert(i, ts)

@@ -160,6 +160,19 @@ class NaiveEngine(Engine):
         hist = self._series.get(series)
         return hist.ts[-1] if hist is not None and hist.ts else None
 
+    def revised(self, series: str) -> float:
+        """The newest time at which one of the series' records arrived out of order or had its
+        value replaced (-inf: never)."""
+        hist = self._series.get(series)
+        return hist.revised if hist is not None else -float("inf")
+
+    def mark_revised(self, series: str, ts: float) -> None:
+        """Note that what the models learnt at `ts` is not the stored value (found at a restart)."""
+        with self._lock:
+            hist = self._series.get(series)
+            if hist is not None:
+                hist.revised = max(hist.revised, ts)
+
     def since(self, series: str, after: float, limit: int) -> list[tuple[float, float]] | None:
         """The series' (ts, value) records newer than `after`, oldest first, as they arrived;
         None when there are more than `limit`, `after` is older than everything kept, or one of
