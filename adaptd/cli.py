@@ -114,14 +114,18 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     from .datafile import FormatError
-    from .replay import main as replay
+    from .replay import UsageError, main as replay
 
     _setup_logging("warning")
     try:
         return replay(settings, args.data, args.horizon, args.warmup_frac, args.seed, args.forecasts_out,
                       args.report_out, progress=not args.no_progress)
-    except (FormatError, FileNotFoundError, UnicodeDecodeError) as exc:
+    except UsageError as exc:
+        return _fail(str(exc), 2)
+    except (FormatError, UnicodeDecodeError) as exc:
         return _fail(f"{args.data}: {exc}", 2)
+    except OSError as exc:   # missing, a directory, unreadable
+        return _fail(f"{args.data}: {exc.strerror or exc}", 2)
 
 
 def cmd_meta_train(settings: Settings, args: argparse.Namespace) -> int:

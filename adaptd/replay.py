@@ -8,10 +8,12 @@ forecast can depend on its future.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,14 +91,20 @@ class ReplayResult:
     hi: np.ndarray
     engine_stats: dict[str, Any]
     seconds: float
+    target_ts: np.ndarray              # (T, S, H) the time each forecast is for (the series' own steps)
+
+    def target_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, found), each (T, S, H): the table row of each forecast's target time, and
+        whether the table has that time at all (not: past its end or between its rows)."""
+        ts = self.table.ts
+        rows = np.minimum(np.searchsorted(ts, self.target_ts), len(ts) - 1)
+        return rows, ts[rows] == self.target_ts
 
     def targets(self) -> np.ndarray:
-        """(T, S, H): the value each forecast aimed at (NaN past the end)."""
-        T, S = self.table.values.shape
-        out = np.full((T, S, self.horizon), np.nan)
-        for h in range(1, self.horizon + 1):
-            out[: T - h, :, h - 1] = self.table.values[h:]
-        return out
+        """(T, S, H): the series' value at the time each forecast aimed at (NaN: none there)."""
+        rows, found = self.target_rows()
+        series = np.arange(self.table.values.shape[1])[None, :, None]
+        return np.where(found, self.table.values[rows, series], np.nan)
 
 
 def run_replay(table: Table, settings: Settings, horizon: int, warmup_frac: float = 0.25, seed: int = 0,
@@ -115,6 +123,7 @@ def run_replay(table: Table, settings: Settings, horizon: int, warmup_frac: floa
     T, S = table.values.shape
     forecasts = np.full((T, S, horizon), np.nan, dtype=np.float32)
     lo, hi = np.full_like(forecasts, np.nan), np.full_like(forecasts, np.nan)
+    target_ts = np.full((T, S, horizon), np.nan)
     for t in range(T):
         row = table.values[t]
         present = np.flatnonzero(np.isfinite(row))
@@ -129,10 +138,11 @@ def run_replay(table: Table, settings: Settings, horizon: int, warmup_frac: floa
             forecasts[t, s] = [p.value for p in fc.points]
             lo[t, s] = [p.lo for p in fc.points]
             hi[t, s] = [p.hi for p in fc.points]
+            target_ts[t, s] = [p.ts for p in fc.points]
         if progress is not None:
             progress(1)
     stats = engine.stats()
-    return ReplayResult(table, horizon, warmup, forecasts, lo, hi, stats, time.perf_counter() - started)
+    return ReplayResult(table, horizon, warmup, forecasts, lo, hi, stats, time.perf_counter() - started, target_ts)
 
 
 def report(result: ReplayResult) -> dict[str, Any]:
@@ -202,18 +212,19 @@ def _mase_scale(warm: np.ndarray, season: int) -> float:
 
 def write_forecasts(result: ReplayResult, out: io.TextIOBase | Any) -> int:
     """`series,origin,target,step,forecast,lo,hi` with timestamps as written in the input
-    (targets past its end, which have no such text, in ISO-8601); returns the row count."""
+    (a target time the input has no row for, such as past its end, in ISO-8601); returns the row
+    count."""
     writer = csv.writer(out)
     writer.writerow(["series", "origin", "target", "step", "forecast", "lo", "hi"])
     table = result.table
-    ts, T, rows = table.ts, len(table.ts), 0
-    step = float(np.median(np.diff(ts))) if T > 1 else 1.0
-    label = table.labels if len(table.labels) == T else [format_ts(t) for t in ts]
+    T, rows = len(table.ts), 0
+    label = table.labels if len(table.labels) == T else [format_ts(t) for t in table.ts]
+    at, found = result.target_rows()
     for s, name in enumerate(table.names):
         origins = np.flatnonzero(np.isfinite(result.forecasts[:, s, 0]))
         for t in origins:
             for h in range(result.horizon):
-                target = label[t + h + 1] if t + h + 1 < T else format_ts(ts[t] + step * (h + 1))
+                target = label[at[t, s, h]] if found[t, s, h] else format_ts(result.target_ts[t, s, h])
                 writer.writerow([name, label[t], target, h + 1, _num(result.forecasts[t, s, h]),
                                  _num(result.lo[t, s, h]), _num(result.hi[t, s, h])])
                 rows += 1
@@ -224,34 +235,62 @@ def _num(x: float) -> str:
     return f"{float(x):.7g}"
 
 
+MAX_HORIZON = 10_000
+
+
+class UsageError(ValueError):
+    """A replay argument that cannot work; the message names it and what is allowed."""
+
+
+def check_arguments(horizon: int, warmup_frac: float) -> None:
+    if not 1 <= horizon <= MAX_HORIZON:
+        raise UsageError(f"--horizon {horizon}: expected a whole number of steps from 1 to {MAX_HORIZON}")
+    if not (math.isfinite(warmup_frac) and 0 <= warmup_frac < 1):
+        raise UsageError(f"--warmup-frac {warmup_frac}: expected a fraction of each series from 0 up to (not "
+                         f"including) 1")
+
+
 def main(settings: Settings, path: str, horizon: int, warmup_frac: float, seed: int,
          forecasts_out: str | None, report_out: str | None, progress: bool = True) -> int:
     import random
 
     import torch
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    check_arguments(horizon, warmup_frac)
     table = load_table(path)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(table.ts), unit="row", desc="replay", disable=None, leave=False)
-    try:
-        result = run_replay(table, settings, horizon, warmup_frac, seed, progress=bar.update if bar else None)
-    finally:
-        if bar is not None:
-            bar.close()
-    summary = report(result)
-    if forecasts_out:
-        with open(forecasts_out, "w", newline="", encoding="utf-8") as out:
-            write_forecasts(result, out)
-    if report_out:
-        Path(report_out).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    with contextlib.ExitStack() as outputs:
+        # Opened before the run: an unwritable path is told at once, not after it.
+        files = {}
+        for flag, target in (("--forecasts-out", forecasts_out), ("--report-out", report_out)):
+            if target:
+                try:
+                    files[flag] = outputs.enter_context(open(target, "w", newline="", encoding="utf-8"))
+                except OSError as exc:
+                    raise UsageError(f"{flag} {target}: {exc.strerror or exc}") from None
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(table.ts), unit="row", desc="replay", disable=None, leave=False)
+        try:
+            result = run_replay(table, settings, horizon, warmup_frac, seed, progress=bar.update if bar else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        summary = report(result)
+        if "--forecasts-out" in files:
+            write_forecasts(result, files["--forecasts-out"])
+        if "--report-out" in files:
+            files["--report-out"].write(json.dumps(summary, indent=2) + "\n")
     o = summary["overall"]
     print(f"replayed {summary['rows']} rows of {summary['series']} series, horizon {horizon}, "
           f"warm-up {warmup_frac:.0%}, in {summary['wall_seconds']:.1f}s")
+    if o["mse"] is None:
+        print("nothing was scored: no series has a forecast after its warm-up whose target is in the "
+              "file (too few rows, or --warmup-frac too high)")
+        return 1
     print(f"z-scored MSE {o['mse']:.4f}  MAE {o['mae']:.4f}  MASE {o['mase'] or float('nan'):.3f}  "
           f"coverage {o['coverage']:.3f} (width {o['interval_width']:.3f})  drifts {summary['drifts']}  "
           f"adaptations {summary['adaptations']}")

@@ -108,3 +108,61 @@ def test_bad_input_is_refused_with_the_line(tmp_path: Path, capsys: pytest.Captu
     data.write_text("date,a\n2024-01-01 00:00:00,1\n2024-01-01 01:00:00,oops\n")
     assert main(["replay", str(data), "--horizon", "1", "--no-progress"]) == 2
     assert "line 3" in capsys.readouterr().err
+
+
+def test_series_on_their_own_timestamps_are_scored_against_their_own_next_values(tmp_path: Path) -> None:
+    """A long CSV whose series report at different minutes: a forecast's target is the series'
+    own value one step (of its own) later, not the next row of the merged table."""
+    values = series(160)
+    data, config = tmp_path / "long.csv", tmp_path / "config.toml"
+    config.write_text(CONFIG)
+    with data.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["series", "ts", "value"])
+        for t, (a, b) in enumerate(values):
+            stamp = f"2024-01-{1 + t // 24:02d} {t % 24:02d}"
+            w.writerow(["a", f"{stamp}:00:00", a])
+            w.writerow(["b", f"{stamp}:30:00", b])
+    out, rep = tmp_path / "f.csv", tmp_path / "r.json"
+    assert main(["replay", str(data), "--horizon", "3", "--config", str(config), "--forecasts-out", str(out),
+                 "--report-out", str(rep), "--no-progress"]) == 0
+    report = json.loads(rep.read_text())
+    aligned = replay(tmp_path, values, "aligned")[1]      # the same values on one shared clock
+    for name in ("a", "b"):
+        mine, same = report["per_series"][name], aligned["per_series"][name]
+        assert mine["forecasts"] == same["forecasts"] > 0
+        assert mine["mse_by_step"] == pytest.approx(same["mse_by_step"])
+        assert mine["coverage"] == pytest.approx(same["coverage"])
+    with out.open() as f:
+        first = next(r for r in csv.DictReader(f) if r["series"] == "b" and r["step"] == "2")
+    assert first["origin"].endswith(":30:00") and first["target"].endswith(":30:00")
+    hour = int(first["origin"][11:13])
+    assert int(first["target"][11:13]) == (hour + 2) % 24
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--horizon", "0"], "--horizon 0: expected a whole number of steps from 1"),
+    (["--horizon", "-1"], "--horizon -1"),
+    (["--horizon", "2", "--warmup-frac", "nan"], "--warmup-frac nan: expected a fraction"),
+    (["--horizon", "2", "--warmup-frac", "-0.5"], "--warmup-frac -0.5"),
+    (["--horizon", "2", "--warmup-frac", "1"], "--warmup-frac 1.0"),
+    (["--horizon", "2", "--forecasts-out", "/nonexistent/dir/f.csv"], "--forecasts-out /nonexistent/dir/f.csv: No such"),
+    (["--horizon", "2", "--report-out", "."], "--report-out .: Is a directory"),
+])
+def test_bad_arguments_are_refused_before_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    args: list[str], expected: str) -> None:
+    data = tmp_path / "d.csv"
+    write_wide(data, series(60))
+    assert main(["replay", str(data), "--no-progress", *args]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and "replayed" not in err
+
+
+def test_a_directory_or_a_file_too_short_to_score_is_told_plainly(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(tmp_path), "--horizon", "2", "--no-progress"]) == 2
+    assert "Is a directory" in capsys.readouterr().err
+    short = tmp_path / "short.csv"
+    write_wide(short, series(2))        # a forecast needs two times; its targets lie past the end
+    assert main(["replay", str(short), "--horizon", "2", "--no-progress"]) == 1
+    assert "nothing was scored" in capsys.readouterr().out
