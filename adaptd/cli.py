@@ -52,7 +52,9 @@ def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
-    print(f"{settings.source}: OK (store {settings.store.url}, socket {settings.server.socket})")
+    from .store import redact
+
+    print(f"{settings.source}: OK (store {redact(settings.store.url)}, socket {settings.server.socket})")
     return 0
 
 
@@ -100,6 +102,8 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     from .datafile import FormatError
     from .upload import upload
 
+    if args.batch < 1:
+        return _fail(f"--batch {args.batch}: expected at least 1 record per request", 2)
     try:
         report = upload(settings, args.path, batch=args.batch, progress=not args.no_progress)
     except FormatError as exc:
@@ -108,6 +112,8 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
         return _fail(f"{args.path}: not UTF-8 text", 2)
     except FileNotFoundError:
         return _fail(f"{args.path}: no such file", 2)
+    except IsADirectoryError:
+        return _fail(f"{args.path}: a directory, not a file", 2)
     print(report.summary())
     return 0 if report.ok else 1
 

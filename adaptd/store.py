@@ -104,12 +104,18 @@ class Store:
                             "ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value")
 
     @classmethod
-    def open(cls, url: str, sqlite_synchronous: str = "full", pool_size: int = 4) -> "Store":
+    def open(cls, url: str, sqlite_synchronous: str = "full", pool_size: int = 4,
+             must_exist: bool = False) -> "Store":
+        """Connect and migrate; an SQLite file is created unless `must_exist` (commands that only
+        read: a mistyped --config should not leave an empty database behind)."""
         try:
             parsed = sa.engine.make_url(url)
         except sa.exc.ArgumentError as exc:
             raise StoreError(f"store.url: {exc}") from None
         if parsed.get_backend_name() == "sqlite":
+            if must_exist and parsed.database and parsed.database != ":memory:" and not Path(parsed.database).is_file():
+                raise StoreError(f"no store at {parsed.database} (the daemon creates it when it first starts; "
+                                 "is --config the daemon's?)")
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
                 engine = sa.create_engine(parsed, pool_size=pool_size, max_overflow=pool_size)

@@ -474,6 +474,13 @@ def test_check_config_uses_the_env_var_and_the_flag_wins(
     assert f"{good}: OK" in capsys.readouterr().out
 
 
+def test_check_config_does_not_print_the_store_password(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, '[store]\nurl = "postgresql+psycopg://adaptd:s3cret@db.example/adaptd"\n')
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out and "adaptd:***@db.example" in out
+
+
 def test_check_config_with_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", "--config", str(tmp_path / "missing.toml")]) == 2
     assert "not found" in capsys.readouterr().err

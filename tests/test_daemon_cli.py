@@ -202,6 +202,17 @@ def test_client_commands_without_a_daemon_say_it_is_not_running(workdir: Path, s
         assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["ingest", "{dir}", "--no-progress"], "a directory, not a file"),
+    (["ingest", "{dir}/d.csv", "--batch", "0", "--no-progress"], "--batch 0: expected at least 1"),
+])
+def test_ingest_refuses_a_directory_and_an_empty_batch_size(workdir: Path, argv: list[str], expected: str) -> None:
+    config = write_config(workdir)
+    (workdir / "d.csv").write_text("series,ts,value\na,0,1\n")
+    out = run_cli(*[a.format(dir=workdir) for a in argv], config=config)
+    assert out.returncode == 2 and expected in out.stderr and "Traceback" not in out.stderr
+
+
 def test_bad_config_value_fails_serve_with_exit_2_naming_the_key(workdir: Path) -> None:
     config = workdir / "bad.toml"
     config.write_text(f'[server]\nsocket = "{workdir}/s.sock"\nmax_line_bytes = "x"\n[metrics]\nlisten = ""\n')

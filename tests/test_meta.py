@@ -196,6 +196,26 @@ def test_meta_train_command_on_an_m4_file_then_list(tmp_path: Path):
     assert json.loads(run_cli("initializers", "--json", config=config).stdout)[0]["version"] == report["version"]
 
 
+def test_reading_commands_on_a_missing_store_say_so_and_create_nothing(tmp_path: Path):
+    config = config_file(tmp_path)
+    for argv in (("initializers",), ("meta-train", "--no-progress")):
+        done = run_cli(*argv, config=config)
+        assert done.returncode == 2 and "no store at" in done.stderr and "Traceback" not in done.stderr
+    assert not any(tmp_path.rglob("*.db"))
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (("--iterations", "0"), "--iterations 0: expected at least 1"),
+    (("--export", "/nonexistent/dir/x.adi"), "--export /nonexistent/dir/x.adi: No such file"),
+])
+def test_meta_train_refuses_bad_arguments_before_training(tmp_path: Path, argv, expected):
+    config = config_file(tmp_path)
+    data = write_m4(tmp_path / "m4.csv", regime_series(4, 300, np.random.default_rng(0)).values)
+    done = run_cli("meta-train", "--m4", str(data), "--no-progress", *argv, config=config)
+    assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr
+    assert not any(tmp_path.rglob("*.db"))                         # refused before anything ran
+
+
 def test_meta_train_without_enough_history_says_what_it_needs(tmp_path: Path):
     config = config_file(tmp_path)
     data = write_m4(tmp_path / "m4.csv", [np.arange(40.0), np.arange(30.0)])

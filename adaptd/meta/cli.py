@@ -17,8 +17,19 @@ from .train import Progress
 
 
 def meta_train(settings: Settings, args: argparse.Namespace) -> int:
+    if args.iterations is not None and args.iterations < 1:
+        print(f"adaptd: --iterations {args.iterations}: expected at least 1", file=sys.stderr)
+        return 2
+    if args.export:   # told now, not after the training it would have saved
+        try:
+            Path(args.export).open("ab").close()
+        except OSError as exc:
+            print(f"adaptd: --export {args.export}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     try:
-        store = Store.open(settings.store.url, settings.store.sqlite_synchronous, settings.store.pool_size)
+        # Training on the store's history needs the store; an M4 file run creates one to save in.
+        store = Store.open(settings.store.url, settings.store.sqlite_synchronous, settings.store.pool_size,
+                           must_exist=not args.m4)
     except StoreError as exc:
         print(f"adaptd: {exc}", file=sys.stderr)
         return 2
@@ -64,7 +75,12 @@ def meta_train(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def list_initializers(settings: Settings, args: argparse.Namespace) -> int:
-    store = Store.open(settings.store.url, settings.store.sqlite_synchronous, settings.store.pool_size)
+    try:
+        store = Store.open(settings.store.url, settings.store.sqlite_synchronous, settings.store.pool_size,
+                           must_exist=True)
+    except StoreError as exc:
+        print(f"adaptd: {exc}", file=sys.stderr)
+        return 2
     try:
         rows = store.initializer_list()
     finally:
