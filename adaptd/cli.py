@@ -100,7 +100,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     from .datafile import FormatError
-    from .upload import upload
+    from .upload import NotText, upload
 
     if args.batch < 1:
         return _fail(f"--batch {args.batch}: expected at least 1 record per request", 2)
@@ -110,6 +110,8 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
         return _fail(f"{args.path}: {exc}", 2)
     except UnicodeDecodeError:
         return _fail(f"{args.path}: not UTF-8 text", 2)
+    except NotText as exc:
+        return _fail(f"{args.path}: {exc}", 2)
     except FileNotFoundError:
         return _fail(f"{args.path}: no such file", 2)
     except IsADirectoryError:

@@ -20,6 +20,10 @@ SHOWN_REASONS = 5
 OVERLOAD_RETRIES = 50
 
 
+class NotText(ValueError):
+    """The file stops being UTF-8 text part way; the message says where and what was stored."""
+
+
 @dataclass
 class UploadReport:
     format: str = "unknown"
@@ -98,8 +102,21 @@ class _Sender:
                 self.client.request_nowait({"op": "ingest", "records": records})
                 self.waiting.append((records, lines, attempt + 1))
                 return
-            raise ClientError(f"the daemon refused a batch ({error.get('code')}: {error.get('message')}); "
-                              f"{self.report.accepted} records were acknowledged before it")
+            # Batches sent after it may have been committed: count their answers before stopping.
+            lost = len(records)
+            while self.waiting:
+                later, _lines, _attempt = self.waiting.popleft()
+                reply = self.client.read_response()
+                if reply.get("ok"):
+                    self._count(reply, _lines)
+                else:
+                    lost += len(later)
+            raise ClientError(f"the daemon refused a batch ({error.get('code')}: {error.get('message')}) "
+                              f"holding lines {lines[0]}-{lines[-1]}; stopped there. {self.report.accepted} "
+                              f"records were acknowledged, {lost} sent were not")
+        self._count(answer, lines)
+
+    def _count(self, answer: dict[str, Any], lines: list[int]) -> None:
         self.report.accepted += answer["accepted"]
         for item in answer["rejected"]:
             self.report.reject(lines[item["index"]], item["message"])
@@ -118,22 +135,31 @@ def upload(settings: Settings, path: str, batch: int = 1000, progress: bool = Tr
             sender = _Sender(client, report)
             records: list[dict[str, Any]] = []
             lines: list[int] = []
-            for line, item in reader:
-                if isinstance(item, str):
-                    report.reject(line, item)
-                    continue
-                # The daemon's own check, here: a JSON-lines NaN/Infinity could not even be sent
-                # (protocol JSON has none), and reasons stay in line order.
-                try:
-                    validate_record(item)
-                except Rejected as exc:
-                    report.reject(line, str(exc))
-                    continue
-                records.append({key: item[key] for key in ("series", "ts", "value")})
-                lines.append(line)
-                if len(records) >= batch:
+            line = 0
+            try:
+                for line, item in reader:
+                    if isinstance(item, str):
+                        report.reject(line, item)
+                        continue
+                    # The daemon's own check, here: a JSON-lines NaN/Infinity could not even be sent
+                    # (protocol JSON has none), and reasons stay in line order.
+                    try:
+                        validate_record(item)
+                    except Rejected as exc:
+                        report.reject(line, str(exc))
+                        continue
+                    records.append({key: item[key] for key in ("series", "ts", "value")})
+                    lines.append(line)
+                    if len(records) >= batch:
+                        sender.send(records, lines)
+                        records, lines = [], []
+            except UnicodeDecodeError:
+                # What was read before the bad bytes is sent and acknowledged; nothing after.
+                if records:
                     sender.send(records, lines)
-                    records, lines = [], []
+                sender.finish()
+                raise NotText(f"not UTF-8 text after line {line}: stopped there; the "
+                              f"{report.accepted} records before it were acknowledged") from None
             if records:
                 sender.send(records, lines)
             sender.finish()

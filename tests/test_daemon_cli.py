@@ -132,6 +132,29 @@ def test_ingest_from_stdin_with_bad_json_lines(daemon: DaemonProcess) -> None:
     assert series_json(daemon)["jb"]["observations"] == 2
 
 
+def test_ingest_stopped_by_bytes_that_are_not_utf8_says_where_and_what_was_stored(
+        daemon: DaemonProcess, workdir: Path) -> None:
+    data = workdir / "broken.csv"
+    data.write_bytes(b"series,ts,value\n" + b"".join(b"utf,%d,1.5\n" % (i * 3600) for i in range(3000))
+                     + b"utf,\xff\xfe,2\n" + b"utf,99999999,3\n")
+    out = run_cli("ingest", str(data), "--no-progress", config=daemon.config)
+    assert out.returncode == 2 and "not UTF-8 text after line" in out.stderr, out.stderr
+    told = int(re.search(r"the (\d+) records before it were acknowledged", out.stderr).group(1))
+    stored = series_json(daemon)["utf"]["observations"]
+    assert told == stored and stored > 2000                        # the report says what the store has
+
+
+def test_ingest_refused_part_way_counts_every_batch_the_daemon_committed(workdir: Path) -> None:
+    with running_daemon(sections={"server": {"max_batch_records": 500}}) as d:
+        data = workdir / "many.csv"
+        data.write_text("series,ts,value\n" + "".join(f"many,{i * 3600},{i}\n" for i in range(2000)))
+        out = run_cli("ingest", str(data), "--batch", "600", "--no-progress", config=d.config)
+        # Batches of 600, 600, 600 and 200: the first three are too large, the last is stored.
+        assert out.returncode == 1 and "too_large" in out.stderr, out.stderr
+        assert "holding lines 2-601" in out.stderr and "200 records were acknowledged, 1800 sent were not" in out.stderr
+        assert series_json(d)["many"]["observations"] == 200
+
+
 def test_forecast_table_and_json(daemon: DaemonProcess, workdir: Path) -> None:
     path = workdir / "fc.csv"
     path.write_text("series,ts,value\n" + "".join(f"fc,2024-03-01T{h:02d}:00:00,{h}\n" for h in range(12)))
