@@ -52,8 +52,16 @@ def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
+    import grp
+
     from .store import redact
 
+    group = settings.server.socket_group
+    if group:   # checked here, not when any command reads the config: clients need not have it
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            return _fail(f"{settings.source}: server.socket_group: no group {group!r} on this machine", 2)
     print(f"{settings.source}: OK (store {redact(settings.store.url)}, socket {settings.server.socket})")
     return 0
 

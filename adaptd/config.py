@@ -202,7 +202,9 @@ CHECKS: dict[str, dict[str, Check]] = {
         "shutdown_timeout": (lambda v: 0 < v <= MAX_WAIT, f"a number of seconds > 0 and <= {MAX_WAIT:.0f}"),
     },
     "store": {
-        "url": (lambda v: "://" in v, "an SQLAlchemy URL such as sqlite:///state/adaptd.db"),
+        "url": (lambda v: "://" in v and v.split("://")[0].split("+")[0] in ("sqlite", "postgresql"),
+                "an SQLAlchemy URL of an SQLite or PostgreSQL database, such as sqlite:///state/adaptd.db "
+                "or postgresql+psycopg://user:password@host/adaptd"),
         "sqlite_synchronous": (lambda v: v in ("normal", "full"), "'normal' or 'full'"),
         "pool_size": (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
         "connect_timeout": (lambda v: 0 <= v <= MAX_WAIT,

@@ -481,6 +481,17 @@ def test_check_config_does_not_print_the_store_password(tmp_path: Path, capsys: 
     assert "s3cret" not in out and "adaptd:***@db.example" in out
 
 
+@pytest.mark.parametrize("text, expected", [
+    ('[store]\nurl = "postgres://u@h/db"\n', "store.url"),
+    ('[store]\nurl = "mysql+pymysql://u@h/db"\n', "SQLite or PostgreSQL"),
+    ('[server]\nsocket_group = "no-such-group-here"\n', "no group 'no-such-group-here'"),
+])
+def test_check_config_refuses_what_serve_would(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               text: str, expected: str) -> None:
+    assert main(["check-config", "--config", str(write(tmp_path, text))]) == 2
+    assert expected in capsys.readouterr().err
+
+
 def test_check_config_with_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", "--config", str(tmp_path / "missing.toml")]) == 2
     assert "not found" in capsys.readouterr().err
