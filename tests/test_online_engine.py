@@ -188,6 +188,19 @@ def test_intervals_at_the_longest_lead_cover_their_target_when_volatility_comes_
     assert 0.89 <= np.mean(inside) <= 0.92
 
 
+def test_a_level_shift_in_a_smooth_series_does_not_send_the_forecasts_far_away():
+    """An RLS fitted to a noiseless cycle extrapolates a step hundreds of scale units away; the
+    mixture must not follow it (it held a quarter of the weight there, forecasting -220 for 61)."""
+    t = np.arange(400)
+    y = 10 + 5 * np.sin(2 * np.pi * t / 24) + 50.0 * (t >= 350)
+    forecasts = feed(make_engine(dataclasses.replace(SMALL, mixture_anchor=0.5)), y)
+    errors = [abs(forecasts[k][0] - y[k + 1]) for k in range(350, 398)]
+    shown = [round(e, 1) for e in errors]
+    # The forecast from the first value after the step cannot know it is a shift (it was 112 off).
+    assert errors[0] < 60 and max(errors[2:]) < 15, shown           # the step itself is 50
+    assert np.mean(errors[24:]) < 3, shown
+
+
 def test_a_restored_engine_forecasts_exactly_as_before():
     y = seasonal(150)
     engine = make_engine()

@@ -9,7 +9,10 @@ An `anchor` share of the weight stays on a fixed `prior` blend. Following recent
 chases noise: on WTH's validation rows a fixed half-RLS, half-recurrent blend was as good as RLS
 alone and better than every adaptive weighting, and anchoring half the weight there beat the
 fully adaptive weights on the validation rows of ETTh2, ETTm1 and WTH alike (BENCHMARKS.md,
-"Anchored mixture").
+"Anchored mixture"). The anchor is for noise, not for a broken expert: one whose recent loss
+at some lead is `gate` times the best expert's there holds none of it (an RLS fitted to a
+noiseless cycle forecasts hundreds of scale units off after a level shift; a quarter of the
+weight kept on it sent the forecast the wrong way for a day).
 """
 
 from __future__ import annotations
@@ -17,13 +20,18 @@ from __future__ import annotations
 import numpy as np
 
 
+# An expert whose recent loss is this many times the best expert's gets none of the anchor.
+GATE = 3.0
+
+
 class Mixture:
     def __init__(self, experts: int, eta: float = 4.0, memory: float = 0.05,
-                 anchor: float = 0.0, prior: np.ndarray | None = None):
+                 anchor: float = 0.0, prior: np.ndarray | None = None, gate: float = GATE):
         self.experts = experts
         self.eta = eta
         self.memory = memory  # weight of the newest loss in the running mean
         self.anchor = anchor
+        self.gate = gate
         prior = np.full(experts, 1.0 / experts) if prior is None else np.asarray(prior, dtype=float)
         if prior.shape != (experts,) or (prior < 0).any() or not np.isclose(prior.sum(), 1.0):
             raise ValueError(f"prior must be {experts} non-negative weights summing to 1, not {prior!r}")
@@ -53,6 +61,9 @@ class Mixture:
         >>> mixture.update(np.array([0]), np.array([0]), np.array([[0.0, 100.0]]))
         >>> mixture.weights(np.array([0]), np.eye(1))[0, :, 0].round(3).tolist()
         [0.75, 0.25]
+        >>> mixture.update(np.array([0]), np.array([0]), np.array([[0.0, 1e6]]))   # broken: no anchor
+        >>> mixture.weights(np.array([0]), np.eye(1))[0, :, 0].round(3).tolist()
+        [1.0, 0.0]
         """
         loss = self.loss[slots] @ spread                      # (n, K, H)
         typical = loss.min(axis=1, keepdims=True) + 1e-12
@@ -63,7 +74,11 @@ class Mixture:
         if self.anchor == 0:
             return w
         anchor = self.anchor if anchored is None else self.anchor * anchored[:, None, None]
-        return (1 - anchor) * w + anchor * self.prior
+        sound = (loss <= self.gate * typical).all(axis=2, keepdims=True)   # (n, K, 1): at every lead
+        prior = self.prior * sound
+        mass = prior.sum(axis=1, keepdims=True)
+        prior = np.where(mass > 0, prior / np.where(mass > 0, mass, 1.0), w)   # no sound prior expert: none
+        return (1 - anchor) * w + anchor * prior
 
     def lean(self, slots: np.ndarray, expert: int, share: float) -> None:
         """A fresh record in which `expert` holds `share` of the weight and the others split the rest.

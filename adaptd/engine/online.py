@@ -76,7 +76,8 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
         self.origins = max(c.horizon, c.adapt_window) + 1              # origins whose scale we keep
         self.rls = BatchedRLS(rls_feature_count(c.rls_lags), c.horizon, c.rls_forgetting)
         self.gru = StackedGRU(c.shape)
-        self.mixture = Mixture(len(EXPERTS), c.mixture_eta, c.mixture_memory, c.mixture_anchor, MIXTURE_PRIOR)
+        self.mixture = Mixture(len(EXPERTS), c.mixture_eta, c.mixture_memory, c.mixture_anchor, MIXTURE_PRIOR,
+                               c.mixture_gate)
         self.conformal = QuantileTracker(c.coverage, c.interval_rate, leads=self.leads)
         self.drift = DriftMonitor(c.detector, c.detector_params, c.cooldown)
         self.names: list[str] = []
@@ -449,6 +450,9 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
                 self.counters["nonfinite"] += int(bad.any(axis=(1, 2)).sum())
                 self.telemetry.nonfinite(int(bad.any(axis=(1, 2)).sum()))
             experts[bad] = 0.0
+        # Every target the experts learn lies within ±VALUE_CLIP scale units; a forecast past
+        # that is an extrapolation from inputs unlike any seen (an RLS after a level shift).
+        np.clip(experts, -VALUE_CLIP, VALUE_CLIP, out=experts)
         young = self.count[slots] < c.window
         # A young series (a cold start) follows its experts' errors alone: the anchor's RLS has
         # learnt from a few dozen values there, and holding a quarter of the weight on it made

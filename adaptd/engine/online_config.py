@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .gru import GRUShape
+from .mixture import GATE
 from .regimes import POOL
 
 
@@ -23,6 +24,7 @@ class OnlineConfig:
     mixture_eta: float = 4.0
     mixture_memory: float = 0.05
     mixture_anchor: float = 0.0  # [model] mixture_anchor sets it in the daemon (default 0.5)
+    mixture_gate: float = GATE   # an expert this many times worse than the best loses the anchor
     coverage: float = 0.9
     interval_rate: float = 0.02
     scale_rate: float = 0.04
