@@ -116,8 +116,6 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
         report = upload(settings, args.path, batch=args.batch, progress=not args.no_progress)
     except FormatError as exc:
         return _fail(f"{args.path}: {exc}", 2)
-    except UnicodeDecodeError:
-        return _fail(f"{args.path}: not UTF-8 text", 2)
     except NotText as exc:
         return _fail(f"{args.path}: {exc}", 2)
     except FileNotFoundError:
@@ -140,8 +138,6 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
         return _fail(str(exc), 2)
     except (FormatError, UnicodeDecodeError) as exc:
         return _fail(f"{args.data}: {exc}", 2)
-    except OSError as exc:   # missing, a directory, unreadable
-        return _fail(f"{args.data}: {exc.strerror or exc}", 2)
 
 
 def cmd_meta_train(settings: Settings, args: argparse.Namespace) -> int:

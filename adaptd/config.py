@@ -249,7 +249,8 @@ CHECKS: dict[str, dict[str, Check]] = {
         "rls_forgetting": (lambda v: 0.9 <= v <= 1, "a number from 0.9 to 1"),
         "mixture_eta": (lambda v: 0 <= v <= 100, "a number from 0 (equal weights) to 100"),
         "mixture_memory": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
-        "mixture_anchor": (lambda v: 0 <= v <= 1, "a number from 0 (weights follow recent losses only) to 1 (fixed)"),
+        "mixture_anchor": (lambda v: 0 <= v <= 1, "a number from 0 (weights follow recent losses only) to 1 (a fixed blend of the "
+                           "experts within 3x of the best one's recent loss)"),
         "torch_threads": (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
         "learning_backlog": (lambda v: 1000 <= v <= 100_000_000, "an integer from 1000 to 100000000"),
         "shed_lag": (lambda v: 0 <= v <= 86_400, "a number of seconds from 0 (never skip) to 86400"),

@@ -8,7 +8,6 @@ forecast can depend on its future.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -94,11 +93,25 @@ class ReplayResult:
     target_ts: np.ndarray              # (T, S, H) the time each forecast is for (the series' own steps)
 
     def target_rows(self) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, found), each (T, S, H): the table row of each forecast's target time, and
-        whether the table has that time at all (not: past its end or between its rows)."""
-        ts = self.table.ts
-        rows = np.minimum(np.searchsorted(ts, self.target_ts), len(ts) - 1)
-        return rows, ts[rows] == self.target_ts
+        """(rows, found), each (T, S, H): the table row of each forecast's target, and whether
+        there is one. A forecast point is for origin + lead x the series' step; its target is
+        the series' own value nearest that time, within half a step (jittered or monthly
+        timestamps), none past the end or in a gap."""
+        T, S, H = self.target_ts.shape
+        rows, found = np.zeros((T, S, H), dtype=np.int64), np.zeros((T, S, H), dtype=bool)
+        for s in range(S):
+            present = np.flatnonzero(np.isfinite(self.table.values[:, s]))
+            if present.size < 2:
+                continue
+            times = self.table.ts[present]
+            half = float(np.median(np.diff(times))) / 2
+            due = self.target_ts[:, s]
+            right = np.clip(np.searchsorted(times, due), 1, present.size - 1)
+            nearer = np.where(np.abs(times[right - 1] - due) <= np.abs(times[right] - due), right - 1, right)
+            with np.errstate(invalid="ignore"):
+                found[:, s] = np.abs(times[nearer] - due) <= half    # NaN (no forecast): False
+            rows[:, s] = present[nearer]
+        return rows, found
 
     def targets(self) -> np.ndarray:
         """(T, S, H): the series' value at the time each forecast aimed at (NaN: none there)."""
@@ -164,7 +177,7 @@ def report(result: ReplayResult) -> dict[str, Any]:
         width = (result.hi[:, s] - result.lo[:, s]) / std   # z-scored, like the errors
         inside = covered[scored]
         per_step = _by_step(((pred - target) / std) ** 2, scored)
-        season = _season(table.ts)
+        season = _season(table.ts[np.isfinite(table.values[:, s])])   # the series' own clock
         naive_scale = _mase_scale(warm, season)
         per_series[name] = {
             "mse": float(np.mean((err / std) ** 2)), "mae": float(np.mean(np.abs(err) / std)),
@@ -257,33 +270,38 @@ def main(settings: Settings, path: str, horizon: int, warmup_frac: float, seed: 
     import torch
 
     check_arguments(horizon, warmup_frac)
-    table = load_table(path)
-    with contextlib.ExitStack() as outputs:
-        # Opened before the run: an unwritable path is told at once, not after it.
-        files = {}
-        for flag, target in (("--forecasts-out", forecasts_out), ("--report-out", report_out)):
-            if target:
-                try:
-                    files[flag] = outputs.enter_context(open(target, "w", newline="", encoding="utf-8"))
-                except OSError as exc:
-                    raise UsageError(f"{flag} {target}: {exc.strerror or exc}") from None
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=len(table.ts), unit="row", desc="replay", disable=None, leave=False)
+    outputs = {flag: target for flag, target in (("--forecasts-out", forecasts_out), ("--report-out", report_out))
+               if target}
+    if len(outputs) == 2 and Path(forecasts_out).resolve() == Path(report_out).resolve():   # type: ignore[arg-type]
+        raise UsageError(f"--forecasts-out and --report-out are the same file ({forecasts_out})")
+    for flag, target in outputs.items():
+        # Checked before the run (told at once, not after it), without truncating last run's file.
         try:
-            result = run_replay(table, settings, horizon, warmup_frac, seed, progress=bar.update if bar else None)
-        finally:
-            if bar is not None:
-                bar.close()
-        summary = report(result)
-        if "--forecasts-out" in files:
-            write_forecasts(result, files["--forecasts-out"])
-        if "--report-out" in files:
-            files["--report-out"].write(json.dumps(summary, indent=2) + "\n")
+            open(target, "a", encoding="utf-8").close()
+        except OSError as exc:
+            raise UsageError(f"{flag} {target}: {exc.strerror or exc}") from None
+    try:
+        table = load_table(path)
+    except OSError as exc:   # missing, a directory, unreadable
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(table.ts), unit="row", desc="replay", disable=None, leave=False)
+    try:
+        result = run_replay(table, settings, horizon, warmup_frac, seed, progress=bar.update if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    summary = report(result)
+    if forecasts_out:
+        with open(forecasts_out, "w", newline="", encoding="utf-8") as out:
+            write_forecasts(result, out)
+    if report_out:
+        Path(report_out).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     o = summary["overall"]
     print(f"replayed {summary['rows']} rows of {summary['series']} series, horizon {horizon}, "
           f"warm-up {warmup_frac:.0%}, in {summary['wall_seconds']:.1f}s")

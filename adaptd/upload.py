@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 import time
@@ -63,11 +62,39 @@ def _open(path: str, progress: bool) -> tuple[BinaryIO, Any]:
     if not progress:
         return raw, None
     from tqdm import tqdm
-    from tqdm.utils import CallbackIOWrapper
 
     bar = tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc=os.path.basename(path),
                disable=None, leave=False)
-    return CallbackIOWrapper(bar.update, raw, "read"), bar  # type: ignore[return-value]
+    return raw, bar
+
+
+class _Utf8Lines:
+    """Text lines of a byte stream, decoded one line at a time: a line that is not UTF-8 is
+    named exactly (a decoder reading ahead in blocks fails up to a block before it)."""
+
+    def __init__(self, raw: BinaryIO, on_read: Any = None):
+        self.raw, self.on_read, self.line = raw, on_read, 0
+
+    def readline(self) -> str:
+        data = self.raw.readline()
+        if self.on_read is not None:
+            self.on_read(len(data))
+        if not data:
+            return ""
+        self.line += 1
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise NotText(f"line {self.line} is not UTF-8 text") from None
+
+    def __iter__(self) -> "_Utf8Lines":
+        return self
+
+    def __next__(self) -> str:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
 
 
 class _Sender:
@@ -128,14 +155,12 @@ def upload(settings: Settings, path: str, batch: int = 1000, progress: bool = Tr
     report = UploadReport()
     started = time.perf_counter()
     raw, bar = _open(path, progress)
-    stream = io.TextIOWrapper(raw, encoding="utf-8", newline="")  # type: ignore[arg-type]
-    reader = DataReader(stream)
+    reader = DataReader(_Utf8Lines(raw, bar.update if bar is not None else None))  # type: ignore[arg-type]
     try:
         with Client(settings.socket_path()) as client:
             sender = _Sender(client, report)
             records: list[dict[str, Any]] = []
             lines: list[int] = []
-            line = 0
             try:
                 for line, item in reader:
                     if isinstance(item, str):
@@ -153,13 +178,13 @@ def upload(settings: Settings, path: str, batch: int = 1000, progress: bool = Tr
                     if len(records) >= batch:
                         sender.send(records, lines)
                         records, lines = [], []
-            except UnicodeDecodeError:
-                # What was read before the bad bytes is sent and acknowledged; nothing after.
+            except NotText as exc:
+                # The lines before it are sent and acknowledged; nothing from it on.
                 if records:
                     sender.send(records, lines)
                 sender.finish()
-                raise NotText(f"not UTF-8 text after line {line}: stopped there; the "
-                              f"{report.accepted} records before it were acknowledged") from None
+                raise NotText(f"{exc}: stopped there; the {report.accepted} records before it were "
+                              "acknowledged") from None
             if records:
                 sender.send(records, lines)
             sender.finish()
@@ -167,7 +192,7 @@ def upload(settings: Settings, path: str, batch: int = 1000, progress: bool = Tr
         if bar is not None:
             bar.close()
         if path != "-":
-            stream.close()
+            raw.close()
     report.format = reader.format
     report.skipped = reader.skipped
     report.seconds = time.perf_counter() - started

@@ -206,7 +206,7 @@ def test_reading_commands_on_a_missing_store_say_so_and_create_nothing(tmp_path:
 
 @pytest.mark.parametrize("argv, expected", [
     (("--iterations", "0"), "--iterations 0: expected at least 1"),
-    (("--export", "/nonexistent/dir/x.adi"), "--export /nonexistent/dir/x.adi: No such file"),
+    (("--export", "/nonexistent/dir/x.adi"), "--export /nonexistent/dir/x.adi: not a file in a writable folder"),
 ])
 def test_meta_train_refuses_bad_arguments_before_training(tmp_path: Path, argv, expected):
     config = config_file(tmp_path)

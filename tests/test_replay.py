@@ -133,6 +133,7 @@ def test_series_on_their_own_timestamps_are_scored_against_their_own_next_values
         assert mine["forecasts"] == same["forecasts"] > 0
         assert mine["mse_by_step"] == pytest.approx(same["mse_by_step"])
         assert mine["coverage"] == pytest.approx(same["coverage"])
+        assert mine["mase"] == pytest.approx(same["mase"])           # its season from its own clock
     with out.open() as f:
         first = next(r for r in csv.DictReader(f) if r["series"] == "b" and r["step"] == "2")
     assert first["origin"].endswith(":30:00") and first["target"].endswith(":30:00")
@@ -148,11 +149,14 @@ def test_series_on_their_own_timestamps_are_scored_against_their_own_next_values
     (["--horizon", "2", "--warmup-frac", "1"], "--warmup-frac 1.0"),
     (["--horizon", "2", "--forecasts-out", "/nonexistent/dir/f.csv"], "--forecasts-out /nonexistent/dir/f.csv: No such"),
     (["--horizon", "2", "--report-out", "."], "--report-out .: Is a directory"),
+    (["--horizon", "2", "--report-out", "same.out", "--forecasts-out", "same.out"], "are the same file"),
 ])
 def test_bad_arguments_are_refused_before_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                    args: list[str], expected: str) -> None:
+                                                    monkeypatch: pytest.MonkeyPatch, args: list[str],
+                                                    expected: str) -> None:
     data = tmp_path / "d.csv"
     write_wide(data, series(60))
+    monkeypatch.chdir(tmp_path)
     assert main(["replay", str(data), "--no-progress", *args]) == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err and "replayed" not in err
@@ -166,3 +170,15 @@ def test_a_directory_or_a_file_too_short_to_score_is_told_plainly(tmp_path: Path
     write_wide(short, series(2))        # a forecast needs two times; its targets lie past the end
     assert main(["replay", str(short), "--horizon", "2", "--no-progress"]) == 1
     assert "nothing was scored" in capsys.readouterr().out
+
+
+def test_monthly_timestamps_are_scored_though_months_differ_in_length(tmp_path: Path) -> None:
+    data, config, rep = tmp_path / "monthly.csv", tmp_path / "config.toml", tmp_path / "r.json"
+    config.write_text(CONFIG)
+    values = series(96)[:, 0]
+    data.write_text("date,m\n" + "".join(f"{2010 + k // 12}-{1 + k % 12:02d}-01,{v}\n" for k, v in enumerate(values)))
+    assert main(["replay", str(data), "--horizon", "3", "--config", str(config), "--report-out", str(rep),
+                 "--no-progress"]) == 0
+    scored = json.loads(rep.read_text())["per_series"]["m"]
+    assert None not in scored["mse_by_step"]
+    assert scored["forecasts"] == 96 - 24 - 1    # every origin after the warm-up whose first target is in the file

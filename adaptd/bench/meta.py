@@ -5,7 +5,7 @@ restarted at the detection time and fine-tuned with the daemon's own inner loop 
 an online RLS autoregression that simply keeps learning through the change. Every arm is
 scored on the same tasks: the forecasts issued from the detection time over the first 1, 2 and
 4 seasons after it, in the normalised units the models learn in (per-origin scale), on targets
-before the series' next change (synthetic: a detection less than a season before it is no task).
+before the series' next change (synthetic: a detection a season or less before it is no task).
 
 Data, split by series (training never sees a test series):
 - synthetic: regime switches at known times (level, seasonal shape, AR dynamics and noise
@@ -137,7 +137,7 @@ def measured_delays(config: OnlineConfig, period: int, seed: int) -> tuple[list[
 def held_out_tasks(data: Data, config: OnlineConfig, delays: list[int], query: int, seed: int,
                    period: int) -> Tasks:
     """A task per test series, detected a drawn delay after its change; its query stops at the
-    series' next change (`cut_tasks`), and a detection less than a season before that is no task."""
+    series' next change (`cut_tasks`), and a detection a season or less before that is no task."""
     rng = np.random.default_rng(seed)
     changes = data.test_changes if data.test_changes is not None else [[int(c)] for c in data.test_change]
     pool = SeriesPool(data.test, config, changes=changes)
@@ -161,7 +161,7 @@ def unscored_share(data: Data, tasks: Tasks, query: int) -> float:
     inside = offset <= query
     after = sum(int((inside & (t + offset >= min((c for c in data.test_changes[j] if c > t), default=t + 2 * query)))
                     .sum()) for j, t in zip(tasks.series, tasks.time))
-    return after / (int(inside.sum()) * len(tasks))
+    return after / max(int(inside.sum()) * len(tasks), 1)
 
 
 def first_steps(tasks: Tasks, query: int) -> Tasks:

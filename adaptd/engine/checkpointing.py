@@ -133,7 +133,7 @@ class Checkpointing:
             slot = self.slots.get(name)
             seen = self.last_ts[slot] if slot is not None else -np.inf
             pending.extend(Observation(name, ts, value) for ts, value in rows if ts > seen)
-            stored = next((v for ts, v in reversed(rows) if ts <= seen), None) if name in restored else None
+            stored = next((v for ts, v in reversed(rows) if ts == seen), None) if name in restored else None
             if stored is not None and stored != self.hist[slot, -1]:   # re-sent after the checkpoint
                 self.naive.mark_revised(name, float(seen))
         pending.sort(key=lambda o: o.ts)   # series advance together, as they arrived

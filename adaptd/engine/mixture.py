@@ -12,7 +12,7 @@ fully adaptive weights on the validation rows of ETTh2, ETTm1 and WTH alike (BEN
 "Anchored mixture"). The anchor is for noise, not for a broken expert: one whose recent loss
 at some lead is `gate` times the best expert's there holds none of it (an RLS fitted to a
 noiseless cycle forecasts hundreds of scale units off after a level shift; a quarter of the
-weight kept on it sent the forecast the wrong way for a day).
+weight kept on it sent the forecast the wrong way for over ten hours).
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ class Mixture:
 
         >>> mixture = Mixture(2, eta=4.0, anchor=0.5, prior=np.array([0.5, 0.5]))
         >>> mixture.resize(1, 1)
-        >>> mixture.update(np.array([0]), np.array([0]), np.array([[0.0, 100.0]]))
+        >>> mixture.update(np.array([0]), np.array([0]), np.array([[0.0, 30.0]]))
         >>> mixture.weights(np.array([0]), np.eye(1))[0, :, 0].round(3).tolist()
-        [0.75, 0.25]
+        [0.749, 0.251]
         >>> mixture.update(np.array([0]), np.array([0]), np.array([[0.0, 1e6]]))   # broken: no anchor
         >>> mixture.weights(np.array([0]), np.eye(1))[0, :, 0].round(3).tolist()
         [1.0, 0.0]
@@ -74,7 +74,9 @@ class Mixture:
         if self.anchor == 0:
             return w
         anchor = self.anchor if anchored is None else self.anchor * anchored[:, None, None]
-        sound = (loss <= self.gate * typical).all(axis=2, keepdims=True)   # (n, K, 1): at every lead
+        # Sound at every lead or at none: a lead's loss learns of a broken expert only once its
+        # targets mature (lead 24: a day after a level shift), lead 1 at once.
+        sound = (loss <= self.gate * typical).all(axis=2, keepdims=True)   # (n, K, 1)
         prior = self.prior * sound
         mass = prior.sum(axis=1, keepdims=True)
         prior = np.where(mass > 0, prior / np.where(mass > 0, mass, 1.0), w)   # no sound prior expert: none

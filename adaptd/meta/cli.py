@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,11 +21,11 @@ def meta_train(settings: Settings, args: argparse.Namespace) -> int:
     if args.iterations is not None and args.iterations < 1:
         print(f"adaptd: --iterations {args.iterations}: expected at least 1", file=sys.stderr)
         return 2
-    if args.export:   # told now, not after the training it would have saved
-        try:
-            Path(args.export).open("ab").close()
-        except OSError as exc:
-            print(f"adaptd: --export {args.export}: {exc.strerror or exc}", file=sys.stderr)
+    if args.export:   # told now, not after the training it would have saved (and no file made yet)
+        target = Path(args.export)
+        folder = target.parent if str(target.parent) else Path(".")
+        if target.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+            print(f"adaptd: --export {args.export}: not a file in a writable folder", file=sys.stderr)
             return 2
     try:
         # Training on the store's history needs the store; an M4 file run creates one to save in.
