@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -92,9 +93,10 @@ class ReplayResult:
     seconds: float
     target_ts: np.ndarray              # (T, S, H) the time each forecast is for (the series' own steps)
 
+    @cached_property
     def target_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, found), each (T, S, H): the table row of each forecast's target, and whether
-        there is one. A forecast point is for origin + lead x the series' step; its target is
+        there is one (computed once: the report and the forecasts file both read it). A forecast point is for origin + lead x the series' step; its target is
         the series' own value nearest that time, within half a step (jittered or monthly
         timestamps), none past the end or in a gap."""
         T, S, H = self.target_ts.shape
@@ -115,7 +117,7 @@ class ReplayResult:
 
     def targets(self) -> np.ndarray:
         """(T, S, H): the series' value at the time each forecast aimed at (NaN: none there)."""
-        rows, found = self.target_rows()
+        rows, found = self.target_rows
         series = np.arange(self.table.values.shape[1])[None, :, None]
         return np.where(found, self.table.values[rows, series], np.nan)
 
@@ -232,7 +234,7 @@ def write_forecasts(result: ReplayResult, out: io.TextIOBase | Any) -> int:
     table = result.table
     T, rows = len(table.ts), 0
     label = table.labels if len(table.labels) == T else [format_ts(t) for t in table.ts]
-    at, found = result.target_rows()
+    at, found = result.target_rows
     for s, name in enumerate(table.names):
         origins = np.flatnonzero(np.isfinite(result.forecasts[:, s, 0]))
         for t in origins:
@@ -272,7 +274,7 @@ def main(settings: Settings, path: str, horizon: int, warmup_frac: float, seed: 
     check_arguments(horizon, warmup_frac)
     outputs = {flag: target for flag, target in (("--forecasts-out", forecasts_out), ("--report-out", report_out))
                if target}
-    if len(outputs) == 2 and Path(forecasts_out).resolve() == Path(report_out).resolve():   # type: ignore[arg-type]
+    if len(outputs) == 2 and len({Path(target).resolve() for target in outputs.values()}) == 1:
         raise UsageError(f"--forecasts-out and --report-out are the same file ({forecasts_out})")
     for flag, target in outputs.items():
         # Checked before the run (told at once, not after it), without truncating last run's file.

@@ -113,10 +113,11 @@ class Store:
         except sa.exc.ArgumentError as exc:
             raise StoreError(f"store.url: {exc}") from None
         if parsed.get_backend_name() == "sqlite":
-            if must_exist and parsed.database and parsed.database != ":memory:" and not Path(parsed.database).is_file():
+            on_disk = bool(parsed.database) and parsed.database != ":memory:"
+            if must_exist and on_disk and not Path(parsed.database).is_file():   # type: ignore[arg-type]
                 raise StoreError(f"no store at {parsed.database} (the daemon creates it when it first starts; "
                                  "is --config the daemon's?)")
-            if parsed.database and parsed.database != ":memory:":
+            if on_disk:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
                 engine = sa.create_engine(parsed, pool_size=pool_size, max_overflow=pool_size)
             else:  # in memory: one connection for all threads, or each would see its own empty database

@@ -35,7 +35,7 @@ from ..engine.online import OnlineConfig, OnlineEngine
 from ..engine.regimes import POOL
 from ..meta.sources import series_from_m4
 from ..meta.synthetic import regime_series
-from ..meta.tasks import DEFAULT_DELAYS, SeriesPool, Tasks, cut_tasks
+from ..meta.tasks import DEFAULT_DELAYS, SeriesPool, Tasks, cut_tasks, next_change
 from ..meta.train import MetaSettings, meta_train, post_adaptation_loss
 from ..records import Observation
 from .accuracy.baselines import RLSAutoregression
@@ -161,8 +161,8 @@ def unscored_share(data: Data, tasks: Tasks, query: int) -> float:
     leads = tasks.query.mask.shape[2]
     offset = np.arange(query)[:, None] + np.arange(1, leads + 1)[None, :]
     inside = offset <= query
-    after = sum(int((inside & (t + offset >= min((c for c in data.test_changes[j] if c > t), default=t + 2 * query)))
-                    .sum()) for j, t in zip(tasks.series, tasks.time))
+    after = sum(int((inside & (t + offset >= next_change(data.test_changes[j], t))).sum())
+                for j, t in zip(tasks.series, tasks.time))
     return after / max(int(inside.sum()) * len(tasks), 1)
 
 

@@ -23,8 +23,7 @@ def meta_train(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     if args.export:   # told now, not after the training it would have saved (and no file made yet)
         target = Path(args.export)
-        folder = target.parent if str(target.parent) else Path(".")
-        if target.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        if target.is_dir() or not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
             print(f"adaptd: --export {args.export}: not a file in a writable folder", file=sys.stderr)
             return 2
     try:

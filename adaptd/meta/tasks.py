@@ -82,12 +82,17 @@ class SeriesPool:
         return max(first, start), min(last, stop - query - 1)
 
     def next_change(self, i: int, t: int) -> int:
-        """Series i's first known change or recorded detection after time t (a huge number when
-        there is none; a detection comes after the change it found)."""
-        return min((c for c in (*self.changes[i], *self.detections[i]) if c > t), default=np.iinfo(np.int64).max)
+        """Series i's first known change or recorded detection after time t (a detection comes
+        after the change it found)."""
+        return next_change((*self.changes[i], *self.detections[i]), t)
 
     def usable(self, query: int) -> np.ndarray:
         return np.array([lo < hi for lo, hi in (self.detection_range(i, query) for i in range(len(self.lengths)))])
+
+
+def next_change(changes: Sequence[int], t: int) -> int:
+    """The first of `changes` after time t (a huge number when there is none)."""
+    return min((c for c in changes if c > t), default=np.iinfo(np.int64).max)
 
 
 def sample_tasks(pool: SeriesPool, n: int, query: int, rng: np.random.Generator,
