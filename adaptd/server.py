@@ -130,11 +130,15 @@ class SocketServer:
 
     async def _converse(self, task: asyncio.Task[None], reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter) -> None:
-        while not self._closing:
+        ended = False
+        while not self._closing and not ended:
             try:
                 line = await reader.readuntil(b"\n")
-            except asyncio.IncompleteReadError:
-                return  # client closed, possibly mid-line: nothing complete to answer
+            except asyncio.IncompleteReadError as exc:
+                # End of input. A last request without its newline (`printf ... | nc -U`) is
+                # answered like any other; a line cut off mid-way is not valid JSON and is
+                # refused as such, to a client that may be gone already.
+                line, ended = exc.partial, True
             except asyncio.LimitOverrunError:
                 writer.write(encode(error(TOO_LARGE, f"request line is over {self.max_line_bytes} bytes; "
                                           "split the batch")))

@@ -464,6 +464,36 @@ def test_oversized_line_is_too_large_then_closed_others_unaffected() -> None:
         assert rc == 0, log
 
 
+def test_last_request_without_newline_is_answered_at_end_of_input() -> None:
+    """`printf '{"op": "ping"}' | nc -U adaptd.sock`: the request is complete when the client
+    stops writing; a line cut off mid-way is refused, and nothing of it is stored."""
+    def answer_at_eof(d: DaemonProcess, data: bytes) -> list[dict[str, Any]]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect(str(d.socket_path))
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            received = b""
+            while chunk := s.recv(1 << 16):
+                received += chunk
+        return [json.loads(line) for line in received.splitlines()]
+
+    with running_daemon() as d:
+        assert answer_at_eof(d, b'{"op": "ping", "id": "last"}') == [{"ok": True, "id": "last",
+                                                                       "version": adaptd.__version__}]
+        batch = json.dumps({"op": "ingest", "records": hourly("eof", 3)}).encode()
+        answers = answer_at_eof(d, b'{"op": "ping"}\n' + batch)
+        assert [a["ok"] for a in answers] == [True, True] and answers[1]["accepted"] == 3
+        assert d.series()["eof"]["observations"] == 3
+
+        cut = json.dumps({"op": "ingest", "records": hourly("cut", 3)}).encode()[:-2]
+        [refused] = answer_at_eof(d, cut)
+        assert error_code(refused) == "bad_request"
+        assert "cut" not in d.series()
+        rc, log = d.stop()
+        assert rc == 0, log
+
+
 def test_many_concurrent_clients_every_ack_is_stored() -> None:
     threads, batches, per_batch = 16, 8, 25
     directory = short_tempdir()
