@@ -14,6 +14,7 @@ Problems are reported per line, with the line number, and never stop the read:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -34,8 +35,15 @@ class FormatError(ValueError):
 
 
 def parse_time_cell(text: str) -> float:
-    """Epoch seconds, ISO-8601 (naive = UTC) or M/D/YYYY H:MM, as epoch seconds."""
+    """Epoch seconds, ISO-8601 (naive = UTC) or M/D/YYYY H:MM, as epoch seconds.
+
+    Eight digits that make a date are the ISO basic date YYYYMMDD (as the socket reads the
+    same string), not epoch seconds of 1970-72.
+    """
     text = text.strip()
+    if len(text) == 8 and text.isdigit():
+        with contextlib.suppress(Rejected):
+            return parse_ts(text)
     try:
         return parse_ts(float(text))
     except ValueError:

@@ -155,6 +155,10 @@ def test_wide_csv_with_wth_style_timestamps() -> None:
     (" 2024-01-01 ", JAN_1_2024),
     ("1/1/2024 0:00", JAN_1_2024),
     ("01/01/2024 00:00:00", JAN_1_2024),
+    ("20240101", JAN_1_2024),            # ISO basic date, as the socket reads it
+    ("20240101T0100", JAN_1_2024 + HOUR),
+    ("19700101", 0.0),
+    ("99999999", 99999999.0),            # eight digits that are no date: epoch seconds
 ])
 def test_time_cells(cell: str, expected: float) -> None:
     assert parse_time_cell(cell) == expected
