@@ -108,7 +108,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     from .datafile import FormatError
-    from .upload import NotText, upload
+    from .upload import Stopped, upload
 
     if args.batch < 1:
         return _fail(f"--batch {args.batch}: expected at least 1 record per request", 2)
@@ -116,8 +116,9 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
         report = upload(settings, args.path, batch=args.batch, progress=not args.no_progress)
     except FormatError as exc:
         return _fail(f"{args.path}: {exc}", 2)
-    except NotText as exc:
-        return _fail(f"{args.path}: {exc}", 2)
+    except Stopped as exc:
+        print(exc.report.summary())   # what was acknowledged and rejected before it stopped
+        return _fail(f"{args.path}: {exc}", exc.exit_code)
     except FileNotFoundError:
         return _fail(f"{args.path}: no such file", 2)
     except IsADirectoryError:

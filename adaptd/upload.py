@@ -20,7 +20,21 @@ OVERLOAD_RETRIES = 50
 
 
 class NotText(ValueError):
-    """The file stops being UTF-8 text part way; the message says where and what was stored."""
+    """The file stops being UTF-8 text part way; the message says where."""
+
+
+class Stopped(Exception):
+    """The upload stopped part way (bytes that are not text, a batch the daemon refused); the
+    message says why and what was stored, `report` what was acknowledged and rejected until then."""
+
+    def __init__(self, message: str, report: "UploadReport", exit_code: int):
+        super().__init__(message)
+        self.report = report
+        self.exit_code = exit_code
+
+
+class _Refused(ClientError):
+    """The daemon refused a whole batch (not `overloaded`)."""
 
 
 @dataclass
@@ -138,7 +152,7 @@ class _Sender:
                     self._count(reply, _lines)
                 else:
                     lost += len(later)
-            raise ClientError(f"the daemon refused a batch ({error.get('code')}: {error.get('message')}) "
+            raise _Refused(f"the daemon refused a batch ({error.get('code')}: {error.get('message')}) "
                               f"holding lines {lines[0]}-{lines[-1]}; stopped there. {self.report.accepted} "
                               f"records were acknowledged, {lost} sent were not")
         self._count(answer, lines)
@@ -183,17 +197,19 @@ def upload(settings: Settings, path: str, batch: int = 1000, progress: bool = Tr
                 if records:
                     sender.send(records, lines)
                 sender.finish()
-                raise NotText(f"{exc}: stopped there; the {report.accepted} records before it were "
-                              "acknowledged") from None
+                raise Stopped(f"{exc}: stopped there; the {report.accepted} records before it were "
+                              "acknowledged", report, 2) from None
             if records:
                 sender.send(records, lines)
             sender.finish()
+    except _Refused as exc:
+        raise Stopped(str(exc), report, 1) from None
     finally:
         if bar is not None:
             bar.close()
         if path != "-":
             raw.close()
-    report.format = reader.format
-    report.skipped = reader.skipped
-    report.seconds = time.perf_counter() - started
+        report.format = reader.format
+        report.skipped = reader.skipped
+        report.seconds = time.perf_counter() - started
     return report

@@ -136,22 +136,27 @@ def test_ingest_stopped_by_bytes_that_are_not_utf8_says_where_and_what_was_store
         daemon: DaemonProcess, workdir: Path) -> None:
     data = workdir / "broken.csv"
     data.write_bytes(b"series,ts,value\n" + b"".join(b"utf,%d,1.5\n" % (i * 3600) for i in range(3000))
-                     + b"utf,\xff\xfe,2\n" + b"utf,99999999,3\n")
+                     + b"utf,soon,1\n" + b"utf,\xff\xfe,2\n" + b"utf,99999999,3\n")
     out = run_cli("ingest", str(data), "--no-progress", config=daemon.config)
-    assert out.returncode == 2 and "line 3002 is not UTF-8 text" in out.stderr, out.stderr
+    assert out.returncode == 2 and "line 3003 is not UTF-8 text" in out.stderr, out.stderr
     told = int(re.search(r"the (\d+) records before it were acknowledged", out.stderr).group(1))
     assert told == series_json(daemon)["utf"]["observations"] == 3000   # every line before it, stored
+    # What happened before it is reported as for a whole file: the bad line before it too.
+    assert summary_counts(out.stdout) == (3000, 1) and "line 3002:" in out.stdout, out.stdout
 
 
 def test_ingest_refused_part_way_counts_every_batch_the_daemon_committed(workdir: Path) -> None:
     with running_daemon(sections={"server": {"max_batch_records": 500}}) as d:
         data = workdir / "many.csv"
-        data.write_text("series,ts,value\n" + "".join(f"many,{i * 3600},{i}\n" for i in range(2000)))
+        data.write_text("series,ts,value\n" + "many,nan,1\n"
+                        + "".join(f"many,{i * 3600},{i}\n" for i in range(2000)))
         out = run_cli("ingest", str(data), "--batch", "600", "--no-progress", config=d.config)
         # Batches of 600, 600, 600 and 200: the first three are too large, the last is stored.
         assert out.returncode == 1 and "too_large" in out.stderr, out.stderr
-        assert "holding lines 2-601" in out.stderr and "200 records were acknowledged, 1800 sent were not" in out.stderr
+        assert "holding lines 3-602" in out.stderr and "200 records were acknowledged, 1800 sent were not" in out.stderr
         assert series_json(d)["many"]["observations"] == 200
+        # The line refused before the batch was is still reported.
+        assert summary_counts(out.stdout) == (200, 1) and "line 2:" in out.stdout, out.stdout
 
 
 def test_forecast_table_and_json(daemon: DaemonProcess, workdir: Path) -> None:
