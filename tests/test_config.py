@@ -173,6 +173,7 @@ BAD_VALUES = [
     ("meta", "iterations", "0"),
     ("meta", "meta_batch", "0"),
     ("meta", "outer_rate", "0"),
+    ("meta", "step_rate", "1.5"),
     ("meta", "query", "0"),
     ("meta", "validation_series", "1"),
     ("meta", "validation_tasks", "0"),

@@ -21,7 +21,8 @@ from adaptd.engine.online import OnlineConfig
 from adaptd.meta.job import run
 from adaptd.meta.synthetic import regime_series
 from adaptd.meta.tasks import SeriesPool, cut_tasks, sample_tasks
-from adaptd.meta.train import MIN_STEP, MAX_STEP, MetaSettings, meta_train, post_adaptation_loss
+from adaptd.meta.train import (MIN_STEP, MAX_STEP, MetaSettings, meta_train, post_adaptation_loss,
+                               validation_score)
 from adaptd.store import Store
 
 from daemon_harness import DaemonProcess, hourly, run_cli, short_tempdir, write_config
@@ -78,6 +79,17 @@ def test_a_query_stops_at_the_next_known_change():
     assert torch.equal(cut.support.mask, whole.support.mask) and torch.equal(cut.valid.mask, whole.valid.mask)
 
 
+def test_validation_scores_only_tasks_whose_query_scores_something():
+    y = regime_series(1, 400, np.random.default_rng(0)).values[0]
+    pool = SeriesPool([y], SMALL, changes=[[201]])     # the task at 200 has nothing left to score
+    init = Initializer.random(SMALL.shape, 0, 0.05)
+    tasks = cut_tasks(pool, np.array([0, 0, 0]), np.array([120, 150, 200]), 12)
+    losses = post_adaptation_loss(init, tasks, SMALL.adapt_steps)
+    assert losses[2] == 0 and float(tasks.query.mask[2].sum()) == 0
+    assert validation_score(init, tasks, SMALL.adapt_steps) == pytest.approx(losses[:2].mean())
+    assert np.isnan(validation_score(init, cut_tasks(pool, np.array([0]), np.array([200]), 12), SMALL.adapt_steps))
+
+
 def test_tasks_sit_at_recorded_detections_and_stop_at_the_next_one():
     y = regime_series(1, 600, np.random.default_rng(3)).values[0]
     pool = SeriesPool([y], SMALL, detections=[[150, 300, 305]])
@@ -130,6 +142,9 @@ def test_meta_training_lowers_post_adaptation_error_on_held_out_series():
     assert after < 0.97 * before, (before, after)
     assert result.init.kind == "meta" and result.init.meta["algorithm"] == "meta_sgd"
     assert all(MIN_STEP <= a <= MAX_STEP for a in result.init.step_sizes.values())
+    # The step sizes are learnt, not left where they started (at the weights' outer rate they
+    # could have moved by a factor e^0.45 at most).
+    assert max(abs(math.log(a / 0.05)) for a in result.init.step_sizes.values()) > 0.7, result.init.step_sizes
     assert all(bool(torch.isfinite(v).all()) for v in result.init.params.values())
 
 

@@ -210,10 +210,11 @@ def run_dataset(data: Data, settings: Settings, config: OnlineConfig, args: argp
     pretrained = pretrain(random_init, pooled_examples(data.train, config, 20_000, seed), 3, 256, seed)
     pool = SeriesPool(data.train, config, changes=data.train_changes)
     progress = _progress(f"{data.name}: meta-train")
-    meta = meta_train(pretrained, pool, MetaSettings("meta_sgd", args.iterations, 32, 1e-3, 2 * args.period, seed),
-                      config, progress).init
-    reptile = meta_train(pretrained, pool, MetaSettings("reptile", args.iterations, 32, 1e-3, 2 * args.period, seed),
-                         config, _progress(f"{data.name}: reptile")).init
+    # [meta] of the config, except what the bench sets: iterations, and queries of two seasons.
+    training = {name: replace(MetaSettings.of(settings.meta, seed, name, args.iterations), query=2 * args.period)
+                for name in ("meta_sgd", "reptile")}
+    meta = meta_train(pretrained, pool, training["meta_sgd"], config, progress).init
+    reptile = meta_train(pretrained, pool, training["reptile"], config, _progress(f"{data.name}: reptile")).init
     print(file=sys.stderr)
     train_seconds = time.perf_counter() - started
     arms = {"random + fine-tune": (random_init, k), REFERENCE: (pretrained, k), "pretrained, no fine-tune": (pretrained, 0),

@@ -22,7 +22,7 @@ from ..engine.learner import Initializer
 from ..engine.online import OnlineConfig
 from .job import NotEnoughData, split
 from .tasks import sample_tasks
-from .train import MetaSettings, Progress, meta_train, post_adaptation_loss
+from .train import MetaSettings, Progress, meta_train, validation_score
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,10 @@ def initializer_for(kind: str, config: OnlineConfig, warmup: list[np.ndarray], m
         log.warning("[adapt] init = \"meta\": the warm-up is too short to meta-train on (%s); using the %s "
                     "initializer", exc, "packaged" if packaged else "pretrained")
         return start
-    settings = MetaSettings(meta.algorithm, meta.iterations, meta.meta_batch, meta.outer_rate, meta.query, seed)
+    settings = MetaSettings.of(meta, seed)
     trained = meta_train(start, train, settings, config, progress).init
     tasks = sample_tasks(valid, meta.validation_tasks, meta.query, np.random.default_rng(seed + 1))
-    scores = {name: float(np.mean(post_adaptation_loss(init, tasks, config.adapt_steps, config.clip)))
+    scores = {name: validation_score(init, tasks, config.adapt_steps, config.clip)
               for name, init in (("meta-trained", trained), ("warm start", start))}
     chosen = trained if scores["meta-trained"] <= scores["warm start"] else start
     log.info("meta initializer on the warm-up: validation %s; using the %s",

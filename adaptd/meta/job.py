@@ -26,7 +26,7 @@ from ..engine.online import OnlineConfig
 from ..engine.snapshot import FORMAT_VERSION
 from ..store import Store
 from .tasks import SeriesPool, sample_tasks
-from .train import MetaSettings, Progress, meta_train, post_adaptation_loss
+from .train import MetaSettings, Progress, meta_train, validation_score
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +98,14 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
     m = settings.meta
     torch.set_num_threads(m.torch_threads)
     config = online_config(settings)
-    meta = MetaSettings(algorithm or m.algorithm, iterations or m.iterations, m.meta_batch, m.outer_rate,
-                        m.query, seed)
+    meta = MetaSettings.of(m, seed, algorithm, iterations)
     started = time.perf_counter()
     train, valid = split(series, config, m.validation_series, m.query, seed, detections)
     valid_tasks = sample_tasks(valid, m.validation_tasks, m.query, np.random.default_rng(seed + 1))
     current = promoted_by_kind(store, config)
 
     def score(init: Initializer) -> float:
-        return float(np.mean(post_adaptation_loss(init, valid_tasks, config.adapt_steps, config.clip)))
+        return validation_score(init, valid_tasks, config.adapt_steps, config.clip)
 
     baselines = {f"{kind} v{init.version}": score(init) for kind, init in current.items()}
     if "pretrained" in current:
@@ -129,7 +128,7 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
     val_score = score(result.init)
     incumbent = (baselines[f"meta v{current['meta'].version}"] if "meta" in current
                  else baselines.get("meta (packaged)"))
-    promoted = promote and (incumbent is None or val_score < incumbent)
+    promoted = promote and np.isfinite(val_score) and (incumbent is None or val_score < incumbent)
     training = {**result.init.meta, "series": len(series), "train_series": len(train.lengths),
                 "detections": sum(len(d) for d in (detections or {}).values()),
                 "validation_tasks": len(valid_tasks), "baselines": baselines, "seconds": round(result.seconds, 1),
