@@ -14,7 +14,6 @@ Problems are reported per line, with the line number, and never stop the read:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
@@ -34,16 +33,15 @@ class FormatError(ValueError):
     """The file as a whole cannot be read (e.g. a bad header); the message says why."""
 
 
-def parse_time_cell(text: str) -> float:
-    """Epoch seconds, ISO-8601 (naive = UTC) or M/D/YYYY H:MM, as epoch seconds.
-
-    Eight digits that make a date are the ISO basic date YYYYMMDD (as the socket reads the
-    same string), not epoch seconds of 1970-72.
-    """
+def parse_time_cell(text: str, yyyymmdd: bool = False) -> float:
+    """Epoch seconds, ISO-8601 (naive = UTC) or M/D/YYYY H:MM, as epoch seconds; with
+    `yyyymmdd`, eight digits are the ISO basic date (`TimeColumn` decides which)."""
     text = text.strip()
-    if len(text) == 8 and text.isdigit():
-        with contextlib.suppress(Rejected):
+    if yyyymmdd and _eight_digits(text):
+        try:
             return parse_ts(text)
+        except Rejected:
+            raise Rejected(f"time {text!r} is not a date YYYYMMDD (as the column's first time is)", "ts") from None
     try:
         return parse_ts(float(text))
     except ValueError:
@@ -57,6 +55,41 @@ def parse_time_cell(text: str) -> float:
             except ValueError:
                 continue
     raise Rejected(f"time {text[:40]!r} is not epoch seconds, ISO-8601 or M/D/YYYY H:MM", "ts")
+
+
+def _eight_digits(text: str) -> bool:
+    return len(text) == 8 and text.isdigit()
+
+
+class TimeColumn:
+    """One file's time cells. Eight digits are either a date YYYYMMDD (`20240101`, as the socket
+    reads that string) or epoch seconds of 1970-73 / a seconds counter: the column's first time
+    decides for the whole column, so one file is never read both ways.
+
+    >>> column = TimeColumn()
+    >>> column.parse("20240101") == column.parse("2024-01-01")
+    True
+    >>> counter = TimeColumn()
+    >>> counter.parse("0"), counter.parse("10000120")
+    (0.0, 10000120.0)
+    """
+
+    def __init__(self) -> None:
+        self.yyyymmdd: bool | None = None
+
+    def parse(self, text: str) -> float:
+        if self.yyyymmdd is None:
+            cell = text.strip()
+            self.yyyymmdd = _eight_digits(cell) and _is_date(cell)
+        return parse_time_cell(text, self.yyyymmdd)
+
+
+def _is_date(text: str) -> bool:
+    try:
+        parse_ts(text)
+    except Rejected:
+        return False
+    return True
 
 
 def parse_value_cell(text: str, column: str) -> float:
@@ -77,6 +110,7 @@ class DataReader:
         self.keep_labels = keep_labels  # add each record's time as written, under "label"
         self.format = "unknown"
         self.skipped = 0  # empty cells of wide files: no observation, not an error
+        self.times = TimeColumn()
         self.columns: list[str] = []
 
     def __iter__(self) -> Iterator[Item]:
@@ -126,7 +160,7 @@ class DataReader:
                 yield n, f"expected 3 cells (series, ts, value), got {len(row)}"
                 continue
             try:
-                record = {"series": row[where["series"]].strip(), "ts": parse_time_cell(row[where["ts"]]),
+                record = {"series": row[where["series"]].strip(), "ts": self.times.parse(row[where["ts"]]),
                           "value": parse_value_cell(row[where["value"]].strip(), "value")}
             except Rejected as exc:
                 yield n, str(exc)
@@ -152,7 +186,7 @@ class DataReader:
                 yield n, f"expected {len(header)} cells, got {len(row)}"
                 continue
             try:
-                ts = parse_time_cell(row[0])
+                ts = self.times.parse(row[0])
             except Rejected as exc:
                 yield n, str(exc)
                 continue

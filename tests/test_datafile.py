@@ -13,6 +13,7 @@ from adaptd.datafile import DataReader, FormatError, parse_time_cell
 
 JAN_1_2024 = 1_704_067_200.0
 HOUR = 3600.0
+DAY = 24 * HOUR
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
@@ -155,13 +156,22 @@ def test_wide_csv_with_wth_style_timestamps() -> None:
     (" 2024-01-01 ", JAN_1_2024),
     ("1/1/2024 0:00", JAN_1_2024),
     ("01/01/2024 00:00:00", JAN_1_2024),
-    ("20240101", JAN_1_2024),            # ISO basic date, as the socket reads it
-    ("20240101T0100", JAN_1_2024 + HOUR),
-    ("19700101", 0.0),
-    ("99999999", 99999999.0),            # eight digits that are no date: epoch seconds
+    ("20240101T0100", JAN_1_2024 + HOUR),   # ISO basic, as the socket reads it
 ])
 def test_time_cells(cell: str, expected: float) -> None:
     assert parse_time_cell(cell) == expected
+
+
+def test_eight_digit_times_are_read_one_way_per_column() -> None:
+    """YYYYMMDD or epoch seconds / a counter: the column's first time decides."""
+    dates = "ts,a\n20240101,1\n20240102,2\n20240230,3\n2024-01-04,4\n"
+    items = list(DataReader(io.StringIO(dates)))
+    assert [r["ts"] for _, r in items if isinstance(r, dict)] == [JAN_1_2024, JAN_1_2024 + DAY, JAN_1_2024 + 3 * DAY]
+    assert problems(items) == [(4, "time '20240230' is not a date YYYYMMDD (as the column's first time is)")]
+
+    counter = "series,ts,value\nc,0,1\nc,10000120,2\nc,99999999,3\n"   # 10000120 would be a date
+    assert [r["ts"] for _, r in DataReader(io.StringIO(counter))] == [0.0, 10000120.0, 99999999.0]
+    assert [r["ts"] for _, r in DataReader(io.StringIO("series,ts,value\nd,19700102,1\n"))] == [DAY]
 
 
 @pytest.mark.parametrize("cell", ["", "nan", "inf", "-inf", "1e400", "1e20", "tomorrow", "2024-02-30",
