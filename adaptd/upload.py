@@ -7,7 +7,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 from .client import Client, ClientError
 from .config import Settings
@@ -31,10 +31,6 @@ class Stopped(Exception):
         super().__init__(message)
         self.report = report
         self.exit_code = exit_code
-
-
-class _Refused(ClientError):
-    """The daemon refused a whole batch (not `overloaded`)."""
 
 
 @dataclass
@@ -123,11 +119,17 @@ class _Sender:
         self.report = report
         self.waiting: deque[tuple[list[dict[str, Any]], list[int], int]] = deque()
 
-    def send(self, records: list[dict[str, Any]], lines: list[int], attempt: int = 0) -> None:
-        self.client.request_nowait({"op": "ingest", "records": records})
-        self.waiting.append((records, lines, attempt))
+    def send(self, records: list[dict[str, Any]], lines: list[int]) -> None:
+        self._request(records, lines, 0)
         while len(self.waiting) >= IN_FLIGHT:
             self.collect_one()
+
+    def _request(self, records: list[dict[str, Any]], lines: list[int], attempt: int) -> None:
+        try:
+            self.client.request_nowait({"op": "ingest", "records": records})
+        except ClientError as exc:   # it went away: answers it sent before still count
+            self._stop(str(exc), len(records))
+        self.waiting.append((records, lines, attempt))
 
     def finish(self) -> None:
         while self.waiting:
@@ -135,27 +137,35 @@ class _Sender:
 
     def collect_one(self) -> None:
         records, lines, attempt = self.waiting.popleft()
-        answer = self.client.read_response()
+        try:
+            answer = self.client.read_response()
+        except ClientError as exc:
+            self._stop(str(exc), len(records))
         if not answer.get("ok"):
             error = answer.get("error", {})
             if error.get("code") == "overloaded" and attempt < OVERLOAD_RETRIES:
                 time.sleep(min(2.0, 0.05 * 2 ** attempt))  # back off, then try the same batch again
-                self.client.request_nowait({"op": "ingest", "records": records})
-                self.waiting.append((records, lines, attempt + 1))
+                self._request(records, lines, attempt + 1)
                 return
-            # Batches sent after it may have been committed: count their answers before stopping.
-            lost = len(records)
-            while self.waiting:
-                later, _lines, _attempt = self.waiting.popleft()
-                reply = self.client.read_response()
-                if reply.get("ok"):
-                    self._count(reply, _lines)
-                else:
-                    lost += len(later)
-            raise _Refused(f"the daemon refused a batch ({error.get('code')}: {error.get('message')}) "
-                              f"holding lines {lines[0]}-{lines[-1]}; stopped there. {self.report.accepted} "
-                              f"records were acknowledged, {lost} sent were not")
+            self._stop(f"the daemon refused a batch ({error.get('code')}: {error.get('message')}) "
+                       f"holding lines {lines[0]}-{lines[-1]}", len(records))
         self._count(answer, lines)
+
+    def _stop(self, reason: str, lost: int) -> NoReturn:
+        """Stop the upload: batches sent before may have been committed, so count the answers
+        that came back for them first."""
+        while self.waiting:
+            later, lines, _attempt = self.waiting.popleft()
+            try:
+                reply = self.client.read_response()
+            except ClientError:
+                reply = {}
+            if reply.get("ok"):
+                self._count(reply, lines)
+            else:
+                lost += len(later)
+        raise ClientError(f"{reason}; stopped there. {self.report.accepted} records were acknowledged, "
+                          f"{lost} sent were not")
 
     def _count(self, answer: dict[str, Any], lines: list[int]) -> None:
         self.report.accepted += answer["accepted"]
@@ -172,38 +182,10 @@ def upload(settings: Settings, path: str, batch: int = 1000, progress: bool = Tr
     reader = DataReader(_Utf8Lines(raw, bar.update if bar is not None else None))  # type: ignore[arg-type]
     try:
         with Client(settings.socket_path()) as client:
-            sender = _Sender(client, report)
-            records: list[dict[str, Any]] = []
-            lines: list[int] = []
             try:
-                for line, item in reader:
-                    if isinstance(item, str):
-                        report.reject(line, item)
-                        continue
-                    # The daemon's own check, here: a JSON-lines NaN/Infinity could not even be sent
-                    # (protocol JSON has none), and reasons stay in line order.
-                    try:
-                        validate_record(item)
-                    except Rejected as exc:
-                        report.reject(line, str(exc))
-                        continue
-                    records.append({key: item[key] for key in ("series", "ts", "value")})
-                    lines.append(line)
-                    if len(records) >= batch:
-                        sender.send(records, lines)
-                        records, lines = [], []
-            except NotText as exc:
-                # The lines before it are sent and acknowledged; nothing from it on.
-                if records:
-                    sender.send(records, lines)
-                sender.finish()
-                raise Stopped(f"{exc}: stopped there; the {report.accepted} records before it were "
-                              "acknowledged", report, 2) from None
-            if records:
-                sender.send(records, lines)
-            sender.finish()
-    except _Refused as exc:
-        raise Stopped(str(exc), report, 1) from None
+                _send_all(reader, _Sender(client, report), batch)
+            except ClientError as exc:   # a refused batch, or the daemon went away part way
+                raise Stopped(str(exc), report, 1) from None
     finally:
         if bar is not None:
             bar.close()
@@ -213,3 +195,36 @@ def upload(settings: Settings, path: str, batch: int = 1000, progress: bool = Tr
         report.skipped = reader.skipped
         report.seconds = time.perf_counter() - started
     return report
+
+
+def _send_all(reader: DataReader, sender: _Sender, batch: int) -> None:
+    report = sender.report
+    records: list[dict[str, Any]] = []
+    lines: list[int] = []
+    try:
+        for line, item in reader:
+            if isinstance(item, str):
+                report.reject(line, item)
+                continue
+            # The daemon's own check, here: a JSON-lines NaN/Infinity could not even be sent
+            # (protocol JSON has none), and reasons stay in line order.
+            try:
+                validate_record(item)
+            except Rejected as exc:
+                report.reject(line, str(exc))
+                continue
+            records.append({key: item[key] for key in ("series", "ts", "value")})
+            lines.append(line)
+            if len(records) >= batch:
+                sender.send(records, lines)
+                records, lines = [], []
+    except NotText as exc:
+        # The lines before it are sent and acknowledged; nothing from it on.
+        if records:
+            sender.send(records, lines)
+        sender.finish()
+        raise Stopped(f"{exc}: stopped there; the {report.accepted} records before it were "
+                      "acknowledged", report, 2) from None
+    if records:
+        sender.send(records, lines)
+    sender.finish()

@@ -6,12 +6,15 @@ import json
 import re
 import shutil
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from daemon_harness import DaemonProcess, run_cli, running_daemon, short_tempdir, write_config
+from daemon_harness import DaemonProcess, daemon_env, run_cli, running_daemon, short_tempdir, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -157,6 +160,28 @@ def test_ingest_refused_part_way_counts_every_batch_the_daemon_committed(workdir
         assert series_json(d)["many"]["observations"] == 200
         # The line refused before the batch was is still reported.
         assert summary_counts(out.stdout) == (200, 1) and "line 2:" in out.stdout, out.stdout
+
+
+def test_ingest_when_the_daemon_dies_part_way_reports_what_it_acknowledged(workdir: Path) -> None:
+    with running_daemon() as d:
+        argv = [sys.executable, "-m", "adaptd", "ingest", "-", "--batch", "10", "--no-progress",
+                "--config", str(d.config)]
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                cwd=str(d.config.parent), env=daemon_env())
+        assert proc.stdin is not None
+        proc.stdin.write(b"series,ts,value\ngone,soon,0\n" + b"".join(b"gone,%d,%d\n" % (i * 3600, i)
+                                                                       for i in range(10)))
+        proc.stdin.flush()
+        deadline = time.monotonic() + 30
+        while series_json(d).get("gone", {}).get("observations") != 10:
+            assert time.monotonic() < deadline, "the first batch was never stored"
+            time.sleep(0.1)
+        time.sleep(0.5)   # its answer is on the way
+        d.kill()
+        out, err = proc.communicate(b"".join(b"gone,%d,1\n" % (i * 3600) for i in range(10, 25)), timeout=60)
+        assert proc.returncode == 1, (out, err)
+        assert b"Traceback" not in err and b"accepted 10 records, rejected 1" in out, (out, err)
+        assert b"line 2:" in out, out
 
 
 def test_forecast_table_and_json(daemon: DaemonProcess, workdir: Path) -> None:

@@ -102,6 +102,9 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
     started = time.perf_counter()
     train, valid = split(series, config, m.validation_series, m.query, seed, detections)
     valid_tasks = sample_tasks(valid, m.validation_tasks, m.query, np.random.default_rng(seed + 1))
+    if float(valid_tasks.query.mask.sum()) == 0:
+        raise NotEnoughData("no validation task has a target to score: the held-out series change (or the "
+                            "detectors fired) right after every drawn detection time")
     current = promoted_by_kind(store, config)
 
     def score(init: Initializer) -> float:
@@ -128,7 +131,7 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
     val_score = score(result.init)
     incumbent = (baselines[f"meta v{current['meta'].version}"] if "meta" in current
                  else baselines.get("meta (packaged)"))
-    promoted = promote and np.isfinite(val_score) and (incumbent is None or val_score < incumbent)
+    promoted = promote and (incumbent is None or val_score < incumbent)
     training = {**result.init.meta, "series": len(series), "train_series": len(train.lengths),
                 "detections": sum(len(d) for d in (detections or {}).values()),
                 "validation_tasks": len(valid_tasks), "baselines": baselines, "seconds": round(result.seconds, 1),

@@ -47,8 +47,9 @@ class MetaSettings:
     def of(cls, meta: MetaConfig, seed: int = 0, algorithm: str | None = None,
            iterations: int | None = None) -> MetaSettings:
         """The settings of `[meta]` in config, with the command line's overrides."""
-        return cls(algorithm or meta.algorithm, iterations or meta.iterations, meta.meta_batch,
-                   meta.outer_rate, meta.query, seed, meta.step_rate)
+        return cls(algorithm=algorithm or meta.algorithm, iterations=iterations or meta.iterations,
+                   meta_batch=meta.meta_batch, outer_rate=meta.outer_rate, query=meta.query, seed=seed,
+                   step_rate=meta.step_rate)
 
 
 @dataclass
@@ -128,7 +129,8 @@ def meta_train(start: Initializer, pool: SeriesPool, settings: MetaSettings, con
                     value.grad = value.detach() - adapted[name].mean(dim=0, keepdim=True)
         else:
             loss = _meta_sgd_gradients(theta, log_alpha, alpha, tasks, k, clip, learn_alpha)
-        if not math.isfinite(loss) or not all(bool(torch.isfinite(v.grad).all()) for v in theta.values()):
+        grads = [v.grad for v in (*theta.values(), *log_alpha.values()) if v.grad is not None]
+        if not math.isfinite(loss) or not all(bool(torch.isfinite(g).all()) for g in grads):
             optimizer.zero_grad()   # a batch that blew up teaches nothing; skip it
             continue
         torch.nn.utils.clip_grad_norm_(theta.values(), 1.0)
@@ -145,8 +147,9 @@ def meta_train(start: Initializer, pool: SeriesPool, settings: MetaSettings, con
     step_sizes = ({name: float(v.detach().exp()) for name, v in log_alpha.items()} if learn_alpha
                   else dict(start.step_sizes))
     meta = {"algorithm": settings.algorithm, "iterations": settings.iterations, "meta_batch": B,
-            "query": settings.query, "steps": k, "outer_rate": settings.outer_rate,
-            "step_rate": settings.step_rate, "seed": settings.seed}
+            "query": settings.query, "steps": k, "outer_rate": settings.outer_rate, "seed": settings.seed}
+    if learn_alpha:
+        meta["step_rate"] = settings.step_rate
     return MetaResult(Initializer(params, step_sizes, "meta", meta=meta), history, time.perf_counter() - started)
 
 
