@@ -33,15 +33,17 @@ MIN_STEP, MAX_STEP = 1e-4, 1.0   # learned step sizes stay in a range that canno
 
 @dataclass(frozen=True)
 class MetaSettings:
-    algorithm: str = "meta_sgd"
-    iterations: int = 300
-    meta_batch: int = 32
-    outer_rate: float = 1e-3
-    query: int = 24
+    """What one meta-training run needs of `[meta]`; the defaults are the config's."""
+
+    algorithm: str = MetaConfig.algorithm
+    iterations: int = MetaConfig.iterations
+    meta_batch: int = MetaConfig.meta_batch
+    outer_rate: float = MetaConfig.outer_rate
+    query: int = MetaConfig.query
     seed: int = 0
     # Adam step of the log step sizes. They need their own: at the weights' 1e-3 they could move
     # by at most a factor e^0.3 in 300 iterations, i.e. stayed where they started.
-    step_rate: float = 0.03
+    step_rate: float = MetaConfig.step_rate
 
     @classmethod
     def of(cls, meta: MetaConfig, seed: int = 0, algorithm: str | None = None,
