@@ -96,9 +96,9 @@ class ReplayResult:
     @cached_property
     def target_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, found), each (T, S, H): the table row of each forecast's target, and whether
-        there is one (computed once: the report and the forecasts file both read it). A forecast point is for origin + lead x the series' step; its target is
-        the series' own value nearest that time, within half a step (jittered or monthly
-        timestamps), none past the end or in a gap."""
+        there is one. A forecast point is for origin + lead x the series' step; its target is the
+        series' own value nearest that time, within half a step (jittered or monthly timestamps),
+        none past the end or in a gap. Cached: the report and the forecasts file both read it."""
         T, S, H = self.target_ts.shape
         rows, found = np.zeros((T, S, H), dtype=np.int64), np.zeros((T, S, H), dtype=bool)
         for s in range(S):

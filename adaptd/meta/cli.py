@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from ..cli import _fail
 from ..config import Settings
 from ..store import Store, StoreError
 from .job import NotEnoughData, run
@@ -19,26 +19,22 @@ from .train import Progress
 
 def meta_train(settings: Settings, args: argparse.Namespace) -> int:
     if args.iterations is not None and args.iterations < 1:
-        print(f"adaptd: --iterations {args.iterations}: expected at least 1", file=sys.stderr)
-        return 2
+        return _fail(f"--iterations {args.iterations}: expected at least 1", 2)
     if args.export:   # told now, not after the training it would have saved (and no file made yet)
         target = Path(args.export)
         if target.is_dir() or not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
-            print(f"adaptd: --export {args.export}: not a file in a writable folder", file=sys.stderr)
-            return 2
+            return _fail(f"--export {args.export}: not a file in a writable folder", 2)
     try:
         # Training on the store's history needs the store; an M4 file run creates one to save in.
         store = Store.open(settings.store.url, settings.store.sqlite_synchronous, settings.store.pool_size,
                            must_exist=not args.m4)
     except StoreError as exc:
-        print(f"adaptd: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), 2)
     try:
         try:
             series, detections = (series_from_m4(args.m4), {}) if args.m4 else series_from_store(store)
         except (OSError, ValueError) as exc:
-            print(f"adaptd: {args.m4}: {exc}", file=sys.stderr)
-            return 2
+            return _fail(f"{args.m4}: {exc}", 2)
         bar = None
         if not args.no_progress:
             from tqdm import tqdm
@@ -53,8 +49,7 @@ def meta_train(settings: Settings, args: argparse.Namespace) -> int:
             report = run(settings, store, series, args.iterations, args.algorithm, args.seed,
                          promote=not args.no_promote, progress=progress, detections=detections)
         except NotEnoughData as exc:
-            print(f"adaptd: {exc} ({len(series)} series found)", file=sys.stderr)
-            return 3
+            return _fail(f"{exc} ({len(series)} series found)", 3)
         finally:
             if bar is not None:
                 bar.close()
@@ -79,8 +74,7 @@ def list_initializers(settings: Settings, args: argparse.Namespace) -> int:
         store = Store.open(settings.store.url, settings.store.sqlite_synchronous, settings.store.pool_size,
                            must_exist=True)
     except StoreError as exc:
-        print(f"adaptd: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), 2)
     try:
         rows = store.initializer_list()
     finally:
