@@ -51,6 +51,7 @@ class ServerSettings:
     max_pending_records: int = 500_000
     overload_wait: float = 2.0
     forecast_wait: float = 0.5
+    request_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,8 @@ CHECKS: dict[str, dict[str, Check]] = {
         "max_pending_records": (_positive, "an integer > 0"),
         "overload_wait": (lambda v: 0 <= v <= MAX_WAIT, f"a number of seconds from 0 to {MAX_WAIT:.0f}"),
         "forecast_wait": (lambda v: 0 <= v <= 60, "a number of seconds from 0 to 60"),
+        "request_timeout": (lambda v: 0 <= v <= MAX_WAIT,
+                            f"a number of seconds from 0 (no limit) to {MAX_WAIT:.0f}"),
     },
     "ingest": {
         "group_commit_records": (_positive, "an integer > 0"),

@@ -97,7 +97,8 @@ class Daemon:
             raise StartupError(f"metrics.listen = {s.metrics.listen!r}: {exc.strerror}") from None
         server = SocketServer(s.socket_path(), service.handle_line, self.metrics,
                               mode=s.socket_mode(), group=s.server.socket_group,
-                              max_line_bytes=s.server.max_line_bytes, max_connections=s.server.max_connections)
+                              max_line_bytes=s.server.max_line_bytes, max_connections=s.server.max_connections,
+                              request_timeout=s.server.request_timeout)
         _freeze_startup_heap()
         await server.start()
         self.server = server  # only now is the socket file ours to remove at shutdown

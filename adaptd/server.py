@@ -1,7 +1,9 @@
 """The asyncio Unix socket server: framing, connections, permissions, graceful close.
 
 Requests on one connection are answered in order; connections are served concurrently.
-A line over the limit cannot be framed: it gets `too_large` and the connection is closed.
+A line over the limit cannot be framed: it gets `too_large` and the connection is closed; so
+does a line begun and not finished within `request_timeout` (it would hold a connection slot
+forever). A connection with nothing half-sent may stay idle as long as its client likes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from .metrics import Metrics
-from .protocol import OVERLOADED, TOO_LARGE, encode, error
+from .protocol import BAD_REQUEST, OVERLOADED, TOO_LARGE, encode, error
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,8 @@ def clear_stale_socket(path: Path) -> None:
 
 class SocketServer:
     def __init__(self, path: Path, handler: Handler, metrics: Metrics, *, mode: int = 0o660,
-                 group: str = "", max_line_bytes: int = 1 << 20, max_connections: int = 1024):
+                 group: str = "", max_line_bytes: int = 1 << 20, max_connections: int = 1024,
+                 request_timeout: float = 60.0):
         self.path = path
         self.handler = handler
         self.metrics = metrics
@@ -62,6 +65,7 @@ class SocketServer:
         self.group = group
         self.max_line_bytes = max_line_bytes
         self.max_connections = max_connections
+        self.request_timeout = request_timeout or None   # 0: no limit
         self._server: asyncio.AbstractServer | None = None
         self._connections: dict[asyncio.Task[None], bool] = {}  # task -> busy answering a request
         self._closing = False
@@ -72,8 +76,9 @@ class SocketServer:
         # The umask keeps the socket private between bind() and chmod().
         old_umask = os.umask(0o177)
         try:
+            # The limit applies to the rest of a line after its first byte (`_converse`).
             self._server = await asyncio.start_unix_server(
-                self._serve_client, path=str(self.path), limit=self.max_line_bytes)
+                self._serve_client, path=str(self.path), limit=self.max_line_bytes - 1)
         finally:
             os.umask(old_umask)
         try:
@@ -132,13 +137,23 @@ class SocketServer:
                         writer: asyncio.StreamWriter) -> None:
         ended = False
         while not self._closing and not ended:
+            line = b""
             try:
-                line = await reader.readuntil(b"\n")
+                line = await reader.readexactly(1)        # idle: wait for a request as long as it takes
+                if line != b"\n":
+                    async with asyncio.timeout(self.request_timeout):   # begun: it must end in time
+                        line += await reader.readuntil(b"\n")
+            except TimeoutError:
+                writer.write(encode(error(BAD_REQUEST, f"request line not finished within {self.request_timeout:g} s "
+                                          "([server] request_timeout); end each request with a newline")))
+                self.metrics.requests.labels("invalid", BAD_REQUEST).inc()
+                await writer.drain()
+                return
             except asyncio.IncompleteReadError as exc:
                 # End of input. A last request without its newline (`printf ... | nc -U`) is
                 # answered like any other; a line cut off mid-way is not valid JSON and is
                 # refused as such, to a client that may be gone already.
-                line, ended = exc.partial, True
+                line, ended = line + exc.partial, True
             except asyncio.LimitOverrunError:
                 writer.write(encode(error(TOO_LARGE, f"request line is over {self.max_line_bytes} bytes; "
                                           "split the batch")))

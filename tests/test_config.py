@@ -160,6 +160,8 @@ BAD_VALUES = [
     ("server", "overload_wait", "inf"),
     ("server", "forecast_wait", "-1"),
     ("server", "forecast_wait", "61"),
+    ("server", "request_timeout", "-1"),
+    ("server", "request_timeout", "inf"),
     ("ingest", "group_commit_records", "0"),
     ("metrics", "listen", '"9464"'),
     ("server", "max_connections", "0"),

@@ -494,6 +494,33 @@ def test_last_request_without_newline_is_answered_at_end_of_input() -> None:
         assert rc == 0, log
 
 
+def test_a_request_left_half_sent_is_refused_in_time_and_idle_connections_stay_open() -> None:
+    """A client that sends half a line and stalls would hold one of `max_connections` forever;
+    it gets `bad_request` after `request_timeout` and is closed. A client that sends nothing is
+    just idle (long-lived clients are fine), and a slow writer that finishes in time is answered."""
+    with running_daemon(sections={"server": {"request_timeout": 1.0, "max_connections": 2}}) as d, \
+            d.client() as idle:
+        with d.client() as stalled:
+            started = time.monotonic()
+            stalled.send_raw(json.dumps({"op": "ingest", "records": hourly("half", 3)}).encode()[:20])
+            answer = stalled.read_response()
+            waited = time.monotonic() - started
+            assert error_code(answer) == "bad_request" and "request_timeout" in answer["error"]["message"]
+            assert 0.9 < waited < 10, waited
+            with pytest.raises((ClientError, ConnectionResetError, BrokenPipeError)):
+                stalled.request({"op": "ping"})
+        time.sleep(1.5)                                   # idle for longer than the timeout
+        assert idle.request({"op": "ping"})["ok"] is True
+        with d.client() as slow:                          # the stalled one's slot is free again
+            slow.send_raw(b'{"op": ')
+            time.sleep(0.5)
+            slow.send_raw(b'"ping", "id": "slow"}\n')
+            assert slow.read_response() == {"ok": True, "id": "slow", "version": adaptd.__version__}
+        assert "half" not in d.series()
+        rc, log = d.stop()
+        assert rc == 0, log
+
+
 def test_many_concurrent_clients_every_ack_is_stored() -> None:
     threads, batches, per_batch = 16, 8, 25
     directory = short_tempdir()
