@@ -208,7 +208,40 @@ def test_meta_train_command_on_an_m4_file_then_list(tmp_path: Path):
     assert report["promoted"] and report["series"] == 8 and report["algorithm"] == "meta_sgd"
     listing = run_cli("initializers", config=config)
     assert listing.returncode == 0 and "meta_sgd" in listing.stdout and "pretrain" in listing.stdout
-    assert json.loads(run_cli("initializers", "--json", config=config).stdout)[0]["version"] == report["version"]
+    listed = json.loads(run_cli("initializers", "--json", config=config).stdout)
+    assert listed[0]["version"] == report["version"]
+    assert listed[0]["training"]["warm_start"] == "pretrained"                # nothing meta to start from yet
+    again = run_cli("meta-train", "--m4", str(data), "--json", "--no-progress", "--from-pretrained",
+                    "--iterations", "2", config=config, timeout=300)
+    assert again.returncode == 0, again.stderr
+    listed = json.loads(run_cli("initializers", "--json", config=config).stdout)
+    assert listed[0]["training"]["warm_start"] == "pretrained"                # not the promoted meta one
+
+
+def test_from_pretrained_the_initializer_depends_on_the_data_and_seed_alone(tmp_path: Path):
+    """How the packaged file is rebuilt: whatever meta initializer the store (or package) holds."""
+    from dataclasses import replace
+
+    from adaptd.engine.factory import encode_initializer
+    from adaptd.engine.snapshot import FORMAT_VERSION
+
+    settings = load_config(str(config_file(tmp_path, iterations=3)))
+    config = online_config(settings)
+    series = {f"s{k}": v for k, v in enumerate(regime_series(8, 600, np.random.default_rng(4)).values)}
+    payloads = {}
+    for name, earlier in (("empty", None), ("with meta", Initializer.random(config.shape, 9, 0.05))):
+        store = Store.open(f"sqlite:///{tmp_path}/{name}.db")
+        try:
+            if earlier is not None:
+                store.save_initializer("meta_sgd", FORMAT_VERSION, encode_initializer(replace(earlier, kind="meta"),
+                                                                                      config), {}, 0.1, True)
+            payloads[name] = run(settings, store, series, seed=3, from_pretrained=True).payload
+            if earlier is not None:   # without the option the earlier meta initializer is the start
+                payloads["warm"] = run(settings, store, series, seed=3).payload
+        finally:
+            store.close()
+    assert payloads["empty"] == payloads["with meta"]
+    assert payloads["warm"] != payloads["with meta"]
 
 
 def test_reading_commands_on_a_missing_store_say_so_and_create_nothing(tmp_path: Path):

@@ -47,7 +47,8 @@ def meta_train(settings: Settings, args: argparse.Namespace) -> int:
                 bar.set_postfix(loss=f"{p.loss:.4f}", tasks_s=f"{p.tasks_per_second:.0f}")
         try:
             report = run(settings, store, series, args.iterations, args.algorithm, args.seed,
-                         promote=not args.no_promote, progress=progress, detections=detections)
+                         promote=not args.no_promote, progress=progress, detections=detections,
+                         from_pretrained=args.from_pretrained)
         except NotEnoughData as exc:
             return _fail(f"{exc} ({len(series)} series found)", 3)
         finally:

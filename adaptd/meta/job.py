@@ -94,7 +94,10 @@ def split(series: dict[str, np.ndarray], config: OnlineConfig, held_out: float, 
 def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterations: int | None = None,
         algorithm: str | None = None, seed: int = 0, promote: bool = True,
         progress: Callable[[Progress], None] | None = None,
-        detections: dict[str, list[int]] | None = None) -> RunReport:
+        detections: dict[str, list[int]] | None = None, from_pretrained: bool = False) -> RunReport:
+    """Meta-train from the current meta initializer (stored, else packaged), or with
+    `from_pretrained` from a pretrained one (stored, else fitted here on the training part): then
+    the result depends on the data and the seed alone, which is how the packaged file is rebuilt."""
     m = settings.meta
     torch.set_num_threads(m.torch_threads)
     config = online_config(settings)
@@ -126,7 +129,7 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
     packaged = packaged_initializer(config) if "meta" not in current else None
     if packaged is not None:   # what the daemon runs until its store has a meta-learned one
         baselines["meta (packaged)"] = score(packaged)
-    start = current["meta"] if "meta" in current else packaged or warm
+    start = warm if from_pretrained else current["meta"] if "meta" in current else packaged or warm
     result = meta_train(start, train, meta, config, progress)
     val_score = score(result.init)
     incumbent = (baselines[f"meta v{current['meta'].version}"] if "meta" in current
@@ -134,6 +137,7 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
     promoted = promote and (incumbent is None or val_score < incumbent)
     training = {**result.init.meta, "series": len(series), "train_series": len(train.lengths),
                 "detections": sum(len(d) for d in (detections or {}).values()),
+                "warm_start": "pretrained" if start is warm else "meta",
                 "validation_tasks": len(valid_tasks), "baselines": baselines, "seconds": round(result.seconds, 1),
                 "loss_last": float(np.mean(result.history[-10:])) if result.history else None}
     payload = encode_initializer(result.init, config)
