@@ -202,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-promote", action="store_true", help="store the result but never promote it")
     p.add_argument("--from-pretrained", action="store_true",
-                   help="start from a pretrained initializer, not the current meta one: the result depends "
-                        "on the data and --seed alone (how the packaged initializer is built)")
+                   help="start from a pretrained initializer (the store's, else one fitted on this data), not "
+                        "the current meta one: on an empty store the result depends on the data and --seed "
+                        "alone (how `make initializer` builds the packaged one)")
     p.add_argument("--export", metavar="FILE", help="also write the new initializer to FILE (the packaged one)")
     p.add_argument("--json", action="store_true", help="print the run's report as JSON")
     p.add_argument("--no-progress", action="store_true")

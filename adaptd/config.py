@@ -51,7 +51,7 @@ class ServerSettings:
     max_pending_records: int = 500_000
     overload_wait: float = 2.0
     forecast_wait: float = 0.5
-    request_timeout: float = 60.0
+    request_timeout: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The asyncio Unix socket server: framing, connections, permissions, graceful close.
 
 Requests on one connection are answered in order; connections are served concurrently.
-A line over the limit cannot be framed: it gets `too_large` and the connection is closed; so
-does a line begun and not finished within `request_timeout` (it would hold a connection slot
-forever). A connection with nothing half-sent may stay idle as long as its client likes.
+A line over the limit cannot be framed: it gets `too_large` and the connection is closed.
+Opt-in (`request_timeout` > 0): a line begun and not finished in time gets `bad_request` and the
+connection is closed too (a stuck or broken writer, and the partial line it buffers, go away);
+a connection with nothing half-sent may stay idle as long as its client likes.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def clear_stale_socket(path: Path) -> None:
 class SocketServer:
     def __init__(self, path: Path, handler: Handler, metrics: Metrics, *, mode: int = 0o660,
                  group: str = "", max_line_bytes: int = 1 << 20, max_connections: int = 1024,
-                 request_timeout: float = 60.0):
+                 request_timeout: float = 0.0):
         self.path = path
         self.handler = handler
         self.metrics = metrics
@@ -140,7 +141,11 @@ class SocketServer:
             line = b""
             try:
                 line = await reader.readexactly(1)        # idle: wait for a request as long as it takes
-                if line != b"\n":
+                if line == b"\n":
+                    pass
+                elif self.request_timeout is None:
+                    line += await reader.readuntil(b"\n")
+                else:
                     async with asyncio.timeout(self.request_timeout):   # begun: it must end in time
                         line += await reader.readuntil(b"\n")
             except TimeoutError:

@@ -490,6 +490,12 @@ def test_last_request_without_newline_is_answered_at_end_of_input() -> None:
         [refused] = answer_at_eof(d, cut)
         assert error_code(refused) == "bad_request"
         assert "cut" not in d.series()
+
+        with d.client() as slow:      # no [server] request_timeout by default: a line takes what it takes
+            slow.send_raw(b'{"op": "ping",')
+            time.sleep(1.5)
+            slow.send_raw(b' "id": "late"}\n')
+            assert slow.read_response()["id"] == "late"
         rc, log = d.stop()
         assert rc == 0, log
 

@@ -96,8 +96,9 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
         progress: Callable[[Progress], None] | None = None,
         detections: dict[str, list[int]] | None = None, from_pretrained: bool = False) -> RunReport:
     """Meta-train from the current meta initializer (stored, else packaged), or with
-    `from_pretrained` from a pretrained one (stored, else fitted here on the training part): then
-    the result depends on the data and the seed alone, which is how the packaged file is rebuilt."""
+    `from_pretrained` from a pretrained one (stored, else fitted here on the training part): on
+    an empty store the result then depends on the data and the seed alone, which is how the
+    packaged file is rebuilt."""
     m = settings.meta
     torch.set_num_threads(m.torch_threads)
     config = online_config(settings)
@@ -137,7 +138,7 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
     promoted = promote and (incumbent is None or val_score < incumbent)
     training = {**result.init.meta, "series": len(series), "train_series": len(train.lengths),
                 "detections": sum(len(d) for d in (detections or {}).values()),
-                "warm_start": "pretrained" if start is warm else "meta",
+                "warm_start": _described(start) if start is not warm or "pretrained" in current else "pretrained (new)",
                 "validation_tasks": len(valid_tasks), "baselines": baselines, "seconds": round(result.seconds, 1),
                 "loss_last": float(np.mean(result.history[-10:])) if result.history else None}
     payload = encode_initializer(result.init, config)
@@ -147,6 +148,11 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
              "promoted" if promoted else "not promoted")
     return RunReport(version, promoted, meta.algorithm, val_score, baselines, len(series),
                      time.perf_counter() - started, result.history, payload)
+
+
+def _described(init: Initializer) -> str:
+    """'meta v3' for a stored version, 'meta packaged' for the shipped one."""
+    return f"{init.kind} v{init.version}" if init.version is not None else f"{init.kind} {init.label}"
 
 
 def _save(store: Store, payload: bytes, algorithm: str, val_score: float, promoted: bool,
