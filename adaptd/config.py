@@ -129,7 +129,6 @@ class AdaptSettings:
     regime_shared: int = 64
     regime_lookup: int = 1
     regime_pool: int = 16
-    regime_margin: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -286,7 +285,6 @@ CHECKS: dict[str, dict[str, Check]] = {
         "regime_shared": (lambda v: 0 <= v <= 4096, "an integer from 0 (none) to 4096 regimes shared by all series"),
         "regime_lookup": (lambda v: 0 <= v <= 16, "an integer from 0 (regime memory off) to 16"),
         "regime_pool": (lambda v: 1 <= v <= 4096, "an integer from 1 to 4096 remembered regimes ranked at a drift"),
-        "regime_margin": (lambda v: 0 <= v < 1, "a share from 0 to below 1"),
     },
     "meta": {
         "algorithm": (lambda v: v in ("meta_sgd", "reptile"), "'meta_sgd' or 'reptile'"),

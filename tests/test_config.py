@@ -122,7 +122,6 @@ def test_integers_are_accepted_for_float_keys(tmp_path: Path) -> None:
     ("adapt", "regime_shared", "4096"),
     ("adapt", "regime_lookup", "0"),
     ("adapt", "regime_pool", "1"),
-    ("adapt", "regime_margin", "0"),
 ])
 def test_edge_values_that_are_allowed(tmp_path: Path, section: str, key: str, literal: str) -> None:
     settings = load_config(str(write(tmp_path, f"[{section}]\n{key} = {literal}\n")))
@@ -262,8 +261,6 @@ BAD_VALUES = [
     ("adapt", "regime_shared", "4097"),
     ("adapt", "regime_lookup", "17"),
     ("adapt", "regime_pool", "0"),
-    ("adapt", "regime_margin", "1"),
-    ("adapt", "regime_margin", "-0.1"),
     ("scheduler", "checkpoint_interval", "0.5"),
     ("scheduler", "checkpoint_interval", "1e12"),  # APScheduler cannot compute the next date
     ("scheduler", "checkpoint_interval", "inf"),

@@ -241,8 +241,7 @@ def run_dataset(data: Data, settings: Settings, config: OnlineConfig, args: argp
         if shared is not None and args.regime_memory > 0:
             memories[MEMORY_ARM] = found["all"]
         memory_note = (f"per series {args.regime_memory}, shared {args.regime_shared}, lookup "
-                       f"{args.regime_lookup} of the {args.regime_pool} nearest by key, winning by a margin of "
-                       f"{config.regime_margin:g}; per series filled by the engine from each test series' history "
+                       f"{args.regime_lookup} of the {args.regime_pool} nearest by key; per series filled by the engine from each test series' history "
                        f"before its change" + (f", shared from {len(pick)} training series" if shared else "")
                        + f" ({time.perf_counter() - started:.0f} s); tasks whose series remembered something of "
                        f"its own: {100 * float((found['own'].entries > 0).mean()):.0f}%")
@@ -255,7 +254,7 @@ def run_dataset(data: Data, settings: Settings, config: OnlineConfig, args: argp
         winners[CHOSEN] = {kind: float((won == kind).mean()) for kind in np.unique(won)}
         for name, memory in memories.items():
             losses[name], won = chosen_losses(meta, tasks, k, config.clip, memory, args.regime_lookup,
-                                              max(1, config.adapt_window // 4), config.regime_margin)
+                                              max(1, config.adapt_window // 4))
             winners[name] = {kind: float((won == kind).mean()) for kind in np.unique(won)}
         losses["online RLS AR (keeps learning)"] = rls_losses(data, tasks, config)
         ref = losses[REFERENCE]

@@ -24,8 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..engine.learner import (Examples, Initializer, candidate_kinds, example_loss, sgd_steps, usable_losses,
-                              with_margin)
+from ..engine.learner import Examples, Initializer, candidate_kinds, example_loss, sgd_steps, usable_losses
 from ..engine.online import OnlineConfig, OnlineEngine
 from ..engine.regimes import RegimeLibrary, RegimeMemory, regime_key
 from ..meta.tasks import Tasks
@@ -148,11 +147,10 @@ def _preselect(memory: Remembered, recent: Examples, lookup: int) -> Remembered:
 
 
 def chosen_losses(init: Initializer, tasks: Tasks, steps: int, clip: float, memory: Remembered | None = None,
-                  lookup: int = 0, recent: int = 24, margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                  lookup: int = 0, recent: int = 24) -> tuple[np.ndarray, np.ndarray]:
     """Per task: the query MSE of the candidate with the lowest loss on the newest points, and
     which kind won (finetuned, init or memory), exactly as `learner.adapt` decides; of a pool of
-    remembered regimes the `lookup` that forecast the support's `recent` newest origins best
-    compete, and win only by `margin` ([adapt] regime_margin)."""
+    remembered regimes the `lookup` that forecast the support's `recent` newest origins best compete."""
     assert tasks.valid is not None, "tasks cut without validation points"
     n = len(tasks)
     if memory is not None and 0 < lookup < memory.valid.shape[1]:
@@ -174,7 +172,7 @@ def chosen_losses(init: Initializer, tasks: Tasks, steps: int, clip: float, memo
     with torch.no_grad():
         loss = example_loss(flat_rows, _rows(tasks.valid, c)).double().reshape(n, c)
         loss, _ = usable_losses(torch.where(ok, loss, torch.full_like(loss, float("inf"))), flat_rows)
-        best = torch.argmin(with_margin(loss, c - m, m, margin) if m else loss, dim=1)
+        best = torch.argmin(loss, dim=1)
         pick = {k: v[torch.arange(n), best] for k, v in rows.items()}
         query = example_loss(pick, tasks.query).double().numpy()
     return query, np.array([kinds[int(b)] for b in best])

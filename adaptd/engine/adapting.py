@@ -111,14 +111,12 @@ class Adapting:
             found, departing = self.regimes.lookup(slot, self._regime_key(slot, 0)), self._regime_key(slot, 1)
             recent = _newest(train, max(1, self.config.adapt_window // 4))
         lookup, keep, name = self.config.regime_lookup, self.config.adapt_keep, self.names[slot]
-        margin = self.config.regime_margin
 
         def job() -> Adaptation:
             started = time.perf_counter()
             try:
                 memory = found.params if found is not None else None   # stacked here, not while queued
-                result = adapt(init, current, train, valid, steps, clip, memory, lookup, recent, keep=keep,
-                               margin=margin)
+                result = adapt(init, current, train, valid, steps, clip, memory, lookup, recent, keep=keep)
             except Exception:
                 log.exception("adaptation of series %r failed; keeping its model", name)
                 return Adaptation(slot, None, time.perf_counter() - started)

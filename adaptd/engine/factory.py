@@ -37,8 +37,7 @@ def online_config(settings: Settings, horizon: int | None = None, seed: int = 0)
         detector=d.detector, detector_params=d.detector_params(seed), cooldown=d.cooldown, adapt=a.enabled,
         adapt_steps=a.steps, adapt_window=a.window, adapt_validation=a.validation, adapt_keep=a.keep,
         adapt_workers=a.workers, regime_memory=a.regime_memory, regime_shared=a.regime_shared,
-        regime_lookup=a.regime_lookup, regime_pool=a.regime_pool,
-        regime_margin=a.regime_margin, history=m.history, season=m.season,
+        regime_lookup=a.regime_lookup, regime_pool=a.regime_pool, history=m.history, season=m.season,
         max_gap_fill=m.max_gap_fill, seed=seed, cold_start=m.cold_start, torch_threads=m.torch_threads)
 
 

@@ -217,7 +217,7 @@ def preselect(memory: Params, recent: Examples, count: int) -> torch.Tensor:
 
 def adapt(init: Initializer, current: Params, train: Examples, valid: Examples, steps: int,
           clip: float = 1.0, memory: Params | None = None, lookup: int = 0,
-          recent: Examples | None = None, keep: float = 0.0, margin: float = 0.0) -> AdaptResult:
+          recent: Examples | None = None, keep: float = 0.0) -> AdaptResult:
     """Restart one series: the candidates are θ* fine-tuned `steps` steps on `train`, θ* as it
     is, remembered regimes fine-tuned the same way, and the current weights; the lowest loss on
     `valid` (the newest points) wins, ties in CANDIDATES order.
@@ -226,8 +226,6 @@ def adapt(init: Initializer, current: Params, train: Examples, valid: Examples, 
     `lookup` that forecast `recent` best (the newest training examples; not `valid`) compete.
     `keep` (in [0, 1)): every new candidate is moved back toward the current weights by that share
     before it is scored (0: the candidates as they are).
-    `margin` (in [0, 1)): a remembered regime wins only with a loss below (1 - margin) x the
-    lowest of the other candidates' (a pool of regimes scored on a few points has chance winners).
     All fine-tuning runs as one batch of rows and all candidates are scored in one forward.
     A candidate with non-finite weights or loss never wins. `remembered` in the result indexes
     the rows of `memory`.
@@ -246,7 +244,7 @@ def adapt(init: Initializer, current: Params, train: Examples, valid: Examples, 
         rows = {k: torch.cat([(1 - keep) * v[:-1] + keep * v[-1:], v[-1:]]) for k, v in rows.items()}
     with torch.no_grad():
         loss, finite = usable_losses(example_loss(rows, _repeat(valid, len(kinds))).double(), rows)
-    best = int(torch.argmin(with_margin(loss, kinds.index(MEMORY), m, margin) if m else loss))   # ties: CANDIDATES order
+    best = int(torch.argmin(loss))          # the first of equal minima: CANDIDATES order
     if not bool(finite[best]):              # nothing finite: keep what the series has
         best = len(kinds) - 1
     losses: dict[str, float] = {}
@@ -257,18 +255,6 @@ def adapt(init: Initializer, current: Params, train: Examples, valid: Examples, 
     winner = kinds[best]
     remembered = int(pool[best - kinds.index(MEMORY)]) if winner == MEMORY else -1
     return AdaptResult({k: v[best:best + 1].clone() for k, v in rows.items()}, winner, losses, remembered)
-
-
-def with_margin(loss: torch.Tensor, first: int, count: int, margin: float) -> torch.Tensor:
-    """`loss` (..., candidates) with the `count` remembered regimes from index `first` set to
-    +inf where they do not beat the lowest of the other candidates by the share `margin`."""
-    if margin <= 0:
-        return loss
-    memory = loss[..., first:first + count]
-    others = torch.cat([loss[..., :first], loss[..., first + count:]], dim=-1).min(dim=-1, keepdim=True).values
-    return torch.cat([loss[..., :first], torch.where(memory < (1 - margin) * others, memory,
-                                                     torch.full_like(memory, float("inf"))),
-                      loss[..., first + count:]], dim=-1)
 
 
 def pretrain(init: Initializer, ex: Examples, epochs: int, batch: int, seed: int,

@@ -42,7 +42,6 @@ class OnlineConfig:
     regime_shared: int = 0      # remembered regimes shared by all series (0: none)
     regime_lookup: int = 0      # nearest remembered regimes tried at a drift (0: memory off)
     regime_pool: int = POOL     # remembered regimes nearest by key that are ranked at a drift
-    regime_margin: float = 0.0  # share by which a remembered regime must beat the other candidates
     history: int = 1024
     season: int = 0
     torch_threads: int = 1      # per thread that learns or adapts (see learner.use_torch_threads)
