@@ -134,6 +134,12 @@ class SocketServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
+    async def _refuse(self, writer: asyncio.StreamWriter, code: str, message: str) -> None:
+        """Answer a line that cannot be served as a request (the caller then closes the connection)."""
+        writer.write(encode(error(code, message)))
+        self.metrics.requests.labels("invalid", code).inc()
+        await writer.drain()
+
     async def _converse(self, task: asyncio.Task[None], reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter) -> None:
         ended = False
@@ -141,18 +147,16 @@ class SocketServer:
             line = b""
             try:
                 line = await reader.readexactly(1)        # idle: wait for a request as long as it takes
-                if line == b"\n":
-                    pass
-                elif self.request_timeout is None:
-                    line += await reader.readuntil(b"\n")
-                else:
-                    async with asyncio.timeout(self.request_timeout):   # begun: it must end in time
-                        line += await reader.readuntil(b"\n")
+                if line != b"\n":                         # a blank line is whole already
+                    rest = reader.readuntil(b"\n")
+                    if self.request_timeout is None:      # no timeout context: it costs ~8 µs a request
+                        line += await rest
+                    else:
+                        async with asyncio.timeout(self.request_timeout):   # begun: it must end in time
+                            line += await rest
             except TimeoutError:
-                writer.write(encode(error(BAD_REQUEST, f"request line not finished within {self.request_timeout:g} s "
-                                          "([server] request_timeout); end each request with a newline")))
-                self.metrics.requests.labels("invalid", BAD_REQUEST).inc()
-                await writer.drain()
+                await self._refuse(writer, BAD_REQUEST, f"request line not finished within {self.request_timeout:g} s "
+                                   "([server] request_timeout); end each request with a newline")
                 return
             except asyncio.IncompleteReadError as exc:
                 # End of input. A last request without its newline (`printf ... | nc -U`) is
@@ -160,10 +164,8 @@ class SocketServer:
                 # refused as such, to a client that may be gone already.
                 line, ended = line + exc.partial, True
             except asyncio.LimitOverrunError:
-                writer.write(encode(error(TOO_LARGE, f"request line is over {self.max_line_bytes} bytes; "
-                                          "split the batch")))
-                self.metrics.requests.labels("invalid", TOO_LARGE).inc()
-                await writer.drain()
+                await self._refuse(writer, TOO_LARGE,
+                                   f"request line is over {self.max_line_bytes} bytes; split the batch")
                 return
             if not line.strip():
                 continue  # blank lines between requests are harmless

@@ -114,22 +114,23 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
     def score(init: Initializer) -> float:
         return validation_score(init, valid_tasks, config.adapt_steps, config.clip)
 
-    baselines = {f"{kind} v{init.version}": score(init) for kind, init in current.items()}
+    # Every initializer this run compares against (or starts from), by the name it reports.
+    candidates = {f"{kind} v{init.version}": init for kind, init in current.items()}
     if "pretrained" in current:
         warm = current["pretrained"]
     else:   # a pretrained initializer on the training part only: the warm start and a stored arm
         random_init = Initializer.random(config.shape, seed, settings.adapt.step_size)
         training_part = [y[:stop] for y, (_, stop) in zip(train.series, train.span)]
-        warm = pretrain(random_init, pooled_examples(training_part, config, PRETRAIN_EXAMPLES, seed),
-                        PRETRAIN_EPOCHS, PRETRAIN_BATCH, seed)
-        warm_score = score(warm)
-        baselines["pretrained (new)"] = warm_score
-        if promote:
-            _save(store, encode_initializer(warm, config), "pretrain", warm_score, True,
-                  {"series": len(series), "seed": seed})
+        warm = candidates["pretrained (new)"] = pretrain(
+            random_init, pooled_examples(training_part, config, PRETRAIN_EXAMPLES, seed),
+            PRETRAIN_EPOCHS, PRETRAIN_BATCH, seed)
     packaged = packaged_initializer(config) if "meta" not in current else None
     if packaged is not None:   # what the daemon runs until its store has a meta-learned one
-        baselines["meta (packaged)"] = score(packaged)
+        candidates["meta (packaged)"] = packaged
+    baselines = {name: score(init) for name, init in candidates.items()}
+    if "pretrained" not in current and promote:
+        _save(store, encode_initializer(warm, config), "pretrain", baselines["pretrained (new)"], True,
+              {"series": len(series), "seed": seed})
     start = warm if from_pretrained else current["meta"] if "meta" in current else packaged or warm
     result = meta_train(start, train, meta, config, progress)
     val_score = score(result.init)
@@ -138,7 +139,7 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
     promoted = promote and (incumbent is None or val_score < incumbent)
     training = {**result.init.meta, "series": len(series), "train_series": len(train.lengths),
                 "detections": sum(len(d) for d in (detections or {}).values()),
-                "warm_start": _described(start) if start is not warm or "pretrained" in current else "pretrained (new)",
+                "warm_start": next(name for name, init in candidates.items() if init is start),
                 "validation_tasks": len(valid_tasks), "baselines": baselines, "seconds": round(result.seconds, 1),
                 "loss_last": float(np.mean(result.history[-10:])) if result.history else None}
     payload = encode_initializer(result.init, config)
@@ -148,11 +149,6 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
              "promoted" if promoted else "not promoted")
     return RunReport(version, promoted, meta.algorithm, val_score, baselines, len(series),
                      time.perf_counter() - started, result.history, payload)
-
-
-def _described(init: Initializer) -> str:
-    """'meta v3' for a stored version, 'meta packaged' for the shipped one."""
-    return f"{init.kind} v{init.version}" if init.version is not None else f"{init.kind} {init.label}"
 
 
 def _save(store: Store, payload: bytes, algorithm: str, val_score: float, promoted: bool,
