@@ -134,10 +134,12 @@ class SocketServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
-    async def _refuse(self, writer: asyncio.StreamWriter, code: str, message: str) -> None:
-        """Answer a line that cannot be served as a request (the caller then closes the connection)."""
+    async def _refuse(self, writer: asyncio.StreamWriter, code: str, message: str, op: str = "invalid") -> None:
+        """Answer a line that cannot be served as a request (the caller then closes the connection).
+        `op` labels it in `adaptd_requests_total`: "unfinished" for a line cut off by
+        request_timeout, so an SRE can tell stalled writers from malformed requests."""
         writer.write(encode(error(code, message)))
-        self.metrics.requests.labels("invalid", code).inc()
+        self.metrics.requests.labels(op, code).inc()
         await writer.drain()
 
     async def _converse(self, task: asyncio.Task[None], reader: asyncio.StreamReader,
@@ -156,7 +158,7 @@ class SocketServer:
                             line += await rest
             except TimeoutError:
                 await self._refuse(writer, BAD_REQUEST, f"request line not finished within {self.request_timeout:g} s "
-                                   "([server] request_timeout); end each request with a newline")
+                                   "([server] request_timeout); end each request with a newline", op="unfinished")
                 return
             except asyncio.IncompleteReadError as exc:
                 # End of input. A last request without its newline (`printf ... | nc -U`) is

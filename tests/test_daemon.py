@@ -504,7 +504,7 @@ def test_a_request_left_half_sent_is_refused_in_time_and_idle_connections_stay_o
     """A client that sends half a line and stalls would hold one of `max_connections` forever;
     it gets `bad_request` after `request_timeout` and is closed. A client that sends nothing is
     just idle (long-lived clients are fine), and a slow writer that finishes in time is answered."""
-    with running_daemon(sections={"server": {"request_timeout": 1.0, "max_connections": 2}}) as d, \
+    with running_daemon(sections={"server": {"request_timeout": 1.0, "max_connections": 2}}, metrics=True) as d, \
             d.client() as idle:
         with d.client() as stalled:
             started = time.monotonic()
@@ -523,6 +523,14 @@ def test_a_request_left_half_sent_is_refused_in_time_and_idle_connections_stay_o
             slow.send_raw(b'"ping", "id": "slow"}\n')
             assert slow.read_response() == {"ok": True, "id": "slow", "version": adaptd.__version__}
         assert "half" not in d.series()
+        # An SRE tells a stalled writer from a malformed request by its op label.
+        with d.client() as malformed:
+            malformed.send_raw(b"{not json\n")
+            assert error_code(malformed.read_response()) == "bad_request"
+        with urllib.request.urlopen(f"http://{d.settings.metrics.listen}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        assert 'adaptd_requests_total{op="unfinished",outcome="bad_request"} 1.0' in text, text
+        assert 'adaptd_requests_total{op="invalid",outcome="bad_request"} 1.0' in text, text
         rc, log = d.stop()
         assert rc == 0, log
 
