@@ -138,6 +138,7 @@ class MetaSettings:
     meta_batch: int = 32
     outer_rate: float = 0.001
     step_rate: float = 0.03
+    cold_start_weight: float = 1.0
     query: int = 24
     validation_series: float = 0.2
     validation_tasks: int = 256
@@ -292,6 +293,7 @@ CHECKS: dict[str, dict[str, Check]] = {
         "meta_batch": (lambda v: 1 <= v <= 4096, "an integer from 1 to 4096"),
         "outer_rate": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
         "step_rate": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+        "cold_start_weight": (lambda v: 0 <= v <= 10, "a number from 0 (off) to 10"),
         "query": (lambda v: 1 <= v <= 10_000, "an integer from 1 to 10000 (steps after a drift)"),
         "validation_series": (lambda v: 0 < v < 1, "a fraction between 0 and 1"),
         "validation_tasks": (lambda v: 1 <= v <= 100_000, "an integer from 1 to 100000"),

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from adaptd.config import load_config
-from adaptd.engine.learner import Initializer, pretrain
+from adaptd.engine.learner import Initializer, example_loss, pretrain
 from adaptd.engine.factory import online_config, pooled_examples
 from adaptd.engine.online import OnlineConfig
 from adaptd.meta.job import run
@@ -146,6 +146,62 @@ def test_meta_training_lowers_post_adaptation_error_on_held_out_series():
     # could have moved by a factor e^0.45 at most).
     assert max(abs(math.log(a / 0.05)) for a in result.init.step_sizes.values()) > 0.7, result.init.step_sizes
     assert all(bool(torch.isfinite(v).all()) for v in result.init.params.values())
+
+
+def test_cold_starts_stay_in_their_span_and_are_weighted_to_the_series_spread():
+    """A cold start is a stretch of a series seen from a drawn start for a few values, its window
+    padded as the engine pads it; its weight turns a loss in the young scale's units into one in
+    units of the series' spread (what a user and bench coldstart see)."""
+    from adaptd.meta.tasks import sample_cold_starts
+
+    rng = np.random.default_rng(3)
+    y = 50 + 10 * np.sin(np.arange(600) / 3.0) + rng.normal(0, 1, 600)
+    other = y.copy()
+    other[:100], other[400:] = -1e6, 1e6         # outside the span: must never be read
+    young, weights = sample_cold_starts(SeriesPool([y], SMALL, span=[(100, 400)]), 64, 4, np.random.default_rng(0))
+    same, same_weights = sample_cold_starts(SeriesPool([other], SMALL, span=[(100, 400)]), 64, 4,
+                                            np.random.default_rng(0))
+    assert young.window.shape == (64, 1, SMALL.window) and weights.shape == (64,)
+    assert np.array_equal(weights, same_weights)
+    assert all(torch.equal(a, b) for a, b in zip((young.window, young.target, young.mask),
+                                                  (same.window, same.target, same.mask)))
+    window, target, mask = (t.numpy()[:, 0] for t in (young.window, young.target, young.mask))
+    assert float(mask.min()) == 0.0 < float(mask.max())          # some stretches end at the span's end
+    # A young window is padded with its last value: zeros before the first observation.
+    observed = (window != 0).sum(axis=1)
+    assert observed.min() >= 1 and observed.max() < SMALL.window
+    # Repeating the last value scores about the series' own spread once weighted; in the young
+    # scale's units (a few steps' changes) it is many times that.
+    naive = (target ** 2 * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
+    assert 0.3 < float((weights * naive).mean()) < 4.0, float((weights * naive).mean())
+    assert float(naive.mean()) > 3 * float((weights * naive).mean())
+
+
+def test_a_cold_start_weight_makes_theta_forecast_young_series_better():
+    """The engine forecasts a series from θ* as it is from `cold_start` observations on; meta-
+    training with a cold-start weight learns that, on series it never saw."""
+    from dataclasses import replace
+
+    from adaptd.meta.tasks import sample_cold_starts
+
+    train, valid, train_values = pools()
+    young, weights = sample_cold_starts(valid, 256, 4, np.random.default_rng(6))
+    start = pretrain(Initializer.random(SMALL.shape, 0, 0.05), pooled_examples(train_values, SMALL, 5000), 2, 128, 0)
+    settings = MetaSettings("meta_sgd", iterations=60, meta_batch=16, outer_rate=3e-3, query=12,
+                           cold_start_weight=0.0)
+    cold = replace(SMALL, cold_start=4)
+
+    def young_loss(init: Initializer) -> float:   # in units of each series' spread
+        rows = {k: v.expand(256, *v.shape[1:]) for k, v in init.params.items()}
+        with torch.no_grad():
+            return float((torch.from_numpy(weights).float() * example_loss(rows, young)).mean())
+    plain = meta_train(start, train, settings, cold).init
+    weighted = meta_train(start, train, replace(settings, cold_start_weight=1.0), cold).init
+    assert young_loss(weighted) < 0.99 * young_loss(plain), (young_loss(plain), young_loss(weighted))
+    assert weighted.meta["cold_start_weight"] == 1.0 and "cold_start_weight" not in plain.meta
+    # An engine that forecasts full windows only has no cold start to train for.
+    full = meta_train(start, train, replace(settings, cold_start_weight=1.0, iterations=5), SMALL)
+    assert full.history == meta_train(start, train, replace(settings, iterations=5), SMALL).history
 
 
 @pytest.mark.parametrize("algorithm", ["meta_sgd", "reptile"])

@@ -103,3 +103,29 @@ def series_examples(y: np.ndarray, window: int, horizon: int, scale_rate: float,
     mask = (cols < n).astype(np.float64)
     target = np.clip((y[np.minimum(cols, n - 1)] - last[:, None]) / s[:, None], -VALUE_CLIP, VALUE_CLIP) * mask
     return win, level, target, mask
+
+
+def young_examples(y: np.ndarray, ages: np.ndarray, window: int, horizon: int, scale_rate: float,
+                   mean_rate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What a cold start forecasts from: the origin after the first `a` values of y, for each a in
+    `ages` (1 <= a <= window), with the window's never-observed places filled with the last value
+    (zeros relative to it), as `OnlineEngine._predict` fills them. Same arrays as `series_examples`.
+
+    >>> win, level, target, mask = young_examples(np.arange(10.0), np.array([3]), 5, 2, 0.1, 0.01)
+    >>> win.round(2).tolist(), target.round(2).tolist(), mask.tolist()
+    ([[0.0, 0.0, -2.0, -1.0, 0.0]], [[1.0, 2.0]], [[1.0, 1.0]])
+    """
+    y = np.asarray(y, dtype=np.float64)
+    ages = np.asarray(ages, dtype=np.int64)
+    n = len(y)
+    scale, mean = normalisation_path(y, scale_rate, mean_rate)
+    origins = ages - 1
+    places = origins[:, None] + np.arange(-window + 1, 1)[None, :]             # (m, W) indices into y
+    raw = np.where(places >= 0, y[np.maximum(places, 0)], y[origins][:, None])
+    s, last = scale[origins], y[origins]
+    win = np.clip((raw - last[:, None]) / s[:, None], -VALUE_CLIP, VALUE_CLIP)
+    level = np.clip((last - mean[origins]) / s, -LEVEL_CLIP, LEVEL_CLIP)
+    cols = origins[:, None] + np.arange(1, horizon + 1)[None, :]
+    mask = (cols < n).astype(np.float64)
+    target = np.clip((y[np.minimum(cols, n - 1)] - last[:, None]) / s[:, None], -VALUE_CLIP, VALUE_CLIP) * mask
+    return win, level, target, mask

@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..engine.features import series_examples
+from ..engine.features import MIN_SCALE, normalisation_path, series_examples, young_examples
 from ..engine.learner import Examples
 from ..engine.online import OnlineConfig
 
@@ -115,6 +115,36 @@ def sample_tasks(pool: SeriesPool, n: int, query: int, rng: np.random.Generator,
         else:
             times[k] = rng.integers(lo, hi)
     return cut_tasks(pool, series, times, query)
+
+
+def sample_cold_starts(pool: SeriesPool, n: int, first_age: int,
+                       rng: np.random.Generator) -> tuple[Examples, np.ndarray]:
+    """`n` cold starts, (n, 1, ...): a stretch of a series fed to a fresh engine from a drawn
+    start, forecast after its first a values, a drawn from [first_age, window) (the ages at which
+    the engine forecasts a young series from θ* as it is); targets within the series' span.
+
+    Also each one's weight, (s / σ)²: s the young scale its targets are in units of, σ the
+    spread of the series over its span. A scale seen over a few steps is often tiny, and the
+    targets in its units huge and mostly noise; the weight puts every cold start's loss in units
+    of its series' spread, which is what a user (and bench coldstart) sees."""
+    c = pool.config
+    first_age = max(1, min(first_age, c.window - 1))
+    room = np.array([stop - start for start, stop in pool.span])
+    usable = np.flatnonzero(room > c.window)
+    if usable.size == 0:
+        raise ValueError(f"no series has more than {c.window} values in its span for a cold start")
+    parts, weights = [], np.empty(n)
+    for k, i in enumerate(rng.choice(usable, size=n, p=room[usable] / room[usable].sum())):
+        lo, hi = pool.span[int(i)]
+        age = int(rng.integers(first_age, c.window))
+        begin = int(rng.integers(lo, hi - age))
+        y = pool.series[int(i)][begin:min(hi, begin + age + c.horizon)]   # what the targets need
+        part = young_examples(y, np.array([age]), c.window, c.horizon, c.scale_rate, c.mean_rate)
+        scale, _ = normalisation_path(y[:age], c.scale_rate, c.mean_rate)
+        spread = max(float(np.std(pool.series[int(i)][lo:hi])), MIN_SCALE)
+        weights[k] = (scale[-1] / spread) ** 2
+        parts.append(part)
+    return Examples.from_numpy(*(np.stack([p[j] for p in parts]) for j in range(4))), weights
 
 
 def cut_tasks(pool: SeriesPool, series: np.ndarray, times: np.ndarray, query: int) -> Tasks:

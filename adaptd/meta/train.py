@@ -10,6 +10,12 @@ step j the query gradient g_Q(φ_j) is taken as the gradient for θ (dφ_j/dθ �
 log step size of tensor t, dL_Q(φ_j)/d log α_t = -α_t <g_Q,t(φ_j), Σ_{i<j} g_S,t(φ_i)>, exactly
 for the given support gradients. The meta-loss is the query loss averaged over the tasks of a
 batch and over the inner steps 1..k. Reptile moves θ toward the adapted weights instead.
+
+The daemon also forecasts a new series from θ* as it is, from a few observations on (the
+engine's cold start, its window padded with the last value). With `cold_start_weight` > 0 each
+iteration adds that share of θ's loss on a batch of such young windows, in units of each
+series' spread (tasks.sample_cold_starts), to the meta-loss's gradient for θ: θ* is then not
+only a good place to fine-tune from but also a safe forecaster for a series it has barely seen.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import torch
 from ..config import MetaSettings as MetaConfig
 from ..engine.learner import Examples, Initializer, example_loss, sgd_step, sgd_steps
 from ..engine.online import OnlineConfig
-from .tasks import SeriesPool, Tasks, sample_tasks
+from .tasks import SeriesPool, Tasks, sample_cold_starts, sample_tasks
 
 ALGORITHMS = ("meta_sgd", "reptile")
 MIN_STEP, MAX_STEP = 1e-4, 1.0   # learned step sizes stay in a range that cannot blow up
@@ -44,6 +50,7 @@ class MetaSettings:
     # Adam step of the log step sizes. They need their own: at the weights' 1e-3 they could move
     # by at most a factor e^0.3 in 300 iterations, i.e. stayed where they started.
     step_rate: float = MetaConfig.step_rate
+    cold_start_weight: float = MetaConfig.cold_start_weight
 
     @classmethod
     def of(cls, meta: MetaConfig, seed: int = 0, algorithm: str | None = None,
@@ -51,7 +58,7 @@ class MetaSettings:
         """The settings of `[meta]` in config, with the command line's overrides."""
         return cls(algorithm=algorithm or meta.algorithm, iterations=iterations or meta.iterations,
                    meta_batch=meta.meta_batch, outer_rate=meta.outer_rate, query=meta.query, seed=seed,
-                   step_rate=meta.step_rate)
+                   step_rate=meta.step_rate, cold_start_weight=meta.cold_start_weight)
 
 
 @dataclass
@@ -114,6 +121,8 @@ def meta_train(start: Initializer, pool: SeriesPool, settings: MetaSettings, con
     log_alpha = {name: torch.tensor(math.log(min(max(a, MIN_STEP), MAX_STEP)), dtype=torch.float64,
                                     requires_grad=True) for name, a in start.step_sizes.items()}
     learn_alpha = settings.algorithm == "meta_sgd" and k > 0
+    # No young windows to learn from when the engine forecasts only full windows (cold_start 0).
+    cold_weight = settings.cold_start_weight if config.serving < config.window else 0.0
     groups = [{"params": list(theta.values()), "lr": settings.outer_rate}]
     if learn_alpha:
         groups.append({"params": list(log_alpha.values()), "lr": settings.step_rate})
@@ -131,6 +140,9 @@ def meta_train(start: Initializer, pool: SeriesPool, settings: MetaSettings, con
                     value.grad = value.detach() - adapted[name].mean(dim=0, keepdim=True)
         else:
             loss = _meta_sgd_gradients(theta, log_alpha, alpha, tasks, k, clip, learn_alpha)
+        if cold_weight > 0:
+            young, spread_units = sample_cold_starts(pool, B, config.serving, rng)
+            _add_cold_start_gradients(theta, young, torch.from_numpy(cold_weight * spread_units))
         grads = [v.grad for v in (*theta.values(), *log_alpha.values()) if v.grad is not None]
         if not math.isfinite(loss) or not all(bool(torch.isfinite(g).all()) for g in grads):
             optimizer.zero_grad()   # a batch that blew up teaches nothing; skip it
@@ -152,7 +164,19 @@ def meta_train(start: Initializer, pool: SeriesPool, settings: MetaSettings, con
             "query": settings.query, "steps": k, "outer_rate": settings.outer_rate, "seed": settings.seed}
     if learn_alpha:
         meta["step_rate"] = settings.step_rate
+    if cold_weight > 0:
+        meta["cold_start_weight"] = cold_weight
     return MetaResult(Initializer(params, step_sizes, "meta", meta=meta), history, time.perf_counter() - started)
+
+
+def _add_cold_start_gradients(theta: dict[str, torch.Tensor], young: Examples, weights: torch.Tensor) -> None:
+    """Add the gradient of θ's weighted mean loss on the young windows (no adaptation) to .grad."""
+    rows = {k: v.expand(young.window.shape[0], *v.shape[1:]) for k, v in theta.items()}
+    loss = (weights.to(torch.float32) * example_loss(rows, young)).mean()
+    grads = torch.autograd.grad(loss, list(theta.values()))
+    for value, g in zip(theta.values(), grads):
+        g = torch.nan_to_num(g)
+        value.grad = g if value.grad is None else value.grad + g
 
 
 def _meta_sgd_gradients(theta: dict[str, torch.Tensor], log_alpha: dict[str, torch.Tensor],
