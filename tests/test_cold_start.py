@@ -237,3 +237,28 @@ def test_on_real_series_cold_start_beats_the_naive_fallback():
                 theirs.append(np.mean((np.array([p.value for p in naive.forecast(name, LEADS).points]) - target) ** 2))
         ratio = np.mean(ours) / np.mean(theirs)
         assert ratio < 0.9, f"{label}: cold-start MSE / naive MSE = {ratio:.3f} over {len(rows)} series"
+
+
+def test_meta_training_learns_cold_starts_from_the_windows_the_engine_forecasts_from() -> None:
+    """`young_examples` (what `[meta] cold_start_weight` trains θ* on) must be exactly what the
+    engine feeds θ* for a young series: same padding, window, level and scale."""
+    from adaptd.engine.features import young_examples
+
+    engine = make_engine()
+    seen: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    predict = engine.gru.predict
+
+    def spy(slots, window, level):  # type: ignore[no-untyped-def]
+        seen[int(engine.count[slots[0]])] = (np.array(window[0]), np.array(level[0]))
+        return predict(slots, window, level)
+    engine.gru.predict = spy  # type: ignore[method-assign]
+    rng = np.random.default_rng(4)
+    y = np.concatenate([np.full(3, 7.0), 7.0 + np.cumsum(rng.normal(0, 1, 20))])   # starts flat
+    observe(engine, y)
+    ages = np.arange(COLD.cold_start, COLD.window)
+    assert set(ages) <= set(seen), sorted(seen)
+    window, level, _target, _mask = young_examples(y, ages, COLD.window, COLD.horizon, COLD.scale_rate,
+                                                   COLD.mean_rate)
+    for k, age in enumerate(ages):
+        np.testing.assert_allclose(seen[int(age)][0], window[k], rtol=1e-6, atol=1e-9, err_msg=f"age {age}")
+        np.testing.assert_allclose(seen[int(age)][1], level[k], rtol=1e-6, atol=1e-9, err_msg=f"age {age}")

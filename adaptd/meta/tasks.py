@@ -141,9 +141,11 @@ def sample_cold_starts(pool: SeriesPool, n: int, first_age: int,
         y = pool.series[int(i)][begin:min(hi, begin + age + c.horizon)]   # what the targets need
         part = young_examples(y, np.array([age]), c.window, c.horizon, c.scale_rate, c.mean_rate)
         scale, _ = normalisation_path(y[:age], c.scale_rate, c.mean_rate)
-        spread = max(float(np.std(pool.series[int(i)][lo:hi])), MIN_SCALE)
-        weights[k] = (scale[-1] / spread) ** 2
+        with np.errstate(over="ignore", invalid="ignore"):   # values near the float limit
+            spread = max(float(np.std(pool.series[int(i)][lo:hi])), MIN_SCALE)
+            weights[k] = (scale[-1] / spread) ** 2
         parts.append(part)
+    weights[~np.isfinite(weights)] = 0.0   # a spread that overflows: the example teaches nothing
     return Examples.from_numpy(*(np.stack([p[j] for p in parts]) for j in range(4))), weights
 
 

@@ -13,9 +13,11 @@ batch and over the inner steps 1..k. Reptile moves θ toward the adapted weights
 
 The daemon also forecasts a new series from θ* as it is, from a few observations on (the
 engine's cold start, its window padded with the last value). With `cold_start_weight` > 0 each
-iteration adds that share of θ's loss on a batch of such young windows, in units of each
-series' spread (tasks.sample_cold_starts), to the meta-loss's gradient for θ: θ* is then not
-only a good place to fine-tune from but also a safe forecaster for a series it has barely seen.
+iteration adds the gradient of that share of θ's loss on a batch of such young windows, in units
+of each series' spread (tasks.sample_cold_starts), to θ's update (Meta-SGD: its meta-gradient;
+Reptile: its step toward the adapted weights, which is on another scale, so the same weight
+pulls differently there): θ* is then not only a good place to fine-tune from but also a safe
+forecaster for a series it has barely seen.
 """
 
 from __future__ import annotations
