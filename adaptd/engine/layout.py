@@ -36,7 +36,8 @@ COMBINED = len(EXPERTS)
 MIXTURE_PRIOR = np.array([0.5 if e in ("rls", "gru") else 0.0 for e in EXPERTS])
 # With cold start, a new series' mixture gives the recurrent model (θ*) this share at first and
 # splits the rest among the others (at that age: the last value; RLS has learnt nothing yet and
-# forecasts no change). Measured on held-out series (issue #4), with four experts then: a half
-# share beats both θ* alone and the uniform quarter over the first 48 steps. An anchored mixture
-# keeps that share: its fixed prior gives the recurrent model half as well.
-COLD_START_GRU_SHARE = 0.5
+# forecasts no change). With a θ* trained for cold starts as well ([meta] cold_start_weight),
+# 0.65 beat the half share of before on all four data sets' validation rows (`adaptd bench
+# coldstart --rows validation`; 0.8 and more lost on WTH); θ* alone loses where it is far from
+# home (15-minute ETTm1).
+COLD_START_GRU_SHARE = 0.65
