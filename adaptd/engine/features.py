@@ -95,14 +95,7 @@ def series_examples(y: np.ndarray, window: int, horizon: int, scale_rate: float,
         return empty, np.zeros(0), np.zeros((0, horizon)), np.zeros((0, horizon))
     scale, mean = normalisation_path(y, scale_rate, mean_rate)
     origins = np.arange(window - 1, n - 1, stride)
-    raw = sliding_window_view(y, window)[origins - window + 1]
-    s, last = scale[origins], y[origins]
-    win = np.clip((raw - last[:, None]) / s[:, None], -VALUE_CLIP, VALUE_CLIP)
-    level = np.clip((last - mean[origins]) / s, -LEVEL_CLIP, LEVEL_CLIP)
-    cols = origins[:, None] + np.arange(1, horizon + 1)[None, :]
-    mask = (cols < n).astype(np.float64)
-    target = np.clip((y[np.minimum(cols, n - 1)] - last[:, None]) / s[:, None], -VALUE_CLIP, VALUE_CLIP) * mask
-    return win, level, target, mask
+    return _examples(y, sliding_window_view(y, window)[origins - window + 1], origins, scale, mean, horizon)
 
 
 def young_examples(y: np.ndarray, ages: np.ndarray, window: int, horizon: int, scale_rate: float,
@@ -116,12 +109,18 @@ def young_examples(y: np.ndarray, ages: np.ndarray, window: int, horizon: int, s
     ([[0.0, 0.0, -2.0, -1.0, 0.0]], [[1.0, 2.0]], [[1.0, 1.0]])
     """
     y = np.asarray(y, dtype=np.float64)
-    ages = np.asarray(ages, dtype=np.int64)
-    n = len(y)
     scale, mean = normalisation_path(y, scale_rate, mean_rate)
-    origins = ages - 1
+    origins = np.asarray(ages, dtype=np.int64) - 1
     places = origins[:, None] + np.arange(-window + 1, 1)[None, :]             # (m, W) indices into y
     raw = np.where(places >= 0, y[np.maximum(places, 0)], y[origins][:, None])
+    return _examples(y, raw, origins, scale, mean, horizon)
+
+
+def _examples(y: np.ndarray, raw: np.ndarray, origins: np.ndarray, scale: np.ndarray, mean: np.ndarray,
+              horizon: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Raw windows (m, W) ending at `origins` of y, normalised as the engine sees them, with
+    their targets; a mask marks the leads that lie inside y (nothing past its end is invented)."""
+    n = len(y)
     s, last = scale[origins], y[origins]
     win = np.clip((raw - last[:, None]) / s[:, None], -VALUE_CLIP, VALUE_CLIP)
     level = np.clip((last - mean[origins]) / s, -LEVEL_CLIP, LEVEL_CLIP)
