@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import time
 import urllib.request
@@ -255,6 +256,50 @@ def test_runs_are_versioned_and_promoted_only_when_they_beat_the_current_one(tmp
     assert math.isfinite(listed[first.version]["val_score"])
 
 
+def test_promotion_scores_cold_starts_as_well_as_drifts(tmp_path: Path):
+    """What promotion compares is what training optimises: the post-drift validation MSE plus
+    `cold_start_weight` times θ*'s MSE on validation cold starts; an initializer that adapts
+    well but forecasts new series badly pays for it. Without cold start (`[model] cold_start`
+    0) only the drifts count."""
+    from adaptd.engine.factory import online_config, promoted_by_kind
+    from adaptd.meta.job import split
+    from adaptd.meta.tasks import sample_cold_starts
+    from adaptd.meta.train import cold_start_loss, validation_score
+
+    series = {f"s{k}": v for k, v in enumerate(regime_series(10, 700, np.random.default_rng(0)).values)}
+
+    def meta_run(name: str, model: dict, meta: dict):  # type: ignore[no-untyped-def]
+        (tmp_path / name).mkdir()
+        settings = load_config(str(write_config(tmp_path / name, sections={
+            "model": model, "adapt": ADAPT,
+            "meta": {"iterations": 3, "meta_batch": 8, "query": 12, "validation_tasks": 64, **meta}})))
+        store = Store.open(settings.store.url)
+        try:
+            report = run(settings, store, series, iterations=3)
+            listed = {row["version"]: row for row in store.initializer_list()}
+            pretrained = promoted_by_kind(store, online_config(settings))["pretrained"]
+        finally:
+            store.close()
+        return settings, report, listed, pretrained
+
+    settings, report, listed, pretrained = meta_run("cold", MODEL, {"cold_start_weight": 3.0})
+    parts = report.parts
+    assert set(parts) == {"post_adaptation", "cold_start"} and parts["cold_start"] > 0
+    assert report.val_score == pytest.approx(parts["post_adaptation"] + 3.0 * parts["cold_start"])
+    assert listed[report.version]["training"]["validation_parts"] == pytest.approx(parts)
+    # The initializers it must beat are scored the same way: the warm start's, by hand.
+    config = online_config(settings)
+    _, valid = split(series, config, settings.meta.validation_series, 12, 0)
+    drifts = validation_score(pretrained, sample_tasks(valid, 64, 12, np.random.default_rng(1)),
+                              config.adapt_steps, config.clip)
+    cold = cold_start_loss(pretrained, *sample_cold_starts(valid, 64, config.serving, np.random.default_rng(2)))
+    assert report.baselines["pretrained (new)"] == pytest.approx(drifts + 3.0 * cold, rel=1e-5)
+    assert cold > 0.01 * drifts
+    # No cold start, no cold-start part.
+    _, report, _, _ = meta_run("off", {**MODEL, "cold_start": 0}, {})
+    assert set(report.parts) == {"post_adaptation"} and report.val_score == report.parts["post_adaptation"]
+
+
 def test_meta_train_command_on_an_m4_file_then_list(tmp_path: Path):
     config = config_file(tmp_path)
     data = write_m4(tmp_path / "m4.csv", regime_series(8, 600, np.random.default_rng(2)).values)
@@ -262,15 +307,19 @@ def test_meta_train_command_on_an_m4_file_then_list(tmp_path: Path):
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["promoted"] and report["series"] == 8 and report["algorithm"] == "meta_sgd"
+    assert report["val_score"] == pytest.approx(report["val_parts"]["post_adaptation"]
+                                                + report["val_parts"]["cold_start"])   # weight 1
     listing = run_cli("initializers", config=config)
     assert listing.returncode == 0 and "meta_sgd" in listing.stdout and "pretrain" in listing.stdout
     listed = json.loads(run_cli("initializers", "--json", config=config).stdout)
     assert listed[0]["version"] == report["version"]
     # Nothing meta to start from yet (this small model shape does not fit the packaged one).
     assert listed[0]["training"]["warm_start"] == "pretrained (new)"
-    again = run_cli("meta-train", "--m4", str(data), "--json", "--no-progress", "--from-pretrained",
+    again = run_cli("meta-train", "--m4", str(data), "--no-progress", "--from-pretrained",
                     "--iterations", "2", config=config, timeout=300)
     assert again.returncode == 0, again.stderr
+    assert re.search(r"validation score [0-9.]+ = post-adaptation MSE [0-9.]+ \+ 1 x cold-start MSE", again.stdout), \
+        again.stdout
     listed = json.loads(run_cli("initializers", "--json", config=config).stdout)
     assert listed[0]["training"]["warm_start"] == f"pretrained v{listed[-1]['version']}"   # not the meta one
 

@@ -64,7 +64,10 @@ def meta_train(settings: Settings, args: argparse.Namespace) -> int:
         verdict = "promoted" if report.promoted else "stored, not promoted (did not beat the current one)"
         print(f"initializer version {report.version} ({report.algorithm}, {report.series} series, "
               f"{report.seconds:.0f} s): {verdict}")
-        print(f"  validation post-adaptation MSE {report.val_score:.4f}")
+        cold = report.parts.get("cold_start")
+        detail = "" if cold is None else (f" = post-adaptation MSE {report.parts['post_adaptation']:.4f} + "
+                                          f"{settings.meta.cold_start_weight:g} x cold-start MSE {cold:.4f}")
+        print(f"  validation score {report.val_score:.4f}{detail}")
         for name, score in report.baselines.items():
             print(f"  {name}: {score:.4f}")
     return 0
@@ -86,11 +89,11 @@ def list_initializers(settings: Settings, args: argparse.Namespace) -> int:
     if not rows:
         print("no initializers stored yet: run `adaptd meta-train`")
         return 0
-    print(f"{'version':>7}  {'algorithm':<9}  {'promoted':<8}  {'val MSE':>8}  {'series':>6}  created")
+    print(f"{'version':>7}  {'algorithm':<9}  {'promoted':<8}  {'val score':>9}  {'series':>6}  created")
     for row in rows:
         training: dict[str, Any] = row["training"] or {}
         score = f"{row['val_score']:.4f}" if row["val_score"] is not None else "-"
         created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(row["created_at"]))
         print(f"{row['version']:>7}  {row['algorithm']:<9}  {'yes' if row['promoted'] else 'no':<8}  "
-              f"{score:>8}  {training.get('series', '-'):>6}  {created} UTC")
+              f"{score:>9}  {training.get('series', '-'):>6}  {created} UTC")
     return 0

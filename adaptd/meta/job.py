@@ -6,6 +6,11 @@ and the current one are scored on identical tasks. Of the tasks cut from a serie
 recorded drift detections, half sit at one of them (what that adaptation saw), the rest at
 ordinary times. A new version is promoted only if it beats the current promoted one of its
 kind there; every run is stored with what it was trained on.
+
+The score is what training optimises: the post-adaptation query MSE, plus `[meta]
+cold_start_weight` times the MSE of θ* as is on cold starts cut from the same validation rows
+(in units of each series' spread). A run that adapts better after drifts but forecasts new
+series worse is not promoted on the first alone.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ from ..engine.learner import Initializer, pretrain
 from ..engine.online import OnlineConfig
 from ..engine.snapshot import FORMAT_VERSION
 from ..store import Store
-from .tasks import SeriesPool, sample_tasks
-from .train import MetaSettings, Progress, meta_train, validation_score
+from .tasks import SeriesPool, sample_cold_starts, sample_tasks
+from .train import MetaSettings, Progress, cold_start_loss, cold_start_share, meta_train, validation_score
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +48,18 @@ class RunReport:
     version: int | None
     promoted: bool
     algorithm: str
-    val_score: float
+    val_score: float                 # post_adaptation + cold_start_weight x cold_start, of `parts`
     baselines: dict[str, float]      # validation score of the current initializers and the warm start
     series: int
     seconds: float
     history: list[float] = field(default_factory=list)
     payload: bytes = b""             # the new initializer, encoded as stored
+    parts: dict[str, float] = field(default_factory=dict)   # the new one's score, by part
 
     def as_dict(self) -> dict[str, Any]:
         return {"version": self.version, "promoted": self.promoted, "algorithm": self.algorithm,
-                "val_score": self.val_score, "baselines": self.baselines, "series": self.series,
+                "val_score": self.val_score, "val_parts": self.parts, "baselines": self.baselines,
+                "series": self.series,
                 "seconds": round(self.seconds, 1),
                 "loss_first": self.history[0] if self.history else None,
                 "loss_last": float(np.mean(self.history[-10:])) if self.history else None}
@@ -109,10 +116,23 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
     if float(valid_tasks.query.mask.sum()) == 0:
         raise NotEnoughData("no validation task has a target to score: the held-out series change (or the "
                             "detectors fired) right after every drawn detection time")
+    cold_weight = cold_start_share(m.cold_start_weight, config)
+    if cold_weight > 0 and not any(stop - start > config.window for start, stop in valid.span):
+        log.info("no validation rows are long enough for a cold start; scoring after drifts only")
+        cold_weight = 0.0
+    young = (sample_cold_starts(valid, m.validation_tasks, config.serving, np.random.default_rng(seed + 2))
+             if cold_weight > 0 else None)
     current = promoted_by_kind(store, config)
 
+    def parts(init: Initializer) -> dict[str, float]:
+        found = {"post_adaptation": validation_score(init, valid_tasks, config.adapt_steps, config.clip)}
+        if young is not None:
+            found["cold_start"] = cold_start_loss(init, *young)
+        return found
+
     def score(init: Initializer) -> float:
-        return validation_score(init, valid_tasks, config.adapt_steps, config.clip)
+        found = parts(init)
+        return found["post_adaptation"] + cold_weight * found.get("cold_start", 0.0)
 
     # Every initializer this run compares against (or starts from), by the name it reports.
     candidates = {f"{kind} v{init.version}": init for kind, init in current.items()}
@@ -133,6 +153,7 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
               {"series": len(series), "seed": seed})
     start = warm if from_pretrained else current["meta"] if "meta" in current else packaged or warm
     result = meta_train(start, train, meta, config, progress)
+    val_parts = parts(result.init)
     val_score = score(result.init)
     incumbent = (baselines[f"meta v{current['meta'].version}"] if "meta" in current
                  else baselines.get("meta (packaged)"))
@@ -140,7 +161,9 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
     training = {**result.init.meta, "series": len(series), "train_series": len(train.lengths),
                 "detections": sum(len(d) for d in (detections or {}).values()),
                 "warm_start": next(name for name, init in candidates.items() if init is start),
-                "validation_tasks": len(valid_tasks), "baselines": baselines, "seconds": round(result.seconds, 1),
+                "validation_tasks": len(valid_tasks), "validation_parts": val_parts,
+                "validation_cold_starts": 0 if young is None else len(young[1]),
+                "baselines": baselines, "seconds": round(result.seconds, 1),
                 "loss_last": float(np.mean(result.history[-10:])) if result.history else None}
     payload = encode_initializer(result.init, config)
     version = _save(store, payload, meta.algorithm, val_score, promoted, training)
@@ -148,7 +171,7 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
              ", ".join(f"{k} {v:.4f}" for k, v in baselines.items()), version,
              "promoted" if promoted else "not promoted")
     return RunReport(version, promoted, meta.algorithm, val_score, baselines, len(series),
-                     time.perf_counter() - started, result.history, payload)
+                     time.perf_counter() - started, result.history, payload, val_parts)
 
 
 def _save(store: Store, payload: bytes, algorithm: str, val_score: float, promoted: bool,

@@ -112,6 +112,24 @@ def validation_score(init: Initializer, tasks: Tasks, steps: int, clip: float = 
     return float(np.mean(post_adaptation_loss(init, tasks, steps, clip)[scored]))
 
 
+def cold_start_share(weight: float, config: OnlineConfig) -> float:
+    """The cold-start weight in effect: none when the engine forecasts full windows only
+    (`cold_start` 0), where there are no young windows to learn from."""
+    return weight if config.serving < config.window else 0.0
+
+
+def cold_start_loss(init: Initializer, young: Examples, weights: np.ndarray) -> float:
+    """θ's mean loss on young windows as is (a cold start is not fine-tuned), each weighted into
+    units of its series' spread (tasks.sample_cold_starts)."""
+    with torch.no_grad():
+        return float(_young_loss(init.params, young, torch.from_numpy(weights)))
+
+
+def _young_loss(theta: dict[str, torch.Tensor], young: Examples, weights: torch.Tensor) -> torch.Tensor:
+    rows = {k: v.expand(young.window.shape[0], *v.shape[1:]) for k, v in theta.items()}
+    return (weights.to(torch.float32) * example_loss(rows, young)).mean()
+
+
 def meta_train(start: Initializer, pool: SeriesPool, settings: MetaSettings, config: OnlineConfig,
                progress: Callable[[Progress], None] | None = None) -> MetaResult:
     if settings.algorithm not in ALGORITHMS:
@@ -123,8 +141,7 @@ def meta_train(start: Initializer, pool: SeriesPool, settings: MetaSettings, con
     log_alpha = {name: torch.tensor(math.log(min(max(a, MIN_STEP), MAX_STEP)), dtype=torch.float64,
                                     requires_grad=True) for name, a in start.step_sizes.items()}
     learn_alpha = settings.algorithm == "meta_sgd" and k > 0
-    # No young windows to learn from when the engine forecasts only full windows (cold_start 0).
-    cold_weight = settings.cold_start_weight if config.serving < config.window else 0.0
+    cold_weight = cold_start_share(settings.cold_start_weight, config)
     groups = [{"params": list(theta.values()), "lr": settings.outer_rate}]
     if learn_alpha:
         groups.append({"params": list(log_alpha.values()), "lr": settings.step_rate})
@@ -173,9 +190,7 @@ def meta_train(start: Initializer, pool: SeriesPool, settings: MetaSettings, con
 
 def _add_cold_start_gradients(theta: dict[str, torch.Tensor], young: Examples, weights: torch.Tensor) -> None:
     """Add the gradient of θ's weighted mean loss on the young windows (no adaptation) to .grad."""
-    rows = {k: v.expand(young.window.shape[0], *v.shape[1:]) for k, v in theta.items()}
-    loss = (weights.to(torch.float32) * example_loss(rows, young)).mean()
-    grads = torch.autograd.grad(loss, list(theta.values()))
+    grads = torch.autograd.grad(_young_loss(theta, young, weights), list(theta.values()))
     for value, g in zip(theta.values(), grads):
         g = torch.nan_to_num(g)
         value.grad = g if value.grad is None else value.grad + g
