@@ -261,7 +261,7 @@ def test_promotion_scores_cold_starts_as_well_as_drifts(tmp_path: Path):
     `cold_start_weight` times θ*'s MSE on validation cold starts; an initializer that adapts
     well but forecasts new series badly pays for it. Without cold start (`[model] cold_start`
     0) only the drifts count."""
-    from adaptd.engine.factory import online_config, promoted_by_kind
+    from adaptd.engine.factory import decode_initializer, online_config, promoted_by_kind
     from adaptd.meta.job import split
     from adaptd.meta.tasks import sample_cold_starts
     from adaptd.meta.train import cold_start_loss, validation_score
@@ -287,12 +287,16 @@ def test_promotion_scores_cold_starts_as_well_as_drifts(tmp_path: Path):
     assert set(parts) == {"post_adaptation", "cold_start"} and parts["cold_start"] > 0
     assert report.val_score == pytest.approx(parts["post_adaptation"] + 3.0 * parts["cold_start"])
     assert listed[report.version]["training"]["validation_parts"] == pytest.approx(parts)
-    # The initializers it must beat are scored the same way: the warm start's, by hand.
+    # The new one and those it must beat are scored on the same validation rows: by hand.
     config = online_config(settings)
     _, valid = split(series, config, settings.meta.validation_series, 12, 0)
-    drifts = validation_score(pretrained, sample_tasks(valid, 64, 12, np.random.default_rng(1)),
-                              config.adapt_steps, config.clip)
-    cold = cold_start_loss(pretrained, *sample_cold_starts(valid, 64, config.serving, np.random.default_rng(2)))
+    tasks = sample_tasks(valid, 64, 12, np.random.default_rng(1))
+    young = sample_cold_starts(valid, 64, config.serving, np.random.default_rng(2))
+    new = decode_initializer(report.payload, config)
+    assert validation_score(new, tasks, config.adapt_steps, config.clip) == pytest.approx(parts["post_adaptation"])
+    assert cold_start_loss(new, *young) == pytest.approx(parts["cold_start"])
+    drifts = validation_score(pretrained, tasks, config.adapt_steps, config.clip)
+    cold = cold_start_loss(pretrained, *young)
     assert report.baselines["pretrained (new)"] == pytest.approx(drifts + 3.0 * cold, rel=1e-5)
     assert cold > 0.01 * drifts
     # No cold start, no cold-start part.

@@ -16,6 +16,7 @@ series worse is not promoted on the first alone.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -130,9 +131,11 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
             found["cold_start"] = cold_start_loss(init, *young)
         return found
 
-    def score(init: Initializer) -> float:
-        found = parts(init)
+    def total(found: dict[str, float]) -> float:
         return found["post_adaptation"] + cold_weight * found.get("cold_start", 0.0)
+
+    def score(init: Initializer) -> float:
+        return total(parts(init))
 
     # Every initializer this run compares against (or starts from), by the name it reports.
     candidates = {f"{kind} v{init.version}": init for kind, init in current.items()}
@@ -154,10 +157,12 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
     start = warm if from_pretrained else current["meta"] if "meta" in current else packaged or warm
     result = meta_train(start, train, meta, config, progress)
     val_parts = parts(result.init)
-    val_score = score(result.init)
+    val_score = total(val_parts)
     incumbent = (baselines[f"meta v{current['meta'].version}"] if "meta" in current
                  else baselines.get("meta (packaged)"))
-    promoted = promote and (incumbent is None or val_score < incumbent)
+    # A score that is not a number never wins, and never stands in the way of one that is.
+    promoted = promote and math.isfinite(val_score) and (
+        incumbent is None or not math.isfinite(incumbent) or val_score < incumbent)
     training = {**result.init.meta, "series": len(series), "train_series": len(train.lengths),
                 "detections": sum(len(d) for d in (detections or {}).values()),
                 "warm_start": next(name for name, init in candidates.items() if init is start),
