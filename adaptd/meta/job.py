@@ -118,7 +118,7 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
         raise NotEnoughData("no validation task has a target to score: the held-out series change (or the "
                             "detectors fired) right after every drawn detection time")
     cold_weight = cold_start_share(m.cold_start_weight, config)
-    if cold_weight > 0 and not any(stop - start > config.window for start, stop in valid.span):
+    if cold_weight > 0 and not (valid.room > config.window).any():
         log.info("no validation rows are long enough for a cold start; scoring after drifts only")
         cold_weight = 0.0
     young = (sample_cold_starts(valid, m.validation_tasks, config.serving, np.random.default_rng(seed + 2))

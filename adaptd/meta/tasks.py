@@ -25,6 +25,7 @@ of the targets of two seasons, 61% of the squared error).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -89,6 +90,18 @@ class SeriesPool:
     def usable(self, query: int) -> np.ndarray:
         return np.array([lo < hi for lo, hi in (self.detection_range(i, query) for i in range(len(self.lengths)))])
 
+    @cached_property
+    def room(self) -> np.ndarray:
+        """Values in each series' span: a cold start needs more than a window of them."""
+        return np.array([stop - start for start, stop in self.span])
+
+    @cached_property
+    def spread(self) -> np.ndarray:
+        """Each series' standard deviation over its span: the units cold starts are weighted to
+        (inf or NaN for values near the float limit)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.array([max(float(np.std(y[lo:hi])), MIN_SCALE) for y, (lo, hi) in zip(self.series, self.span)])
+
 
 def next_change(changes: Sequence[int], t: int) -> int:
     """The first of `changes` after time t (a huge number when there is none)."""
@@ -129,7 +142,7 @@ def sample_cold_starts(pool: SeriesPool, n: int, first_age: int,
     of its series' spread, which is what a user (and bench coldstart) sees."""
     c = pool.config
     first_age = max(1, min(first_age, c.window - 1))
-    room = np.array([stop - start for start, stop in pool.span])
+    room = pool.room
     usable = np.flatnonzero(room > c.window)
     if usable.size == 0:
         raise ValueError(f"no series has more than {c.window} values in its span for a cold start")
@@ -142,8 +155,7 @@ def sample_cold_starts(pool: SeriesPool, n: int, first_age: int,
         part = young_examples(y, np.array([age]), c.window, c.horizon, c.scale_rate, c.mean_rate)
         scale, _ = normalisation_path(y[:age], c.scale_rate, c.mean_rate)
         with np.errstate(over="ignore", invalid="ignore"):   # values near the float limit
-            spread = max(float(np.std(pool.series[int(i)][lo:hi])), MIN_SCALE)
-            weights[k] = (scale[-1] / spread) ** 2
+            weights[k] = (scale[-1] / pool.spread[int(i)]) ** 2
         parts.append(part)
     weights[~np.isfinite(weights)] = 0.0   # a spread that overflows: the example teaches nothing
     return Examples.from_numpy(*(np.stack([p[j] for p in parts]) for j in range(4))), weights
