@@ -178,6 +178,21 @@ def test_cold_starts_stay_in_their_span_and_are_weighted_to_the_series_spread():
     assert float(naive.mean()) > 3 * float((weights * naive).mean())
 
 
+def test_a_cold_start_on_a_spike_weighs_no_more_than_a_loss_in_young_units():
+    """A mostly flat series with rare spikes: a young window that starts on a spike has a young
+    scale far above the series' spread, and uncapped its weight would reach hundreds, so one
+    such draw would steer a training step."""
+    from adaptd.meta.tasks import MAX_YOUNG_WEIGHT, sample_cold_starts
+
+    rng = np.random.default_rng(5)
+    y = 10 + rng.normal(0, 0.01, 600)
+    y[::40] += 100.0
+    _, weights = sample_cold_starts(SeriesPool([y], SMALL, span=[(0, 600)]), 256, 4, np.random.default_rng(1))
+    assert MAX_YOUNG_WEIGHT == 1.0
+    assert float(weights.max()) == MAX_YOUNG_WEIGHT     # some draws were capped
+    assert float(np.median(weights)) < 0.01             # most see the flat stretch: tiny weights
+
+
 def test_a_cold_start_weight_makes_theta_forecast_young_series_better():
     """The engine forecasts a series from θ* as it is from `cold_start` observations on; meta-
     training with a cold-start weight learns that, on series it never saw."""

@@ -37,6 +37,9 @@ from ..engine.online import OnlineConfig
 # Detection delays (steps after a change) to draw from when none were measured: ADWIN on the
 # daemon's residuals fires a few to a few dozen steps after a real level or dynamics change.
 DEFAULT_DELAYS = (4, 8, 12, 16, 24, 32, 48)
+# A cold start's weight (young scale / series' spread, squared) at most: see sample_cold_starts.
+# On M4 the median weight is 0.04; the cap was neutral on validation (BENCHMARKS, cold start).
+MAX_YOUNG_WEIGHT = 1.0
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,9 @@ def sample_cold_starts(pool: SeriesPool, n: int, first_age: int,
     Also each one's weight, (s / σ)²: s the young scale its targets are in units of, σ the
     spread of the series over its span. A scale seen over a few steps is often tiny, and the
     targets in its units huge and mostly noise; the weight puts every cold start's loss in units
-    of its series' spread, which is what a user (and bench coldstart) sees."""
+    of its series' spread, which is what a user (and bench coldstart) sees. Capped at 1 (a loss
+    in young units): a start on a spike of a mostly flat series has s far above σ, and uncapped
+    such weights reach hundreds, so that one spiky draw would steer a whole training step."""
     c = pool.config
     first_age = max(1, min(first_age, c.window - 1))
     room = pool.room
@@ -158,6 +163,7 @@ def sample_cold_starts(pool: SeriesPool, n: int, first_age: int,
             weights[k] = (scale[-1] / pool.spread[int(i)]) ** 2
         parts.append(part)
     weights[~np.isfinite(weights)] = 0.0   # a spread that overflows: the example teaches nothing
+    np.minimum(weights, MAX_YOUNG_WEIGHT, out=weights)
     return Examples.from_numpy(*(np.stack([p[j] for p in parts]) for j in range(4))), weights
 
 
