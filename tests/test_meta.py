@@ -319,6 +319,79 @@ def test_promotion_scores_cold_starts_as_well_as_drifts(tmp_path: Path):
     assert set(report.parts) == {"post_adaptation"} and report.val_score == report.parts["post_adaptation"]
 
 
+def adapts_well_forecasts_young_badly(init: Initializer) -> Initializer:
+    """`init` with its output bias off by 0.2 and big step sizes for the head and that bias:
+    the adaptation's k steps repair the bias (and fit the head better than `init`'s own steps),
+    θ* as is, which forecasts a young series, does not."""
+    params = {k: v.clone() for k, v in init.params.items()}
+    params["bias"] += 0.2
+    return Initializer(params, {**init.step_sizes, "head": 0.2, "bias": 1.0}, "meta")
+
+
+@pytest.mark.parametrize("cold_start_weight", [0.0, 10.0])
+def test_replay_keeps_the_meta_trained_initializer_only_if_it_wins_the_promotion_score(
+        monkeypatch, cold_start_weight: float):
+    """Replay and the accuracy bench choose between the meta-trained θ* and its warm start on
+    the daemon's promotion score: one that adapts better after drifts but forecasts new series
+    worse loses when cold starts weigh enough."""
+    from dataclasses import replace
+
+    import adaptd.meta.fit as fit
+    from adaptd.config import MetaSettings as MetaConfig
+    from adaptd.meta.train import MetaResult
+
+    trained: list[Initializer] = []
+
+    def fake_meta_train(start, *args, **kwargs):  # type: ignore[no-untyped-def]
+        trained.append(adapts_well_forecasts_young_badly(start))
+        return MetaResult(trained[-1])
+
+    monkeypatch.setattr(fit, "meta_train", fake_meta_train)
+    warmup = list(regime_series(10, 700, np.random.default_rng(0)).values)
+    meta = MetaConfig(validation_tasks=64, query=12, cold_start_weight=cold_start_weight)
+    chosen = fit.initializer_for("meta", replace(SMALL, cold_start=4), warmup, meta)
+    parts = chosen.meta["validation_parts"]
+    new, old = parts["meta-trained"], parts["warm start"]
+    assert new["post_adaptation"] < old["post_adaptation"]      # it adapts better after drifts
+    scores = chosen.meta["validation"]
+    if cold_start_weight == 0:   # no cold-start part at all: drifts decide
+        assert set(new) == {"post_adaptation"} and chosen is trained[0]
+    else:
+        assert new["cold_start"] > 1.02 * old["cold_start"]      # and forecasts young series worse
+        assert scores["meta-trained"] == pytest.approx(new["post_adaptation"] + 10 * new["cold_start"])
+        assert scores["meta-trained"] > scores["warm start"] and chosen is not trained[0]
+        assert chosen.kind == "pretrained"
+
+
+def test_a_run_that_wins_on_drifts_but_loses_on_cold_starts_is_not_promoted(tmp_path: Path, monkeypatch):
+    import adaptd.meta.job as job
+    from adaptd.meta.train import MetaResult
+
+    def as_meta(start, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return MetaResult(Initializer(start.params, start.step_sizes, "meta"))
+
+    def worse_for_young(start, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return MetaResult(adapts_well_forecasts_young_badly(start))
+
+    settings = load_config(str(write_config(tmp_path, sections={
+        "model": MODEL, "adapt": ADAPT,
+        "meta": {"meta_batch": 8, "query": 12, "validation_tasks": 64, "cold_start_weight": 10.0}})))
+    series = {f"s{k}": v for k, v in enumerate(regime_series(10, 700, np.random.default_rng(0)).values)}
+    store = Store.open(settings.store.url)
+    try:
+        monkeypatch.setattr(job, "meta_train", as_meta)
+        incumbent = run(settings, store, series)          # the pretrained weights, promoted as meta
+        monkeypatch.setattr(job, "meta_train", worse_for_young)
+        challenger = run(settings, store, series)
+    finally:
+        store.close()
+    assert incumbent.promoted
+    new, old = challenger.parts, incumbent.parts
+    assert new["post_adaptation"] < old["post_adaptation"] and new["cold_start"] > 1.02 * old["cold_start"]
+    assert challenger.baselines[f"meta v{incumbent.version}"] == pytest.approx(incumbent.val_score)
+    assert challenger.val_score > incumbent.val_score and not challenger.promoted
+
+
 def test_meta_train_command_on_an_m4_file_then_list(tmp_path: Path):
     config = config_file(tmp_path)
     data = write_m4(tmp_path / "m4.csv", regime_series(8, 600, np.random.default_rng(2)).values)

@@ -5,8 +5,9 @@ and the benchmark have no store, so they fit the `[adapt] init` they are asked f
 warm-up rows, the only rows they may learn from. For "meta" that is the daemon's own job in
 miniature: meta-train on the first 80% of the warm-up of most series (warm-started from the
 packaged initializer where it fits this model shape, else from the pretrained one), then keep
-whichever of {meta-trained, warm start} adapts better on validation tasks cut from the rest of
-the warm-up. No scored row is ever read.
+whichever of {meta-trained, warm start} scores better on validation tasks and cold starts cut
+from the rest of the warm-up (the daemon's promotion score, validation.py). No scored row is
+ever read.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from ..engine import factory
 from ..engine.learner import Initializer
 from ..engine.online import OnlineConfig
 from .job import NotEnoughData, split
-from .tasks import sample_tasks
-from .train import MetaSettings, Progress, meta_train, validation_score
+from .train import MetaSettings, Progress, meta_train
+from .validation import Validation, beats
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,13 @@ def initializer_for(kind: str, config: OnlineConfig, warmup: list[np.ndarray], m
         return start
     settings = MetaSettings.of(meta, seed)
     trained = meta_train(start, train, settings, config, progress).init
-    tasks = sample_tasks(valid, meta.validation_tasks, meta.query, np.random.default_rng(seed + 1))
-    scores = {name: validation_score(init, tasks, config.adapt_steps, config.clip)
-              for name, init in (("meta-trained", trained), ("warm start", start))}
-    chosen = trained if scores["meta-trained"] <= scores["warm start"] else start
+    validation = Validation(valid, config, meta, seed)
+    parts = {name: validation.parts(init) for name, init in (("meta-trained", trained), ("warm start", start))}
+    scores = {name: validation.total(p) for name, p in parts.items()}
+    chosen = trained if beats(scores["meta-trained"], scores["warm start"]) else start
     log.info("meta initializer on the warm-up: validation %s; using the %s",
              ", ".join(f"{k} {v:.4f}" for k, v in scores.items()),
              "meta-trained one" if chosen is trained else "warm start")
-    chosen.meta.update({"validation": scores, "warm_start": "packaged" if packaged else "pretrained"})
+    chosen.meta.update({"validation": scores, "validation_parts": parts,
+                        "warm_start": "packaged" if packaged else "pretrained"})
     return chosen

@@ -5,18 +5,13 @@ Validation tasks come from held-out series and from the final fifth of every tra
 and the current one are scored on identical tasks. Of the tasks cut from a series with
 recorded drift detections, half sit at one of them (what that adaptation saw), the rest at
 ordinary times. A new version is promoted only if it beats the current promoted one of its
-kind there; every run is stored with what it was trained on.
-
-The score is what training optimises: the post-adaptation query MSE, plus `[meta]
-cold_start_weight` times the MSE of θ* as is on cold starts cut from the same validation rows
-(in units of each series' spread). A run that adapts better after drifts but forecasts new
-series worse is not promoted on the first alone.
+kind there (the score of validation.py: post-adaptation MSE plus cold starts); every run is
+stored with what it was trained on.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -31,8 +26,9 @@ from ..engine.learner import Initializer, pretrain
 from ..engine.online import OnlineConfig
 from ..engine.snapshot import FORMAT_VERSION
 from ..store import Store
-from .tasks import SeriesPool, sample_cold_starts, sample_tasks
-from .train import MetaSettings, Progress, cold_start_loss, cold_start_share, meta_train, validation_score
+from .tasks import SeriesPool
+from .train import MetaSettings, Progress, meta_train
+from .validation import Validation, beats
 
 log = logging.getLogger(__name__)
 
@@ -113,29 +109,11 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
     meta = MetaSettings.of(m, seed, algorithm, iterations)
     started = time.perf_counter()
     train, valid = split(series, config, m.validation_series, m.query, seed, detections)
-    valid_tasks = sample_tasks(valid, m.validation_tasks, m.query, np.random.default_rng(seed + 1))
-    if float(valid_tasks.query.mask.sum()) == 0:
+    validation = Validation(valid, config, m, seed)
+    if float(validation.tasks.query.mask.sum()) == 0:
         raise NotEnoughData("no validation task has a target to score: the held-out series change (or the "
                             "detectors fired) right after every drawn detection time")
-    cold_weight = cold_start_share(m.cold_start_weight, config)
-    if cold_weight > 0 and not (valid.room > config.window).any():
-        log.info("no validation rows are long enough for a cold start; scoring after drifts only")
-        cold_weight = 0.0
-    young = (sample_cold_starts(valid, m.validation_tasks, config.serving, np.random.default_rng(seed + 2))
-             if cold_weight > 0 else None)
     current = promoted_by_kind(store, config)
-
-    def parts(init: Initializer) -> dict[str, float]:
-        found = {"post_adaptation": validation_score(init, valid_tasks, config.adapt_steps, config.clip)}
-        if young is not None:
-            found["cold_start"] = cold_start_loss(init, *young)
-        return found
-
-    def total(found: dict[str, float]) -> float:
-        return found["post_adaptation"] + cold_weight * found.get("cold_start", 0.0)
-
-    def score(init: Initializer) -> float:
-        return total(parts(init))
 
     # Every initializer this run compares against (or starts from), by the name it reports.
     candidates = {f"{kind} v{init.version}": init for kind, init in current.items()}
@@ -150,24 +128,22 @@ def run(settings: Settings, store: Store, series: dict[str, np.ndarray], iterati
     packaged = packaged_initializer(config) if "meta" not in current else None
     if packaged is not None:   # what the daemon runs until its store has a meta-learned one
         candidates["meta (packaged)"] = packaged
-    baselines = {name: score(init) for name, init in candidates.items()}
+    baselines = {name: validation.score(init) for name, init in candidates.items()}
     if "pretrained" not in current and promote:
         _save(store, encode_initializer(warm, config), "pretrain", baselines["pretrained (new)"], True,
               {"series": len(series), "seed": seed})
     start = warm if from_pretrained else current["meta"] if "meta" in current else packaged or warm
     result = meta_train(start, train, meta, config, progress)
-    val_parts = parts(result.init)
-    val_score = total(val_parts)
+    val_parts = validation.parts(result.init)
+    val_score = validation.total(val_parts)
     incumbent = (baselines[f"meta v{current['meta'].version}"] if "meta" in current
                  else baselines.get("meta (packaged)"))
-    # A score that is not a number never wins, and never stands in the way of one that is.
-    promoted = promote and math.isfinite(val_score) and (
-        incumbent is None or not math.isfinite(incumbent) or val_score < incumbent)
+    promoted = promote and beats(val_score, incumbent)
     training = {**result.init.meta, "series": len(series), "train_series": len(train.lengths),
                 "detections": sum(len(d) for d in (detections or {}).values()),
                 "warm_start": next(name for name, init in candidates.items() if init is start),
-                "validation_tasks": len(valid_tasks), "validation_parts": val_parts,
-                "validation_cold_starts": 0 if young is None else len(young[1]),
+                "validation_tasks": len(validation.tasks), "validation_parts": val_parts,
+                "validation_cold_starts": validation.cold_starts,
                 "baselines": baselines, "seconds": round(result.seconds, 1),
                 "loss_last": float(np.mean(result.history[-10:])) if result.history else None}
     payload = encode_initializer(result.init, config)
