@@ -220,6 +220,31 @@ def test_a_cold_start_weight_makes_theta_forecast_young_series_better():
     assert full.history == meta_train(start, train, replace(settings, iterations=5), SMALL).history
 
 
+def test_reptile_direction_is_its_step_per_unit_of_step_size_so_the_cold_start_term_weighs_alike():
+    """Reptile moves θ toward the adapted weights, θ - φ_k = Σ α g; per unit of step size and
+    step that is the mean clipped support gradient, a gradient's scale like Meta-SGD's and the
+    cold-start term's. The raw step is k α times smaller: with the same weight, cold starts
+    would swamp it (what made Reptile differ so from Meta-SGD with the cold-start term on)."""
+    from adaptd.engine.learner import sgd_step, sgd_steps
+    from adaptd.meta.train import _reptile_gradients, _rows
+
+    train, _, train_values = pools()
+    start = pretrain(Initializer.random(SMALL.shape, 0, 0.05), pooled_examples(train_values, SMALL, 2000), 1, 128, 0)
+    tasks = sample_tasks(train, 16, 12, np.random.default_rng(0))
+    alpha = {name: 1e-3 for name in start.params}
+    k = SMALL.adapt_steps
+    theta = {name: v.clone().requires_grad_(True) for name, v in start.params.items()}
+    _reptile_gradients(theta, alpha, tasks, k, 1.0)
+    adapted, _ = sgd_steps(_rows(start.params, len(tasks)), tasks.support, k, alpha, 1.0)
+    _, _, first = sgd_step(_rows(start.params, len(tasks)), tasks.support, alpha, 1.0)
+    for name, value in start.params.items():
+        step = value - adapted[name].mean(dim=0, keepdim=True)
+        assert torch.allclose(theta[name].grad * k * alpha[name], step, atol=1e-7), name
+        # With small steps that is the support's clipped gradient at θ itself.
+        gradient = first[name].mean(dim=0, keepdim=True)
+        assert torch.allclose(theta[name].grad, gradient, rtol=0.05, atol=1e-3 * float(gradient.abs().max())), name
+
+
 @pytest.mark.parametrize("algorithm", ["meta_sgd", "reptile"])
 def test_both_algorithms_train_deterministically_and_stay_finite(algorithm: str):
     train, _, _ = pools(3)

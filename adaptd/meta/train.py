@@ -9,15 +9,16 @@ First-order Meta-SGD (Li et al. 2017, first-order as in Nichol et al. 2018): aft
 step j the query gradient g_Q(φ_j) is taken as the gradient for θ (dφ_j/dθ ≈ I), and for the
 log step size of tensor t, dL_Q(φ_j)/d log α_t = -α_t <g_Q,t(φ_j), Σ_{i<j} g_S,t(φ_i)>, exactly
 for the given support gradients. The meta-loss is the query loss averaged over the tasks of a
-batch and over the inner steps 1..k. Reptile moves θ toward the adapted weights instead.
+batch and over the inner steps 1..k. Reptile moves θ toward the adapted weights instead; its
+direction θ - φ_k = Σ_j α_t g_S,t(φ_j) is taken per unit of step size and step (the mean clipped
+support gradient along the inner path), so that it is on a gradient's scale as Meta-SGD's is.
 
 The daemon also forecasts a new series from θ* as it is, from a few observations on (the
 engine's cold start, its window padded with the last value). With `cold_start_weight` > 0 each
 iteration adds the gradient of that share of θ's loss on a batch of such young windows, in units
-of each series' spread (tasks.sample_cold_starts), to θ's update (Meta-SGD: its meta-gradient;
-Reptile: its step toward the adapted weights, which is on another scale, so the same weight
-pulls differently there): θ* is then not only a good place to fine-tune from but also a safe
-forecaster for a series it has barely seen.
+of each series' spread (tasks.sample_cold_starts), to θ's update direction (either
+algorithm's, on the same scale, so one weight means the same in both): θ* is then not only a
+good place to fine-tune from but also a safe forecaster for a series it has barely seen.
 """
 
 from __future__ import annotations
@@ -152,11 +153,7 @@ def meta_train(start: Initializer, pool: SeriesPool, settings: MetaSettings, con
         tasks = sample_tasks(pool, B, settings.query, rng)
         alpha = {name: float(v.detach().exp()) for name, v in log_alpha.items()}
         if settings.algorithm == "reptile":
-            adapted, _ = sgd_steps(_rows(theta, B), tasks.support, max(k, 1), alpha, clip)
-            with torch.no_grad():
-                loss = float(example_loss(adapted, tasks.query).mean())
-                for name, value in theta.items():
-                    value.grad = value.detach() - adapted[name].mean(dim=0, keepdim=True)
+            loss = _reptile_gradients(theta, alpha, tasks, max(k, 1), clip)
         else:
             loss = _meta_sgd_gradients(theta, log_alpha, alpha, tasks, k, clip, learn_alpha)
         if cold_weight > 0:
@@ -194,6 +191,24 @@ def _add_cold_start_gradients(theta: dict[str, torch.Tensor], young: Examples, w
     for value, g in zip(theta.values(), grads):
         g = torch.nan_to_num(g)
         value.grad = g if value.grad is None else value.grad + g
+
+
+def _reptile_gradients(theta: dict[str, torch.Tensor], alpha: dict[str, float], tasks: Tasks, steps: int,
+                       clip: float) -> float:
+    """Set .grad of θ to Reptile's direction per unit of step size and step, (θ - φ_k) / (k α_t)
+    averaged over tasks: the mean clipped support gradient along the inner path. Returns the
+    query loss after adaptation (reported, not trained on)."""
+    B = len(tasks)
+    phi = _rows(theta, B)
+    walked = {name: torch.zeros_like(v) for name, v in theta.items()}
+    for _ in range(steps):
+        phi, _, applied = sgd_step(phi, tasks.support, alpha, clip)
+        for name in walked:
+            walked[name] += applied[name].sum(dim=0, keepdim=True) / (B * steps)
+    for name, value in theta.items():
+        value.grad = walked[name]
+    with torch.no_grad():
+        return float(example_loss(phi, tasks.query).mean())
 
 
 def _meta_sgd_gradients(theta: dict[str, torch.Tensor], log_alpha: dict[str, torch.Tensor],
