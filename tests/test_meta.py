@@ -188,9 +188,9 @@ def test_a_cold_start_on_a_spike_weighs_no_more_than_a_loss_in_young_units():
     y = 10 + rng.normal(0, 0.01, 600)
     y[::40] += 100.0
     _, weights = sample_cold_starts(SeriesPool([y], SMALL, span=[(0, 600)]), 256, 4, np.random.default_rng(1))
-    assert MAX_YOUNG_WEIGHT == 1.0
-    assert float(weights.max()) == MAX_YOUNG_WEIGHT     # some draws were capped
-    assert float(np.median(weights)) < 0.01             # most see the flat stretch: tiny weights
+    assert float(weights.max()) == MAX_YOUNG_WEIGHT == 1.0   # some draws were capped
+    assert float(np.median(weights)) < 0.01                  # most see the flat stretch: tiny weights
+    assert ((weights > 0.05) & (weights < 1)).any()          # and below the cap nothing changes
 
 
 def test_a_cold_start_weight_makes_theta_forecast_young_series_better():
@@ -220,7 +220,7 @@ def test_a_cold_start_weight_makes_theta_forecast_young_series_better():
     assert full.history == meta_train(start, train, replace(settings, iterations=5), SMALL).history
 
 
-def test_reptile_direction_is_its_step_per_unit_of_step_size_so_the_cold_start_term_weighs_alike():
+def test_reptile_direction_is_its_step_per_unit_of_step_size():
     """Reptile moves θ toward the adapted weights, θ - φ_k = Σ α g; per unit of step size and
     step that is the mean clipped support gradient, a gradient's scale like Meta-SGD's and the
     cold-start term's. The raw step is k α times smaller: with the same weight, cold starts
@@ -231,7 +231,7 @@ def test_reptile_direction_is_its_step_per_unit_of_step_size_so_the_cold_start_t
     train, _, train_values = pools()
     start = pretrain(Initializer.random(SMALL.shape, 0, 0.05), pooled_examples(train_values, SMALL, 2000), 1, 128, 0)
     tasks = sample_tasks(train, 16, 12, np.random.default_rng(0))
-    alpha = {name: 1e-3 for name in start.params}
+    alpha = {name: 1e-3 * (i + 1) for i, name in enumerate(start.params)}   # one per tensor
     k = SMALL.adapt_steps
     theta = {name: v.clone().requires_grad_(True) for name, v in start.params.items()}
     _reptile_gradients(theta, alpha, tasks, k, 1.0)
@@ -242,7 +242,7 @@ def test_reptile_direction_is_its_step_per_unit_of_step_size_so_the_cold_start_t
         assert torch.allclose(theta[name].grad * k * alpha[name], step, atol=1e-7), name
         # With small steps that is the support's clipped gradient at θ itself.
         gradient = first[name].mean(dim=0, keepdim=True)
-        assert torch.allclose(theta[name].grad, gradient, rtol=0.05, atol=1e-3 * float(gradient.abs().max())), name
+        assert float((theta[name].grad - gradient).norm()) < 0.05 * float(gradient.norm()), name
 
 
 @pytest.mark.parametrize("algorithm", ["meta_sgd", "reptile"])
@@ -354,11 +354,12 @@ def adapts_well_forecasts_young_badly(init: Initializer) -> Initializer:
 
 
 @pytest.mark.parametrize("cold_start_weight", [0.0, 10.0])
-def test_replay_keeps_the_meta_trained_initializer_only_if_it_wins_the_promotion_score(
+def test_bench_and_replay_keep_a_meta_trained_initializer_only_if_it_wins_the_promotion_score(
         monkeypatch, cold_start_weight: float):
-    """Replay and the accuracy bench choose between the meta-trained θ* and its warm start on
-    the daemon's promotion score: one that adapts better after drifts but forecasts new series
-    worse loses when cold starts weigh enough."""
+    """The accuracy bench (and replay, where the packaged θ* does not fit the model shape, as
+    here) choose between the meta-trained θ* and its warm start on the daemon's promotion
+    score: one that adapts better after drifts but forecasts new series worse loses when cold
+    starts weigh enough."""
     from dataclasses import replace
 
     import adaptd.meta.fit as fit
@@ -415,6 +416,16 @@ def test_a_run_that_wins_on_drifts_but_loses_on_cold_starts_is_not_promoted(tmp_
     assert new["post_adaptation"] < old["post_adaptation"] and new["cold_start"] > 1.02 * old["cold_start"]
     assert challenger.baselines[f"meta v{incumbent.version}"] == pytest.approx(incumbent.val_score)
     assert challenger.val_score > incumbent.val_score and not challenger.promoted
+
+
+@pytest.mark.parametrize("score, incumbent, wins", [
+    (1.0, None, True), (1.0, 2.0, True), (2.0, 1.0, False), (1.0, 1.0, False),   # a tie keeps the incumbent
+    (1.0, math.nan, True), (1.0, math.inf, True), (math.nan, 2.0, False), (math.nan, None, False),
+    (math.inf, None, False), (math.nan, math.nan, False)])
+def test_a_score_that_is_not_a_number_never_wins_nor_blocks(score: float, incumbent, wins: bool):
+    from adaptd.meta.validation import beats
+
+    assert beats(score, incumbent) is wins
 
 
 def test_meta_train_command_on_an_m4_file_then_list(tmp_path: Path):

@@ -6,8 +6,9 @@ warm-up rows, the only rows they may learn from. For "meta" that is the daemon's
 miniature: meta-train on the first 80% of the warm-up of most series (warm-started from the
 packaged initializer where it fits this model shape, else from the pretrained one), then keep
 whichever of {meta-trained, warm start} scores better on validation tasks and cold starts cut
-from the rest of the warm-up (the daemon's promotion score, validation.py). No scored row is
-ever read.
+from the rest of the warm-up (the daemon's promotion score, validation.py): as in promotion,
+a tie keeps the warm start and a score that is not a number never wins. No scored row is ever
+read.
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ from ..engine.online import OnlineConfig
 # daemon's residuals fires a few to a few dozen steps after a real level or dynamics change.
 DEFAULT_DELAYS = (4, 8, 12, 16, 24, 32, 48)
 # A cold start's weight (young scale / series' spread, squared) at most: see sample_cold_starts.
-# On M4 the median weight is 0.04; the cap was neutral on validation (BENCHMARKS, cold start).
+# Over M4, ETTh2 and WTH series the median weight is 0.04 and the largest ~18; the cap was
+# neutral on validation (BENCHMARKS, cold start).
 MAX_YOUNG_WEIGHT = 1.0
 
 
@@ -143,8 +144,9 @@ def sample_cold_starts(pool: SeriesPool, n: int, first_age: int,
     spread of the series over its span. A scale seen over a few steps is often tiny, and the
     targets in its units huge and mostly noise; the weight puts every cold start's loss in units
     of its series' spread, which is what a user (and bench coldstart) sees. Capped at 1 (a loss
-    in young units): a start on a spike of a mostly flat series has s far above σ, and uncapped
-    such weights reach hundreds, so that one spiky draw would steer a whole training step."""
+    in young units): a start on a spike of a mostly flat series has s far above σ (38 times the
+    cap in the test's spiky series; ~18 at most on real data), and one such draw would steer a
+    whole training step."""
     c = pool.config
     first_age = max(1, min(first_age, c.window - 1))
     room = pool.room

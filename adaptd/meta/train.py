@@ -11,14 +11,15 @@ log step size of tensor t, dL_Q(φ_j)/d log α_t = -α_t <g_Q,t(φ_j), Σ_{i<j} 
 for the given support gradients. The meta-loss is the query loss averaged over the tasks of a
 batch and over the inner steps 1..k. Reptile moves θ toward the adapted weights instead; its
 direction θ - φ_k = Σ_j α_t g_S,t(φ_j) is taken per unit of step size and step (the mean clipped
-support gradient along the inner path), so that it is on a gradient's scale as Meta-SGD's is.
+support gradient along the inner path): a gradient's order of magnitude, like Meta-SGD's
+(which is the unclipped query gradient, so the two are alike in size, not in meaning).
 
 The daemon also forecasts a new series from θ* as it is, from a few observations on (the
 engine's cold start, its window padded with the last value). With `cold_start_weight` > 0 each
 iteration adds the gradient of that share of θ's loss on a batch of such young windows, in units
 of each series' spread (tasks.sample_cold_starts), to θ's update direction (either
-algorithm's, on the same scale, so one weight means the same in both): θ* is then not only a
-good place to fine-tune from but also a safe forecaster for a series it has barely seen.
+algorithm's; one weight pulls both about alike): θ* is then not only a good place to
+fine-tune from but also a safe forecaster for a series it has barely seen.
 """
 
 from __future__ import annotations
