@@ -27,7 +27,7 @@ from .ingest import IngestWriter
 from .learning import LearningWorker
 from .metrics import Metrics
 from .sdnotify import Notifier
-from .server import SocketServer
+from .server import SocketServer, refuse_if_served
 from .service import Service
 from .store import Store, redact
 from .store_wait import open_store
@@ -71,6 +71,7 @@ class Daemon:
         s = self.settings
         started = time.monotonic()
         log.info("starting adaptd with %s; store %s", s.source, redact(s.store.url))
+        refuse_if_served(s.socket_path())   # before the store: its series are the other daemon's
         self.store = await self._open_store()
         if self.store is None:
             return False
@@ -249,7 +250,10 @@ class Daemon:
             self.scheduler.shutdown(wait=True)
         if self.engine is not None:
             self.engine.close()
-            await asyncio.to_thread(self.checkpoint)
+            if self.server is not None:
+                await asyncio.to_thread(self.checkpoint)
+            else:   # it never served: nothing was acknowledged here, and the store may be another's
+                log.info("start-up did not finish: no checkpoint written (the store keeps its last one)")
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         if self.store is not None:

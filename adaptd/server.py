@@ -31,28 +31,38 @@ class SocketInUse(RuntimeError):
     """The socket path cannot be ours: another daemon answers on it, or it cannot be set up."""
 
 
+def refuse_if_served(path: Path) -> None:
+    """Fail when a live daemon answers on `path`. Checked first thing at start-up as well: a
+    second instance must not restore, learn or checkpoint the series of the one that serves."""
+    if path.is_socket() and _answers(path):
+        raise SocketInUse(f"another adaptd is already serving on {path}")
+
+
 def clear_stale_socket(path: Path) -> None:
     """Remove a socket file left by a crashed run; refuse if a live daemon still answers on it."""
     if not path.exists() and not path.is_symlink():
         return
     if not path.is_socket():
         raise SocketInUse(f"{path} exists and is not a socket; refusing to remove it")
+    refuse_if_served(path)
+    log.warning("removing stale socket %s left by an earlier run", path)
+    path.unlink(missing_ok=True)
+
+
+def _answers(path: Path) -> bool:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.settimeout(1.0)
         probe.connect(str(path))
+        return True
     except (ConnectionRefusedError, FileNotFoundError):
-        log.warning("removing stale socket %s left by an earlier run", path)
-        path.unlink(missing_ok=True)
-        return
+        return False
     except OSError as exc:
         if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
             raise
-        path.unlink(missing_ok=True)
-        return
+        return False
     finally:
         probe.close()
-    raise SocketInUse(f"another adaptd is already serving on {path}")
 
 
 class SocketServer:

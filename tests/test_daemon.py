@@ -905,6 +905,28 @@ def test_a_second_daemon_on_the_same_socket_refuses_to_start() -> None:
         shutil.rmtree(second_dir, ignore_errors=True)
 
 
+def test_a_second_daemon_with_the_same_config_touches_nothing_of_the_first() -> None:
+    """Started twice with one config (same store, socket and metrics port), the second says the
+    socket is served, not that the port is taken, and exits before restoring, learning or
+    checkpointing the first one's series."""
+    directory = short_tempdir()
+    try:
+        with running_daemon(directory, metrics=True, naive=False) as first:
+            first.ingest(hourly("first", 80))
+            second = DaemonProcess(first.config).start(wait=False)
+            rc = second.wait_exit()
+            assert rc != 0
+            assert "already serving" in second.stderr, second.stderr
+            assert "metrics.listen" not in second.stderr and "Traceback" not in second.stderr
+            for later_step in ("restored", "checkpoint", "waiting for the store"):
+                assert later_step not in second.stderr, second.stderr
+            assert first.series()["first"]["observations"] == 80
+            rc, log = first.stop()
+            assert rc == 0, log
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def test_a_file_in_the_socket_place_is_not_removed() -> None:
     directory = short_tempdir()
     try:
@@ -1013,6 +1035,7 @@ def test_metrics_port_in_use_fails_startup_naming_the_key() -> None:
             assert d.wait_exit() == 2
         assert "metrics.listen" in d.stderr, d.stderr
         assert not d.socket_path.exists()
+        assert "no checkpoint written" in d.stderr, d.stderr   # it never served: the store is left as it was
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
