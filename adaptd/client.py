@@ -45,6 +45,10 @@ class Client:
         except PermissionError:
             sock.close()
             raise ClientError(f"permission denied on {self.path}: join the socket's group") from None
+        except TimeoutError:   # the backlog is full and nobody accepts: a hung daemon
+            sock.close()
+            raise ClientError(f"the daemon at {self.path} did not accept a connection within "
+                              f"{self.timeout:g}s") from None
         self._sock = sock
 
     def close(self) -> None:
@@ -63,6 +67,9 @@ class Client:
                 chunk = self._sock.recv(1 << 16)
             except ConnectionResetError:  # it hung up with requests of ours unread
                 chunk = b""
+            except TimeoutError:
+                raise ClientError(f"no answer from the daemon at {self.path} within {self.timeout:g}s: "
+                                  "it may be hung (see its log, `systemctl status adaptd`)") from None
             if not chunk:
                 raise ClientError("the daemon closed the connection")
             self._buffer += chunk
@@ -82,6 +89,9 @@ class Client:
             self.send_raw(text.encode("utf-8", "backslashreplace") + b"\n")
         except (BrokenPipeError, ConnectionResetError):
             raise ClientError(f"the daemon closed the connection{self._last_error()}") from None
+        except TimeoutError:   # it stopped reading: its socket buffer stayed full
+            raise ClientError(f"the daemon at {self.path} took no request data for {self.timeout:g}s: "
+                              "it may be hung") from None
 
     def _last_error(self) -> str:
         """The error the daemon answered before it hung up (e.g. too_large), if still readable."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from contextvars import ContextVar
 from typing import Any, Awaitable, Callable
 
 from . import __version__
@@ -27,6 +29,14 @@ log = logging.getLogger(__name__)
 PROVISIONAL_SHARE = 0.25
 PROVISIONAL_BURST = 0.05
 LEARNT_WAIT = 0.01
+# When an ingest on this connection was last refused as overloaded. Each connection is served by
+# its own task, with its own copy of the context, so this is per connection. An ingest that
+# follows a refusal within PIPELINED seconds was sent before the client could have read it (a
+# client pipelining batches): it is refused at once, so that it is not stored ahead of the
+# refused batch, whose records would then be late to the models. A client that pauses before
+# re-sending, as the refusal asks, is served as usual.
+_REFUSED_AT: ContextVar[float] = ContextVar("adaptd_ingest_refused_at", default=-math.inf)
+PIPELINED = 0.05
 
 
 class TimeBudget:
@@ -127,6 +137,11 @@ class Service:
                     for index, exc in problems[:MAX_REJECTIONS_LISTED]]
         for _index, exc in problems:
             self.metrics.records_rejected.labels(exc.field).inc()
+        if time.monotonic() - _REFUSED_AT.get() < PIPELINED:
+            _REFUSED_AT.set(time.monotonic())
+            raise RequestError(OVERLOADED, "the batch before this one on this connection was refused as overloaded "
+                               "and this one was sent before that answer; re-send both, in order, after a "
+                               "short pause")
         await self._wait_for_room(len(accepted))
         try:
             await asyncio.wrap_future(self.writer.submit(accepted))
@@ -145,6 +160,7 @@ class Service:
         deadline = time.monotonic() + self.settings.server.overload_wait
         while (busy := self._busy(n)) is not None:
             if time.monotonic() >= deadline:
+                _REFUSED_AT.set(time.monotonic())
                 raise RequestError(OVERLOADED, f"{busy}; retry after a short pause")
             await asyncio.sleep(0.005)
 

@@ -39,6 +39,8 @@ class UploadReport:
     accepted: int = 0
     rejected: int = 0
     skipped: int = 0
+    resent: int = 0           # batches re-sent after the daemon answered `overloaded`
+    out_of_order: int = 0     # acknowledged after records that follow them in the file
     reasons: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -57,6 +59,13 @@ class UploadReport:
                f"{self.seconds:.1f}s, {rate:,.0f} records/s)"
         if self.skipped:
             text += f"; {self.skipped} empty cells skipped"
+        if self.resent:
+            text += f"; {self.resent} batches re-sent after `overloaded`"
+        if self.out_of_order:
+            text += (f"\nnote: {self.out_of_order} records were stored after later lines of the file (the daemon "
+                     "refused their batch as overloaded while the next ones were already sent); the models skip "
+                     "a series' records older than its newest learnt one (they stay stored: "
+                     "adaptd_records_late_total)")
         if self.reasons:
             more = self.rejected - len(self.reasons)
             text += "\nfirst reasons:\n  " + "\n  ".join(self.reasons)
@@ -110,18 +119,22 @@ class _Utf8Lines:
 class _Sender:
     """Keeps up to IN_FLIGHT batches outstanding; maps rejected indices back to line numbers.
 
-    Answers come back in request order, so a batch refused as `overloaded` is re-sent behind
-    the batches still outstanding and waited for in that place.
+    Answers come back in request order. A batch refused as `overloaded` is re-sent, after a
+    pause, before anything else: the batches already sent behind it are answered first (those
+    the daemon stored anyway are now ahead of it: counted in the report), and from then on one
+    batch at a time is in flight, so no later refusal can be overtaken.
     """
 
     def __init__(self, client: Client, report: UploadReport):
         self.client = client
         self.report = report
+        self.in_flight = IN_FLIGHT
+        self.held_back = 0   # records of refused batches waiting to be re-sent
         self.waiting: deque[tuple[list[dict[str, Any]], list[int], int]] = deque()
 
     def send(self, records: list[dict[str, Any]], lines: list[int]) -> None:
         self._request(records, lines, 0)
-        while len(self.waiting) >= IN_FLIGHT:
+        while len(self.waiting) >= self.in_flight:
             self.collect_one()
 
     def _request(self, records: list[dict[str, Any]], lines: list[int], attempt: int) -> None:
@@ -141,19 +154,54 @@ class _Sender:
             answer = self.client.read_response()
         except ClientError as exc:
             self._stop(str(exc), len(records))
+        if self._overloaded(answer, attempt):
+            self._resend_in_order([(records, lines, attempt)])
+            return
+        self._accept(answer, records, lines)
+
+    def _overloaded(self, answer: dict[str, Any], attempt: int) -> bool:
+        return (not answer.get("ok") and answer.get("error", {}).get("code") == "overloaded"
+                and attempt < OVERLOAD_RETRIES)
+
+    def _accept(self, answer: dict[str, Any], records: list[dict[str, Any]], lines: list[int],
+                unsent: int = 0) -> None:
         if not answer.get("ok"):
             error = answer.get("error", {})
-            if error.get("code") == "overloaded" and attempt < OVERLOAD_RETRIES:
-                time.sleep(min(2.0, 0.05 * 2 ** attempt))  # back off, then try the same batch again
-                self._request(records, lines, attempt + 1)
-                return
             self._stop(f"the daemon refused a batch ({error.get('code')}: {error.get('message')}) "
-                       f"holding lines {lines[0]}-{lines[-1]}", len(records))
+                       f"holding lines {lines[0]}-{lines[-1]}", len(records) + unsent)
         self._count(answer, lines)
+
+    def _resend_in_order(self, refused: list[tuple[list[dict[str, Any]], list[int], int]]) -> None:
+        """Re-send refused batches in file order, one at a time, after the answers to every batch
+        sent behind them."""
+        self.in_flight = 1
+        overtaken = 0   # how many of `refused` a stored later batch went ahead of
+        while self.waiting:
+            records, lines, attempt = self.waiting.popleft()
+            unsent = sum(len(r) for r, _, _ in refused)
+            try:
+                answer = self.client.read_response()
+            except ClientError as exc:
+                self._stop(str(exc), len(records) + unsent)
+            if self._overloaded(answer, attempt):
+                refused.append((records, lines, attempt))
+                continue
+            self._accept(answer, records, lines, unsent)
+            overtaken = len(refused)
+        self.report.out_of_order += sum(len(r) for r, _, _ in refused[:overtaken])
+        outer = self.held_back   # a re-sent batch refused again comes back here, nested
+        for k, (records, lines, attempt) in enumerate(refused):
+            self.held_back = outer + sum(len(r) for r, _, _ in refused[k + 1:])
+            time.sleep(min(2.0, 0.1 * 2 ** attempt))  # back off (past service.PIPELINED), then re-send
+            self.report.resent += 1
+            self._request(records, lines, attempt + 1)
+            self.collect_one()
+        self.held_back = outer
 
     def _stop(self, reason: str, lost: int) -> NoReturn:
         """Stop the upload: batches sent before may have been committed, so count the answers
         that came back for them first."""
+        lost += self.held_back
         while self.waiting:
             later, lines, _attempt = self.waiting.popleft()
             try:

@@ -688,6 +688,35 @@ def test_models_falling_behind_get_clients_overloaded_promptly_not_stuck(tmp_pat
     assert len(stored_rows(url, "busy")) == acked
 
 
+@pytest.mark.integration
+def test_a_batch_pipelined_behind_a_refused_one_is_refused_too_not_stored_ahead_of_it(tmp_path: Path) -> None:
+    """A client that sends batches without waiting for each answer must not find a later batch
+    stored ahead of one the daemon refused as overloaded (its records would be late to the
+    models): the later one is refused at once."""
+    url = f"sqlite:///{tmp_path}/adaptd.db"
+    sections = {"model": {"learning_backlog": 1000}, "server": {"overload_wait": 1.0}}
+    with running_daemon(naive=False, store_url=url, sections=sections) as d:
+        with d.client(timeout=30) as c:
+            k = 0
+            while c.request({"op": "ingest", "records": hourly("busy", 1000, start=T0 + k * 1000 * H)})["ok"]:
+                k += 1
+                assert k < 30, "the models never fell behind"
+            refused, pipelined = (hourly("busy", 1000, start=T0 + (k + j) * 1000 * H) for j in (1, 2))
+            c.request_nowait({"op": "ingest", "records": refused})
+            c.request_nowait({"op": "ingest", "records": pipelined})
+            first = c.read_response()
+            answered = time.monotonic()
+            second = c.read_response()
+            behind = time.monotonic() - answered
+        stored = {row[0] for row in stored_rows(url, "busy")}
+    if first["ok"]:
+        pytest.skip("the models caught up between the two requests: nothing was refused to test")
+    assert second["ok"] is False and second["error"]["code"] == "overloaded", second
+    assert "sent before that answer" in second["error"]["message"]
+    assert behind < 0.5, behind                      # at once, not after overload_wait
+    assert not stored & {r["ts"] for r in pipelined}
+
+
 def test_sigterm_under_load_keeps_every_acknowledged_record() -> None:
     """Clients keep ingesting while SIGTERM arrives: whatever was acked is there after a restart."""
     directory = short_tempdir()

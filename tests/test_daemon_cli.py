@@ -162,6 +162,63 @@ def test_ingest_refused_part_way_counts_every_batch_the_daemon_committed(workdir
         assert summary_counts(out.stdout) == (200, 1) and "line 2:" in out.stdout, out.stdout
 
 
+class ScriptedDaemon:
+    """The daemon's side of one connection, as `adaptd ingest` sees it: answers in request order,
+    `overloaded` for the sends listed (counted from 1). Stands in for timing a real daemon's
+    overload cannot be made to hit exactly (the test below this one uses a real daemon)."""
+
+    def __init__(self, refuse: set[int]):
+        self.refuse, self.sent, self.unanswered = refuse, [], []
+
+    def request_nowait(self, payload: dict) -> None:
+        self.sent.append(payload["records"][0]["ts"])
+        self.unanswered.append(payload["records"])
+
+    def read_response(self) -> dict:
+        records = self.unanswered.pop(0)
+        if len(self.sent) - len(self.unanswered) in self.refuse:
+            return {"ok": False, "error": {"code": "overloaded", "message": "busy"}}
+        return {"ok": True, "accepted": len(records), "rejected": []}
+
+
+def test_ingest_resends_a_refused_batch_before_anything_else_then_one_at_a_time(monkeypatch) -> None:
+    import adaptd.upload as upload
+
+    monkeypatch.setattr(upload.time, "sleep", lambda _s: None)
+    daemon = ScriptedDaemon(refuse={1, 3, 6})   # batches 0 and 2 pipelined, then 2 again once re-sent
+    report = upload.UploadReport()
+    sender = upload._Sender(daemon, report)  # type: ignore[arg-type]
+    for batch in range(6):
+        sender.send([{"series": "s", "ts": batch * 10 + i, "value": 1.0} for i in range(10)], list(range(10)))
+    sender.finish()
+    # Batches 0-3 in flight; 0 and 2 refused, 1 and 3 stored anyway (ahead of them), then 0 and
+    # 2 again in file order (2 refused once more and retried at once), then 4 and 5 one at a time.
+    assert daemon.sent == [0, 10, 20, 30, 0, 20, 20, 40, 50]
+    assert report.accepted == 60 and report.resent == 3 and report.out_of_order == 20
+    assert "3 batches re-sent after `overloaded`" in report.summary()
+    assert "20 records were stored after later lines" in report.summary()
+
+
+@pytest.mark.integration
+def test_ingest_through_overload_stores_everything_and_says_what_went_out_of_order(workdir: Path) -> None:
+    """Models that fall behind make the daemon answer `overloaded`; `adaptd ingest` backs off
+    and re-sends until every record is stored, and what it reports stored out of order is
+    what the daemon counted late."""
+    data = workdir / "busy.csv"
+    data.write_text("series,ts,value\n" + "".join(f"busy{k},{i * 3600},{i % 24}\n"
+                                                  for i in range(1000) for k in range(8)))
+    sections = {"model": {"learning_backlog": 1000, "shed_lag": 0.05}, "server": {"overload_wait": 0.2}}
+    with running_daemon(naive=False, sections=sections) as d:
+        out = run_cli("ingest", str(data), "--no-progress", config=d.config)
+        assert out.returncode == 0, out
+        assert summary_counts(out.stdout) == (8000, 0)
+        assert "re-sent after `overloaded`" in out.stdout, out.stdout
+        stats = d.request({"op": "stats"})
+        assert all(series["observations"] == 1000 for series in series_json(d).values())
+    match = re.search(r"note: (\d+) records were stored after later lines", out.stdout)
+    assert stats["records_late"] == (int(match.group(1)) if match else 0), (stats, out.stdout)
+
+
 def test_ingest_when_the_daemon_dies_part_way_reports_what_it_acknowledged(workdir: Path) -> None:
     with running_daemon() as d:
         argv = [sys.executable, "-m", "adaptd", "ingest", "-", "--batch", "10", "--no-progress",
@@ -252,6 +309,19 @@ def test_client_commands_without_a_daemon_say_it_is_not_running(workdir: Path, s
         assert out.returncode == 1, (argv, out)
         assert "not running" in out.stderr, (argv, out.stderr)
         assert "Traceback" not in out.stderr
+
+
+def test_a_client_of_a_hung_daemon_gets_an_error_not_a_traceback(workdir: Path) -> None:
+    """A daemon that accepts a connection but never answers (hung, the watchdog's case)."""
+    from adaptd.client import Client, ClientError
+
+    path = workdir / "hung.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as hung:
+        hung.bind(str(path))
+        hung.listen()
+        with Client(path, timeout=0.3) as client:
+            with pytest.raises(ClientError, match="no answer from the daemon .* within 0.3s"):
+                client.request({"op": "ping"})
 
 
 @pytest.mark.parametrize("argv, expected", [
