@@ -205,9 +205,11 @@ CHECKS: dict[str, dict[str, Check]] = {
         "shutdown_timeout": (lambda v: 0 < v <= MAX_WAIT, f"a number of seconds > 0 and <= {MAX_WAIT:.0f}"),
     },
     "store": {
-        "url": (lambda v: "://" in v and v.split("://")[0].split("+")[0] in ("sqlite", "postgresql"),
+        "url": (lambda v: "://" in v and v.split("://")[0].split("+")[0] in ("sqlite", "postgresql")
+                and not _in_memory(v),
                 "an SQLAlchemy URL of an SQLite or PostgreSQL database, such as sqlite:///state/adaptd.db "
-                "or postgresql+psycopg://user:password@host/adaptd"),
+                "or postgresql+psycopg://user:password@host/adaptd (not an in-memory SQLite database: "
+                "every acknowledged record would be lost at exit)"),
         "sqlite_synchronous": (lambda v: v in ("normal", "full"), "'normal' or 'full'"),
         "pool_size": (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
         "connect_timeout": (lambda v: 0 <= v <= MAX_WAIT,
@@ -375,6 +377,14 @@ def _in_state_dir(settings: Settings, data: dict[str, Any]) -> Settings:
 
 def _relative_to(base: Path, value: str) -> str:
     return value if os.path.isabs(value) else str(base / value)
+
+
+def _in_memory(url: str) -> bool:
+    """An SQLite URL without a file (sqlite://, sqlite:///:memory:, mode=memory)."""
+    if not url.startswith("sqlite"):
+        return False
+    path = url.split("://", 1)[1]
+    return path in ("", "/") or path.startswith("/:memory:") or "mode=memory" in path
 
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:

@@ -13,7 +13,8 @@ import threading
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Gauge,
+                               Histogram, start_http_server)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -37,6 +38,10 @@ SCALED_ERROR_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 25.
 class Metrics(Telemetry):
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = r = registry if registry is not None else CollectorRegistry()
+        # The client library's own: process_* (memory, CPU, open files against LimitNOFILE),
+        # python_gc_*, python_info; an own registry does not get them by default.
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(standard)
         self.records_ingested = Counter(
             "adaptd_records_ingested", "Records committed to the store", registry=r)
         self.records_rejected = Counter(

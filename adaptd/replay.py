@@ -27,7 +27,7 @@ from .engine import Engine, NotReady
 from .engine.factory import build_engine, online_config
 from .engine.history import infer_season
 from .meta.fit import initializer_for
-from .records import Observation, format_ts
+from .records import Observation, Rejected, format_ts, validate_record
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,13 @@ def load_table(path: str | Path) -> Table:
         for line, item in reader:
             if isinstance(item, str):
                 raise FormatError(f"line {line}: {item}")
+            if reader.format == "jsonl":   # objects as written: checked as the socket checks them
+                try:
+                    record = validate_record(item)
+                except Rejected as exc:
+                    raise FormatError(f"line {line}: {exc}") from None
+                item = {"series": record.series, "ts": record.ts, "value": record.value,
+                        "label": str(item["ts"])}
             ts = float(item["ts"])
             name = str(item["series"])
             order.setdefault(name, None)

@@ -422,13 +422,18 @@ def test_relative_paths_resolve_against_the_file_not_the_cwd(tmp_path: Path, mon
     ("sqlite:///rel/a.db", "sqlite:///{base}/rel/a.db"),
     ("sqlite+pysqlite:///rel/a.db", "sqlite+pysqlite:///{base}/rel/a.db"),
     ("sqlite:////abs/a.db", "sqlite:////abs/a.db"),
-    ("sqlite:///:memory:", "sqlite:///:memory:"),
-    ("sqlite://", "sqlite://"),
     ("postgresql+psycopg://u:p@host/db", "postgresql+psycopg://u:p@host/db"),
 ])
 def test_store_url_resolution(tmp_path: Path, url: str, expected: str) -> None:
     settings = load_config(str(write(tmp_path, f'[store]\nurl = "{url}"\n')))
     assert settings.store.url == expected.format(base=tmp_path)
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite+pysqlite://",
+                                 "sqlite:///file:a?mode=memory&uri=true"])
+def test_an_in_memory_store_is_refused_it_would_lose_every_ack(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigError, match="store.url.*in-memory"):
+        load_config(str(write(tmp_path, f'[store]\nurl = "{url}"\n')))
 
 
 def test_absolute_paths_are_kept(tmp_path: Path) -> None:

@@ -531,6 +531,9 @@ def test_a_request_left_half_sent_is_refused_in_time_and_idle_connections_stay_o
             text = response.read().decode()
         assert 'adaptd_requests_total{op="unfinished",outcome="bad_request"} 1.0' in text, text
         assert 'adaptd_requests_total{op="invalid",outcome="bad_request"} 1.0' in text, text
+        # The process's own, for memory growth and open files against the unit's LimitNOFILE.
+        for standard in ("process_resident_memory_bytes", "process_open_fds", "process_max_fds", "python_info"):
+            assert f"\n{standard}" in text, standard
         rc, log = d.stop()
         assert rc == 0, log
 

@@ -110,6 +110,34 @@ def test_bad_input_is_refused_with_the_line(tmp_path: Path, capsys: pytest.Captu
     assert "line 3" in capsys.readouterr().err
 
 
+def test_json_lines_replay_as_the_same_records_in_csv_do(tmp_path: Path) -> None:
+    """JSON lines, ISO or epoch times, give the forecasts the wide CSV of the same values gives."""
+    values = series(120)
+    _, from_csv = replay(tmp_path, values, "wide")
+    lines = [json.dumps({"series": name, "ts": f"2024-01-{1 + t // 24:02d}T{t % 24:02d}:00:00", "value": v})
+             for t, row in enumerate(values) for name, v in zip("ab", row)]
+    data, report = tmp_path / "records.jsonl", tmp_path / "jsonl-report.json"
+    data.write_text("\n".join(lines) + "\n")
+    code = main(["replay", str(data), "--horizon", "3", "--config", str(tmp_path / "config.toml"),
+                 "--report-out", str(report), "--no-progress"])
+    assert code == 0
+    assert json.loads(report.read_text())["overall"]["mse"] == pytest.approx(from_csv["overall"]["mse"])
+
+
+@pytest.mark.parametrize("line, expected", [
+    ('{"series": "a", "ts": "yesterday", "value": 1}', "ISO-8601"),
+    ('{"series": "a", "ts": 0, "value": NaN}', "finite"),
+    ('{"series": "a", "value": 1}', "missing ts"),
+])
+def test_a_bad_json_line_is_refused_with_its_number(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    line: str, expected: str) -> None:
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"series": "a", "ts": 0, "value": 1}\n' + line + "\n")
+    assert main(["replay", str(data), "--horizon", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "line 2" in err and expected in err and "Traceback" not in err, err
+
+
 def test_series_on_their_own_timestamps_are_scored_against_their_own_next_values(tmp_path: Path) -> None:
     """A long CSV whose series report at different minutes: a forecast's target is the series'
     own value one step (of its own) later, not the next row of the merged table."""
