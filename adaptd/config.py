@@ -16,7 +16,10 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .cluster import Membership
 
 ENV_VAR = "ADAPTD_CONFIG"
 
@@ -154,6 +157,12 @@ class SchedulerSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    members: int = 1      # daemons sharing one database; each serves the series that hash to it
+    member: int = 0       # this daemon's number, 0 .. members - 1
+
+
+@dataclass(frozen=True)
 class Settings:
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
@@ -165,6 +174,7 @@ class Settings:
     adapt: AdaptSettings = field(default_factory=AdaptSettings)
     meta: MetaSettings = field(default_factory=MetaSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     source: str = "<defaults>"
 
     def socket_path(self) -> Path:
@@ -172,6 +182,11 @@ class Settings:
 
     def socket_mode(self) -> int:
         return int(self.server.socket_mode, 8)
+
+    def membership(self) -> Membership:
+        from .cluster import Membership
+
+        return Membership(self.cluster.members, self.cluster.member)
 
 
 # Per-key checks: (predicate, what is allowed).
@@ -309,6 +324,10 @@ CHECKS: dict[str, dict[str, Check]] = {
         "checkpoint_interval": (lambda v: 1 <= v <= MAX_SCHEDULE, f"a number of seconds from 1 to {MAX_SCHEDULE}"),
         "misfire_grace_time": (lambda v: 1 <= v <= MAX_SCHEDULE, f"a number of seconds from 1 to {MAX_SCHEDULE}"),
     },
+    "cluster": {
+        "members": (lambda v: 1 <= v <= 1024, "an integer from 1 (one daemon) to 1024"),
+        "member": (lambda v: v >= 0, "an integer from 0 to cluster.members - 1"),
+    },
 }
 
 
@@ -324,6 +343,8 @@ RELATIONS: list[tuple[str, Callable[[Settings], bool], Callable[[Settings], str]
      lambda s: f"below adapt.window ({s.adapt.window})"),
     ("drift.kswin_stat_size", lambda s: s.drift.kswin_stat_size < s.drift.kswin_window_size,
      lambda s: f"below drift.kswin_window_size ({s.drift.kswin_window_size})"),
+    ("cluster.member", lambda s: s.cluster.member < s.cluster.members,
+     lambda s: f"an integer from 0 to cluster.members - 1 ({s.cluster.members - 1})"),
 ]
 
 

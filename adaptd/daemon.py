@@ -75,10 +75,13 @@ class Daemon:
         self.store = await self._open_store()
         if self.store is None:
             return False
-        catalog = SeriesCatalog(await asyncio.to_thread(self.store.series_summary))
+        ours = s.membership()   # with [cluster], only the series that hash to this daemon
+        catalog = SeriesCatalog(ours.own(await asyncio.to_thread(self.store.series_summary), key=lambda x: x.name))
         self.engine = engine = await asyncio.to_thread(self._build_engine)
-        pending = await asyncio.to_thread(engine.restore, await asyncio.to_thread(self.store.recent, s.model.history),
-                                          await asyncio.to_thread(self.store.load_checkpoints))
+        recent = await asyncio.to_thread(self.store.recent, s.model.history)
+        checkpoints = await asyncio.to_thread(self.store.load_checkpoints)
+        pending = await asyncio.to_thread(engine.restore, {name: recent[name] for name in ours.own(recent)},
+                                          ours.own(checkpoints, key=lambda c: c.series))
         self.metrics.series.set(len(catalog))
         self._watch(engine, catalog)
         self.learner = LearningWorker(engine, self.store, self.metrics, s.model.learning_backlog,
@@ -103,7 +106,8 @@ class Daemon:
         _freeze_startup_heap()
         await server.start()
         self.server = server  # only now is the socket file ours to remove at shutdown
-        log.info("ready: %d series restored in %.2fs", len(catalog), time.monotonic() - started)
+        log.info("ready: %d series restored in %.2fs%s", len(catalog), time.monotonic() - started,
+                 "" if ours.alone else f" (cluster member {ours.member} of {ours.members}: the series that hash here)")
         self.notifier.notify(f"READY=1\nSTATUS=serving {len(catalog)} series\nMAINPID={os.getpid()}")
         return True
 
@@ -187,8 +191,11 @@ class Daemon:
             assert self.store is not None and self.engine is not None
             self._initializer_jobs = jobs = InitializerJobs(s, self.store, self.engine, self.metrics)
             self.scheduler.add_job(jobs.refresh, seconds=s.meta.refresh_interval, id="initializer-refresh", **every)
-            if s.meta.retrain_interval > 0:
+            if s.meta.retrain_interval > 0 and s.membership().trains:
                 self.scheduler.add_job(jobs.retrain, seconds=s.meta.retrain_interval, id="meta-train", **every)
+            elif s.meta.retrain_interval > 0:
+                log.info("cluster member %d: meta-training is member 0's job; promoted initializers are "
+                         "picked up every %gs", s.cluster.member, s.meta.refresh_interval)
         self.scheduler.start()
 
     def checkpoint(self) -> None:

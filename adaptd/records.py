@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 MAX_SERIES_NAME = 200
 # datetime's own range (years 1..9999), so every accepted ts can be printed as a date.
@@ -114,12 +114,16 @@ def validate_record(raw: Any) -> Observation:
 _FAST_TYPES = (int, float)  # exact types: bool (a subclass of int) takes the slow path and is refused
 
 
-def validate_batch(records: list[Any]) -> tuple[list[Observation], list[tuple[int, Rejected]]]:
+def validate_batch(records: list[Any], foreign: Callable[[str], str | None] | None = None
+                   ) -> tuple[list[Observation], list[tuple[int, Rejected]]]:
     """Validate many records: (accepted observations, (index, reason) of the rejected).
+    `foreign`: why a series is not this daemon's to store, or None (cluster.Membership.refusal).
 
     The loop inlines the checks for well-formed records (the hot path of every ingest);
     anything unusual goes through `validate_record`, which decides and explains.
     """
+    if foreign is not None:
+        return _owned(*validate_batch(records), records, foreign)
     accepted: list[Observation] = []
     rejected: list[tuple[int, Rejected]] = []
     make, isfinite, fast = tuple.__new__, math.isfinite, _FAST_TYPES
@@ -143,3 +147,19 @@ def validate_batch(records: list[Any]) -> tuple[list[Observation], list[tuple[in
             exc.__traceback__ = exc.__context__ = None
             rejected.append((index, exc))
     return accepted, rejected
+
+
+def _owned(accepted: list[Observation], rejected: list[tuple[int, Rejected]], records: list[Any],
+           foreign: Callable[[str], str | None]) -> tuple[list[Observation], list[tuple[int, Rejected]]]:
+    """Move the records of series another daemon serves from `accepted` to `rejected`."""
+    refused = {index for index, _ in rejected}
+    indices = (index for index in range(len(records)) if index not in refused)   # accepted, in order
+    kept: list[Observation] = []
+    for index, obs in zip(indices, accepted):
+        why = foreign(obs.series)
+        if why is None:
+            kept.append(obs)
+        else:
+            rejected.append((index, Rejected(why, "series")))
+    rejected.sort(key=lambda item: item[0])
+    return kept, rejected

@@ -85,6 +85,7 @@ class Service:
     def __init__(self, settings: Settings, store: Store, writer: IngestWriter, engine: Engine,
                  catalog: SeriesCatalog, metrics: Metrics, learner: LearningWorker | None = None):
         self.settings = settings
+        self.membership = settings.membership()
         self.store = store
         self.writer = writer
         self.engine = engine
@@ -132,7 +133,7 @@ class Service:
         limit = self.settings.server.max_batch_records
         if len(records) > limit:
             raise RequestError(TOO_LARGE, f"{len(records)} records in one batch; the limit is {limit}")
-        accepted, problems = validate_batch(records)
+        accepted, problems = validate_batch(records, None if self.membership.alone else self.membership.refusal)
         rejected = [{"index": index, "code": BAD_REQUEST, "message": str(exc)}
                     for index, exc in problems[:MAX_REJECTIONS_LISTED]]
         for _index, exc in problems:
@@ -184,7 +185,8 @@ class Service:
         try:
             fc = await self._models_forecast(series, horizon)
         except UnknownSeries:
-            raise RequestError(UNKNOWN_SERIES, f"no observations of series {series!r}") from None
+            why = self.membership.refusal(series)
+            raise RequestError(UNKNOWN_SERIES, why or f"no observations of series {series!r}") from None
         except NotReady as exc:
             raise RequestError(NOT_READY, str(exc)) from None
         source = ("fallback" if fc.model.get("kind") in FALLBACK_KINDS else
@@ -245,5 +247,6 @@ class Service:
             "connections": int(m.value("adaptd_connections")),
             "engine": self.engine.stats(),
             "store": {"url": redact(str(self.store.engine.url)), "dialect": self.store.dialect},
+            "cluster": {"members": self.membership.members, "member": self.membership.member},
             "config": self.settings.source,
         }

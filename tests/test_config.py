@@ -269,6 +269,9 @@ BAD_VALUES = [
     ("scheduler", "checkpoint_interval", "inf"),
     ("scheduler", "misfire_grace_time", "0"),
     ("scheduler", "misfire_grace_time", "1e300"),
+    ("cluster", "members", "0"),
+    ("cluster", "members", "100000"),
+    ("cluster", "member", "-1"),
 ]
 
 WRONG_TYPES = [
@@ -515,6 +518,8 @@ def test_check_config_with_a_missing_file(tmp_path: Path, capsys: pytest.Capture
     ("[model]\ncold_start = 49\n", "model.cold_start = 49", "0 (off) or an integer from 2 to model.window (48)"),
     ("[adapt]\nwindow = 8\nvalidation = 8\n", "adapt.validation = 8", "below adapt.window (8)"),
     ("[drift]\nkswin_window_size = 30\n", "drift.kswin_stat_size = 30", "below drift.kswin_window_size (30)"),
+    ("[cluster]\nmembers = 3\nmember = 3\n", "cluster.member = 3", "an integer from 0 to cluster.members - 1 (2)"),
+    ("[cluster]\nmember = 1\n", "cluster.member = 1", "an integer from 0 to cluster.members - 1 (0)"),
 ])
 def test_keys_that_contradict_each_other_name_the_key_and_the_limit(tmp_path: Path, text: str, key: str,
                                                                      allowed: str) -> None:

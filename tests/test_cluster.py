@@ -1,0 +1,83 @@
+"""`[cluster] members = N, member = k` (DESIGN.md §4): daemons sharing one database each serve
+the series that hash to them and never touch the others'."""
+
+from __future__ import annotations
+
+import collections
+import shutil
+
+import pytest
+
+from adaptd.cluster import Membership, owner
+from adaptd.records import validate_batch
+from adaptd.store import Store
+
+from daemon_harness import DaemonProcess, hourly, short_tempdir, write_config
+
+
+def names_of(member: int, members: int, n: int) -> list[str]:
+    return [name for name in (f"meter-{k}" for k in range(1000)) if owner(name, members) == member][:n]
+
+
+def test_every_series_has_one_owner_and_they_share_the_series_evenly():
+    counts = collections.Counter(owner(f"series-{k}", 4) for k in range(8000))
+    assert set(counts) == {0, 1, 2, 3} and min(counts.values()) > 1800
+    assert all(Membership(1, 0).owns(f"series-{k}") for k in range(100))   # alone: everything
+    assert owner("é-ü-名", 7) == owner("é-ü-名", 7)
+
+
+def test_a_batch_keeps_its_own_records_and_names_where_the_others_go():
+    mine, theirs = names_of(0, 3, 1)[0], names_of(2, 3, 1)[0]
+    records = [{"series": mine, "ts": 0, "value": 1.0}, {"series": theirs, "ts": 0, "value": 1.0},
+               {"series": mine, "ts": "bad", "value": 1.0}, {"series": mine, "ts": 1, "value": 2.0}]
+    accepted, rejected = validate_batch(records, Membership(3, 0).refusal)
+    assert [(o.series, o.ts) for o in accepted] == [(mine, 0.0), (mine, 1.0)]
+    assert [index for index, _ in rejected] == [1, 2]
+    assert "belongs to cluster member 2 of 3" in str(rejected[0][1]) and rejected[0][1].field == "series"
+    assert validate_batch(records)[0] == validate_batch(records, Membership(1, 0).refusal)[0]
+
+
+@pytest.mark.postgres
+@pytest.mark.integration
+def test_two_daemons_on_one_database_each_serve_and_restore_only_their_own(fresh_postgres_url: str) -> None:
+    dirs = [short_tempdir(), short_tempdir()]
+    daemons = [DaemonProcess(write_config(d, fresh_postgres_url, naive=False,
+                                          sections={"cluster": {"members": 2, "member": k}}))
+               for k, d in enumerate(dirs)]
+    ours = {k: names_of(k, 2, 2) for k in (0, 1)}
+    every = [r for names in ours.values() for name in names for r in hourly(name, 80)]
+    try:
+        for d in daemons:
+            d.start()
+        answers = [d.request({"op": "ingest", "records": every}) for d in daemons]
+        for k, answer in enumerate(answers):
+            assert answer["ok"] and answer["accepted"] == 160, answer
+            assert len(answer["rejected"]) == 160
+            assert f"belongs to cluster member {1 - k} of 2" in answer["rejected"][0]["message"]
+        for k, d in enumerate(daemons):
+            assert set(d.series()) == set(ours[k])
+            assert d.request({"op": "stats"})["cluster"] == {"members": 2, "member": k}
+            other = ours[1 - k][0]
+            answer = d.request({"op": "forecast", "series": other, "horizon": 3})
+            assert answer["error"]["code"] == "unknown_series" and f"member {1 - k} of 2" in answer["error"]["message"]
+            d.wait_learnt()
+        before = daemons[0].forecast(ours[0][0], 3)
+        for d in daemons:
+            rc, log = d.stop()
+            assert rc == 0, log
+        assert "meta-training is member 0's job" in daemons[1].stderr
+        store = Store.open(fresh_postgres_url)
+        try:   # both checkpointed their own series, neither the other's
+            assert {c.series for c in store.load_checkpoints()} == set(ours[0]) | set(ours[1])
+        finally:
+            store.close()
+        daemons[0].start()   # the store holds all four series: it takes back its own two
+        assert set(daemons[0].series()) == set(ours[0])
+        after = daemons[0].forecast(ours[0][0], 3)
+        assert [p["value"] for p in after["points"]] == pytest.approx([p["value"] for p in before["points"]])
+        assert daemons[0].stop()[0] == 0
+    finally:
+        for d in daemons:
+            d.kill()
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
