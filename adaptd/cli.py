@@ -213,12 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("check-config", cmd_check_config, "validate a config file and exit")
     p = add("bench", cmd_bench, "run a benchmark and print its report")
     bench = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    b = bench.add_parser("ingest", help="records/s through the socket vs raw sqlite3 executemany")
+    # --config after the benchmark's name too; SUPPRESS keeps one given before it (argparse lets
+    # a subparser's default overwrite what its parent parsed).
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                       help="config file (default: $ADAPTD_CONFIG, else built-in defaults)")
+
+    def benchmark(name: str, help: str) -> argparse.ArgumentParser:
+        return bench.add_parser(name, parents=[after], help=help)
+
+    b = benchmark("ingest", "records/s through the socket vs raw sqlite3 executemany")
     b.add_argument("--clients", type=int, default=8)
     b.add_argument("--batch", type=int, default=1000)
     b.add_argument("--records", type=int, default=400_000, help="records in all, over all clients")
     b.add_argument("--synchronous", choices=("normal", "full"), default="full")
-    lat = bench.add_parser("latency", help="forecast answer times over the socket while ingest runs")
+    lat = benchmark("latency", "forecast answer times over the socket while ingest runs")
     lat.add_argument("--series", type=int, default=2000)
     lat.add_argument("--clients", type=int, default=4)
     lat.add_argument("--seconds", type=float, default=30.0)
@@ -227,16 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a daemon setting for this run (repeatable), e.g. --set model.train_every=1")
     lat.add_argument("--rate", type=float, default=0.0,
                      help="forecasts a second over all clients, at random times (default 0: back to back)")
-    a = bench.add_parser("adapt", help="time of one drift adaptation (k steps) of one series")
+    a = benchmark("adapt", "time of one drift adaptation (k steps) of one series")
     a.add_argument("--repeats", type=int, default=50)
     from .bench.accuracy.report import add_arguments as accuracy_arguments
-    accuracy_arguments(bench.add_parser("accuracy", help="H=1/24/48 MSE of adaptd vs baselines and published results"))
+    accuracy_arguments(benchmark("accuracy", "H=1/24/48 MSE of adaptd vs baselines and published results"))
     from .bench.meta import add_arguments as meta_arguments
-    meta_arguments(bench.add_parser("meta", help="post-change error of random/pretrained/meta initializers vs RLS"))
+    meta_arguments(benchmark("meta", "post-change error of random/pretrained/meta initializers vs RLS"))
     from .bench.coldstart import add_arguments as coldstart_arguments
-    coldstart_arguments(bench.add_parser("coldstart", help="young series: naive fallback vs θ* vs the cold-start engine"))
+    coldstart_arguments(benchmark("coldstart", "young series: naive fallback vs θ* vs the cold-start engine"))
     from .bench.soak import add_arguments as soak_arguments
-    soak_arguments(bench.add_parser("soak", help="many clients for minutes: drift storms, overload, memory, errors"))
+    soak_arguments(benchmark("soak", "many clients for minutes: drift storms, overload, memory, errors"))
     b.add_argument("--engines", default="online,naive",
                    help="comma-separated [model] engine values to measure (default online,naive)")
     return parser

@@ -335,6 +335,16 @@ def test_ingest_refuses_a_directory_and_an_empty_batch_size(workdir: Path, argv:
     assert out.returncode == 2 and expected in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("argv", [["bench", "--config", "{c}", "adapt"], ["bench", "adapt", "--config", "{c}"]],
+                         ids=["before-the-name", "after-the-name"])
+def test_bench_reads_config_given_before_or_after_the_benchmark_name(workdir: Path, argv: list[str]) -> None:
+    from adaptd.cli import main
+
+    bad = workdir / "bad.toml"
+    bad.write_text("[model]\nwindow = -1\n")
+    assert main([part.format(c=bad) for part in argv]) == 2     # refused before anything runs
+
+
 def test_bad_config_value_fails_serve_with_exit_2_naming_the_key(workdir: Path) -> None:
     config = workdir / "bad.toml"
     config.write_text(f'[server]\nsocket = "{workdir}/s.sock"\nmax_line_bytes = "x"\n[metrics]\nlisten = ""\n')
