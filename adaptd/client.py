@@ -16,6 +16,10 @@ class ClientError(RuntimeError):
     """The daemon could not be reached or answered something that is not protocol v1."""
 
 
+class ClientTimeout(ClientError):
+    """The daemon did not accept, read or answer within the client's timeout: it may be hung."""
+
+
 class Client:
     def __init__(self, path: str | Path, timeout: float | None = 60.0):
         self.path = str(path)
@@ -45,10 +49,10 @@ class Client:
         except PermissionError:
             sock.close()
             raise ClientError(f"permission denied on {self.path}: join the socket's group") from None
-        except TimeoutError:   # the backlog is full and nobody accepts: a hung daemon
+        except (TimeoutError, BlockingIOError):   # its listen backlog is full: nobody accepts
             sock.close()
-            raise ClientError(f"the daemon at {self.path} did not accept a connection within "
-                              f"{self.timeout:g}s") from None
+            raise ClientTimeout(f"the daemon at {self.path} accepts no connection (its backlog is full): "
+                                "it may be hung (see its log, `systemctl status adaptd`)") from None
         self._sock = sock
 
     def close(self) -> None:
@@ -68,7 +72,7 @@ class Client:
             except ConnectionResetError:  # it hung up with requests of ours unread
                 chunk = b""
             except TimeoutError:
-                raise ClientError(f"no answer from the daemon at {self.path} within {self.timeout:g}s: "
+                raise ClientTimeout(f"no answer from the daemon at {self.path} within {self.timeout:g}s: "
                                   "it may be hung (see its log, `systemctl status adaptd`)") from None
             if not chunk:
                 raise ClientError("the daemon closed the connection")
@@ -90,7 +94,7 @@ class Client:
         except (BrokenPipeError, ConnectionResetError):
             raise ClientError(f"the daemon closed the connection{self._last_error()}") from None
         except TimeoutError:   # it stopped reading: its socket buffer stayed full
-            raise ClientError(f"the daemon at {self.path} took no request data for {self.timeout:g}s: "
+            raise ClientTimeout(f"the daemon at {self.path} took no request data for {self.timeout:g}s: "
                               "it may be hung") from None
 
     def _last_error(self) -> str:

@@ -345,6 +345,9 @@ RELATIONS: list[tuple[str, Callable[[Settings], bool], Callable[[Settings], str]
      lambda s: f"below drift.kswin_window_size ({s.drift.kswin_window_size})"),
     ("cluster.member", lambda s: s.cluster.member < s.cluster.members,
      lambda s: f"an integer from 0 to cluster.members - 1 ({s.cluster.members - 1})"),
+    ("cluster.members", lambda s: s.cluster.members == 1 or s.store.url.startswith("postgresql"),
+     lambda s: "1 unless [store] url is a PostgreSQL database (daemons sharing an SQLite file would queue "
+               "on its one write lock)"),
 ]
 
 

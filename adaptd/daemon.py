@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .catalog import SeriesCatalog
+from .cluster import Claim, ClaimRefused
 from .config import Settings
 from .engine.base import Engine, NotReady, UnknownSeries
 from .engine.factory import build_engine, online_config, stored_initializer
@@ -27,7 +28,7 @@ from .ingest import IngestWriter
 from .learning import LearningWorker
 from .metrics import Metrics
 from .sdnotify import Notifier
-from .server import SocketServer, refuse_if_served
+from .server import SocketServer, claim_socket, refuse_if_served
 from .service import Service
 from .store import Store, redact
 from .store_wait import open_store
@@ -65,17 +66,26 @@ class Daemon:
         self.scheduler = None
         self._metrics_server = None
         self._initializer_jobs: InitializerJobs | None = None
+        self._claim: int | None = None   # the socket's lock file, held while this process lives
+        self._share: Claim | None = None   # this daemon's hold on its series in the store
 
     async def startup(self) -> bool:
         """Restore state and bind the socket; False when stopped while waiting for the store."""
         s = self.settings
         started = time.monotonic()
         log.info("starting adaptd with %s; store %s", s.source, redact(s.store.url))
-        refuse_if_served(s.socket_path())   # before the store: its series are the other daemon's
+        # Before the store: its series are the other daemon's. The lock settles two starting at
+        # once; the probe, one serving that holds no lock (an older adaptd, another host's mount).
+        self._claim = claim_socket(s.socket_path())
+        refuse_if_served(s.socket_path())
         self.store = await self._open_store()
         if self.store is None:
             return False
         ours = s.membership()   # with [cluster], only the series that hash to this daemon
+        try:
+            self._share = await asyncio.to_thread(Claim, self.store, ours)
+        except ClaimRefused as exc:
+            raise StartupError(str(exc)) from None
         catalog = SeriesCatalog(ours.own(await asyncio.to_thread(self.store.series_summary), key=lambda x: x.name))
         self.engine = engine = await asyncio.to_thread(self._build_engine)
         recent = await asyncio.to_thread(self.store.recent, s.model.history)
@@ -165,7 +175,8 @@ class Daemon:
 
     def _watch(self, engine: Engine, catalog: SeriesCatalog) -> None:
         s, m = self.settings, self.metrics
-        m.watch(engine, catalog, s.model.coverage, s.metrics.stale_after, s.metrics.series, s.metrics.max_series)
+        exported = tuple(s.membership().own(s.metrics.series))   # of the names, this member's
+        m.watch(engine, catalog, s.model.coverage, s.metrics.stale_after, exported, s.metrics.max_series)
         stats = engine.stats()
         if "init" in stats:   # an engine that adapts on drift
             m.drift_events.labels(s.drift.detector)   # present at zero, so rate() and alerts have data
@@ -222,7 +233,7 @@ class Daemon:
             return
         m = self.settings.metrics
         found = []
-        for name in m.series[: m.max_series]:
+        for name in self.settings.membership().own(m.series)[: m.max_series]:
             try:
                 found.append(self.engine.forecast(name, self.settings.model.max_horizon))
             except (UnknownSeries, NotReady):
@@ -263,8 +274,13 @@ class Daemon:
                 log.info("start-up did not finish: no checkpoint written (the store keeps its last one)")
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
+        if self._share is not None:
+            self._share.release()
         if self.store is not None:
             self.store.close()
+        if self._claim is not None:   # last: the socket file is gone, the store closed
+            os.close(self._claim)
+            self._claim = None
         log.info("stopped after an error" if failed else "stopped cleanly")
 
 

@@ -25,6 +25,23 @@ class _NoId:
 NO_ID: Any = _NoId()
 
 
+class Conversation:
+    """One connection's state between requests: the server sets `behind_refusal` for each line,
+    the service sets `refused` when it refuses the line's ingest as overloaded.
+
+    A request is behind a refusal when its first byte had reached the daemon by the time an
+    earlier ingest's `overloaded` answer on the same connection was sent: the client sent it
+    without having read that answer (a client sending batches ahead of their answers). Stored,
+    it would go ahead of the refused batch, whose records would then be late to the models.
+    """
+
+    __slots__ = ("behind_refusal", "refused")
+
+    def __init__(self) -> None:
+        self.behind_refusal = False
+        self.refused = False
+
+
 class RequestError(Exception):
     """A request that gets an error response; the connection stays open."""
 

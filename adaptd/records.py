@@ -160,6 +160,6 @@ def _owned(accepted: list[Observation], rejected: list[tuple[int, Rejected]], re
         if why is None:
             kept.append(obs)
         else:
-            rejected.append((index, Rejected(why, "series")))
+            rejected.append((index, Rejected(why, "cluster")))
     rejected.sort(key=lambda item: item[0])
     return kept, rejected

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from .metrics import Metrics
-from .protocol import BAD_REQUEST, OVERLOADED, TOO_LARGE, encode, error
+from .protocol import BAD_REQUEST, OVERLOADED, TOO_LARGE, Conversation, encode, error
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[bytes], Awaitable[bytes]]
+Handler = Callable[[bytes, Conversation], Awaitable[bytes]]
 
 
 class SocketInUse(RuntimeError):
@@ -38,6 +38,23 @@ def refuse_if_served(path: Path) -> None:
         raise SocketInUse(f"another adaptd is already serving on {path}")
 
 
+def claim_socket(path: Path) -> int:
+    """An exclusive lock on `<socket>.lock`, held (by the returned descriptor) for the life of
+    the process and released by the kernel however it ends: of two daemons started together
+    on one socket, only one gets past this, before either opens the store."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(path.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SocketInUse(f"another adaptd is already serving (or starting) on {path} (it holds {lock})") from None
+    return fd
+
+
 def clear_stale_socket(path: Path) -> None:
     """Remove a socket file left by a crashed run; refuse if a live daemon still answers on it."""
     if not path.exists() and not path.is_symlink():
@@ -49,6 +66,22 @@ def clear_stale_socket(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
+def _arrived(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    """Bytes of a connection received and not yet read as requests: the stream's buffer plus
+    the socket's receive queue (FIONREAD). 0 for what cannot be told."""
+    import fcntl
+    import struct
+    import termios
+
+    buffered = len(getattr(reader, "_buffer", b""))   # CPython's StreamReader keeps it there
+    sock = writer.get_extra_info("socket")
+    try:
+        queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (AttributeError, OSError, ValueError):
+        queued = 0
+    return buffered + queued
+
+
 def _answers(path: Path) -> bool:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -57,6 +90,8 @@ def _answers(path: Path) -> bool:
         return True
     except (ConnectionRefusedError, FileNotFoundError):
         return False
+    except BlockingIOError:   # EAGAIN: a listener whose backlog is full is a live (if busy) daemon
+        return True
     except OSError as exc:
         if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
             raise
@@ -155,6 +190,8 @@ class SocketServer:
     async def _converse(self, task: asyncio.Task[None], reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter) -> None:
         ended = False
+        conversation = Conversation()
+        consumed = refused_through = 0   # bytes of this connection read so far / that had arrived at a refusal
         while not self._closing and not ended:
             line = b""
             try:
@@ -179,10 +216,14 @@ class SocketServer:
                 await self._refuse(writer, TOO_LARGE,
                                    f"request line is over {self.max_line_bytes} bytes; split the batch")
                 return
+            start, consumed = consumed, consumed + len(line)
             if not line.strip():
                 continue  # blank lines between requests are harmless
             self._connections[task] = True
-            response = await self.handler(line)
+            conversation.behind_refusal, conversation.refused = start < refused_through, False
+            response = await self.handler(line, conversation)
             writer.write(response)
+            if conversation.refused:   # what has arrived by now was sent before the client could read this
+                refused_through = consumed + _arrived(reader, writer)
             await writer.drain()
             self._connections[task] = False

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from contextvars import ContextVar
 from typing import Any, Awaitable, Callable
@@ -17,7 +16,7 @@ from .engine.naive import KINDS as FALLBACK_KINDS
 from .ingest import IngestWriter
 from .learning import LearningWorker
 from .metrics import OPS, Metrics
-from .protocol import (BAD_REQUEST, INTERNAL, NO_ID, NOT_READY, OVERLOADED, TOO_LARGE, UNKNOWN_OP,
+from .protocol import (BAD_REQUEST, INTERNAL, NO_ID, NOT_READY, OVERLOADED, TOO_LARGE, UNKNOWN_OP, Conversation,
                        UNKNOWN_SERIES, RequestError, decode, encode, error, with_id)
 from .records import Rejected, check_series, validate_batch
 from .store import Store, redact
@@ -29,14 +28,9 @@ log = logging.getLogger(__name__)
 PROVISIONAL_SHARE = 0.25
 PROVISIONAL_BURST = 0.05
 LEARNT_WAIT = 0.01
-# When an ingest on this connection was last refused as overloaded. Each connection is served by
-# its own task, with its own copy of the context, so this is per connection. An ingest that
-# follows a refusal within PIPELINED seconds was sent before the client could have read it (a
-# client pipelining batches): it is refused at once, so that it is not stored ahead of the
-# refused batch, whose records would then be late to the models. A client that pauses before
-# re-sending, as the refusal asks, is served as usual.
-_REFUSED_AT: ContextVar[float] = ContextVar("adaptd_ingest_refused_at", default=-math.inf)
-PIPELINED = 0.05
+# The connection of the request being answered (protocol.Conversation), set by `handle_line`
+# for the op it calls: only `ingest` reads it.
+_CONVERSATION: ContextVar[Conversation | None] = ContextVar("adaptd_conversation", default=None)
 
 
 class TimeBudget:
@@ -99,8 +93,9 @@ class Service:
             "series": self.series, "stats": self.stats,
         }
 
-    async def handle_line(self, line: bytes) -> bytes:
+    async def handle_line(self, line: bytes, conversation: Conversation | None = None) -> bytes:
         started = time.perf_counter()
+        _CONVERSATION.set(conversation)
         op, request_id = "invalid", NO_ID
         try:
             request = decode(line)
@@ -133,17 +128,23 @@ class Service:
         limit = self.settings.server.max_batch_records
         if len(records) > limit:
             raise RequestError(TOO_LARGE, f"{len(records)} records in one batch; the limit is {limit}")
+        conversation = _CONVERSATION.get()
+        if conversation is not None and conversation.behind_refusal:
+            conversation.refused = True
+            raise RequestError(OVERLOADED, "sent before this connection's answer `overloaded` to an earlier batch "
+                               "reached the client; re-send the refused batches in order, after a short pause")
         accepted, problems = validate_batch(records, None if self.membership.alone else self.membership.refusal)
         rejected = [{"index": index, "code": BAD_REQUEST, "message": str(exc)}
                     for index, exc in problems[:MAX_REJECTIONS_LISTED]]
         for _index, exc in problems:
             self.metrics.records_rejected.labels(exc.field).inc()
-        if time.monotonic() - _REFUSED_AT.get() < PIPELINED:
-            _REFUSED_AT.set(time.monotonic())
-            raise RequestError(OVERLOADED, "the batch before this one on this connection was refused as overloaded "
-                               "and this one was sent before that answer; re-send both, in order, after a "
-                               "short pause")
-        await self._wait_for_room(len(accepted))
+        if accepted:   # another member's records alone need no room
+            try:
+                await self._wait_for_room(len(accepted))
+            except RequestError:
+                if conversation is not None:
+                    conversation.refused = True
+                raise
         try:
             await asyncio.wrap_future(self.writer.submit(accepted))
         except Exception:
@@ -161,7 +162,6 @@ class Service:
         deadline = time.monotonic() + self.settings.server.overload_wait
         while (busy := self._busy(n)) is not None:
             if time.monotonic() >= deadline:
-                _REFUSED_AT.set(time.monotonic())
                 raise RequestError(OVERLOADED, f"{busy}; retry after a short pause")
             await asyncio.sleep(0.005)
 

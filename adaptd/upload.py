@@ -15,6 +15,7 @@ from .datafile import DataReader
 from .records import Rejected, validate_record
 
 IN_FLIGHT = 4          # batches sent ahead of their answers, to keep the daemon busy
+CLEAN_ACKS = 8         # after an `overloaded`, batches acknowledged one at a time before IN_FLIGHT again
 SHOWN_REASONS = 5
 OVERLOAD_RETRIES = 50
 
@@ -120,15 +121,17 @@ class _Sender:
     """Keeps up to IN_FLIGHT batches outstanding; maps rejected indices back to line numbers.
 
     Answers come back in request order. A batch refused as `overloaded` is re-sent, after a
-    pause, before anything else: the batches already sent behind it are answered first (those
-    the daemon stored anyway are now ahead of it: counted in the report), and from then on one
-    batch at a time is in flight, so no later refusal can be overtaken.
+    pause, before anything else: the batches already sent behind it are answered first (the
+    daemon refuses those too, protocol.Conversation; any it stored anyway is counted in the
+    report as out of order), then one batch at a time is in flight until CLEAN_ACKS in a row
+    are acknowledged.
     """
 
     def __init__(self, client: Client, report: UploadReport):
         self.client = client
         self.report = report
         self.in_flight = IN_FLIGHT
+        self.clean = 0       # acknowledgements in a row since the last `overloaded`
         self.held_back = 0   # records of refused batches waiting to be re-sent
         self.waiting: deque[tuple[list[dict[str, Any]], list[int], int]] = deque()
 
@@ -170,11 +173,14 @@ class _Sender:
             self._stop(f"the daemon refused a batch ({error.get('code')}: {error.get('message')}) "
                        f"holding lines {lines[0]}-{lines[-1]}", len(records) + unsent)
         self._count(answer, lines)
+        self.clean += 1
+        if self.clean >= CLEAN_ACKS:
+            self.in_flight = IN_FLIGHT
 
     def _resend_in_order(self, refused: list[tuple[list[dict[str, Any]], list[int], int]]) -> None:
         """Re-send refused batches in file order, one at a time, after the answers to every batch
         sent behind them."""
-        self.in_flight = 1
+        self.in_flight, self.clean = 1, 0
         overtaken = 0   # how many of `refused` a stored later batch went ahead of
         while self.waiting:
             records, lines, attempt = self.waiting.popleft()
@@ -192,7 +198,7 @@ class _Sender:
         outer = self.held_back   # a re-sent batch refused again comes back here, nested
         for k, (records, lines, attempt) in enumerate(refused):
             self.held_back = outer + sum(len(r) for r, _, _ in refused[k + 1:])
-            time.sleep(min(2.0, 0.1 * 2 ** attempt))  # back off (past service.PIPELINED), then re-send
+            time.sleep(min(2.0, 0.05 * 2 ** attempt))  # back off, then re-send
             self.report.resent += 1
             self._request(records, lines, attempt + 1)
             self.collect_one()

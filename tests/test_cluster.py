@@ -23,7 +23,7 @@ def test_every_series_has_one_owner_and_they_share_the_series_evenly():
     counts = collections.Counter(owner(f"series-{k}", 4) for k in range(8000))
     assert set(counts) == {0, 1, 2, 3} and min(counts.values()) > 1800
     assert all(Membership(1, 0).owns(f"series-{k}") for k in range(100))   # alone: everything
-    assert owner("é-ü-名", 7) == owner("é-ü-名", 7)
+    assert owner("é-ü-名", 7) == 1   # CRC-32 of the UTF-8 bytes: the same in every process
 
 
 def test_a_batch_keeps_its_own_records_and_names_where_the_others_go():
@@ -33,7 +33,7 @@ def test_a_batch_keeps_its_own_records_and_names_where_the_others_go():
     accepted, rejected = validate_batch(records, Membership(3, 0).refusal)
     assert [(o.series, o.ts) for o in accepted] == [(mine, 0.0), (mine, 1.0)]
     assert [index for index, _ in rejected] == [1, 2]
-    assert "belongs to cluster member 2 of 3" in str(rejected[0][1]) and rejected[0][1].field == "series"
+    assert "belongs to cluster member 2 of 3" in str(rejected[0][1]) and rejected[0][1].field == "cluster"
     assert validate_batch(records)[0] == validate_batch(records, Membership(1, 0).refusal)[0]
 
 
@@ -54,6 +54,17 @@ def test_two_daemons_on_one_database_each_serve_and_restore_only_their_own(fresh
             assert answer["ok"] and answer["accepted"] == 160, answer
             assert len(answer["rejected"]) == 160
             assert f"belongs to cluster member {1 - k} of 2" in answer["rejected"][0]["message"]
+        # Neither a second member 1 nor a daemon with another cluster size gets past start-up.
+        for k, (members, member) in enumerate(((2, 1), (3, 2), (1, 0))):
+            extra_dir = short_tempdir()
+            dirs.append(extra_dir)
+            extra = DaemonProcess(write_config(extra_dir, fresh_postgres_url, naive=False,
+                                               sections={"cluster": {"members": members, "member": member}}))
+            extra.start(wait=False)
+            assert extra.wait_exit() == 2
+            expected = ("member 1 of 2 is already running" if members == 2 else
+                        "daemons with [cluster] members = 2 are running")
+            assert expected in extra.stderr and "Traceback" not in extra.stderr, extra.stderr
         for k, d in enumerate(daemons):
             assert set(d.series()) == set(ours[k])
             assert d.request({"op": "stats"})["cluster"] == {"members": 2, "member": k}
@@ -73,6 +84,9 @@ def test_two_daemons_on_one_database_each_serve_and_restore_only_their_own(fresh
             store.close()
         daemons[0].start()   # the store holds all four series: it takes back its own two
         assert set(daemons[0].series()) == set(ours[0])
+        assert daemons[0].request({"op": "stats"})["engine"]["series"] == 2   # the models too
+        answer = daemons[0].request({"op": "forecast", "series": ours[1][0], "horizon": 3})
+        assert answer["error"]["code"] == "unknown_series", answer
         after = daemons[0].forecast(ours[0][0], 3)
         assert [p["value"] for p in after["points"]] == pytest.approx([p["value"] for p in before["points"]])
         assert daemons[0].stop()[0] == 0

@@ -520,6 +520,7 @@ def test_check_config_with_a_missing_file(tmp_path: Path, capsys: pytest.Capture
     ("[drift]\nkswin_window_size = 30\n", "drift.kswin_stat_size = 30", "below drift.kswin_window_size (30)"),
     ("[cluster]\nmembers = 3\nmember = 3\n", "cluster.member = 3", "an integer from 0 to cluster.members - 1 (2)"),
     ("[cluster]\nmember = 1\n", "cluster.member = 1", "an integer from 0 to cluster.members - 1 (0)"),
+    ("[cluster]\nmembers = 2\n", "cluster.members = 2", "1 unless [store] url is a PostgreSQL database"),
 ])
 def test_keys_that_contradict_each_other_name_the_key_and_the_limit(tmp_path: Path, text: str, key: str,
                                                                      allowed: str) -> None:

@@ -705,19 +705,23 @@ def test_a_batch_pipelined_behind_a_refused_one_is_refused_too_not_stored_ahead_
                 k += 1
                 assert k < 30, "the models never fell behind"
             refused, pipelined = (hourly("busy", 1000, start=T0 + (k + j) * 1000 * H) for j in (1, 2))
-            c.request_nowait({"op": "ingest", "records": refused})
-            c.request_nowait({"op": "ingest", "records": pipelined})
+            c.send_raw(json.dumps({"op": "ingest", "records": refused}).encode() + b"\n"
+                       + json.dumps({"op": "ingest", "records": pipelined}).encode() + b"\n")
             first = c.read_response()
             answered = time.monotonic()
             second = c.read_response()
             behind = time.monotonic() - answered
+            # A client that read the refusal is served as usual, however soon it re-sends.
+            again = c.request({"op": "ingest", "records": refused})
         stored = {row[0] for row in stored_rows(url, "busy")}
     if first["ok"]:
         pytest.skip("the models caught up between the two requests: nothing was refused to test")
+    assert "retry after a short pause" in first["error"]["message"], first     # waited overload_wait
     assert second["ok"] is False and second["error"]["code"] == "overloaded", second
-    assert "sent before that answer" in second["error"]["message"]
+    assert "sent before this connection's answer" in second["error"]["message"]
     assert behind < 0.5, behind                      # at once, not after overload_wait
     assert not stored & {r["ts"] for r in pipelined}
+    assert again["ok"] or "sent before" not in again["error"]["message"], again
 
 
 def test_sigterm_under_load_keeps_every_acknowledged_record() -> None:
@@ -957,6 +961,46 @@ def test_a_second_daemon_with_the_same_config_touches_nothing_of_the_first() -> 
             assert rc == 0, log
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_two_daemons_started_together_on_one_socket_one_serves_the_other_touches_nothing() -> None:
+    """The socket's lock file settles a simultaneous start before either opens the store."""
+    directory = short_tempdir()
+    try:
+        config = write_config(directory, naive=False)
+        pair = [DaemonProcess(config).start(wait=False) for _ in range(2)]
+        deadline = time.monotonic() + 60
+        while all(d.proc is not None and d.proc.poll() is None for d in pair):
+            assert time.monotonic() < deadline, "neither exited"
+            time.sleep(0.05)
+        loser = next(d for d in pair if d.proc is not None and d.proc.poll() is not None)
+        winner = next(d for d in pair if d is not loser)
+        assert loser.wait_exit() != 0
+        assert "already serving" in loser.stderr and "Traceback" not in loser.stderr, loser.stderr
+        assert "restored" not in loser.stderr and "learn" not in loser.stderr, loser.stderr
+        winner.wait_ready()
+        assert winner.request({"op": "ping"})["ok"]
+        assert winner.stop()[0] == 0
+    finally:
+        for d in pair:
+            d.kill()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_second_daemon_on_the_same_sqlite_file_is_refused_before_reading_it() -> None:
+    """Two sockets, one database file: both would learn and checkpoint every series."""
+    first_dir, second_dir = short_tempdir(), short_tempdir()
+    try:
+        with running_daemon(first_dir) as first:
+            first.ingest(hourly("first", 3))
+            second = DaemonProcess(write_config(second_dir, f"sqlite:///{first_dir}/adaptd.db")).start(wait=False)
+            assert second.wait_exit() == 2
+            assert "already serves the database" in second.stderr and "Traceback" not in second.stderr, second.stderr
+            assert "restored" not in second.stderr
+            assert first.series()["first"]["observations"] == 3
+    finally:
+        shutil.rmtree(first_dir, ignore_errors=True)
+        shutil.rmtree(second_dir, ignore_errors=True)
 
 
 def test_a_file_in_the_socket_place_is_not_removed() -> None:

@@ -191,19 +191,24 @@ def test_ingest_resends_a_refused_batch_before_anything_else_then_one_at_a_time(
     for batch in range(6):
         sender.send([{"series": "s", "ts": batch * 10 + i, "value": 1.0} for i in range(10)], list(range(10)))
     sender.finish()
-    # Batches 0-3 in flight; 0 and 2 refused, 1 and 3 stored anyway (ahead of them), then 0 and
+    # Batches 0-3 in flight; 0 and 2 refused, 1 and 3 stored anyway (ahead of them: an older daemon), then 0 and
     # 2 again in file order (2 refused once more and retried at once), then 4 and 5 one at a time.
     assert daemon.sent == [0, 10, 20, 30, 0, 20, 20, 40, 50]
     assert report.accepted == 60 and report.resent == 3 and report.out_of_order == 20
     assert "3 batches re-sent after `overloaded`" in report.summary()
     assert "20 records were stored after later lines" in report.summary()
+    # One at a time until 8 in a row are acknowledged, then 4 in flight again.
+    assert sender.in_flight == 1
+    for batch in range(6, 15):
+        sender.send([{"series": "s", "ts": batch * 10, "value": 1.0}], [0])
+    assert sender.in_flight == upload.IN_FLIGHT and len(sender.waiting) > 1
 
 
 @pytest.mark.integration
 def test_ingest_through_overload_stores_everything_and_says_what_went_out_of_order(workdir: Path) -> None:
     """Models that fall behind make the daemon answer `overloaded`; `adaptd ingest` backs off
-    and re-sends until every record is stored, and what it reports stored out of order is
-    what the daemon counted late."""
+    and re-sends until every record is stored, in file order (3,000 of these 8,000 were stored
+    late before the daemon refused batches sent behind a refused one)."""
     data = workdir / "busy.csv"
     data.write_text("series,ts,value\n" + "".join(f"busy{k},{i * 3600},{i % 24}\n"
                                                   for i in range(1000) for k in range(8)))
@@ -215,8 +220,8 @@ def test_ingest_through_overload_stores_everything_and_says_what_went_out_of_ord
         assert "re-sent after `overloaded`" in out.stdout, out.stdout
         stats = d.request({"op": "stats"})
         assert all(series["observations"] == 1000 for series in series_json(d).values())
-    match = re.search(r"note: (\d+) records were stored after later lines", out.stdout)
-    assert stats["records_late"] == (int(match.group(1)) if match else 0), (stats, out.stdout)
+    # The daemon refused every batch sent behind a refused one, so nothing went out of order.
+    assert "stored after later lines" not in out.stdout and stats["records_late"] == 0, (stats, out.stdout)
 
 
 def test_ingest_when_the_daemon_dies_part_way_reports_what_it_acknowledged(workdir: Path) -> None:
@@ -322,6 +327,18 @@ def test_a_client_of_a_hung_daemon_gets_an_error_not_a_traceback(workdir: Path) 
         with Client(path, timeout=0.3) as client:
             with pytest.raises(ClientError, match="no answer from the daemon .* within 0.3s"):
                 client.request({"op": "ping"})
+    # Hung before accepting: once its listen backlog is full, connecting fails at once.
+    path = workdir / "full.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as hung:
+        hung.bind(str(path))
+        hung.listen(0)
+        waiting = []
+        with pytest.raises(ClientError, match="accepts no connection"):
+            for _ in range(16):
+                waiting.append(Client(path, timeout=0.3))
+                waiting[-1].connect()
+        for client in waiting:
+            client.close()
 
 
 @pytest.mark.parametrize("argv, expected", [

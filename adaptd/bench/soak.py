@@ -43,7 +43,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..client import Client, ClientError
+from ..client import Client, ClientError, ClientTimeout
 from ..config import ModelSettings
 from .harness import ScratchDaemon
 
@@ -219,7 +219,7 @@ def _client(run: Run, socket: str, k: int, feed: Feed | None, tally: Tally) -> N
             client.send_raw(line)
             answer = client.read_response()
         except (ClientError, OSError) as exc:   # time-out, refused, closed: a failure, then reconnect
-            code = "client_timeout" if isinstance(exc, TimeoutError) else "client_" + type(exc).__name__
+            code = "client_timeout" if isinstance(exc, (TimeoutError, ClientTimeout)) else "client_" + type(exc).__name__
             tally.error(phase, op, code, f"{exc} after {time.perf_counter() - sent:.1f}s")
             if client is not None:
                 client.close()
