@@ -57,6 +57,7 @@ class Membership:
 # Advisory-lock keys (PostgreSQL scopes them to the database): a member number held exclusively,
 # and the cluster size held shared by every member running with it.
 MEMBER_KEY, LAYOUT_KEY, GATE = 0x61647031, 0x61647032, 0x61647033   # GATE: one member checks at a time
+PREDECESSOR_WAIT = 5.0   # seconds
 
 
 class ClaimRefused(RuntimeError):
@@ -96,7 +97,7 @@ class Claim:
                 raise ClaimRefused(f"daemons with [cluster] members = {running[0]} are running on this database; "
                                    f"this one has members = {m.members}: stop every member, then start all "
                                    "with the new size")
-            if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k, :m)"), {"k": MEMBER_KEY, "m": m.member}).scalar():
+            if not self._try_lock(conn, m.member):
                 raise ClaimRefused(f"cluster member {m.member} of {m.members} is already running on this database "
                                    "(another adaptd with the same [cluster] member, or [cluster] left out: "
                                    "give each daemon its own member number)")
@@ -106,6 +107,21 @@ class Claim:
             conn.close()
             raise
         self._connection = conn
+
+    @staticmethod
+    def _try_lock(conn, member: int) -> bool:  # type: ignore[no-untyped-def]
+        """The member's lock, waited for briefly: a predecessor killed a moment ago holds it until
+        the server notices its connection is gone."""
+        import time
+
+        import sqlalchemy as sa
+
+        deadline = time.monotonic() + PREDECESSOR_WAIT
+        while not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k, :m)"), {"k": MEMBER_KEY, "m": member}).scalar():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def _hold_file(self, lock: str, database: str) -> None:
         import fcntl
