@@ -5,6 +5,9 @@ process and Python version. A member stores, learns, checkpoints and answers onl
 series, so no two daemons ever write the same series' rows; records of another member's series
 are rejected with the member to send them to. What the members share is the store's
 initializers: only member 0 meta-trains on the schedule, every member picks up what it promotes.
+While it runs, a daemon holds its share of the store (`Claim`), so that a misconfigured second
+daemon (the same member number, another cluster size, a second one on an SQLite file) is
+refused before it reads a series.
 """
 
 from __future__ import annotations
