@@ -12,11 +12,13 @@ refused before it reads a series.
 
 from __future__ import annotations
 
+import logging
 import zlib
 from dataclasses import dataclass
 from typing import Iterable, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def owner(series: str, members: int) -> int:
@@ -61,6 +63,7 @@ class Membership:
 # and the cluster size held shared by every member running with it.
 MEMBER_KEY, LAYOUT_KEY, GATE = 0x61647031, 0x61647032, 0x61647033   # GATE: one member checks at a time
 PREDECESSOR_WAIT = 5.0   # seconds
+CLAIM_CHECK = 30.0       # seconds between checks that the store lock is still held
 
 
 class ClaimRefused(RuntimeError):
@@ -73,28 +76,44 @@ class Claim:
     PostgreSQL: an exclusive advisory lock on the member number and a shared one on the cluster
     size, on a connection of its own (the server drops both when the process dies). A second
     daemon with the same member number, or with another `members` while any member runs, is
-    refused before it reads a series. SQLite: an exclusive lock on `<database>.lock` (a cluster
-    needs PostgreSQL, config.py), so two daemons never serve one database file.
+    refused before it reads a series. A server restart or a dropped connection loses the locks
+    silently: `keep` (the daemon's scheduler, every CLAIM_CHECK seconds) notices and takes them
+    again. SQLite: an exclusive lock on `<database>.lock` (a cluster needs PostgreSQL,
+    config.py), so two daemons never serve one database file.
     """
 
     def __init__(self, store, membership: Membership):  # type: ignore[no-untyped-def]
+        self.membership = membership
+        self._engine = None
         self._connection = None
         self._fd: int | None = None
         url = store.engine.url
         if store.dialect == "postgresql":
-            self._hold_advisory(store, membership)
+            import sqlalchemy as sa
+
+            # Its own connection, outside the store's pool; TCP keepalives, so that a server that
+            # vanished is noticed in about a minute rather than the system's two hours.
+            self._engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={
+                "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                "keepalives_count": 3})
+            self._hold_advisory()
         elif url.database and url.database != ":memory:":
             self._hold_file(f"{url.database}.lock", str(url.database))
 
-    def _hold_advisory(self, store, m: Membership) -> None:  # type: ignore[no-untyped-def]
+    @property
+    def advisory(self) -> bool:
+        return self._engine is not None
+
+    def _hold_advisory(self) -> None:
         import sqlalchemy as sa
 
-        conn = store.engine.connect()
+        m = self.membership
+        conn = self._engine.connect()  # type: ignore[union-attr]
         try:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:g)"), {"g": GATE})   # until the commit below
             running = sorted({int(n) for (n,) in conn.execute(sa.text(
-                "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND classid = :k AND granted "
-                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
+                "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND classid = :k AND objsubid = 2 "
+                "AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
                 {"k": LAYOUT_KEY})} - {m.members})
             if running:
                 raise ClaimRefused(f"daemons with [cluster] members = {running[0]} are running on this database; "
@@ -107,9 +126,48 @@ class Claim:
             conn.execute(sa.text("SELECT pg_advisory_lock_shared(:k, :n)"), {"k": LAYOUT_KEY, "n": m.members})
             conn.commit()
         except BaseException:
-            conn.close()
+            conn.close()   # the session ends: whatever it locked is released
             raise
         self._connection = conn
+
+    def held(self) -> bool:
+        """Whether the member lock is still this daemon's (always, for a lock file)."""
+        if not self.advisory:
+            return True
+        if self._connection is None:   # lost, and not taken back
+            return False
+        import sqlalchemy as sa
+
+        try:
+            found = self._connection.execute(sa.text(  # type: ignore[union-attr]
+                "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory' "
+                "AND classid = :k AND objid = :m AND objsubid = 2 AND granted"),
+                {"k": MEMBER_KEY, "m": self.membership.member}).scalar()
+            self._connection.commit()  # type: ignore[union-attr]
+            return bool(found)
+        except sa.exc.SQLAlchemyError:
+            return False
+
+    def keep(self) -> bool:
+        """Check the hold and take it again if it was lost; False while it cannot be had."""
+        if self.held():
+            return True
+        import sqlalchemy as sa
+
+        log.error("lost the store lock of cluster member %d (the database restarted, or dropped the "
+                  "connection); taking it again", self.membership.member)
+        self._close_connection()
+        try:
+            self._hold_advisory()
+        except ClaimRefused as exc:
+            log.critical("cannot take back the store lock: %s. Another daemon serves these series now; "
+                         "stop this one", exc)
+            return False
+        except sa.exc.SQLAlchemyError as exc:
+            log.error("cannot take back the store lock yet: %s", exc)
+            return False
+        log.info("took the store lock of cluster member %d again", self.membership.member)
+        return True
 
     @staticmethod
     def _try_lock(conn, member: int) -> bool:  # type: ignore[no-untyped-def]
@@ -139,10 +197,19 @@ class Claim:
                                "one SQLite file serves one daemon") from None
         self._fd = fd
 
-    def release(self) -> None:
+    def _close_connection(self) -> None:
         if self._connection is not None:
-            self._connection.close()
+            try:
+                self._connection.close()
+            except Exception:   # a connection the server dropped may fail to close cleanly
+                pass
             self._connection = None
+
+    def release(self) -> None:
+        self._close_connection()
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
         if self._fd is not None:
             import os
 

@@ -19,8 +19,10 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from .catalog import SeriesCatalog
-from .cluster import Claim, ClaimRefused
+from .cluster import CLAIM_CHECK, Claim, ClaimRefused
 from .config import Settings
 from .engine.base import Engine, NotReady, UnknownSeries
 from .engine.factory import build_engine, online_config, stored_initializer
@@ -86,6 +88,9 @@ class Daemon:
             self._share = await asyncio.to_thread(Claim, self.store, ours)
         except ClaimRefused as exc:
             raise StartupError(str(exc)) from None
+        except SQLAlchemyError as exc:   # the database went away between opening and claiming
+            raise StartupError(f"cannot lock this daemon's share of the store: {exc}") from None
+        self.metrics.store_claim.set(1)
         catalog = SeriesCatalog(ours.own(await asyncio.to_thread(self.store.series_summary), key=lambda x: x.name))
         self.engine = engine = await asyncio.to_thread(self._build_engine)
         recent = await asyncio.to_thread(self.store.recent, s.model.history)
@@ -196,6 +201,8 @@ class Daemon:
         every = {"trigger": "interval", "max_instances": 1, "coalesce": True,
                  "misfire_grace_time": int(sched.misfire_grace_time)}
         self.scheduler.add_job(self.checkpoint, seconds=sched.checkpoint_interval, id="checkpoint", **every)
+        if self._share is not None and self._share.advisory:
+            self.scheduler.add_job(self._keep_share, seconds=CLAIM_CHECK, id="store-claim", **every)
         if s.model.engine == "online":
             from .meta.schedule import InitializerJobs
 
@@ -208,6 +215,10 @@ class Daemon:
                 log.info("cluster member %d: meta-training is member 0's job; promoted initializers are "
                          "picked up every %gs", s.cluster.member, s.meta.refresh_interval)
         self.scheduler.start()
+
+    def _keep_share(self) -> None:
+        assert self._share is not None
+        self.metrics.store_claim.set(1 if self._share.keep() else 0)
 
     def checkpoint(self) -> None:
         """Save every series' model state (runs on the scheduler's thread and at shutdown)."""

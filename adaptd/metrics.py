@@ -123,6 +123,9 @@ class Metrics(Telemetry):
             "adaptd_learn_duration_seconds", "Time the models took to learn one chunk of records",
             buckets=LATENCY_BUCKETS, registry=r)
         self.series = Gauge("adaptd_series", "Series with at least one stored observation", registry=r)
+        self.store_claim = Gauge(
+            "adaptd_store_claim_held", "1 while this daemon holds its share of the store (PostgreSQL: the "
+            "advisory lock on its [cluster] member number); 0: lost and not yet taken back", registry=r)
         self.connections = Gauge("adaptd_connections", "Open socket connections", registry=r)
         self.build_info = Gauge(
             "adaptd_build_info", "Always 1; labels say what is running", ["version", "python"], registry=r)

@@ -222,8 +222,8 @@ class SocketServer:
             self._connections[task] = True
             conversation.behind_refusal, conversation.refused = start < refused_through, False
             response = await self.handler(line, conversation)
-            writer.write(response)
-            if conversation.refused:   # what has arrived by now was sent before the client could read this
+            if conversation.refused:   # counted before the answer leaves: what arrived was sent without it
                 refused_through = consumed + _arrived(reader, writer)
+            writer.write(response)
             await writer.drain()
             self._connections[task] = False

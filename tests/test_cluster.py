@@ -95,3 +95,41 @@ def test_two_daemons_on_one_database_each_serve_and_restore_only_their_own(fresh
             d.kill()
         for d in dirs:
             shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.postgres
+def test_a_lost_store_lock_is_taken_back_unless_another_daemon_took_it(fresh_postgres_url: str, monkeypatch) -> None:
+    """A PostgreSQL restart or a dropped connection ends the session and its advisory locks
+    without a word: the daemon's periodic `keep` notices and takes them back."""
+    import sqlalchemy as sa
+
+    import adaptd.cluster as cluster
+    from adaptd.cluster import Claim, ClaimRefused
+
+    monkeypatch.setattr(cluster, "PREDECESSOR_WAIT", 0.2)
+    store = Store.open(fresh_postgres_url)
+    claims: list[Claim] = []
+
+    def drop(claim: Claim) -> None:   # what a server restart does to the claim's session
+        pid = claim._connection.execute(sa.text("SELECT pg_backend_pid()")).scalar()  # type: ignore[union-attr]
+        with store.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+
+    try:
+        claims.append(Claim(store, Membership(2, 0)))
+        first = claims[0]
+        assert first.advisory and first.held() and first.keep()
+        with pytest.raises(ClaimRefused, match="member 0 of 2 is already running"):
+            Claim(store, Membership(2, 0))
+        drop(first)
+        assert not first.held()
+        assert first.keep() and first.held()               # taken back
+        with pytest.raises(ClaimRefused, match="members = 2 are running"):
+            Claim(store, Membership(3, 1))                 # the layout lock came back too
+        drop(first)
+        claims.append(Claim(store, Membership(2, 0)))      # meanwhile another daemon took member 0
+        assert not first.keep() and not first.held()
+    finally:
+        for claim in claims:
+            claim.release()
+        store.close()

@@ -191,6 +191,10 @@ SCENARIOS: list[tuple[str, list[tuple[str, str]], list[tuple[Any, ...]]]] = [
         ("3m", "AdaptdDown", []),                       # down since 2m: pending, not firing yet
         ("5m", "AdaptdDown", [({"job": "adaptd", "instance": INSTANCE}, None)]),
     ]),
+    ("the store lock lost and not taken back", [(f"adaptd_store_claim_held{{{LABELS}}}", "1 1 0 0 0 0 0 0 0 0")], [
+        ("3m", "AdaptdStoreClaimLost", []),
+        ("6m", "AdaptdStoreClaimLost", [({"job": "adaptd", "instance": INSTANCE}, None)]),
+    ]),
     ("no adaptd target at all", [('up{job="node",instance="other:9100"}', "1x10")], [
         ("1m", "AdaptdDown", []),
         ("5m", "AdaptdDown", [({"job": "adaptd"}, None)]),
