@@ -17,9 +17,7 @@ import os
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING
-
-from sqlalchemy.exc import SQLAlchemyError
+from typing import TYPE_CHECKING, Callable
 
 from .catalog import SeriesCatalog
 from .cluster import CLAIM_CHECK, Claim, ClaimRefused
@@ -80,16 +78,19 @@ class Daemon:
         # once; the probe, one serving that holds no lock (an older adaptd, another host's mount).
         self._claim = claim_socket(s.socket_path())
         refuse_if_served(s.socket_path())
-        self.store = await self._open_store()
-        if self.store is None:
-            return False
         ours = s.membership()   # with [cluster], only the series that hash to this daemon
+
+        def claim(store: Store) -> None:   # before the migration: a refused daemon changes nothing
+            if self._share is not None:    # an attempt that failed after claiming (unreachable)
+                self._share.release()
+            self._share = Claim(store, ours)
+
         try:
-            self._share = await asyncio.to_thread(Claim, self.store, ours)
+            self.store = await self._open_store(claim)
         except ClaimRefused as exc:
             raise StartupError(str(exc)) from None
-        except SQLAlchemyError as exc:   # the database went away between opening and claiming
-            raise StartupError(f"cannot lock this daemon's share of the store: {exc}") from None
+        if self.store is None:
+            return False
         self.metrics.store_claim.set(1)
         catalog = SeriesCatalog(ours.own(await asyncio.to_thread(self.store.series_summary), key=lambda x: x.name))
         self.engine = engine = await asyncio.to_thread(self._build_engine)
@@ -126,7 +127,7 @@ class Daemon:
         self.notifier.notify(f"READY=1\nSTATUS=serving {len(catalog)} series\nMAINPID={os.getpid()}")
         return True
 
-    async def _open_store(self) -> Store | None:
+    async def _open_store(self, before_migrate: Callable[[Store], None]) -> Store | None:
         """The store, waited for while the database is unreachable; None if SIGTERM/SIGINT came first.
 
         No WATCHDOG=1 meanwhile: systemd arms the watchdog only after READY=1 (systemd.service(5))
@@ -137,7 +138,7 @@ class Daemon:
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self.request_stop, sig)
         try:
-            return await open_store(self.settings.store, self.notifier, self._stop)
+            return await open_store(self.settings.store, self.notifier, self._stop, before_migrate=before_migrate)
         finally:
             for sig in STOP_SIGNALS:   # the rest of start-up, as before: SIGTERM ends it at once
                 loop.remove_signal_handler(sig)

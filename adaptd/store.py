@@ -105,9 +105,11 @@ class Store:
 
     @classmethod
     def open(cls, url: str, sqlite_synchronous: str = "full", pool_size: int = 4,
-             must_exist: bool = False) -> "Store":
+             must_exist: bool = False, before_migrate: Callable[["Store"], None] | None = None) -> "Store":
         """Connect and migrate; an SQLite file is created unless `must_exist` (commands that only
-        read: a mistyped --config should not leave an empty database behind)."""
+        read: a mistyped --config should not leave an empty database behind). `before_migrate`
+        runs on the connected store first: the daemon claims its share there (cluster.Claim), so
+        that a daemon refused there has not changed the schema under the one that runs."""
         try:
             parsed = sa.engine.make_url(url)
         except sa.exc.ArgumentError as exc:
@@ -135,6 +137,11 @@ class Store:
                 raise StoreError(f"store.url: no driver for {parsed.drivername!r}: {exc}") from None
         try:
             store = cls(engine)
+            if before_migrate is not None:
+                try:
+                    before_migrate(store)
+                except sa.exc.DBAPIError as exc:   # as the migration's: unreachable is waited for
+                    raise store.failure(exc) from None
             store.migrate()
         except BaseException:
             engine.dispose()  # close the pooled connections now, not when the engine is collected
@@ -169,9 +176,13 @@ class Store:
                     MIGRATIONS[version](conn)
                     conn.execute(schema_version.insert().values(version=version, applied_at=time.time()))
         except sa.exc.DBAPIError as exc:  # unreachable, but also e.g. no permission to create tables
-            kind = StoreUnreachable if _unreachable(exc, self.dialect) else StoreError
-            reason = " ".join(str(exc.orig).split())   # libpq's messages span lines: one log line each
-            raise kind(f"cannot open store {redact(str(self.engine.url))}: {reason}") from None
+            raise self.failure(exc) from None
+
+    def failure(self, exc: sa.exc.DBAPIError) -> StoreError:
+        """What a database error while opening means: unreachable (waited for) or not."""
+        kind = StoreUnreachable if _unreachable(exc, self.dialect) else StoreError
+        reason = " ".join(str(exc.orig).split())   # libpq's messages span lines: one log line each
+        return kind(f"cannot open store {redact(str(self.engine.url))}: {reason}")
 
     def schema_version(self) -> int:
         with self.engine.connect() as conn:

@@ -38,7 +38,8 @@ def pauses(first: float = FIRST_PAUSE, cap: float = MAX_PAUSE) -> Iterator[float
 
 
 async def open_store(settings: StoreSettings, notifier: Notifier, stop: asyncio.Event,
-                     clock: Callable[[], float] = time.monotonic) -> Store | None:
+                     clock: Callable[[], float] = time.monotonic,
+                     before_migrate: Callable[[Store], None] | None = None) -> Store | None:
     """The opened store, or None when `stop` is set while waiting for it.
 
     Raises `StoreError` at once for what waiting cannot fix, and once `connect_timeout`
@@ -52,7 +53,7 @@ async def open_store(settings: StoreSettings, notifier: Notifier, stop: asyncio.
         attempt += 1
         try:
             store = await _in_thread(lambda: Store.open(settings.url, settings.sqlite_synchronous,
-                                                        settings.pool_size), stop)
+                                                        settings.pool_size, before_migrate=before_migrate), stop)
         except StoreUnreachable as exc:
             waited = clock() - started
             left = settings.connect_timeout - waited
