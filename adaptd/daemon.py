@@ -92,12 +92,12 @@ class Daemon:
         if self.store is None:
             return False
         self.metrics.store_claim.set(1)
-        catalog = SeriesCatalog(ours.own(await asyncio.to_thread(self.store.series_summary), key=lambda x: x.name))
+        owns = None if ours.alone else ours.owns   # a cluster member reads its own share of the store
+        catalog = SeriesCatalog(await asyncio.to_thread(self.store.series_summary, owns))
         self.engine = engine = await asyncio.to_thread(self._build_engine)
-        recent = await asyncio.to_thread(self.store.recent, s.model.history)
-        checkpoints = await asyncio.to_thread(self.store.load_checkpoints)
-        pending = await asyncio.to_thread(engine.restore, {name: recent[name] for name in ours.own(recent)},
-                                          ours.own(checkpoints, key=lambda c: c.series))
+        recent = await asyncio.to_thread(self.store.recent, s.model.history, owns)
+        checkpoints = await asyncio.to_thread(self.store.load_checkpoints, owns)
+        pending = await asyncio.to_thread(engine.restore, recent, checkpoints)
         self.metrics.series.set(len(catalog))
         self._watch(engine, catalog)
         self.learner = LearningWorker(engine, self.store, self.metrics, s.model.learning_backlog,

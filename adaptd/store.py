@@ -206,13 +206,16 @@ class Store:
     def forget_ids(self) -> None:
         self._ids.clear()
 
-    def series_summary(self) -> list[SeriesSummary]:
+    def series_summary(self, owns: Owns | None = None) -> list[SeriesSummary]:
+        """Every series' count and time range; with `owns`, only the series it keeps (a cluster
+        member's: filtered in SQL by id, so a member reads its own share of the store)."""
         o = observations
         query = (sa.select(series_table.c.name, sa.func.count(), sa.func.min(o.c.ts), sa.func.max(o.c.ts))
                  .select_from(series_table.join(o, o.c.series_id == series_table.c.id))
                  .group_by(series_table.c.name))
         with self.engine.connect() as conn:
-            return [SeriesSummary(n, int(c), float(a), float(b)) for n, c, a, b in conn.execute(query)]
+            return [SeriesSummary(n, int(c), float(a), float(b)) for chunk in _kept_ids(conn, owns)
+                    for n, c, a, b in conn.execute(query if chunk is None else query.where(o.c.series_id.in_(chunk)))]
 
     # -- observations ---------------------------------------------------------------------
     def existing_ts(self, conn: Connection, series_id: int, ts: Sequence[float]) -> set[float]:
@@ -249,21 +252,25 @@ class Store:
         rows.reverse()
         return rows
 
-    def recent(self, per_series: int) -> dict[str, list[tuple[float, float]]]:
-        """The newest `per_series` observations of every series, in time order."""
+    def recent(self, per_series: int, owns: Owns | None = None) -> dict[str, list[tuple[float, float]]]:
+        """The newest `per_series` observations of every series (with `owns`: of those it
+        keeps), in time order."""
         o, s = observations, series_table
-        ranked = (sa.select(o.c.series_id, o.c.ts, o.c.value,
-                            sa.func.row_number().over(partition_by=o.c.series_id, order_by=o.c.ts.desc())
-                            .label("rank"))
-                  .subquery())
-        query = (sa.select(s.c.name, ranked.c.ts, ranked.c.value)
-                 .join(s, s.c.id == ranked.c.series_id)
-                 .where(ranked.c.rank <= per_series)
-                 .order_by(s.c.name, ranked.c.ts))
         out: dict[str, list[tuple[float, float]]] = {}
         with self.engine.connect() as conn:
-            for name, ts, value in conn.execute(query):
-                out.setdefault(name, []).append((float(ts), float(value)))
+            for chunk in _kept_ids(conn, owns):
+                rows = sa.select(o.c.series_id, o.c.ts, o.c.value,
+                                 sa.func.row_number().over(partition_by=o.c.series_id, order_by=o.c.ts.desc())
+                                 .label("rank"))
+                if chunk is not None:
+                    rows = rows.where(o.c.series_id.in_(chunk))
+                ranked = rows.subquery()
+                query = (sa.select(s.c.name, ranked.c.ts, ranked.c.value)
+                         .join(s, s.c.id == ranked.c.series_id)
+                         .where(ranked.c.rank <= per_series)
+                         .order_by(s.c.name, ranked.c.ts))
+                for name, ts, value in conn.execute(query):
+                    out.setdefault(name, []).append((float(ts), float(value)))
         return out
 
     # -- model checkpoints ----------------------------------------------------------------
@@ -361,8 +368,21 @@ class Store:
         with self.engine.connect() as conn:
             return [(int(v), str(a), int(f), bytes(p)) for v, a, f, p in conn.execute(query)]
 
-    def load_checkpoints(self) -> list[Checkpoint]:
+    def load_checkpoints(self, owns: Owns | None = None) -> list[Checkpoint]:
         m, s = model_checkpoints, series_table
         query = sa.select(s.c.name, m.c.kind, m.c.format_version, m.c.payload).join(s, s.c.id == m.c.series_id)
         with self.engine.connect() as conn:
-            return [Checkpoint(n, k, int(v), bytes(p)) for n, k, v, p in conn.execute(query)]
+            return [Checkpoint(n, k, int(v), bytes(p)) for chunk in _kept_ids(conn, owns)
+                    for n, k, v, p in conn.execute(query if chunk is None else query.where(m.c.series_id.in_(chunk)))]
+
+
+Owns = Callable[[str], bool]   # whether a series is this daemon's (cluster.Membership.owns)
+ID_CHUNK = 1000                # series ids per IN (...) list: SQLite binds at most 32,766
+
+
+def _kept_ids(conn: Connection, owns: Owns | None) -> list[list[int] | None]:
+    """The ids of the series `owns` keeps, in chunks for IN lists; [None]: every series."""
+    if owns is None:
+        return [None]
+    ids = [sid for name, sid in conn.execute(sa.select(series_table.c.name, series_table.c.id)) if owns(name)]
+    return [ids[k:k + ID_CHUNK] for k in range(0, len(ids), ID_CHUNK)]

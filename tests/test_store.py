@@ -258,6 +258,27 @@ def test_checkpoints_round_trip_and_overwrite(store: Store) -> None:
     assert len(store.load_checkpoints()) == 2
 
 
+def test_a_cluster_member_reads_its_own_share_in_chunks_as_the_whole_filtered(store: Store, monkeypatch) -> None:
+    """A cluster member's start-up reads only the series it keeps (filtered in SQL by id, in
+    IN lists of ID_CHUNK ids): the same rows as reading everything and keeping its own."""
+    import adaptd.store as store_module
+    from adaptd.cluster import Membership
+
+    monkeypatch.setattr(store_module, "ID_CHUNK", 7)
+    names = [f"m{k}" for k in range(40)]
+    store.write([Obs(name, float(t), float(k * 100 + t)) for k, name in enumerate(names) for t in range(5)])
+    store.save_checkpoints([Checkpoint(name, "naive", 1, name.encode()) for name in names[::3]])
+    ours = Membership(3, 1)
+    recent = store.recent(3, ours.owns)
+    assert recent == {name: rows for name, rows in store.recent(3).items() if ours.owns(name)}
+    assert 5 < len(recent) < 30
+    assert sorted(store.series_summary(ours.owns), key=lambda x: x.name) == sorted(
+        ours.own(store.series_summary(), key=lambda x: x.name), key=lambda x: x.name)
+    assert sorted(store.load_checkpoints(ours.owns), key=by_series) == sorted(
+        ours.own(store.load_checkpoints(), key=by_series), key=by_series)
+    assert store.recent(3, lambda name: False) == {} and store.load_checkpoints(lambda name: False) == []
+
+
 # -- ids after a rollback -------------------------------------------------------------------
 
 class Boom(Exception):
