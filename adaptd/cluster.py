@@ -13,9 +13,15 @@ refused before it reads a series.
 from __future__ import annotations
 
 import logging
+import os
+import time
 import zlib
 from dataclasses import dataclass
 from typing import Iterable, TypeVar
+
+import sqlalchemy as sa
+
+from . import lockfile
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -89,9 +95,7 @@ class Claim:
         self._fd: int | None = None
         url = store.engine.url
         if store.dialect == "postgresql":
-            import sqlalchemy as sa
-
-            # Its own connection, outside the store's pool; TCP keepalives, so that a server that
+                # Its own connection, outside the store's pool; TCP keepalives, so that a server that
             # vanished is noticed in about a minute rather than the system's two hours.
             self._engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={
                 "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
@@ -105,8 +109,6 @@ class Claim:
         return self._engine is not None
 
     def _hold_advisory(self) -> None:
-        import sqlalchemy as sa
-
         m = self.membership
         conn = self._engine.connect()  # type: ignore[union-attr]
         try:
@@ -136,8 +138,6 @@ class Claim:
             return True
         if self._connection is None:   # lost, and not taken back
             return False
-        import sqlalchemy as sa
-
         try:
             found = self._connection.execute(sa.text(  # type: ignore[union-attr]
                 "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory' "
@@ -152,8 +152,6 @@ class Claim:
         """Check the hold and take it again if it was lost; False while it cannot be had."""
         if self.held():
             return True
-        import sqlalchemy as sa
-
         log.error("lost the store lock of cluster member %d (the database restarted, or dropped the "
                   "connection); taking it again", self.membership.member)
         self._close_connection()
@@ -173,10 +171,6 @@ class Claim:
     def _try_lock(conn, member: int) -> bool:  # type: ignore[no-untyped-def]
         """The member's lock, waited for briefly: a predecessor killed a moment ago holds it until
         the server notices its connection is gone."""
-        import time
-
-        import sqlalchemy as sa
-
         deadline = time.monotonic() + PREDECESSOR_WAIT
         while not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k, :m)"), {"k": MEMBER_KEY, "m": member}).scalar():
             if time.monotonic() >= deadline:
@@ -185,17 +179,10 @@ class Claim:
         return True
 
     def _hold_file(self, lock: str, database: str) -> None:
-        import fcntl
-        import os
-
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        self._fd = lockfile.hold(lock)
+        if self._fd is None:
             raise ClaimRefused(f"another adaptd already serves the database {database} (it holds {lock}); "
-                               "one SQLite file serves one daemon") from None
-        self._fd = fd
+                               "one SQLite file serves one daemon")
 
     def _close_connection(self) -> None:
         if self._connection is not None:
@@ -211,7 +198,5 @@ class Claim:
             self._engine.dispose()
             self._engine = None
         if self._fd is not None:
-            import os
-
             os.close(self._fd)
             self._fd = None

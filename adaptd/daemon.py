@@ -68,6 +68,7 @@ class Daemon:
         self._initializer_jobs: InitializerJobs | None = None
         self._claim: int | None = None   # the socket's lock file, held while this process lives
         self._share: Claim | None = None   # this daemon's hold on its series in the store
+        self.ours = settings.membership()   # with [cluster], only the series that hash to this daemon
 
     async def startup(self) -> bool:
         """Restore state and bind the socket; False when stopped while waiting for the store."""
@@ -78,7 +79,7 @@ class Daemon:
         # once; the probe, one serving that holds no lock (an older adaptd, another host's mount).
         self._claim = claim_socket(s.socket_path())
         refuse_if_served(s.socket_path())
-        ours = s.membership()   # with [cluster], only the series that hash to this daemon
+        ours = self.ours
 
         def claim(store: Store) -> None:   # before the migration: a refused daemon changes nothing
             if self._share is not None:    # an attempt that failed after claiming (unreachable)
@@ -181,7 +182,7 @@ class Daemon:
 
     def _watch(self, engine: Engine, catalog: SeriesCatalog) -> None:
         s, m = self.settings, self.metrics
-        exported = tuple(s.membership().own(s.metrics.series))   # of the names, this member's
+        exported = tuple(self.ours.own(s.metrics.series))   # of the names, this member's
         m.watch(engine, catalog, s.model.coverage, s.metrics.stale_after, exported, s.metrics.max_series)
         stats = engine.stats()
         if "init" in stats:   # an engine that adapts on drift
@@ -210,7 +211,7 @@ class Daemon:
             assert self.store is not None and self.engine is not None
             self._initializer_jobs = jobs = InitializerJobs(s, self.store, self.engine, self.metrics)
             self.scheduler.add_job(jobs.refresh, seconds=s.meta.refresh_interval, id="initializer-refresh", **every)
-            if s.meta.retrain_interval > 0 and s.membership().trains:
+            if s.meta.retrain_interval > 0 and self.ours.trains:
                 self.scheduler.add_job(jobs.retrain, seconds=s.meta.retrain_interval, id="meta-train", **every)
             elif s.meta.retrain_interval > 0:
                 log.info("cluster member %d: meta-training is member 0's job; promoted initializers are "
@@ -245,7 +246,7 @@ class Daemon:
             return
         m = self.settings.metrics
         found = []
-        for name in self.settings.membership().own(m.series)[: m.max_series]:
+        for name in self.ours.own(m.series)[: m.max_series]:
             try:
                 found.append(self.engine.forecast(name, self.settings.model.max_horizon))
             except (UnknownSeries, NotReady):

@@ -12,13 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import grp
 import logging
 import os
 import socket
+import struct
+import termios
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from . import lockfile
 from .metrics import Metrics
 from .protocol import BAD_REQUEST, OVERLOADED, TOO_LARGE, Conversation, encode, error
 
@@ -42,16 +46,11 @@ def claim_socket(path: Path) -> int:
     """An exclusive lock on `<socket>.lock`, held (by the returned descriptor) for the life of
     the process and released by the kernel however it ends: of two daemons started together
     on one socket, only one gets past this, before either opens the store."""
-    import fcntl
-
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.with_name(path.name + ".lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise SocketInUse(f"another adaptd is already serving (or starting) on {path} (it holds {lock})") from None
+    fd = lockfile.hold(lock)
+    if fd is None:
+        raise SocketInUse(f"another adaptd is already serving (or starting) on {path} (it holds {lock})")
     return fd
 
 
@@ -69,10 +68,6 @@ def clear_stale_socket(path: Path) -> None:
 def _arrived(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
     """Bytes of a connection received and not yet read as requests: the stream's buffer plus
     the socket's receive queue (FIONREAD). 0 for what cannot be told."""
-    import fcntl
-    import struct
-    import termios
-
     buffered = len(getattr(reader, "_buffer", b""))   # CPython's StreamReader keeps it there
     sock = writer.get_extra_info("socket")
     try:
