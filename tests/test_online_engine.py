@@ -241,6 +241,20 @@ def test_a_re_sent_newest_value_is_answered_by_the_fallback_until_the_models_lea
         assert e.forecast("s", 4).model["kind"] == "online"           # past it: the models again
 
 
+def test_a_fallback_answer_keeps_the_series_drifts_and_adaptations():
+    """A client tracking adaptations must not see them reset to 0 (and back) whenever the
+    fallback answers for the models, e.g. right after a re-sent newest value."""
+    y = level_shift(600, 400)
+    engine = make_engine()
+    feed(engine, y)
+    online = engine.forecast("s", 4).model
+    assert online["kind"] == "online" and online["last_drift"] is not None
+    engine.observe([Observation("s", 599 * HOUR, 1e3)])   # a new value for the newest time
+    fallback = engine.forecast("s", 4).model
+    assert fallback["kind"] in ("last_value", "seasonal_naive")
+    assert (fallback["adaptations"], fallback["last_drift"]) == (online["adaptations"], online["last_drift"])
+
+
 def test_a_restored_engine_keeps_forecasting_exactly_as_before_on_volatile_series():
     # Intervals depend on the widths the pending forecasts were issued with: a restart that
     # lost them drifts apart here. (Adaptation is off to compare the intervals alone.)

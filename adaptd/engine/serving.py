@@ -19,7 +19,7 @@ class Serving:
 
     def forecast(self, series: str, horizon: int) -> Forecast:
         found = self.forecast_current(series, horizon)
-        return found if found is not None else self.naive.forecast(series, horizon)
+        return found if found is not None else self._fallback(series, horizon)
 
     def forecast_current(self, series: str, horizon: int) -> Forecast | None:
         slot = self.slots.get(series)
@@ -28,12 +28,21 @@ class Serving:
                 # The value the models forecast from was re-sent with another value since: they
                 # learn in time order and never see it, the fallback knows every acknowledged
                 # record. Until the models learn a newer record, the fallback answers.
-                return self.naive.forecast(series, horizon)
+                return self._fallback(series, horizon)
             cached = self._cached(series, slot, horizon)
-            return cached if cached is not None else self.naive.forecast(series, horizon)   # young
+            return cached if cached is not None else self._fallback(series, horizon)   # young
         if self.naive.last_ts(series) is None:
             raise UnknownSeries(series)
         return self._provisional(series, slot, horizon) if slot is not None else None
+
+    def _fallback(self, series: str, horizon: int) -> Forecast:
+        """The naive fallback's forecast, with what the series' models have been through: a
+        fallback answer does not undo its drifts and adaptations in the client's eyes."""
+        fc = self.naive.forecast(series, horizon)
+        slot = self.slots.get(series)
+        if slot is not None:
+            fc.model.update(self._history_of(slot))
+        return fc
 
     def _cached(self, series: str, slot: int, horizon: int) -> Forecast | None:
         """The forecast the learning thread issued at the series' newest record (None: none)."""
@@ -104,15 +113,17 @@ class Serving:
 
     def _about(self, slot: int, count: int, unlearnt: int = 0) -> dict[str, Any]:
         """The answer's `model` object for a forecast from `count` observations."""
-        drift = float(self.last_drift[slot])
         model = {"kind": "online" if count >= self.config.window else "cold_start", "version": FORMAT_VERSION,
-                 "init": self.init.kind, "last_drift": drift if np.isfinite(drift) else None,
-                 "adaptations": int(self.adaptations[slot])}
+                 "init": self.init.kind, **self._history_of(slot)}
         if count < self.config.window:   # young: how much of the window is real
             model["observations"] = count
         if unlearnt:   # newest records the models forecast from but have not learnt from yet
             model["unlearnt"] = unlearnt
         return model
+
+    def _history_of(self, slot: int) -> dict[str, Any]:
+        drift = float(self.last_drift[slot])
+        return {"last_drift": drift if np.isfinite(drift) else None, "adaptations": int(self.adaptations[slot])}
 
     def _answer(self, series: str, origin: float, band: tuple[np.ndarray, np.ndarray, np.ndarray],
                 model: dict[str, Any]) -> Forecast:
