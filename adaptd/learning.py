@@ -49,6 +49,7 @@ class LearningWorker:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="adaptd-learner", daemon=True)
         self.last_beat = time.monotonic()
+        self._rate = 0.0   # records learnt per second, smoothed over chunks (0: not measured yet)
 
     @property
     def backlog(self) -> int:
@@ -57,6 +58,12 @@ class LearningWorker:
     @property
     def full(self) -> bool:
         return self._backlog >= self.max_backlog
+
+    @property
+    def catch_up_seconds(self) -> float:
+        """About how long learning needs for its backlog at the rate it has been learning
+        (0 until it has learnt a chunk)."""
+        return self._backlog / self._rate if self._rate > 0 else 0.0
 
     @property
     def alive(self) -> bool:
@@ -125,7 +132,11 @@ class LearningWorker:
                     self.metrics.learning_shed.inc(len(chunk))
             except Exception:
                 log.exception("models failed to learn %d records; they stay stored", len(chunk))
-            self.metrics.learn_seconds.observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.learn_seconds.observe(seconds)
+            if seconds > 0:
+                rate = len(chunk) / seconds
+                self._rate = rate if self._rate == 0 else 0.7 * self._rate + 0.3 * rate
             self._record_drift()    # before `_done`: an empty backlog means learnt and recorded
             self._done(len(chunk))
 

@@ -298,6 +298,34 @@ def test_a_forecast_learning_has_not_reached_is_answered_at_once_while_provision
     assert model["unlearnt"] == 3 and took >= 0.3      # waited for learning first, then answered
 
 
+def test_a_forecast_learning_cannot_reach_in_time_is_answered_by_the_fallback_at_once(tmp_path: Path) -> None:
+    """After a bulk load, waiting `forecast_wait` for learning that needs seconds more for its
+    backlog ends in the fallback's answer anyway: it comes at once. Learning that will be
+    through in time is waited for, as before."""
+    with gated_worker(tmp_path, "behind") as (engine, worker, _metrics):
+        rows = shifted(300, 10**6)
+        engine.record(rows[:100])
+        worker.submit(rows[:100])
+        engine.gate.set()
+        wait_until(lambda: worker.backlog == 0)   # learning has a measured rate now
+        engine.gate.clear()
+        engine.record(rows[100:])
+        worker.submit(rows[100:])                 # 200 records it will not learn before the gate opens
+        service = Service(load_config(None), None, None, engine, SeriesCatalog({}), Metrics(), worker)  # type: ignore[arg-type]
+
+        def timed(rate: float) -> tuple[float, dict]:
+            worker._rate = rate                   # as measured on a slow or a fast machine
+            began = time.monotonic()
+            fc = asyncio.run(service._models_forecast("s", SMALL.horizon))
+            assert fc.origin == rows[-1].ts       # read-your-writes either way
+            return time.monotonic() - began, fc.model
+
+        took, model = timed(100.0)                # 2 s of backlog: no use waiting 0.5 s
+        assert model["kind"] != "online" and took < 0.2
+        took, model = timed(1e6)                  # through in a moment: worth the wait (the gate
+        assert took >= 0.5                        # stays shut, so the fallback answers after it)
+
+
 def test_shedding_that_flaps_under_overload_warns_once_a_minute(caplog) -> None:  # type: ignore[no-untyped-def]
     worker = LearningWorker(OnlineEngine(SMALL, Initializer.random(SMALL.shape, 0, 0.05)), None, Metrics(),  # type: ignore[arg-type]
                             shed_lag=1.0)
