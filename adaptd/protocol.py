@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .records import json_kind
+
 BAD_REQUEST = "bad_request"
 UNKNOWN_OP = "unknown_op"
 UNKNOWN_SERIES = "unknown_series"
@@ -54,11 +56,15 @@ class RequestError(Exception):
 def decode(line: bytes) -> dict[str, Any]:
     try:
         # Decode first: json.loads(bytes) would also take UTF-16/32 and encoded surrogates.
-        request = json.loads(line.decode("utf-8"))
+        text = line.decode("utf-8")
+        request = json.loads(text)
     except UnicodeDecodeError:
         raise RequestError(BAD_REQUEST, "request is not valid UTF-8") from None
     except json.JSONDecodeError as exc:
-        raise RequestError(BAD_REQUEST, f"request is not valid JSON: {exc.msg} at column {exc.colno}") from None
+        # Counted from the start of the line: json's own line/column would put a missing brace
+        # at "line 2 column 1", past the newline.
+        where = "at the end of the line" if exc.pos >= len(text.rstrip()) else f"at character {exc.pos + 1}"
+        raise RequestError(BAD_REQUEST, f"request is not valid JSON: {exc.msg} {where}") from None
     except RecursionError:
         raise RequestError(BAD_REQUEST, "request is nested too deeply") from None
     except ValueError as exc:
@@ -66,7 +72,7 @@ def decode(line: bytes) -> dict[str, Any]:
         # plain ValueError, not a JSONDecodeError: still the client's bad request, not ours.
         raise RequestError(BAD_REQUEST, f"request has a number that cannot be read: {str(exc)[:100]}") from None
     if not isinstance(request, dict):
-        raise RequestError(BAD_REQUEST, f"request must be a JSON object, got {type(request).__name__}")
+        raise RequestError(BAD_REQUEST, f"request must be a JSON object, got {json_kind(request)}")
     return request
 
 

@@ -10,6 +10,7 @@ adaptd.records.Rejected: value must be a finite number, got nan
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime, timezone
 from typing import Any, Callable, NamedTuple
@@ -34,10 +35,24 @@ class Rejected(ValueError):
         self.field = field
 
 
+def json_kind(raw: Any) -> str:
+    """What a client sent, in JSON's words (messages name these, not Python's types).
+
+    >>> json_kind(None), json_kind(True), json_kind("3"), json_kind([1]), json_kind({})
+    ('null', 'true', 'a string', 'an array', 'an object')
+    """
+    if raw is None or isinstance(raw, bool):
+        return json.dumps(raw)
+    for kinds, name in (((int, float), "a number"), (str, "a string"), ((list, tuple), "an array"), (dict, "an object")):
+        if isinstance(raw, kinds):
+            return name
+    return type(raw).__name__
+
+
 def parse_ts(raw: Any) -> float:
     """Unix epoch seconds from a number or an ISO-8601 string (naive means UTC)."""
     if isinstance(raw, bool):
-        raise Rejected(f"ts must be epoch seconds or an ISO-8601 string, got {raw!r}", "ts")
+        raise Rejected(f"ts must be epoch seconds or an ISO-8601 string, got {json_kind(raw)}", "ts")
     if isinstance(raw, (int, float)):
         try:
             ts = float(raw)
@@ -46,7 +61,7 @@ def parse_ts(raw: Any) -> float:
     elif isinstance(raw, str):
         ts = _parse_iso(raw)
     else:
-        raise Rejected(f"ts must be epoch seconds or an ISO-8601 string, got {type(raw).__name__}", "ts")
+        raise Rejected(f"ts must be epoch seconds or an ISO-8601 string, got {json_kind(raw)}", "ts")
     if not math.isfinite(ts) or not MIN_TS <= ts <= MAX_TS:
         raise Rejected(f"ts {raw!r} is out of range (years 1 to 9999)", "ts")
     return ts
@@ -82,17 +97,19 @@ def format_ts(ts: float) -> str:
 
 def check_series(raw: Any) -> str:
     if not isinstance(raw, str):
-        raise Rejected(f"series must be a string, got {type(raw).__name__}", "series")
+        raise Rejected(f"series must be a string, got {json_kind(raw)}", "series")
     if not 1 <= len(raw) <= MAX_SERIES_NAME:
         raise Rejected(f"series name must be 1 to {MAX_SERIES_NAME} characters, got {len(raw)}", "series")
     if not raw.isprintable():
-        raise Rejected("series name must contain only printable characters", "series")
+        at, char = next((i, c) for i, c in enumerate(raw) if not c.isprintable())
+        raise Rejected(f"series name must contain only printable characters, got U+{ord(char):04X} at "
+                       f"character {at + 1}", "series")
     return raw
 
 
 def check_value(raw: Any) -> float:
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-        raise Rejected(f"value must be a finite number, got {type(raw).__name__}", "value")
+        raise Rejected(f"value must be a finite number, got {json_kind(raw)}", "value")
     try:
         value = float(raw)
     except OverflowError:
@@ -104,7 +121,7 @@ def check_value(raw: Any) -> float:
 
 def validate_record(raw: Any) -> Observation:
     if not isinstance(raw, dict):
-        raise Rejected(f"record must be an object with series, ts and value, got {type(raw).__name__}")
+        raise Rejected(f"record must be an object with series, ts and value, got {json_kind(raw)}")
     missing = [key for key in ("series", "ts", "value") if key not in raw]
     if missing:
         raise Rejected(f"record is missing {', '.join(missing)}")

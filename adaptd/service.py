@@ -18,7 +18,7 @@ from .learning import LearningWorker
 from .metrics import OPS, Metrics
 from .protocol import (BAD_REQUEST, INTERNAL, NO_ID, NOT_READY, OVERLOADED, TOO_LARGE, UNKNOWN_OP, Conversation,
                        UNKNOWN_SERIES, RequestError, decode, encode, error, with_id)
-from .records import Rejected, check_series, validate_batch
+from .records import Rejected, check_series, json_kind, validate_batch
 from .store import Store, redact
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,9 @@ class Service:
         horizon = request.get("horizon")
         top = self.settings.model.max_horizon
         if isinstance(horizon, bool) or not isinstance(horizon, int) or not 1 <= horizon <= top:
-            raise RequestError(BAD_REQUEST, f"horizon must be an integer from 1 to {top}, got {horizon!r}")
+            plain = isinstance(horizon, (int, float)) and not isinstance(horizon, bool) and len(repr(horizon)) <= 40
+            shown = repr(horizon) if plain else json_kind(horizon)   # never echo a huge value back
+            raise RequestError(BAD_REQUEST, f"horizon must be an integer from 1 to {top}, got {shown}")
         try:
             fc = await self._models_forecast(series, horizon)
         except UnknownSeries:

@@ -528,6 +528,26 @@ def test_truncated_json_is_a_bad_request_and_stores_nothing(daemon: DaemonProces
     assert_unaffected(daemon, bystander)
 
 
+def test_error_messages_point_at_the_fault_in_the_clients_terms(daemon: DaemonProcess, bystander: Conn) -> None:
+    """A message a programmer reads: where the JSON broke (not "line 2 column 1" for a missing
+    brace), JSON's type names (not Python's), which character of a name is not printable, and
+    never a huge bad value echoed back."""
+    series = unique("msg")
+    cut, inside, none, control, huge = send_lines(daemon, [
+        b'{"op":"ping"',
+        b'{"op":"ping",,"id":1}',
+        json.dumps({"op": "ingest", "records": [{"series": series, "ts": None, "value": 1}]}).encode(),
+        json.dumps({"op": "ingest", "records": [{"series": "ab\x07c", "ts": T0, "value": 1}]}).encode(),
+        json.dumps({"op": "forecast", "series": KNOWN, "horizon": list(range(50_000))}).encode()])
+    assert cut["error"]["message"] == "request is not valid JSON: Expecting ',' delimiter at the end of the line"
+    assert inside["error"]["message"] == "request is not valid JSON: Expecting property name enclosed in double " \
+                                         "quotes at character 14"
+    assert none["rejected"][0]["message"] == "ts must be epoch seconds or an ISO-8601 string, got null"
+    assert "got U+0007 at character 3" in control["rejected"][0]["message"]
+    assert huge["error"]["message"] == "horizon must be an integer from 1 to 48, got an array"
+    assert_unaffected(daemon, bystander)
+
+
 NESTING = {
     "list": (b"[", b"]"),
     "object": (b'{"k":', b"}"),

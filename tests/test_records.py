@@ -163,12 +163,12 @@ def test_good_values(raw: Any, expected: float) -> None:
     (float("-inf"), "finite number, got -inf"),
     (10**400, "too large"),
     (-(10**400), "too large"),
-    (True, "got bool"),
-    (False, "got bool"),
-    ("1.5", "got str"),
-    ("nan", "got str"),
-    (None, "got NoneType"),
-    ([1.0], "got list"),
+    (True, "got true"),
+    (False, "got false"),
+    ("1.5", "got a string"),
+    ("nan", "got a string"),
+    (None, "got null"),
+    ([1.0], "got an array"),
 ])
 def test_bad_values(raw: Any, why: str) -> None:
     with pytest.raises(Rejected, match=why) as info:
