@@ -29,7 +29,8 @@ NO_ID: Any = _NoId()
 
 class Conversation:
     """One connection's state between requests: the server sets `behind_refusal` for each line,
-    the service sets `refused` when it refuses the line's ingest as overloaded.
+    the service sets `refused` when it refuses the line's ingest as overloaded. `closing`: the
+    daemon is shutting down; the requests it had received are answered, not served.
 
     A request is behind a refusal when its first byte had reached the daemon by the time an
     earlier ingest's `overloaded` answer on the same connection was sent: the client sent it
@@ -37,11 +38,12 @@ class Conversation:
     it would go ahead of the refused batch, whose records would then be late to the models.
     """
 
-    __slots__ = ("behind_refusal", "refused")
+    __slots__ = ("behind_refusal", "refused", "closing")
 
     def __init__(self) -> None:
         self.behind_refusal = False
         self.refused = False
+        self.closing = False
 
 
 class RequestError(Exception):

@@ -222,3 +222,23 @@ class SocketServer:
             writer.write(response)
             await writer.drain()
             self._connections[task] = False
+        if self._closing and not ended:
+            await self._turn_away(reader, writer, conversation)
+
+    async def _turn_away(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         conversation: Conversation) -> None:
+        """The daemon is closing: each request that had reached it (sent behind the one it just
+        answered) gets an answer, `overloaded`, saying it was not served, instead of silence.
+        Exactly one answer per request, and the client knows what to re-send. What arrives later
+        is not read."""
+        conversation.closing = True
+        left = _arrived(reader, writer)
+        while left > 0:
+            try:
+                line = await asyncio.wait_for(reader.readuntil(b"\n"), 1.0)
+            except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                break
+            left -= len(line)
+            if line.strip():
+                writer.write(await self.handler(line, conversation))
+        await writer.drain()

@@ -106,6 +106,9 @@ class Service:
             if name not in self.ops:
                 raise RequestError(UNKNOWN_OP, f"unknown op {name[:40]!r} (ops: {', '.join(self.ops)})")
             op = name
+            if conversation is not None and conversation.closing:
+                raise RequestError(OVERLOADED, "the daemon is shutting down; this request was not served: "
+                                   "re-send it when the daemon is back")
             response = with_id(await self.ops[name](request), request_id)
             payload, outcome = encode(response), "ok"
         except RequestError as exc:

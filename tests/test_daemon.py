@@ -781,6 +781,42 @@ def test_sigterm_under_load_keeps_every_acknowledged_record() -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def test_requests_pipelined_behind_a_shutdown_each_get_an_answer_and_nothing_acked_is_lost() -> None:
+    """A client that sent many requests in one go when SIGTERM came: every request that reached
+    the daemon gets exactly one answer, in order: served, or `overloaded` saying it was not
+    (re-send it). After a restart, exactly the acknowledged batches are stored."""
+    directory = short_tempdir()
+    d = DaemonProcess(write_config(directory))
+    batches = 100
+    try:
+        d.start()
+        lines = [json.dumps({"op": "ingest", "id": k, "records": [
+            {"series": "piped", "ts": T0 + (10 * k + i) * H, "value": float(i)} for i in range(10)]})
+            for k in range(batches)]
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(30)
+            sock.connect(str(d.socket_path))
+            sock.sendall("".join(line + "\n" for line in lines).encode())
+            time.sleep(0.005)
+            d.proc.send_signal(signal.SIGTERM)
+            with sock.makefile("rb") as stream:
+                answers = [json.loads(line) for line in stream]
+        assert d.wait_exit(30) == 0, d.stderr
+        assert [a["id"] for a in answers] == list(range(len(answers)))
+        served = [a for a in answers if a["ok"]]
+        refused = answers[len(served):]       # served ones first, then none: in order
+        assert all(a["accepted"] == 10 for a in served)
+        assert refused and all(a["error"]["code"] == "overloaded" and "shutting down" in a["error"]["message"]
+                               for a in refused), answers[-3:]
+        assert len(answers) == batches        # every request had reached it before it closed
+        d.start()
+        assert d.series().get("piped", {}).get("observations", 0) == 10 * len(served)
+        assert d.stop()[0] == 0
+    finally:
+        d.kill()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def test_default_engine_end_to_end_and_across_a_restart() -> None:
     """The engine a user gets without choosing one: forecasts, read-your-writes, restart."""
     directory = short_tempdir()
