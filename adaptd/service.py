@@ -10,6 +10,7 @@ from typing import Any, Awaitable, Callable
 
 from . import __version__
 from .catalog import SeriesCatalog
+from .cluster import owner
 from .config import Settings
 from .engine import Engine, Forecast, NotReady, UnknownSeries
 from .engine.naive import KINDS as FALLBACK_KINDS
@@ -137,8 +138,7 @@ class Service:
             raise RequestError(OVERLOADED, "sent before this connection's answer `overloaded` to an earlier batch "
                                "reached the client; re-send the refused batches in order, after a short pause")
         accepted, problems = validate_batch(records, None if self.membership.alone else self.membership.refusal)
-        rejected = [{"index": index, "code": BAD_REQUEST, "message": str(exc)}
-                    for index, exc in problems[:MAX_REJECTIONS_LISTED]]
+        rejected = [self._rejection(records, index, exc) for index, exc in problems[:MAX_REJECTIONS_LISTED]]
         for _index, exc in problems:
             self.metrics.records_rejected.labels(exc.field).inc()
         if accepted:   # another member's records alone need no room
@@ -158,6 +158,12 @@ class Service:
         if len(records) - len(accepted) > len(rejected):
             response["rejected_total"] = len(records) - len(accepted)
         return response
+
+    def _rejection(self, records: list[Any], index: int, exc: Rejected) -> dict[str, Any]:
+        item = {"index": index, "code": BAD_REQUEST, "message": str(exc)}
+        if exc.field == "cluster":   # extension: the member to send it to, for a program to route by
+            item["member"] = owner(records[index]["series"], self.membership.members)
+        return item
 
     async def _wait_for_room(self, n: int) -> None:
         """Backpressure: wait (bounded) while the writer's queue or the models' learning backlog

@@ -54,6 +54,7 @@ def test_two_daemons_on_one_database_each_serve_and_restore_only_their_own(fresh
             assert answer["ok"] and answer["accepted"] == 160, answer
             assert len(answer["rejected"]) == 160
             assert f"belongs to cluster member {1 - k} of 2" in answer["rejected"][0]["message"]
+            assert {item["member"] for item in answer["rejected"]} == {1 - k}   # where to, for programs
         # Neither a second member 1 nor a daemon with another cluster size gets past start-up.
         for k, (members, member) in enumerate(((2, 1), (3, 2), (1, 0))):
             extra_dir = short_tempdir()
