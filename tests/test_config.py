@@ -179,6 +179,8 @@ BAD_VALUES = [
     ("meta", "cold_start_weight", "-0.5"),
     ("meta", "cold_start_weight", "11"),
     ("meta", "cold_start_weight", "nan"),
+    ("meta", "splices", "-1"),
+    ("meta", "splices", "11"),
     ("meta", "query", "0"),
     ("meta", "validation_series", "1"),
     ("meta", "validation_tasks", "0"),

@@ -102,6 +102,29 @@ def test_tasks_sit_at_recorded_detections_and_stop_at_the_next_one():
     assert tasks.query.mask[at].numpy()[:, target_time < 305].all()
 
 
+def test_spliced_series_join_the_pool_with_their_change_known_and_stay_in_each_series_span():
+    from adaptd.meta.tasks import SPLICE_AFTER, SPLICE_BEFORE, with_splices
+    series = [np.arange(1000.0) + 10_000 * k for k in range(3)]   # each value says where it came from
+    pool = SeriesPool(series, SMALL, span=[(0, 800), (0, 800), (0, 800)])   # the final 200 held out
+    spliced = with_splices(pool, 2.0, np.random.default_rng(0))
+    assert len(spliced.series) == 9 and spliced.series[:3] == pool.series and len(pool.series) == 3
+    for y, (change,), examples in zip(spliced.series[3:], spliced.changes[3:], spliced.examples[3:]):
+        before, after = y[:change], y[change:]
+        assert change == SPLICE_BEFORE and after.size == SPLICE_AFTER
+        assert before[-1] % 10_000 == 799 and after[0] % 10_000 == 0     # an end, then a start
+        assert before[0] // 10_000 != after[0] // 10_000                 # of two different series
+        assert (np.concatenate([before, after]) % 10_000 < 800).all()    # nothing held out
+        fresh = SeriesPool([y], SMALL).examples[0]
+        assert all(np.array_equal(a, b) for a, b in zip(examples, fresh))
+    assert spliced.room[3:].tolist() == [SPLICE_BEFORE + SPLICE_AFTER] * 6
+    tasks = sample_tasks(spliced, 400, 12, np.random.default_rng(1), delays=(8,), change_share=1.0)
+    at_splices = tasks.series >= 3
+    assert at_splices.any() and (tasks.time[at_splices] == SPLICE_BEFORE + 8).all()
+    assert with_splices(pool, 0.0, np.random.default_rng(0)) is pool
+    alone = SeriesPool(series[:1], SMALL)
+    assert with_splices(alone, 1.0, np.random.default_rng(0)) is alone   # nothing to splice it with
+
+
 def test_meta_training_reads_the_recorded_detections_from_the_store(tmp_path: Path):
     from adaptd.engine.adapting import DriftEvent
     from adaptd.meta.sources import series_from_store
@@ -303,7 +326,7 @@ def test_promotion_scores_cold_starts_as_well_as_drifts(tmp_path: Path):
     0) only the drifts count."""
     from adaptd.engine.factory import decode_initializer, online_config, promoted_by_kind
     from adaptd.meta.job import split
-    from adaptd.meta.tasks import sample_cold_starts
+    from adaptd.meta.tasks import sample_cold_starts, with_splices
     from adaptd.meta.train import cold_start_loss, validation_score
 
     series = {f"s{k}": v for k, v in enumerate(regime_series(10, 700, np.random.default_rng(0)).values)}
@@ -330,7 +353,8 @@ def test_promotion_scores_cold_starts_as_well_as_drifts(tmp_path: Path):
     # The new one and those it must beat are scored on the same validation rows: by hand.
     config = online_config(settings)
     _, valid = split(series, config, settings.meta.validation_series, 12, 0)
-    tasks = sample_tasks(valid, 64, 12, np.random.default_rng(1))
+    drift_pool = with_splices(valid, settings.meta.splices, np.random.default_rng(3))   # cold starts: unspliced
+    tasks = sample_tasks(drift_pool, 64, 12, np.random.default_rng(1))
     young = sample_cold_starts(valid, 64, config.serving, np.random.default_rng(2))
     new = decode_initializer(report.payload, config)
     assert validation_score(new, tasks, config.adapt_steps, config.clip) == pytest.approx(parts["post_adaptation"])
@@ -374,7 +398,9 @@ def test_bench_and_replay_keep_a_meta_trained_initializer_only_if_it_wins_the_pr
 
     monkeypatch.setattr(fit, "meta_train", fake_meta_train)
     warmup = list(regime_series(10, 700, np.random.default_rng(0)).values)
-    meta = MetaConfig(validation_tasks=64, query=12, cold_start_weight=cold_start_weight)
+    # Ordinary drift tasks only: spliced ones would widen its lead after drifts past what a
+    # 1.02x worse cold start costs, and this is about the rule, not the margin.
+    meta = MetaConfig(validation_tasks=64, query=12, cold_start_weight=cold_start_weight, splices=0.0)
     chosen = fit.initializer_for("meta", replace(SMALL, cold_start=4), warmup, meta)
     parts = chosen.meta["validation_parts"]
     new, old = parts["meta-trained"], parts["warm start"]
@@ -401,7 +427,8 @@ def test_a_run_that_wins_on_drifts_but_loses_on_cold_starts_is_not_promoted(tmp_
 
     settings = load_config(str(write_config(tmp_path, sections={
         "model": MODEL, "adapt": ADAPT,
-        "meta": {"meta_batch": 8, "query": 12, "validation_tasks": 64, "cold_start_weight": 10.0}})))
+        "meta": {"meta_batch": 8, "query": 12, "validation_tasks": 64, "cold_start_weight": 10.0,
+                 "splices": 0.0}})))   # ordinary drift tasks: as in the test above
     series = {f"s{k}": v for k, v in enumerate(regime_series(10, 700, np.random.default_rng(0)).values)}
     store = Store.open(settings.store.url)
     try:

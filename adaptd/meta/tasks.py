@@ -24,6 +24,7 @@ of the targets of two seasons, 61% of the squared error).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Sequence
@@ -41,6 +42,10 @@ DEFAULT_DELAYS = (4, 8, 12, 16, 24, 32, 48)
 # Over M4, ETTh2 and WTH series the median weight is 0.04 and the largest ~18; the cap was
 # neutral on validation (BENCHMARKS, cold start).
 MAX_YOUNG_WEIGHT = 1.0
+# A spliced series: this many values of one series' span (its end), then this many of another's
+# (its start). Enough before the change for a support and its windows at the longest delay, and
+# after it for the query of a detection two seasons late.
+SPLICE_BEFORE, SPLICE_AFTER = 300, 200
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,16 @@ class SeriesPool:
     def usable(self, query: int) -> np.ndarray:
         return np.array([lo < hi for lo, hi in (self.detection_range(i, query) for i in range(len(self.lengths)))])
 
+    def __add__(self, other: "SeriesPool") -> "SeriesPool":
+        """Both pools' series in one (their examples are not computed again)."""
+        joined = copy.copy(self)
+        for cached in ("room", "spread"):   # cached properties of self's series alone
+            joined.__dict__.pop(cached, None)
+        for name in ("series", "examples", "changes", "detections", "span"):
+            setattr(joined, name, getattr(self, name) + getattr(other, name))
+        joined.lengths = np.concatenate([self.lengths, other.lengths])
+        return joined
+
     @cached_property
     def room(self) -> np.ndarray:
         """Values in each series' span: a cold start needs more than a window of them."""
@@ -105,6 +120,26 @@ class SeriesPool:
         (inf or NaN for values near the float limit)."""
         with np.errstate(over="ignore", invalid="ignore"):
             return np.array([max(float(np.std(y[lo:hi])), MIN_SCALE) for y, (lo, hi) in zip(self.series, self.span)])
+
+
+def with_splices(pool: SeriesPool, per_series: float, rng: np.random.Generator) -> SeriesPool:
+    """`pool` and round(per_series x its size) spliced series: the end of one series' span, then
+    the start of another's, a known change between them. Real changes are rare at ordinary times
+    and a new store has recorded few detections; a splice is the abrupt change (another level,
+    shape and noise at once) an adaptation is for. Values stay inside each series' span, so a
+    held-out time range stays held out. `pool` itself where fewer than two series have room."""
+    n = int(round(per_series * len(pool.series)))
+    room = np.flatnonzero(pool.room >= min(SPLICE_BEFORE, SPLICE_AFTER))
+    if n <= 0 or room.size < 2:
+        return pool
+    series, changes = [], []
+    for _ in range(n):
+        a, b = rng.choice(room, 2, replace=False)
+        (lo_a, hi_a), (lo_b, hi_b) = pool.span[int(a)], pool.span[int(b)]
+        before = pool.series[int(a)][max(lo_a, hi_a - SPLICE_BEFORE):hi_a]
+        series.append(np.concatenate([before, pool.series[int(b)][lo_b:min(hi_b, lo_b + SPLICE_AFTER)]]))
+        changes.append([before.size])
+    return pool + SeriesPool(series, pool.config, changes=changes)
 
 
 def next_change(changes: Sequence[int], t: int) -> int:

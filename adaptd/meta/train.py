@@ -35,7 +35,7 @@ import torch
 from ..config import MetaSettings as MetaConfig
 from ..engine.learner import Examples, Initializer, example_loss, sgd_step, sgd_steps
 from ..engine.online import OnlineConfig
-from .tasks import SeriesPool, Tasks, sample_cold_starts, sample_tasks
+from .tasks import SeriesPool, Tasks, sample_cold_starts, sample_tasks, with_splices
 
 ALGORITHMS = ("meta_sgd", "reptile")
 MIN_STEP, MAX_STEP = 1e-4, 1.0   # learned step sizes stay in a range that cannot blow up
@@ -55,6 +55,7 @@ class MetaSettings:
     # by at most a factor e^0.3 in 300 iterations, i.e. stayed where they started.
     step_rate: float = MetaConfig.step_rate
     cold_start_weight: float = MetaConfig.cold_start_weight
+    splices: float = MetaConfig.splices
 
     @classmethod
     def of(cls, meta: MetaConfig, seed: int = 0, algorithm: str | None = None,
@@ -62,7 +63,7 @@ class MetaSettings:
         """The settings of `[meta]` in config, with the command line's overrides."""
         return cls(algorithm=algorithm or meta.algorithm, iterations=iterations or meta.iterations,
                    meta_batch=meta.meta_batch, outer_rate=meta.outer_rate, query=meta.query, seed=seed,
-                   step_rate=meta.step_rate, cold_start_weight=meta.cold_start_weight)
+                   step_rate=meta.step_rate, cold_start_weight=meta.cold_start_weight, splices=meta.splices)
 
 
 @dataclass
@@ -150,8 +151,9 @@ def meta_train(start: Initializer, pool: SeriesPool, settings: MetaSettings, con
     optimizer = torch.optim.Adam(groups)
     history: list[float] = []
     started = time.perf_counter()
+    drifts = with_splices(pool, settings.splices, rng)   # cold starts come from the series as they are
     for iteration in range(1, settings.iterations + 1):
-        tasks = sample_tasks(pool, B, settings.query, rng)
+        tasks = sample_tasks(drifts, B, settings.query, rng)
         alpha = {name: float(v.detach().exp()) for name, v in log_alpha.items()}
         if settings.algorithm == "reptile":
             loss = _reptile_gradients(theta, alpha, tasks, max(k, 1), clip)
@@ -183,6 +185,8 @@ def meta_train(start: Initializer, pool: SeriesPool, settings: MetaSettings, con
         meta["step_rate"] = settings.step_rate
     if cold_weight > 0:
         meta["cold_start_weight"] = cold_weight
+    if drifts is not pool:
+        meta["splices"] = settings.splices
     return MetaResult(Initializer(params, step_sizes, "meta", meta=meta), history, time.perf_counter() - started)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from ..config import MetaSettings as MetaConfig
 from ..engine.learner import Examples, Initializer
 from ..engine.online import OnlineConfig
-from .tasks import SeriesPool, Tasks, sample_cold_starts, sample_tasks
+from .tasks import SeriesPool, Tasks, sample_cold_starts, sample_tasks, with_splices
 from .train import cold_start_loss, cold_start_share, validation_score
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,8 @@ class Validation:
 
     def __init__(self, valid: SeriesPool, config: OnlineConfig, meta: MetaConfig, seed: int):
         self.config = config
-        self.tasks: Tasks = sample_tasks(valid, meta.validation_tasks, meta.query, np.random.default_rng(seed + 1))
+        drifts = with_splices(valid, meta.splices, np.random.default_rng(seed + 3))
+        self.tasks: Tasks = sample_tasks(drifts, meta.validation_tasks, meta.query, np.random.default_rng(seed + 1))
         self.cold_weight = cold_start_share(meta.cold_start_weight, config)
         if self.cold_weight > 0 and not (valid.room > config.window).any():
             log.info("no validation rows are long enough for a cold start; scoring after drifts only")
