@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 from . import __version__
 from .client import Client, ClientError
 from .config import ConfigError, Settings, load_config
+from .route import ClusterMismatch
 
 log = logging.getLogger("adaptd")
 
@@ -174,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("serve", cmd_serve, "run the daemon in the foreground")
     p = add("ingest", cmd_ingest, "send records from a CSV (long or wide) or JSON-lines file, or - for stdin")
+    p.epilog = ("Several daemons on one database: with [cluster] sockets in the config (every member's socket, "
+                "in member order), each record goes to the member that owns its series, each member's records "
+                "in file order; every socket's daemon is first checked to be the member its place says (else "
+                "nothing is sent, exit 2). The report counts per member.")
     p.add_argument("path", help="file to read, or - for standard input")
     p.add_argument("--batch", type=int, default=1000, help="records per request (default 1000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -259,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), 2)
     try:
         return int(args.func(settings, args))
+    except ClusterMismatch as exc:   # [cluster] sockets do not match the daemons: bad configuration
+        return _fail(str(exc), 2)
     except ClientError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:

@@ -3,9 +3,9 @@
 Each series belongs to one member: the CRC-32 of its name (UTF-8) modulo N (`owner`, in
 ownership.py), the same in every process and Python version. A member stores, learns,
 checkpoints and answers only its own series, so no two daemons ever write the same series' rows;
-records of another member's series are rejected with the member to send them to. What the members
-share is the store's initializers: only member 0 meta-trains on the schedule, every member picks
-up what it promotes.
+records of another member's series are rejected with the member to send them to (`adaptd ingest`
+routes them, given `[cluster] sockets`: route.py). What the members share is the store's
+initializers: only member 0 meta-trains on the schedule, every member picks up what it promotes.
 While it runs, a daemon holds its share of the store (`Claim`), so that a misconfigured second
 daemon (the same member number, another cluster size, a second one on an SQLite file) is
 refused before it reads a series.

@@ -1,9 +1,14 @@
-"""`adaptd ingest`: stream a data file to the daemon in batches, with progress and a report
-(sender.py keeps the connection's batches in flight)."""
+"""`adaptd ingest`: stream a data file to the daemon in batches, with progress and a report.
+
+With `[cluster] sockets`, every record goes to the member that owns its series, each member's
+records in file order over a connection of their own (route.py; sender.py keeps a connection's
+batches in flight); the progress bar and the report cover the whole file.
+"""
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import sys
 import time
@@ -14,9 +19,11 @@ from .client import Client
 from .config import Settings
 from .datafile import DataReader
 from .records import Rejected, validate_record
+from .route import Batches, ClusterMismatch, Route
 from .sender import Halt, Sender, Tally
 
 SHOWN_REASONS = 5
+CLUSTER_REFUSAL = "belongs to cluster member"   # in the daemon's reason for another member's record
 
 
 class NotText(ValueError):
@@ -89,6 +96,9 @@ class UploadReport:
                      "refused their batch as overloaded while the next ones were already sent); the models skip "
                      "a series' records older than its newest learnt one (they stay stored: "
                      "adaptd_records_late_total)")
+        if len(self.members) == 1 and any(CLUSTER_REFUSAL in message for _, message in self.reasons):
+            text += ("\nnote: the daemon is one member of a cluster; list every member's socket in [cluster] "
+                     "sockets, in member order, and `adaptd ingest` sends each record to its member")
         if self.reasons:
             more = self.rejected - len(self.reasons)
             text += "\nfirst reasons:\n  " + "\n  ".join(f"line {line}: {why}" for line, why in self.reasons)
@@ -149,18 +159,22 @@ class _Utf8Lines:
 
 
 def upload(settings: Settings, path: str, batch: int = 1000, progress: bool = True) -> UploadReport:
-    report = UploadReport(members=[Tally(str(settings.socket_path()))])
+    route = Route.of(settings)
+    report = UploadReport(members=[Tally(str(socket)) for socket in route.sockets])
     started = time.perf_counter()
     raw, bar = _open(path, progress)
     reader = DataReader(_Utf8Lines(raw, bar.update if bar is not None else None))  # type: ignore[arg-type]
     try:
-        with Client(settings.socket_path()) as client:
-            sender = Sender(client, report.members[0], report.reason)
+        with contextlib.ExitStack() as connections:
+            senders = [Sender(client, tally, report.reason, route.label(k))
+                       for k, (client, tally) in enumerate(zip(_connect(route, connections), report.members))]
+            batches = Batches(route, batch, lambda k, records, lines: senders[k].send(records, lines))
             try:
-                _send_all(reader, sender, batch, report)
-            except Halt as exc:   # a refused batch, or the daemon went away part way
+                _send_all(reader, batches, senders, report)
+            except Halt as exc:   # a refused batch, or a daemon went away part way: the others stop too
+                lost = exc.lost + sum(sender.abandon() for sender in senders)
                 raise Stopped(f"{exc}; stopped there. {report.accepted} records were acknowledged, "
-                              f"{exc.lost} sent were not", report, 1) from None
+                              f"{lost} sent were not", report, 1) from None
     finally:
         if bar is not None:
             bar.close()
@@ -172,9 +186,20 @@ def upload(settings: Settings, path: str, batch: int = 1000, progress: bool = Tr
     return report
 
 
-def _send_all(reader: DataReader, sender: Sender, batch: int, report: UploadReport) -> None:
-    records: list[dict[str, Any]] = []
-    lines: list[int] = []
+def _connect(route: Route, connections: contextlib.ExitStack) -> list[Client]:
+    """A checked connection to every member's daemon, before any record is sent."""
+    clients = []
+    for member in range(route.members):
+        try:
+            client = route.connect(member)
+        except ClusterMismatch as exc:
+            raise ClusterMismatch(f"{exc}; no record was sent") from None
+        connections.callback(client.close)
+        clients.append(client)
+    return clients
+
+
+def _send_all(reader: DataReader, batches: Batches, senders: list[Sender], report: UploadReport) -> None:
     try:
         for line, item in reader:
             if isinstance(item, str):
@@ -187,18 +212,16 @@ def _send_all(reader: DataReader, sender: Sender, batch: int, report: UploadRepo
             except Rejected as exc:
                 report.reject(line, str(exc))
                 continue
-            records.append({key: item[key] for key in ("series", "ts", "value")})
-            lines.append(line)
-            if len(records) >= batch:
-                sender.send(records, lines)
-                records, lines = [], []
+            batches.add({key: item[key] for key in ("series", "ts", "value")}, line)
     except NotText as exc:
         # The lines before it are sent and acknowledged; nothing from it on.
-        if records:
-            sender.send(records, lines)
-        sender.finish()
+        _finish(batches, senders)
         raise Stopped(f"{exc}: stopped there; the {report.accepted} records before it were "
                       "acknowledged", report, 2) from None
-    if records:
-        sender.send(records, lines)
-    sender.finish()
+    _finish(batches, senders)
+
+
+def _finish(batches: Batches, senders: list[Sender]) -> None:
+    batches.flush()
+    for sender in senders:
+        sender.finish()
