@@ -1,19 +1,24 @@
 """Which daemon a client command talks to (adaptd/route.py): the splitting of a file's records
-by owner and the socket list from the config (test_upload.py and test_cluster.py send to
-members)."""
+by owner, the socket list from the config, and `forecast`, `series` and `status` routed to
+stand-in members on real Unix sockets (test_cluster.py runs real daemons)."""
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
 from adaptd.cli import main
 from adaptd.cluster import owner
-from adaptd.config import parse_config
+from adaptd.config import ENV_VAR, parse_config
 from adaptd.route import Batches, Route
+
+from daemon_harness import short_tempdir
+from fake_daemon import FakeMember
 
 
 @pytest.mark.parametrize("members, size", [(1, 7), (2, 1), (3, 10), (5, 1000)])
@@ -47,6 +52,57 @@ def test_the_route_is_the_cluster_sockets_else_the_server_socket(tmp_path: Path)
     assert route.sockets == (tmp_path / "m0.sock", Path("/run/m1.sock")) and route.cluster
     assert route.label(1) == "member 1 (/run/m1.sock): "
     assert [route.member_of(f"meter-{k}") for k in range(6)] == [owner(f"meter-{k}", 2) for k in range(6)]
+
+
+@pytest.fixture
+def members(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[FakeMember]]:
+    """Two stand-in members, and $ADAPTD_CONFIG naming a client config that lists their sockets."""
+    directory = short_tempdir()
+    started = [FakeMember(directory / f"m{k}.sock", 2, k) for k in range(2)]
+    config = directory / "client.toml"
+    config.write_text('[cluster]\nsockets = ["m0.sock", "m1.sock"]\n')
+    monkeypatch.setenv(ENV_VAR, str(config))
+    yield started
+    for member in started:
+        member.close()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def names_of(member: int) -> list[str]:
+    return [name for name in (f"meter-{k}" for k in range(100)) if owner(name, 2) == member]
+
+
+def test_forecast_asks_the_member_that_owns_the_series(members: list[FakeMember], capsys) -> None:
+    for k in (0, 1):
+        assert main(["forecast", names_of(k)[0], "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["series"] == names_of(k)[0]
+        assert members[k].ops[-2:] == ["stats", "forecast"] and "forecast" not in members[1 - k].ops
+        members[k].ops.clear()
+
+
+def test_series_lists_every_members_and_status_shows_each(members: list[FakeMember], capsys) -> None:
+    for k, member in enumerate(members):
+        member.records += [{"series": name, "ts": 0, "value": 1.0} for name in names_of(k)[:2]]
+    assert main(["series", "--json"]) == 0
+    listed = [item["series"] for item in json.loads(capsys.readouterr().out)]
+    assert listed == sorted(names_of(0)[:2] + names_of(1)[:2])
+    assert main(["status", "--json"]) == 0
+    assert [answer["cluster"] for answer in json.loads(capsys.readouterr().out)] == [
+        {"members": 2, "member": 0}, {"members": 2, "member": 1}]
+    assert main(["status"]) == 0
+    text = capsys.readouterr().out
+    assert "member 1 (" in text and "cluster:           member 1 of 2" in text
+
+
+def test_client_commands_refuse_a_list_in_the_wrong_order_with_exit_2(members: list[FakeMember], capsys,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    config = members[0].path.parent / "swapped.toml"
+    config.write_text('[cluster]\nsockets = ["m1.sock", "m0.sock"]\n')
+    for argv in (["forecast", names_of(0)[0]], ["series"], ["status"]):
+        assert main([*argv, "--config", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert f"{config}: [cluster] sockets[" in err and "list the sockets in member order" in err, err
+    assert not any(op in member.ops for member in members for op in ("forecast", "series"))
 
 
 def test_ingest_help_says_how_to_send_to_a_cluster(capsys) -> None:
