@@ -14,6 +14,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from . import __version__
+from .bench import arguments
 from .client import ClientError
 from .config import ConfigError, Settings, load_config
 from .route import ClusterMismatch, Route
@@ -259,14 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="forecasts a second over all clients, at random times (default 0: back to back)")
     a = benchmark("adapt", "time of one drift adaptation (k steps) of one series")
     a.add_argument("--repeats", type=int, default=50)
-    from .bench.accuracy.report import add_arguments as accuracy_arguments
-    accuracy_arguments(benchmark("accuracy", "H=1/24/48 MSE of adaptd vs baselines and published results"))
-    from .bench.meta import add_arguments as meta_arguments
-    meta_arguments(benchmark("meta", "post-change error of random/pretrained/meta initializers vs RLS"))
-    from .bench.coldstart import add_arguments as coldstart_arguments
-    coldstart_arguments(benchmark("coldstart", "young series: naive fallback vs θ* vs the cold-start engine"))
-    from .bench.soak import add_arguments as soak_arguments
-    soak_arguments(benchmark("soak", "many clients for minutes: drift storms, overload, memory, errors"))
+    arguments.accuracy(benchmark("accuracy", "H=1/24/48 MSE of adaptd vs baselines and published results"))
+    arguments.meta(benchmark("meta", "post-change error of random/pretrained/meta initializers vs RLS"))
+    arguments.coldstart(benchmark("coldstart", "young series: naive fallback vs θ* vs the cold-start engine"))
+    arguments.soak(benchmark("soak", "many clients for minutes: drift storms, overload, memory, errors"))
     b.add_argument("--engines", default="online,naive",
                    help="comma-separated [model] engine values to measure (default online,naive)")
     return parser
