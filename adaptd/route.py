@@ -19,6 +19,9 @@ from .config import Settings
 from .ownership import owner
 
 
+CHECK_TIMEOUT = 5.0   # seconds: other members checked when the one asked cannot be reached
+
+
 class ClusterMismatch(ClientError):
     """A daemon behind `[cluster] sockets` is not the member its place in the list says."""
 
@@ -66,7 +69,35 @@ class Route:
         return f"member {member} ({self.sockets[member]}): " if self.members > 1 else ""
 
     def connect(self, member: int, timeout: float | None = 60.0) -> Client:
-        """A connection to `member`'s daemon (close it when done), checked to be that member."""
+        """A connection to `member`'s daemon (close it when done), checked to be that member.
+
+        When that daemon cannot be asked, the other members are checked before that is reported: a
+        list with a socket too many names a member that does not exist, and `forecast` of a series
+        the list gives to it would otherwise say only that no daemon is running there, not that
+        the list is wrong."""
+        try:
+            return self._connect(member, timeout)
+        except ClusterMismatch:
+            raise
+        except ClientError:
+            if self.cluster:
+                self._check_the_others(member, CHECK_TIMEOUT if timeout is None else min(timeout, CHECK_TIMEOUT))
+            raise
+
+    def _check_the_others(self, member: int, timeout: float) -> None:
+        """Raise ClusterMismatch if a member other than `member` that answers is not where the list
+        puts it; members that do not answer are left out."""
+        for other in range(self.members):
+            if other == member:
+                continue
+            try:
+                self._connect(other, timeout).close()
+            except ClusterMismatch:
+                raise
+            except ClientError:
+                continue
+
+    def _connect(self, member: int, timeout: float | None) -> Client:
         path = self.sockets[member]
         client = Client(path, timeout)
         client.connect()
