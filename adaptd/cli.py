@@ -108,16 +108,24 @@ def cmd_series(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    route, answers = _ask_every_member(settings, {"op": "stats"})
+    text, code = status_output(route, answers, args.json)
+    print(text)
+    return code
+
+
+def status_output(route: Route, answers: list[dict[str, Any]], as_json: bool) -> tuple[str, int]:
+    """What `adaptd status` prints of the daemons' answers to stats, and its exit code: 1 unless
+    every one of them is healthy."""
     from .render import status_text
 
-    route, answers = _ask_every_member(settings, {"op": "stats"})
     if not route.cluster:
-        print(json.dumps(answers[0]) if args.json else status_text(answers[0]))
-    elif args.json:
-        print(json.dumps(answers))
+        text = json.dumps(answers[0]) if as_json else status_text(answers[0])
+    elif as_json:
+        text = json.dumps(answers)
     else:
-        print("\n\n".join(f"member {k} ({route.sockets[k]})\n{status_text(answer)}" for k, answer in enumerate(answers)))
-    return 0 if all(answer.get("health") == "ok" for answer in answers) else 1
+        text = "\n\n".join(f"member {k} ({route.sockets[k]})\n{status_text(answer)}" for k, answer in enumerate(answers))
+    return text, 0 if all(answer.get("health") == "ok" for answer in answers) else 1
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
