@@ -14,8 +14,10 @@ import sys
 from typing import Any, Callable, Sequence
 
 from . import __version__
-from .client import Client, ClientError
+from .bench import arguments
+from .client import ClientError
 from .config import ConfigError, Settings, load_config
+from .route import ClusterMismatch, Route
 
 log = logging.getLogger("adaptd")
 
@@ -66,11 +68,6 @@ def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
-def _ask(settings: Settings, request: dict[str, Any]) -> dict[str, Any]:
-    with Client(settings.socket_path()) as client:
-        return client.request(request)
-
-
 def _error_text(response: dict[str, Any]) -> str:
     err = response.get("error", {})
     return f"{err.get('code')}: {err.get('message')}"
@@ -79,31 +76,56 @@ def _error_text(response: dict[str, Any]) -> str:
 def cmd_forecast(settings: Settings, args: argparse.Namespace) -> int:
     from .render import forecast_table
 
-    response = _ask(settings, {"op": "forecast", "series": args.series, "horizon": args.horizon})
+    route = Route.of(settings)
+    member = route.member_of(args.series)   # the daemon that serves it, given [cluster] sockets
+    response = route.ask(member, {"op": "forecast", "series": args.series, "horizon": args.horizon})
     if not response.get("ok"):
-        return _fail(_error_text(response))
+        return _fail(route.label(member) + _error_text(response))
     print(json.dumps(response) if args.json else forecast_table(response, settings.model.coverage))
     return 0
+
+
+def _ask_every_member(settings: Settings, request: dict[str, Any]) -> tuple[Route, list[dict[str, Any]]]:
+    """The daemons asked (every member, given [cluster] sockets) and their answers, in member order."""
+    route = Route.of(settings)
+    answers = []
+    for member in range(route.members):
+        response = route.ask(member, request)
+        if not response.get("ok"):
+            raise ClientError(route.label(member) + _error_text(response))
+        answers.append(response)
+    return route, answers
 
 
 def cmd_series(settings: Settings, args: argparse.Namespace) -> int:
     from .render import series_table
 
-    response = _ask(settings, {"op": "series"})
-    if not response.get("ok"):
-        return _fail(_error_text(response))
-    print(json.dumps(response["series"]) if args.json else series_table(response["series"]))
+    _route, answers = _ask_every_member(settings, {"op": "series"})
+    # Each member lists only its own series: together, every series once.
+    listing = sorted((item for answer in answers for item in answer["series"]), key=lambda item: item["series"])
+    print(json.dumps(listing) if args.json else series_table(listing))
     return 0
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    route, answers = _ask_every_member(settings, {"op": "stats"})
+    text, code = status_output(route, answers, args.json)
+    print(text)
+    return code
+
+
+def status_output(route: Route, answers: list[dict[str, Any]], as_json: bool) -> tuple[str, int]:
+    """What `adaptd status` prints of the daemons' answers to stats, and its exit code: 1 unless
+    every one of them is healthy."""
     from .render import status_text
 
-    response = _ask(settings, {"op": "stats"})
-    if not response.get("ok"):
-        return _fail(_error_text(response))
-    print(json.dumps(response) if args.json else status_text(response))
-    return 0 if response.get("health") == "ok" else 1
+    if not route.cluster:
+        text = json.dumps(answers[0]) if as_json else status_text(answers[0])
+    elif as_json:
+        text = json.dumps(answers)
+    else:
+        text = "\n\n".join(f"member {k} ({route.sockets[k]})\n{status_text(answer)}" for k, answer in enumerate(answers))
+    return text, 0 if all(answer.get("health") == "ok" for answer in answers) else 1
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
@@ -174,16 +196,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("serve", cmd_serve, "run the daemon in the foreground")
     p = add("ingest", cmd_ingest, "send records from a CSV (long or wide) or JSON-lines file, or - for stdin")
+    p.epilog = ("Several daemons on one database: with [cluster] sockets in the config (every member's socket, "
+                "in member order), each record goes to the member that owns its series, each member's records "
+                "in file order; every socket's daemon is first checked to be the member its place says (else "
+                "nothing is sent, exit 2). The report counts per member.")
     p.add_argument("path", help="file to read, or - for standard input")
     p.add_argument("--batch", type=int, default=1000, help="records per request (default 1000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = add("forecast", cmd_forecast, "print the forecast of one series")
+    p.epilog = "With [cluster] sockets in the config, the member that owns the series answers."
     p.add_argument("series")
     p.add_argument("-H", "--horizon", type=int, default=24, help="steps ahead (default 24)")
     p.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
     p = add("series", cmd_series, "list series with counts and last timestamps")
+    p.epilog = "With [cluster] sockets in the config, every member's series, in one list."
     p.add_argument("--json", action="store_true")
     p = add("status", cmd_status, "show the daemon's health and counters")
+    p.epilog = ("With [cluster] sockets in the config, every member's, in member order (--json: a list); "
+                "exit 1 unless all are healthy.")
     p.add_argument("--json", action="store_true")
     p = add("replay", cmd_replay, "backtest the engine on a CSV, leak-free (DESIGN.md §3)")
     p.add_argument("data", metavar="DATA.csv", help="wide (time column + one column per series) or long CSV")
@@ -238,14 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="forecasts a second over all clients, at random times (default 0: back to back)")
     a = benchmark("adapt", "time of one drift adaptation (k steps) of one series")
     a.add_argument("--repeats", type=int, default=50)
-    from .bench.accuracy.report import add_arguments as accuracy_arguments
-    accuracy_arguments(benchmark("accuracy", "H=1/24/48 MSE of adaptd vs baselines and published results"))
-    from .bench.meta import add_arguments as meta_arguments
-    meta_arguments(benchmark("meta", "post-change error of random/pretrained/meta initializers vs RLS"))
-    from .bench.coldstart import add_arguments as coldstart_arguments
-    coldstart_arguments(benchmark("coldstart", "young series: naive fallback vs θ* vs the cold-start engine"))
-    from .bench.soak import add_arguments as soak_arguments
-    soak_arguments(benchmark("soak", "many clients for minutes: drift storms, overload, memory, errors"))
+    arguments.accuracy(benchmark("accuracy", "H=1/24/48 MSE of adaptd vs baselines and published results"))
+    arguments.meta(benchmark("meta", "post-change error of random/pretrained/meta initializers vs RLS"))
+    arguments.coldstart(benchmark("coldstart", "young series: naive fallback vs θ* vs the cold-start engine"))
+    arguments.soak(benchmark("soak", "many clients for minutes: drift storms, overload, memory, errors"))
     b.add_argument("--engines", default="online,naive",
                    help="comma-separated [model] engine values to measure (default online,naive)")
     return parser
@@ -259,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), 2)
     try:
         return int(args.func(settings, args))
+    except ClusterMismatch as exc:   # [cluster] sockets do not match the daemons: bad configuration
+        return _fail(str(exc), 2)
     except ClientError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:

@@ -1,9 +1,10 @@
 """Several daemons sharing one database (`[cluster] members = N, member = k`, DESIGN.md §4).
 
-Each series belongs to one member: the CRC-32 of its name (UTF-8) modulo N, the same in every
-process and Python version. A member stores, learns, checkpoints and answers only its own
-series, so no two daemons ever write the same series' rows; records of another member's series
-are rejected with the member to send them to. What the members share is the store's
+Each series belongs to one member: the CRC-32 of its name (UTF-8) modulo N (`owner`, in
+ownership.py), the same in every process and Python version. A member stores, learns,
+checkpoints and answers only its own series, so no two daemons ever write the same series' rows;
+records of another member's series are rejected with the member to send them to (`adaptd ingest`
+routes them, given `[cluster] sockets`: route.py). What the members share is the store's
 initializers: only member 0 meta-trains on the schedule, every member picks up what it promotes.
 While it runs, a daemon holds its share of the store (`Claim`), so that a misconfigured second
 daemon (the same member number, another cluster size, a second one on an SQLite file) is
@@ -15,25 +16,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-import zlib
 from dataclasses import dataclass
 from typing import Iterable, TypeVar
 
 import sqlalchemy as sa
 
 from . import lockfile
+from .ownership import owner
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-
-def owner(series: str, members: int) -> int:
-    """The member a series belongs to.
-
-    >>> owner("load-eu-1", 1), owner("load-eu-1", 3), owner("load-eu-2", 3)
-    (0, 1, 2)
-    """
-    return zlib.crc32(series.encode("utf-8", "surrogatepass")) % members
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,7 @@ class SchedulerSettings:
 class ClusterSettings:
     members: int = 1      # daemons sharing one database; each serves the series that hash to it
     member: int = 0       # this daemon's number, 0 .. members - 1
+    sockets: tuple[str, ...] = ()   # for the client commands: every member's socket, in member order
 
 
 @dataclass(frozen=True)
@@ -329,6 +330,9 @@ CHECKS: dict[str, dict[str, Check]] = {
     "cluster": {
         "members": (lambda v: 1 <= v <= 1024, "an integer from 1 (one daemon) to 1024"),
         "member": (lambda v: v >= 0, "an integer from 0 to cluster.members - 1"),
+        "sockets": (lambda v: len(set(v)) == len(v) and all(0 < len(os.fsencode(p)) < 100 for p in v),
+                    "a list of distinct socket paths (each shorter than 100 bytes), one per cluster member "
+                    "in member order, or empty"),
     },
 }
 
@@ -350,6 +354,9 @@ RELATIONS: list[tuple[str, Callable[[Settings], bool], Callable[[Settings], str]
     ("cluster.members", lambda s: s.cluster.members == 1 or s.store.url.startswith("postgresql"),
      lambda s: "1 unless [store] url is a PostgreSQL database (daemons sharing an SQLite file would queue "
                "on its one write lock)"),
+    ("cluster.sockets", lambda s: s.cluster.members == 1 or not s.cluster.sockets
+     or len(s.cluster.sockets) == s.cluster.members,
+     lambda s: f"empty or one socket per member ({s.cluster.members}), in member order"),
 ]
 
 
@@ -426,6 +433,8 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         daemon=dataclasses.replace(settings.daemon, state_dir=_relative_to(base, settings.daemon.state_dir)),
         store=dataclasses.replace(settings.store, url=url),
         server=dataclasses.replace(settings.server, socket=_relative_to(base, settings.server.socket)),
+        cluster=dataclasses.replace(settings.cluster,
+                                    sockets=tuple(_relative_to(base, p) for p in settings.cluster.sockets)),
     )
 
 
@@ -440,11 +449,13 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base: Path | No
     _check_relations(settings, source)
     settings = _in_state_dir(settings, data)
     resolved = _resolve_paths(settings, base if base is not None else Path.cwd())
-    # A relative socket path is checked again once resolved: bind() fails on long paths.
-    if not CHECKS["server"]["socket"][0](resolved.server.socket):
-        raise ConfigError(f"{source}: server.socket = {settings.server.socket!r} resolves to "
-                          f"{resolved.server.socket!r}: must be {CHECKS['server']['socket'][1]}; "
-                          "use a shorter absolute path")
+    # A relative socket path is checked again once resolved: bind() and connect() fail on long paths.
+    given = [("server.socket", settings.server.socket, resolved.server.socket)]
+    given += [("cluster.sockets", p, full) for p, full in zip(settings.cluster.sockets, resolved.cluster.sockets)]
+    for key, path, full in given:
+        if not CHECKS["server"]["socket"][0](full):
+            raise ConfigError(f"{source}: {key} = {path!r} resolves to {full!r}: must be "
+                              f"{CHECKS['server']['socket'][1]}; use a shorter absolute path")
     return resolved
 
 

@@ -59,4 +59,7 @@ def status_text(stats: dict[str, Any]) -> str:
         f"store:             {store.get('url')}",
         f"config:            {stats.get('config')}",
     ]
+    cluster = stats.get("cluster") or {}
+    if cluster.get("members", 1) > 1:
+        lines.insert(3, f"cluster:           member {cluster.get('member')} of {cluster['members']}")
     return "\n".join(lines)

@@ -1,23 +1,29 @@
-"""`adaptd ingest`: stream a data file to the daemon in batches, with progress and a report."""
+"""`adaptd ingest`: stream a data file to the daemon in batches, with progress and a report.
+
+With `[cluster] sockets`, every record goes to the member that owns its series, each member's
+records in file order over a connection of their own (route.py; sender.py keeps a connection's
+batches in flight); the progress bar and the report cover the whole file.
+"""
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import os
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, BinaryIO
 
-from .client import Client, ClientError
+from .client import Client
 from .config import Settings
 from .datafile import DataReader
 from .records import Rejected, validate_record
+from .route import Batches, ClusterMismatch, Route
+from .sender import Halt, Sender, Tally
 
-IN_FLIGHT = 4          # batches sent ahead of their answers, to keep the daemon busy
-CLEAN_ACKS = 8         # after an `overloaded`, batches acknowledged one at a time before IN_FLIGHT again
 SHOWN_REASONS = 5
-OVERLOAD_RETRIES = 50
+CLUSTER_REFUSAL = "belongs to cluster member"   # in the daemon's reason for another member's record
 
 
 class NotText(ValueError):
@@ -37,22 +43,43 @@ class Stopped(Exception):
 @dataclass
 class UploadReport:
     format: str = "unknown"
-    accepted: int = 0
-    rejected: int = 0
+    members: list[Tally] = field(default_factory=lambda: [Tally()])   # what each daemon answered
+    refused: int = 0          # records rejected here, before sending (unreadable, invalid)
     skipped: int = 0
-    resent: int = 0           # batches re-sent after the daemon answered `overloaded`
-    out_of_order: int = 0     # acknowledged after records that follow them in the file
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[tuple[int, str]] = field(default_factory=list)   # the first SHOWN_REASONS, by line
     seconds: float = 0.0
+
+    @property
+    def accepted(self) -> int:
+        return sum(t.accepted for t in self.members)
+
+    @property
+    def rejected(self) -> int:
+        return self.refused + sum(t.rejected for t in self.members)
+
+    @property
+    def resent(self) -> int:
+        return sum(t.resent for t in self.members)
+
+    @property
+    def out_of_order(self) -> int:
+        return sum(t.out_of_order for t in self.members)
 
     @property
     def ok(self) -> bool:
         return self.rejected == 0
 
     def reject(self, line: int, message: str) -> None:
-        self.rejected += 1
-        if len(self.reasons) < SHOWN_REASONS:
-            self.reasons.append(f"line {line}: {message}")
+        """A record rejected here, before sending."""
+        self.refused += 1
+        self.reason(line, message)
+
+    def reason(self, line: int, message: str) -> None:
+        """Keep why `line` was rejected if it is among the first lines rejected (daemons answer
+        out of file order when there are several)."""
+        if len(self.reasons) < SHOWN_REASONS or line < self.reasons[-1][0]:
+            bisect.insort(self.reasons, (line, message), key=lambda reason: reason[0])
+            del self.reasons[SHOWN_REASONS:]
 
     def summary(self) -> str:
         rate = self.accepted / self.seconds if self.seconds > 0 else 0.0
@@ -62,17 +89,31 @@ class UploadReport:
             text += f"; {self.skipped} empty cells skipped"
         if self.resent:
             text += f"; {self.resent} batches re-sent after `overloaded`"
+        if len(self.members) > 1:
+            text += "".join(f"\n  member {k} ({t.socket}): {_tally_text(t)}" for k, t in enumerate(self.members))
         if self.out_of_order:
             text += (f"\nnote: {self.out_of_order} records were stored after later lines of the file (the daemon "
                      "refused their batch as overloaded while the next ones were already sent); the models skip "
                      "a series' records older than its newest learnt one (they stay stored: "
                      "adaptd_records_late_total)")
+        if len(self.members) == 1 and any(CLUSTER_REFUSAL in message for _, message in self.reasons):
+            text += ("\nnote: the daemon is one member of a cluster; list every member's socket in [cluster] "
+                     "sockets, in member order, and `adaptd ingest` sends each record to its member")
         if self.reasons:
             more = self.rejected - len(self.reasons)
-            text += "\nfirst reasons:\n  " + "\n  ".join(self.reasons)
+            text += "\nfirst reasons:\n  " + "\n  ".join(f"line {line}: {why}" for line, why in self.reasons)
             if more > 0:
                 text += f"\n  ... and {more} more"
         return text
+
+
+def _tally_text(tally: Tally) -> str:
+    text = f"accepted {tally.accepted}, rejected {tally.rejected}"
+    if tally.resent:
+        text += f", {tally.resent} batches re-sent"
+    if tally.out_of_order:
+        text += f", {tally.out_of_order} records out of order"
+    return text
 
 
 def _open(path: str, progress: bool) -> tuple[BinaryIO, Any]:
@@ -117,129 +158,23 @@ class _Utf8Lines:
         return line
 
 
-class _Sender:
-    """Keeps up to IN_FLIGHT batches outstanding; maps rejected indices back to line numbers.
-
-    Answers come back in request order. A batch refused as `overloaded` is re-sent, after a
-    pause, before anything else: the batches already sent behind it are answered first (the
-    daemon refuses those too, protocol.Conversation; any it stored anyway is counted in the
-    report as out of order), then one batch at a time is in flight until CLEAN_ACKS in a row
-    are acknowledged.
-    """
-
-    def __init__(self, client: Client, report: UploadReport):
-        self.client = client
-        self.report = report
-        self.in_flight = IN_FLIGHT
-        self.clean = 0       # acknowledgements in a row since the last `overloaded`
-        self.held_back = 0   # records of refused batches waiting to be re-sent
-        self.waiting: deque[tuple[list[dict[str, Any]], list[int], int]] = deque()
-
-    def send(self, records: list[dict[str, Any]], lines: list[int]) -> None:
-        self._request(records, lines, 0)
-        while len(self.waiting) >= self.in_flight:
-            self.collect_one()
-
-    def _request(self, records: list[dict[str, Any]], lines: list[int], attempt: int) -> None:
-        try:
-            self.client.request_nowait({"op": "ingest", "records": records})
-        except ClientError as exc:   # it went away: answers it sent before still count
-            self._stop(str(exc), len(records))
-        self.waiting.append((records, lines, attempt))
-
-    def finish(self) -> None:
-        while self.waiting:
-            self.collect_one()
-
-    def collect_one(self) -> None:
-        records, lines, attempt = self.waiting.popleft()
-        try:
-            answer = self.client.read_response()
-        except ClientError as exc:
-            self._stop(str(exc), len(records))
-        if self._overloaded(answer, attempt):
-            self._resend_in_order([(records, lines, attempt)])
-            return
-        self._accept(answer, records, lines)
-
-    def _overloaded(self, answer: dict[str, Any], attempt: int) -> bool:
-        return (not answer.get("ok") and answer.get("error", {}).get("code") == "overloaded"
-                and attempt < OVERLOAD_RETRIES)
-
-    def _accept(self, answer: dict[str, Any], records: list[dict[str, Any]], lines: list[int],
-                unsent: int = 0) -> None:
-        if not answer.get("ok"):
-            error = answer.get("error", {})
-            self._stop(f"the daemon refused a batch ({error.get('code')}: {error.get('message')}) "
-                       f"holding lines {lines[0]}-{lines[-1]}", len(records) + unsent)
-        self._count(answer, lines)
-        self.clean += 1
-        if self.clean >= CLEAN_ACKS:
-            self.in_flight = IN_FLIGHT
-
-    def _resend_in_order(self, refused: list[tuple[list[dict[str, Any]], list[int], int]]) -> None:
-        """Re-send refused batches in file order, one at a time, after the answers to every batch
-        sent behind them."""
-        self.in_flight, self.clean = 1, 0
-        overtaken = 0   # how many of `refused` a stored later batch went ahead of
-        while self.waiting:
-            records, lines, attempt = self.waiting.popleft()
-            unsent = sum(len(r) for r, _, _ in refused)
-            try:
-                answer = self.client.read_response()
-            except ClientError as exc:
-                self._stop(str(exc), len(records) + unsent)
-            if self._overloaded(answer, attempt):
-                refused.append((records, lines, attempt))
-                continue
-            self._accept(answer, records, lines, unsent)
-            overtaken = len(refused)
-        self.report.out_of_order += sum(len(r) for r, _, _ in refused[:overtaken])
-        outer = self.held_back   # a re-sent batch refused again comes back here, nested
-        for k, (records, lines, attempt) in enumerate(refused):
-            self.held_back = outer + sum(len(r) for r, _, _ in refused[k + 1:])
-            time.sleep(min(2.0, 0.05 * 2 ** attempt))  # back off, then re-send
-            self.report.resent += 1
-            self._request(records, lines, attempt + 1)
-            self.collect_one()
-        self.held_back = outer
-
-    def _stop(self, reason: str, lost: int) -> NoReturn:
-        """Stop the upload: batches sent before may have been committed, so count the answers
-        that came back for them first."""
-        lost += self.held_back
-        while self.waiting:
-            later, lines, _attempt = self.waiting.popleft()
-            try:
-                reply = self.client.read_response()
-            except ClientError:
-                reply = {}
-            if reply.get("ok"):
-                self._count(reply, lines)
-            else:
-                lost += len(later)
-        raise ClientError(f"{reason}; stopped there. {self.report.accepted} records were acknowledged, "
-                          f"{lost} sent were not")
-
-    def _count(self, answer: dict[str, Any], lines: list[int]) -> None:
-        self.report.accepted += answer["accepted"]
-        for item in answer["rejected"]:
-            self.report.reject(lines[item["index"]], item["message"])
-        hidden = answer.get("rejected_total", 0) - len(answer["rejected"])
-        self.report.rejected += max(0, hidden)
-
-
 def upload(settings: Settings, path: str, batch: int = 1000, progress: bool = True) -> UploadReport:
-    report = UploadReport()
+    route = Route.of(settings)
+    report = UploadReport(members=[Tally(str(socket)) for socket in route.sockets])
     started = time.perf_counter()
     raw, bar = _open(path, progress)
     reader = DataReader(_Utf8Lines(raw, bar.update if bar is not None else None))  # type: ignore[arg-type]
     try:
-        with Client(settings.socket_path()) as client:
+        with contextlib.ExitStack() as connections:
+            senders = [Sender(client, tally, report.reason, route.label(k))
+                       for k, (client, tally) in enumerate(zip(_connect(route, connections), report.members))]
+            batches = Batches(route, batch, lambda k, records, lines: senders[k].send(records, lines))
             try:
-                _send_all(reader, _Sender(client, report), batch)
-            except ClientError as exc:   # a refused batch, or the daemon went away part way
-                raise Stopped(str(exc), report, 1) from None
+                _send_all(reader, batches, senders, report)
+            except Halt as exc:   # a refused batch, or a daemon went away part way: the others stop too
+                lost = exc.lost + sum(sender.abandon() for sender in senders)
+                raise Stopped(f"{exc}; stopped there. {report.accepted} records were acknowledged, "
+                              f"{lost} sent were not", report, 1) from None
     finally:
         if bar is not None:
             bar.close()
@@ -251,34 +186,42 @@ def upload(settings: Settings, path: str, batch: int = 1000, progress: bool = Tr
     return report
 
 
-def _send_all(reader: DataReader, sender: _Sender, batch: int) -> None:
-    report = sender.report
-    records: list[dict[str, Any]] = []
-    lines: list[int] = []
+def _connect(route: Route, connections: contextlib.ExitStack) -> list[Client]:
+    """A checked connection to every member's daemon, before any record is sent."""
+    clients = []
+    for member in range(route.members):
+        try:
+            client = route.connect(member)
+        except ClusterMismatch as exc:
+            raise ClusterMismatch(f"{exc}; no record was sent") from None
+        connections.callback(client.close)
+        clients.append(client)
+    return clients
+
+
+def _send_all(reader: DataReader, batches: Batches, senders: list[Sender], report: UploadReport) -> None:
     try:
         for line, item in reader:
             if isinstance(item, str):
                 report.reject(line, item)
                 continue
             # The daemon's own check, here: a JSON-lines NaN/Infinity could not even be sent
-            # (protocol JSON has none), and reasons stay in line order.
+            # (protocol JSON has none).
             try:
                 validate_record(item)
             except Rejected as exc:
                 report.reject(line, str(exc))
                 continue
-            records.append({key: item[key] for key in ("series", "ts", "value")})
-            lines.append(line)
-            if len(records) >= batch:
-                sender.send(records, lines)
-                records, lines = [], []
+            batches.add({key: item[key] for key in ("series", "ts", "value")}, line)
     except NotText as exc:
         # The lines before it are sent and acknowledged; nothing from it on.
-        if records:
-            sender.send(records, lines)
-        sender.finish()
+        _finish(batches, senders)
         raise Stopped(f"{exc}: stopped there; the {report.accepted} records before it were "
                       "acknowledged", report, 2) from None
-    if records:
-        sender.send(records, lines)
-    sender.finish()
+    _finish(batches, senders)
+
+
+def _finish(batches: Batches, senders: list[Sender]) -> None:
+    batches.flush()
+    for sender in senders:
+        sender.finish()

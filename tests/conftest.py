@@ -1,4 +1,5 @@
-"""Shared fixtures: a throwaway PostgreSQL cluster and a store on each backend.
+"""Shared fixtures: a throwaway PostgreSQL cluster, a store on each backend, and two adaptd cluster
+members on PostgreSQL that the client commands' tests share (`pair`).
 
 `postgres_url` starts a real PostgreSQL (initdb + pg_ctl) once per session, listening on a
 Unix socket in its own temp dir and on 127.0.0.1 at a free port, trust auth, fsync off.
@@ -20,6 +21,8 @@ from typing import Iterator
 import pytest
 
 from adaptd.store import Store
+
+from daemon_harness import ClusterPair
 
 # Debian/Ubuntu keep the server binaries off PATH; newest version first.
 PG_BIN_DIRS = tuple(sorted((str(p) for p in Path("/usr/lib/postgresql").glob("*/bin")),
@@ -163,9 +166,9 @@ def postgres_not_started() -> Iterator[_Cluster]:
         cluster.stop()
 
 
-@pytest.fixture
-def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
-    """A new, empty database on the session cluster for one test; dropped afterwards."""
+@contextlib.contextmanager
+def _new_database(postgres_url: str) -> Iterator[str]:
+    """A new, empty database on the session's PostgreSQL, dropped on exit."""
     import sqlalchemy as sa
 
     name = f"adaptd_{uuid.uuid4().hex[:12]}"
@@ -179,6 +182,29 @@ def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
         with contextlib.suppress(Exception), admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
+    """A new, empty database on the session cluster for one test; dropped afterwards."""
+    with _new_database(postgres_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def shared_pair(postgres_url: str) -> Iterator[ClusterPair]:
+    """Two cluster members (`[cluster] members = 2`) on a database of their own, started once for
+    the session: the client commands' tests (test_route.py, test_upload.py, test_cluster.py) share
+    them, each with series names of its own. Use it through `pair`."""
+    with _new_database(postgres_url) as url, ClusterPair(url) as started:
+        yield started
+
+
+@pytest.fixture
+def pair(shared_pair: ClusterPair) -> ClusterPair:
+    """The session's two members, both running (one a test killed is started again first)."""
+    shared_pair.ensure_running()
+    return shared_pair
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -268,3 +268,96 @@ def stored_rows(store_url: str, series: str) -> list[tuple[float, float]]:
         return store.history(series)
     finally:
         store.close()
+
+
+def metric_samples(daemon: DaemonProcess) -> dict[str, float]:
+    """Every sample of the daemon's Prometheus endpoint (written with metrics=True), by its
+    name with labels as exported, e.g. 'adaptd_requests_total{op="forecast",outcome="ok"}'."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{daemon.settings.metrics.listen}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+class ClusterPair:
+    """Two members of one cluster (`[cluster] members = 2, member = k`) on the PostgreSQL database
+    `store_url`, each in a short directory of its own, with metrics on. Each one's config lists
+    both sockets in `[cluster] sockets`, so either config serves the client commands too.
+
+    `with ClusterPair(url) as pair:` starts both and stops them (SIGTERM, checking that they
+    exit 0 without a traceback) at the end; `ensure_running()` starts again one a test killed.
+    """
+
+    MEMBERS = 2
+
+    def __init__(self, store_url: str):
+        self.dirs = [short_tempdir() for _ in range(self.MEMBERS)]
+        sockets = [str(d / "adaptd.sock") for d in self.dirs]
+        self.daemons = [DaemonProcess(write_config(d, store_url, metrics=True, sections={
+            "cluster": {"members": self.MEMBERS, "member": k, "sockets": sockets}}))
+            for k, d in enumerate(self.dirs)]
+
+    def __enter__(self) -> "ClusterPair":
+        try:
+            for daemon in self.daemons:   # side by side: a daemon takes seconds to start
+                daemon.start(wait=False)
+            for daemon in self.daemons:
+                daemon.wait_ready()
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, exc_type: object, *_exc: object) -> None:
+        try:
+            if exc_type is None:
+                for daemon in self.daemons:
+                    if daemon.running:
+                        rc, log = daemon.stop()
+                        assert rc == 0 and "Traceback" not in log, log
+        finally:
+            self._remove()
+
+    def _remove(self) -> None:
+        for daemon in self.daemons:
+            daemon.kill()
+        for directory in self.dirs:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def __getitem__(self, member: int) -> DaemonProcess:
+        return self.daemons[member]
+
+    def __iter__(self) -> Iterator[DaemonProcess]:
+        return iter(self.daemons)
+
+    def ensure_running(self) -> None:
+        for daemon in self.daemons:
+            if not daemon.running:
+                daemon.start()
+
+    @property
+    def sockets(self) -> list[str]:
+        return [str(daemon.socket_path) for daemon in self.daemons]
+
+    def names(self, member: int, n: int, tag: str) -> list[str]:
+        """`n` series names starting with `tag` that belong to `member`: a test's own series."""
+        from adaptd.ownership import owner
+
+        found = (f"{tag}-{k}" for k in range(100 * n + 100))
+        return [name for name in found if owner(name, self.MEMBERS) == member][:n]
+
+    def requests(self, member: int) -> dict[str, float]:
+        """Socket requests `member` has answered so far, by op (every outcome)."""
+        counts: dict[str, float] = {}
+        for sample, value in metric_samples(self.daemons[member]).items():
+            if sample.startswith("adaptd_requests_total{"):
+                op = sample.split('op="', 1)[1].split('"', 1)[0]
+                counts[op] = counts.get(op, 0.0) + value
+        return counts
+
+    def stored(self, member: int, names: list[str]) -> dict[str, int]:
+        """Observations `member` holds of each of `names` it has any of."""
+        listing = self.daemons[member].series()
+        return {name: listing[name]["observations"] for name in names if name in listing}

@@ -4,7 +4,9 @@ the series that hash to them and never touch the others'."""
 from __future__ import annotations
 
 import collections
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +14,7 @@ from adaptd.cluster import Membership, owner
 from adaptd.records import validate_batch
 from adaptd.store import Store
 
-from daemon_harness import DaemonProcess, hourly, short_tempdir, write_config
+from daemon_harness import ClusterPair, DaemonProcess, hourly, run_cli, short_tempdir, write_config
 
 
 def names_of(member: int, members: int, n: int) -> list[str]:
@@ -134,3 +136,56 @@ def test_a_lost_store_lock_is_taken_back_unless_another_daemon_took_it(fresh_pos
         for claim in claims:
             claim.release()
         store.close()
+
+
+# -- the client commands, given every member's socket ([cluster] sockets) ----------------------
+
+@pytest.mark.postgres
+@pytest.mark.integration
+def test_adaptd_ingest_sends_each_record_of_a_mixed_file_to_its_owner_and_forecast_asks_it(
+        pair: ClusterPair, tmp_path: Path) -> None:
+    """Through either member's config (each lists both sockets): the session's two members, conftest.py."""
+    ours = {k: pair.names(k, 3, "mixed") for k in (0, 1)}
+    names = [name for pair_of_names in zip(ours[0], ours[1]) for name in pair_of_names]   # interleaved
+    data = tmp_path / "all.csv"
+    data.write_text("series,ts,value\n" + "".join(f"{name},{1_700_000_000 + 3600 * i},{i + k}\n"
+                                                  for i in range(50) for k, name in enumerate(names)))
+    rejected = [d.request({"op": "stats"})["records_rejected"] for d in pair]
+    out = run_cli("ingest", str(data), "--no-progress", "--batch", "7", config=pair[1].config)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert out.stdout.startswith("accepted 300 records, rejected 0 (long input"), out.stdout
+    for k, d in enumerate(pair):
+        assert f"member {k} ({d.socket_path}): accepted 150, rejected 0" in out.stdout, out.stdout
+        assert pair.stored(k, names) == {name: 50 for name in ours[k]}   # its own, every one; nothing of the other's
+        assert d.request({"op": "stats"})["records_rejected"] == rejected[k]
+    for k, d in enumerate(pair):   # asked through the other member's config: the owner answers
+        name = ours[k][0]
+        fc = run_cli("forecast", name, "-H", "3", "--json", config=pair[1 - k].config)
+        assert fc.returncode == 0, fc.stderr
+        answer = json.loads(fc.stdout)
+        assert answer["series"] == name and answer["origin"] == 1_700_000_000 + 3600 * 49
+        assert answer["points"] == d.forecast(name, 3)["points"]
+    listed = run_cli("series", "--json", config=pair[0].config)
+    assert [item["series"] for item in json.loads(listed.stdout) if item["series"] in names] == sorted(names)
+
+
+@pytest.mark.postgres
+@pytest.mark.integration
+def test_a_socket_list_in_the_wrong_order_or_of_the_wrong_length_stores_nothing(
+        pair: ClusterPair, tmp_path: Path) -> None:
+    """`adaptd ingest` end to end (test_route.py: every client command, each case)."""
+    data = tmp_path / "refused.csv"
+    names = pair.names(0, 2, "unsent") + pair.names(1, 2, "unsent")
+    data.write_text("series,ts,value\n" + "".join(f"{name},{3600 * i},{i}\n" for i in range(20) for name in names))
+    s0, s1 = pair.sockets
+    ingested = [d.request({"op": "stats"})["records_ingested"] for d in pair]
+    for sockets, expected in (([s1, s0], f"[cluster] sockets[0] is {s1}, whose daemon is member 1 of 2, not member 0"),
+                              ([s0], f"[cluster] sockets lists 1 socket, but the daemon at {s0} is member 0 of 2"),
+                              ([s0, s1, str(pair[0].directory / "third.sock")], "lists 3 sockets")):
+        client = tmp_path / "client.toml"
+        client.write_text("[cluster]\nsockets = [" + ", ".join(f'"{s}"' for s in sockets) + "]\n")
+        out = run_cli("ingest", str(data), "--no-progress", config=client)
+        assert out.returncode == 2 and expected in out.stderr and "no record was sent" in out.stderr, out.stderr
+        assert out.stdout == "" and "Traceback" not in out.stderr
+    for k, d in enumerate(pair):
+        assert pair.stored(k, names) == {} and d.request({"op": "stats"})["records_ingested"] == ingested[k]

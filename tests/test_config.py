@@ -122,6 +122,8 @@ def test_integers_are_accepted_for_float_keys(tmp_path: Path) -> None:
     ("adapt", "regime_shared", "4096"),
     ("adapt", "regime_lookup", "0"),
     ("adapt", "regime_pool", "1"),
+    ("cluster", "sockets", "[]"),
+    ("cluster", "sockets", '["/run/adaptd-0/adaptd.sock", "/run/adaptd-1/adaptd.sock"]'),
 ])
 def test_edge_values_that_are_allowed(tmp_path: Path, section: str, key: str, literal: str) -> None:
     settings = load_config(str(write(tmp_path, f"[{section}]\n{key} = {literal}\n")))
@@ -274,6 +276,9 @@ BAD_VALUES = [
     ("cluster", "members", "0"),
     ("cluster", "members", "100000"),
     ("cluster", "member", "-1"),
+    ("cluster", "sockets", '["a.sock", "a.sock"]'),
+    ("cluster", "sockets", '[""]'),
+    ("cluster", "sockets", '["/' + "s" * 100 + '.sock"]'),
 ]
 
 WRONG_TYPES = [
@@ -453,6 +458,16 @@ def test_a_relative_socket_too_long_once_resolved_is_refused(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="server.socket") as info:
         load_config(str(write(deep, '[server]\nsocket = "' + "s" * 50 + '.sock"\n')))
     assert "shorter than 100 bytes" in str(info.value)
+    with pytest.raises(ConfigError, match="cluster.sockets = 's{50}.sock' resolves to") as info:
+        load_config(str(write(deep, '[server]\nsocket = "/a.sock"\n[cluster]\nsockets = ["/b.sock", "'
+                                    + "s" * 50 + '.sock"]\n')))
+    assert "shorter than 100 bytes" in str(info.value)
+
+
+def test_the_cluster_sockets_resolve_against_the_file_in_their_order(tmp_path: Path) -> None:
+    settings = load_config(str(write(tmp_path, '[cluster]\nsockets = ["run/1.sock", "/run/0.sock"]\n')))
+    assert settings.cluster.sockets == (str(tmp_path / "run" / "1.sock"), "/run/0.sock")
+    assert settings.cluster.members == 1   # a client's config need not be a member's
 
 
 # -- adaptd check-config ----------------------------------------------------------------------
@@ -523,6 +538,8 @@ def test_check_config_with_a_missing_file(tmp_path: Path, capsys: pytest.Capture
     ("[cluster]\nmembers = 3\nmember = 3\n", "cluster.member = 3", "an integer from 0 to cluster.members - 1 (2)"),
     ("[cluster]\nmember = 1\n", "cluster.member = 1", "an integer from 0 to cluster.members - 1 (0)"),
     ("[cluster]\nmembers = 2\n", "cluster.members = 2", "1 unless [store] url is a PostgreSQL database"),
+    ('[store]\nurl = "postgresql://h/db"\n[cluster]\nmembers = 3\nsockets = ["/a.sock", "/b.sock"]\n',
+     "cluster.sockets = ('/a.sock', '/b.sock')", "empty or one socket per member (3), in member order"),
 ])
 def test_keys_that_contradict_each_other_name_the_key_and_the_limit(tmp_path: Path, text: str, key: str,
                                                                      allowed: str) -> None:

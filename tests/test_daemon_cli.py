@@ -162,48 +162,6 @@ def test_ingest_refused_part_way_counts_every_batch_the_daemon_committed(workdir
         assert summary_counts(out.stdout) == (200, 1) and "line 2:" in out.stdout, out.stdout
 
 
-class ScriptedDaemon:
-    """The daemon's side of one connection, as `adaptd ingest` sees it: answers in request order,
-    `overloaded` for the sends listed (counted from 1). Stands in for timing a real daemon's
-    overload cannot be made to hit exactly (the test below this one uses a real daemon)."""
-
-    def __init__(self, refuse: set[int]):
-        self.refuse, self.sent, self.unanswered = refuse, [], []
-
-    def request_nowait(self, payload: dict) -> None:
-        self.sent.append(payload["records"][0]["ts"])
-        self.unanswered.append(payload["records"])
-
-    def read_response(self) -> dict:
-        records = self.unanswered.pop(0)
-        if len(self.sent) - len(self.unanswered) in self.refuse:
-            return {"ok": False, "error": {"code": "overloaded", "message": "busy"}}
-        return {"ok": True, "accepted": len(records), "rejected": []}
-
-
-def test_ingest_resends_a_refused_batch_before_anything_else_then_one_at_a_time(monkeypatch) -> None:
-    import adaptd.upload as upload
-
-    monkeypatch.setattr(upload.time, "sleep", lambda _s: None)
-    daemon = ScriptedDaemon(refuse={1, 3, 6})   # batches 0 and 2 pipelined, then 2 again once re-sent
-    report = upload.UploadReport()
-    sender = upload._Sender(daemon, report)  # type: ignore[arg-type]
-    for batch in range(6):
-        sender.send([{"series": "s", "ts": batch * 10 + i, "value": 1.0} for i in range(10)], list(range(10)))
-    sender.finish()
-    # Batches 0-3 in flight; 0 and 2 refused, 1 and 3 stored anyway (ahead of them: an older daemon), then 0 and
-    # 2 again in file order (2 refused once more and retried at once), then 4 and 5 one at a time.
-    assert daemon.sent == [0, 10, 20, 30, 0, 20, 20, 40, 50]
-    assert report.accepted == 60 and report.resent == 3 and report.out_of_order == 20
-    assert "3 batches re-sent after `overloaded`" in report.summary()
-    assert "20 records were stored after later lines" in report.summary()
-    # One at a time until 8 in a row are acknowledged, then 4 in flight again.
-    assert sender.in_flight == 1
-    for batch in range(6, 15):
-        sender.send([{"series": "s", "ts": batch * 10, "value": 1.0}], [0])
-    assert sender.in_flight == upload.IN_FLIGHT and len(sender.waiting) > 1
-
-
 @pytest.mark.integration
 def test_ingest_through_overload_stores_everything_and_says_what_went_out_of_order(workdir: Path) -> None:
     """Models that fall behind make the daemon answer `overloaded`; `adaptd ingest` backs off

@@ -48,18 +48,6 @@ HORIZONS = (24, 48)
 ARMS = ("naive", "θ* alone, first-value pad", "θ* alone, last-value pad", "engine (cold start)")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--datasets", default="m4,etth2,wth,ettm1", help="comma-separated: m4, etth2, wth, ettm1")
-    p.add_argument("--ages", default="4,8,12,24,36,47", help="observations seen when the forecasts are issued")
-    p.add_argument("--stride", type=int, default=0,
-                   help="steps between cold starts in one series (default: 96 for M4, 240 ETTh2, 480 others)")
-    p.add_argument("--max-starts", type=int, default=0, help="at most this many cold starts per dataset (0: all)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the ratio intervals")
-    p.add_argument("--data-dir", help="where ett/, wth/ and m4/ are (default ../shared/data)")
-    p.add_argument("--rows", choices=("test", "validation"), default="test",
-                   help="validation: rows no reported figure uses, for choosing settings")
-    p.add_argument("--json", action="store_true")
-
 
 def segments(dataset: str, need: int, stride: int, data_dir: str | None, settings: Settings,
              rows_from: str = "test") -> tuple[np.ndarray, float]:

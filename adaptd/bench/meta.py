@@ -32,7 +32,6 @@ from ..engine.factory import online_config, pooled_examples
 from ..engine.features import normalisation_path
 from ..engine.learner import Examples, Initializer, pretrain
 from ..engine.online import OnlineConfig, OnlineEngine
-from ..engine.regimes import POOL
 from ..meta.sources import series_from_m4
 from ..meta.synthetic import regime_series
 from ..meta.tasks import DEFAULT_DELAYS, SeriesPool, Tasks, cut_tasks, next_change
@@ -51,21 +50,6 @@ MEMORY_SHARED = "meta (Meta-SGD) + regime memory, shared"
 MEMORY_ARM = "meta (Meta-SGD) + regime memory, own + shared"
 SHARED_FROM, SHARED_STEPS = 64, 1000   # training series (and steps of each) that fill the shared library
 
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--datasets", default="synthetic,m4", help="comma-separated: synthetic, m4 (default both)")
-    p.add_argument("--iterations", type=int, default=300, help="meta-training iterations per algorithm")
-    p.add_argument("--tasks", type=int, default=400, help="test tasks per dataset")
-    p.add_argument("--period", type=int, default=24, help="steps per season (M4 Hourly: 24)")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the ratio intervals")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", help="where ett/, wth/ and m4/ are (default ../shared/data)")
-    p.add_argument("--regime-memory", type=int, default=4, help="remembered regimes per series (0: arm off)")
-    p.add_argument("--regime-shared", type=int, default=64, help="remembered regimes shared by all series (0: arm off)")
-    p.add_argument("--regime-lookup", type=int, default=1, help="remembered regimes fine-tuned at a drift (0: none)")
-    p.add_argument("--regime-pool", type=int, default=POOL,
-                   help="remembered regimes nearest by key that are ranked by forecast at a drift")
-    p.add_argument("--json", action="store_true")
 
 
 @dataclass

@@ -852,38 +852,6 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags of `adaptd bench soak` (for the CLI to register)."""
-    p.add_argument("--clients", type=int, default=64, help="concurrent client connections (threads; default 64)")
-    p.add_argument("--seconds", type=float, default=120.0, help="length of the timed run (default 120)")
-    p.add_argument("--series", type=int, default=1000, help="series, shared out among the clients (default 1000)")
-    p.add_argument("--rate", type=float, default=1000.0,
-                   help="steady-phase ingest, records/s over all clients (default 1000: one hourly step per "
-                        "series per second at 1000 series)")
-    p.add_argument("--batch", type=int, default=100, help="records per steady-phase ingest request (default 100)")
-    p.add_argument("--forecast-ratio", type=int, default=20,
-                   help="forecast requests per steady-phase ingest request, spread between them (default 20)")
-    p.add_argument("--horizon", type=int, default=24, help="forecast horizon (default 24)")
-    p.add_argument("--storm-every", type=float, default=30.0,
-                   help="seconds between drift storms (a random third of the series change; 0 = none; default 30)")
-    p.add_argument("--overload-fraction", type=float, default=0.2,
-                   help="final fraction of the run without pacing (0 = no overload phase; default 0.2)")
-    p.add_argument("--overload-batch", type=int, default=10_000,
-                   help="records per ingest request in the overload phase (default 10000)")
-    p.add_argument("--preload", type=int, default=136,
-                   help="hourly steps of every series ingested and learnt before the clock starts; from 136 on, "
-                        "a third of the series change at step 72, so that the first adaptations come in the "
-                        "warm-up half of the steady phase (default 136)")
-    p.add_argument("--timeout", type=float, default=60.0,
-                   help="seconds a client waits for one answer before counting a failure (default 60, as the CLI)")
-    p.add_argument("--rss-slope-limit", type=float, default=2.0, metavar="MB_PER_MIN",
-                   help="largest acceptable RSS growth over the second half of the steady phase, beyond what "
-                        "the filling per-series history buffers explain (default 2)")
-    p.add_argument("--store-url", default=None,
-                   help="SQLAlchemy URL of an empty PostgreSQL database to use instead of SQLite in a temp dir")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-
 
 def main(args: argparse.Namespace) -> int:
     if args.clients < 1 or args.series < 1 or args.rate <= 0 or args.batch < 1 or args.seconds <= 0 \

@@ -413,6 +413,3 @@ def baseline_specs(river_budget: float | None = 900.0) -> dict[str, ModelSpec]:
                                   "channel on warm-up rows"),
     }
 
-
-DEFAULT_MODELS = ("repeat-last", "seasonal-naive", "rls-ar60", "rls-ar96", "rls-ar60-relative", "rls-ar96-relative",
-                  "snarimax", "holt-winters")

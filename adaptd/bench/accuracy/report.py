@@ -33,17 +33,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .. import arguments
+from ..arguments import DEFAULT_DATASETS, DEFAULT_HORIZONS, DEFAULT_MODELS, DEFAULT_RIVER_BUDGET
 from ..stats import bootstrap_ratio
-from .baselines import DEFAULT_MODELS, baseline_specs
+from .baselines import baseline_specs
 from .datasets import DISPLAY, FILES, REPO_ROOT, DataMissing, has_protocol, load_split, resolve_data_dir
 from .published import anchors_for
 from .runner import (BenchContext, EvalResult, ModelSpec, OnlineModel, SkipModel, after_changes, evaluate,
                      scored_origins)
 
 PROG = "adaptd bench accuracy"
-DEFAULT_DATASETS = ("etth2", "ettm1", "wth")
-DEFAULT_HORIZONS = (1, 24, 48)
-DEFAULT_RIVER_BUDGET = 900.0
 AFTER_CHANGE_SEASONS = 2   # "post-drift" = this many seasonal periods after a detected change
 # Rows compared after detected changes and over all scored cells, (row, reference): the engine
 # as configured against itself without adaptation (does adaptation pay, issue #3), with the
@@ -464,23 +463,8 @@ def _csv_list(text: str) -> list[str]:
     return [t.strip().lower() for t in text.split(",") if t.strip()]
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags of `adaptd bench accuracy` (for the CLI to register)."""
-    p.add_argument("--datasets", default=",".join(DEFAULT_DATASETS),
-                   help=f"comma-separated, from {','.join(FILES)} (default: all)")
-    p.add_argument("--horizons", default=",".join(map(str, DEFAULT_HORIZONS)),
-                   help="comma-separated forecast horizons (default 1,24,48)")
-    p.add_argument("--models", default=None,
-                   help=f"comma-separated model names (default: {','.join(DEFAULT_MODELS)} plus any registered "
-                        f"extra models); available baselines: {','.join(baseline_specs())}")
-    p.add_argument("--protocol", choices=("auto", "fsnet", "dsof"), default="auto",
-                   help="split: auto = FSNet/OneNet for H=1, leak-free DSOF for H>1 (default)")
-    p.add_argument("--data-dir", default=None, metavar="DIR",
-                   help="directory holding ett/ and wth/ (default: ../shared/data relative to the repo root)")
-    p.add_argument("--river-budget", type=float, default=DEFAULT_RIVER_BUDGET, metavar="SECONDS",
-                   help="skip a river model on a column when its estimated run time exceeds this "
-                        f"(printed, never silent; default {DEFAULT_RIVER_BUDGET:.0f}; 0 = no limit)")
-    p.add_argument("--json-out", default=None, metavar="FILE", help="also write all numbers as JSON")
+
+add_arguments = arguments.accuracy   # the flags of `adaptd bench accuracy`, in a module of their own
 
 
 def _command(args: argparse.Namespace, prog: str) -> str:
