@@ -78,7 +78,8 @@ def cmd_forecast(settings: Settings, args: argparse.Namespace) -> int:
 
     route = Route.of(settings)
     member = route.member_of(args.series)   # the daemon that serves it, given [cluster] sockets
-    response = route.ask(member, {"op": "forecast", "series": args.series, "horizon": args.horizon})
+    horizon = args.horizon if args.horizon is not None else min(24, settings.model.max_horizon)
+    response = route.ask(member, {"op": "forecast", "series": args.series, "horizon": horizon})
     if not response.get("ok"):
         return _fail(route.label(member) + _error_text(response))
     print(json.dumps(response) if args.json else forecast_table(response, settings.model.coverage))
@@ -206,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("forecast", cmd_forecast, "print the forecast of one series")
     p.epilog = "With [cluster] sockets in the config, the member that owns the series answers."
     p.add_argument("series")
-    p.add_argument("-H", "--horizon", type=int, default=24, help="steps ahead (default 24)")
+    p.add_argument("-H", "--horizon", type=int, default=None,
+                   help="steps ahead (default 24, or [model] max_horizon if that is less)")
     p.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
     p = add("series", cmd_series, "list series with counts and last timestamps")
     p.epilog = "With [cluster] sockets in the config, every member's series, in one list."
