@@ -53,6 +53,9 @@ class Client:
             sock.close()
             raise ClientTimeout(f"the daemon at {self.path} accepts no connection (its backlog is full): "
                                 "it may be hung (see its log, `systemctl status adaptd`)") from None
+        except OSError as exc:   # e.g. a path over the 107 bytes a Unix socket address holds
+            sock.close()
+            raise ClientError(f"cannot connect to {self.path}: {exc.strerror or exc}") from None
         self._sock = sock
 
     def close(self) -> None:

@@ -181,3 +181,9 @@ def test_ingest_help_says_how_to_send_to_a_cluster(capsys) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert "with [cluster] sockets in the config (every member's socket, in member order)" in text
     assert "each record goes to the member that owns its series" in text
+
+
+def test_a_socket_path_too_long_for_a_unix_address_is_a_client_error_not_a_traceback() -> None:
+    from adaptd.client import Client, ClientError
+    with pytest.raises(ClientError, match="cannot connect to .*: AF_UNIX path too long"):
+        Client("/tmp/" + "x" * 200).connect()
