@@ -142,7 +142,7 @@ class MetaSettings:
     outer_rate: float = 0.001
     step_rate: float = 0.03
     cold_start_weight: float = 1.0
-    splices: float = 1.0
+    splices: float = 0.4
     query: int = 24
     validation_series: float = 0.2
     validation_tasks: int = 256
@@ -313,7 +313,7 @@ CHECKS: dict[str, dict[str, Check]] = {
         "outer_rate": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
         "step_rate": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
         "cold_start_weight": (lambda v: 0 <= v <= 10, "a number from 0 (off) to 10"),
-        "splices": (lambda v: 0 <= v <= 10, "a number from 0 (off) to 10 spliced series per series"),
+        "splices": (lambda v: 0 <= v <= 0.9, "a share of drift tasks from 0 (none) to 0.9"),
         "query": (lambda v: 1 <= v <= 10_000, "an integer from 1 to 10000 (steps after a drift)"),
         "validation_series": (lambda v: 0 < v < 1, "a fraction between 0 and 1"),
         "validation_tasks": (lambda v: 1 <= v <= 100_000, "an integer from 1 to 100000"),

@@ -182,7 +182,7 @@ BAD_VALUES = [
     ("meta", "cold_start_weight", "11"),
     ("meta", "cold_start_weight", "nan"),
     ("meta", "splices", "-1"),
-    ("meta", "splices", "11"),
+    ("meta", "splices", "0.95"),
     ("meta", "query", "0"),
     ("meta", "validation_series", "1"),
     ("meta", "validation_tasks", "0"),

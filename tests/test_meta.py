@@ -102,27 +102,33 @@ def test_tasks_sit_at_recorded_detections_and_stop_at_the_next_one():
     assert tasks.query.mask[at].numpy()[:, target_time < 305].all()
 
 
-def test_spliced_series_join_the_pool_with_their_change_known_and_stay_in_each_series_span():
+def test_spliced_series_draw_their_share_of_tasks_with_the_change_known_inside_each_span():
     from adaptd.meta.tasks import SPLICE_AFTER, SPLICE_BEFORE, with_splices
-    series = [np.arange(1000.0) + 10_000 * k for k in range(3)]   # each value says where it came from
-    pool = SeriesPool(series, SMALL, span=[(0, 800), (0, 800), (0, 800)])   # the final 200 held out
-    spliced = with_splices(pool, 2.0, np.random.default_rng(0))
-    assert len(spliced.series) == 9 and spliced.series[:3] == pool.series and len(pool.series) == 3
+    series = [np.arange(5000.0) + 10_000 * k for k in range(3)]   # each value says where it came from
+    pool = SeriesPool(series, SMALL, span=[(0, 4000)] * 3)          # the final 1000 held out
+    spliced = with_splices(pool, 0.25, 12, np.random.default_rng(0))
+    assert len(spliced.series) == 6 and spliced.series[:3] == pool.series and len(pool.series) == 3
     for y, (change,), examples in zip(spliced.series[3:], spliced.changes[3:], spliced.examples[3:]):
         before, after = y[:change], y[change:]
-        assert change == SPLICE_BEFORE and after.size == SPLICE_AFTER
-        assert before[-1] % 10_000 == 799 and after[0] % 10_000 == 0     # an end, then a start
-        assert before[0] // 10_000 != after[0] // 10_000                 # of two different series
-        assert (np.concatenate([before, after]) % 10_000 < 800).all()    # nothing held out
+        assert (before.size, after.size) == (SPLICE_BEFORE, SPLICE_AFTER)
+        assert (np.diff(before) == 1).all() and (np.diff(after) == 1).all()   # a stretch of each...
+        assert before[0] // 10_000 != after[0] // 10_000                     # ...of two series
+        assert (y % 10_000 < 4000).all()                                     # nothing held out
         fresh = SeriesPool([y], SMALL).examples[0]
         assert all(np.array_equal(a, b) for a, b in zip(examples, fresh))
-    assert spliced.room[3:].tolist() == [SPLICE_BEFORE + SPLICE_AFTER] * 6
-    tasks = sample_tasks(spliced, 400, 12, np.random.default_rng(1), delays=(8,), change_share=1.0)
+    assert len({y[0] for y in spliced.series[3:]}) == 3                      # drawn, not always the end
+    # Long series do not drown the splices: a quarter of the tasks, half of them at the change.
+    tasks = sample_tasks(spliced, 4000, 12, np.random.default_rng(1), delays=(8,), change_share=0.5)
     at_splices = tasks.series >= 3
-    assert at_splices.any() and (tasks.time[at_splices] == SPLICE_BEFORE + 8).all()
-    assert with_splices(pool, 0.0, np.random.default_rng(0)) is pool
+    assert at_splices.mean() == pytest.approx(0.25, abs=0.03)
+    at_change = tasks.time[at_splices] == SPLICE_BEFORE + 8
+    assert at_change.mean() == pytest.approx(0.5, abs=0.06)
+    assert with_splices(pool, 0.0, 12, np.random.default_rng(0)) is pool
     alone = SeriesPool(series[:1], SMALL)
-    assert with_splices(alone, 1.0, np.random.default_rng(0)) is alone   # nothing to splice it with
+    assert with_splices(alone, 0.4, 12, np.random.default_rng(0)) is alone   # nothing to splice it with
+    # A longer query or support needs longer stretches: every splice still makes a task.
+    wide = with_splices(pool, 0.4, 400, np.random.default_rng(0))
+    assert wide.usable(400)[3:].all()
 
 
 def test_meta_training_reads_the_recorded_detections_from_the_store(tmp_path: Path):
@@ -353,7 +359,7 @@ def test_promotion_scores_cold_starts_as_well_as_drifts(tmp_path: Path):
     # The new one and those it must beat are scored on the same validation rows: by hand.
     config = online_config(settings)
     _, valid = split(series, config, settings.meta.validation_series, 12, 0)
-    drift_pool = with_splices(valid, settings.meta.splices, np.random.default_rng(3))   # cold starts: unspliced
+    drift_pool = with_splices(valid, settings.meta.splices, 12, np.random.default_rng(3))   # cold starts: unspliced
     tasks = sample_tasks(drift_pool, 64, 12, np.random.default_rng(1))
     young = sample_cold_starts(valid, 64, config.serving, np.random.default_rng(2))
     new = decode_initializer(report.payload, config)

@@ -42,9 +42,8 @@ DEFAULT_DELAYS = (4, 8, 12, 16, 24, 32, 48)
 # Over M4, ETTh2 and WTH series the median weight is 0.04 and the largest ~18; the cap was
 # neutral on validation (BENCHMARKS, cold start).
 MAX_YOUNG_WEIGHT = 1.0
-# A spliced series: this many values of one series' span (its end), then this many of another's
-# (its start). Enough before the change for a support and its windows at the longest delay, and
-# after it for the query of a detection two seasons late.
+# A spliced series: at least this many values of one series' span, then of another's (more where
+# the window, support, delays or query need it: `with_splices`).
 SPLICE_BEFORE, SPLICE_AFTER = 300, 200
 
 
@@ -82,6 +81,7 @@ class SeriesPool:
         self.changes = [list(c) for c in changes] if changes is not None else [[] for _ in series]
         self.detections = [list(d) for d in detections] if detections is not None else [[] for _ in series]
         self.span = list(span) if span is not None else [(0, n) for n in self.lengths]
+        self.weight = self.lengths.astype(np.float64)   # how often tasks are drawn from each
 
     def detection_range(self, i: int, query: int) -> tuple[int, int]:
         """Detection times t whose support origins and query targets all lie in the series."""
@@ -107,6 +107,7 @@ class SeriesPool:
         for name in ("series", "examples", "changes", "detections", "span"):
             setattr(joined, name, getattr(self, name) + getattr(other, name))
         joined.lengths = np.concatenate([self.lengths, other.lengths])
+        joined.weight = np.concatenate([self.weight, other.weight])
         return joined
 
     @cached_property
@@ -122,24 +123,33 @@ class SeriesPool:
             return np.array([max(float(np.std(y[lo:hi])), MIN_SCALE) for y, (lo, hi) in zip(self.series, self.span)])
 
 
-def with_splices(pool: SeriesPool, per_series: float, rng: np.random.Generator) -> SeriesPool:
-    """`pool` and round(per_series x its size) spliced series: the end of one series' span, then
-    the start of another's, a known change between them. Real changes are rare at ordinary times
-    and a new store has recorded few detections; a splice is the abrupt change (another level,
-    shape and noise at once) an adaptation is for. Values stay inside each series' span, so a
-    held-out time range stays held out. `pool` itself where fewer than two series have room."""
-    n = int(round(per_series * len(pool.series)))
-    room = np.flatnonzero(pool.room >= min(SPLICE_BEFORE, SPLICE_AFTER))
-    if n <= 0 or room.size < 2:
+def with_splices(pool: SeriesPool, share: float, query: int, rng: np.random.Generator,
+                 delays: Sequence[int] = DEFAULT_DELAYS) -> SeriesPool:
+    """`pool` and as many spliced series, drawing `share` of the tasks between them: each the
+    stretch of one series' span up to a drawn point, then the stretch of another's from a drawn
+    point, a known change between them. Real changes are rare at ordinary times and a new store
+    has recorded few detections; a splice is the abrupt change (another level, shape and noise at
+    once) an adaptation is for. The share holds whatever the series' lengths (task draws follow
+    length otherwise, and a store's series are long). Values stay inside each series' span, so
+    a held-out time range stays held out. `pool` itself where fewer than two series have room."""
+    c = pool.config
+    before = max(SPLICE_BEFORE, c.window + c.adapt_window + max(delays))   # the support at the longest delay
+    after = max(SPLICE_AFTER, max(delays) + query + c.horizon)             # and its query
+    room = np.flatnonzero(pool.room >= min(before, after))
+    if share <= 0 or room.size < 2:
         return pool
     series, changes = [], []
-    for _ in range(n):
-        a, b = rng.choice(room, 2, replace=False)
-        (lo_a, hi_a), (lo_b, hi_b) = pool.span[int(a)], pool.span[int(b)]
-        before = pool.series[int(a)][max(lo_a, hi_a - SPLICE_BEFORE):hi_a]
-        series.append(np.concatenate([before, pool.series[int(b)][lo_b:min(hi_b, lo_b + SPLICE_AFTER)]]))
-        changes.append([before.size])
-    return pool + SeriesPool(series, pool.config, changes=changes)
+    for _ in range(len(pool.series)):
+        a, b = (int(i) for i in rng.choice(room, 2, replace=False))
+        (lo_a, hi_a), (lo_b, hi_b) = pool.span[a], pool.span[b]
+        end = int(rng.integers(min(lo_a + before, hi_a), hi_a + 1))       # the change: A up to here...
+        begin = int(rng.integers(lo_b, max(lo_b, hi_b - after) + 1))      # ...then B from here
+        head = pool.series[a][max(lo_a, end - before):end]
+        series.append(np.concatenate([head, pool.series[b][begin:min(hi_b, begin + after)]]))
+        changes.append([head.size])
+    spliced = SeriesPool(series, c, changes=changes)
+    spliced.weight *= share / (1 - share) * pool.weight.sum() / spliced.weight.sum()
+    return pool + spliced
 
 
 def next_change(changes: Sequence[int], t: int) -> int:
@@ -155,7 +165,7 @@ def sample_tasks(pool: SeriesPool, n: int, query: int, rng: np.random.Generator,
     if usable.size == 0:
         raise ValueError(f"no series is long enough for a task (window + adapt_window + query = "
                          f"{pool.config.window + pool.config.adapt_window + query} steps)")
-    weights = pool.lengths[usable] / pool.lengths[usable].sum()
+    weights = pool.weight[usable] / pool.weight[usable].sum()
     series = rng.choice(usable, size=n, p=weights)
     times = np.empty(n, dtype=np.int64)
     for k, i in enumerate(series):

@@ -151,7 +151,7 @@ def meta_train(start: Initializer, pool: SeriesPool, settings: MetaSettings, con
     optimizer = torch.optim.Adam(groups)
     history: list[float] = []
     started = time.perf_counter()
-    drifts = with_splices(pool, settings.splices, rng)   # cold starts come from the series as they are
+    drifts = with_splices(pool, settings.splices, settings.query, rng)   # cold starts: from the series as they are
     for iteration in range(1, settings.iterations + 1):
         tasks = sample_tasks(drifts, B, settings.query, rng)
         alpha = {name: float(v.detach().exp()) for name, v in log_alpha.items()}

@@ -29,7 +29,7 @@ class Validation:
 
     def __init__(self, valid: SeriesPool, config: OnlineConfig, meta: MetaConfig, seed: int):
         self.config = config
-        drifts = with_splices(valid, meta.splices, np.random.default_rng(seed + 3))
+        drifts = with_splices(valid, meta.splices, meta.query, np.random.default_rng(seed + 3))
         self.tasks: Tasks = sample_tasks(drifts, meta.validation_tasks, meta.query, np.random.default_rng(seed + 1))
         self.cold_weight = cold_start_share(meta.cold_start_weight, config)
         if self.cold_weight > 0 and not (valid.room > config.window).any():
