@@ -216,9 +216,11 @@ class Service:
         `PROVISIONAL_SHARE` of the event loop: clients asking back to back would otherwise take
         the CPU learning needs to catch up. Past that, a forecast first waits up to `LEARNT_WAIT`
         for learning. When the models cannot forecast yet (learning is writing the series, or is
-        far behind), the wait goes on up to `forecast_wait`, then the naive fallback answers; at
-        once when learning, at the rate it has been going, needs longer than that for its backlog
-        (a bulk load, a restart's catch-up): the wait would end in the same answer."""
+        far behind), the wait goes on up to `forecast_wait`, then the naive fallback answers; after
+        `LEARNT_WAIT` already when learning, at the rate it has been going, needs longer than the
+        rest of the wait for its backlog (a bulk load, a restart's catch-up): waiting would end
+        in the same answer. (The rate is per record and learning's cost partly per round, so the
+        estimate can be far off for a burst after a trickle: the short wait comes first.)"""
         started = time.monotonic()
         deadline = started + self.settings.server.forecast_wait
         if not self.provisional_budget.available():
@@ -233,7 +235,8 @@ class Service:
                     self.provisional_budget.spend(time.perf_counter() - began)
                 return fc
             now = time.monotonic()
-            if now >= deadline or (self.learner is not None and self.learner.catch_up_seconds > deadline - now):
+            if now >= deadline or (now - started >= LEARNT_WAIT and self.learner is not None
+                                   and self.learner.catch_up_seconds > deadline - now):
                 return self.engine.forecast(series, horizon)
             await asyncio.sleep(0.002)
 

@@ -321,7 +321,7 @@ def test_a_forecast_learning_cannot_reach_in_time_is_answered_by_the_fallback_at
             return time.monotonic() - began, fc.model
 
         took, model = timed(100.0)                # 2 s of backlog: no use waiting 0.5 s
-        assert model["kind"] != "online" and took < 0.2
+        assert model["kind"] != "online" and service_module.LEARNT_WAIT <= took < 0.2
         took, model = timed(1e6)                  # through in a moment: worth the wait (the gate
         assert took >= 0.5                        # stays shut, so the fallback answers after it)
 

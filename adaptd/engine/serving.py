@@ -4,6 +4,7 @@ series' newest record, or, for records not learnt yet, a provisional one compute
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -40,9 +41,10 @@ class Serving:
         fallback answer does not undo its drifts and adaptations in the client's eyes."""
         fc = self.naive.forecast(series, horizon)
         slot = self.slots.get(series)
-        if slot is not None:
-            fc.model.update(self._history_of(slot))
-        return fc
+        if slot is None:
+            return fc
+        # A new model dict: the fallback's own may be shared with its cache (Forecast.head).
+        return dataclasses.replace(fc, model={**fc.model, **self._history_of(slot)})
 
     def _cached(self, series: str, slot: int, horizon: int) -> Forecast | None:
         """The forecast the learning thread issued at the series' newest record (None: none)."""
