@@ -86,47 +86,70 @@ def cmd_forecast(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _ask_every_member(settings: Settings, request: dict[str, Any]) -> tuple[Route, list[dict[str, Any]]]:
-    """The daemons asked (every member, given [cluster] sockets) and their answers, in member order."""
+def _ask_members(settings: Settings, request: dict[str, Any], only: int | None = None
+                 ) -> tuple[Route, dict[int, dict[str, Any]], dict[int, str]]:
+    """The daemons asked (every member given [cluster] sockets, or member `only`), their answers
+    and, by member, why one could not answer. With one daemon, its failure is raised; with a
+    cluster, one member down does not hide the others' answers (a list in the wrong order is
+    still refused: ClusterMismatch)."""
     route = Route.of(settings)
-    answers = []
-    for member in range(route.members):
-        response = route.ask(member, request)
-        if not response.get("ok"):
-            raise ClientError(route.label(member) + _error_text(response))
-        answers.append(response)
-    return route, answers
+    members = range(route.members) if only is None else [only]
+    if only is not None and not 0 <= only < route.members:
+        raise ClusterMismatch(f"--member {only}: [cluster] sockets lists members 0 to {route.members - 1}")
+    answers: dict[int, dict[str, Any]] = {}
+    failed: dict[int, str] = {}
+    for member in members:
+        try:
+            response = route.ask(member, request)
+            if not response.get("ok"):
+                raise ClientError(_error_text(response))
+        except ClusterMismatch:
+            raise
+        except ClientError as exc:
+            if not route.cluster:
+                raise ClientError(route.label(member) + str(exc)) from None
+            failed[member] = route.label(member) + str(exc)
+            continue
+        answers[member] = response
+    return route, answers, failed
 
 
 def cmd_series(settings: Settings, args: argparse.Namespace) -> int:
     from .render import series_table
 
-    _route, answers = _ask_every_member(settings, {"op": "series"})
+    _route, answers, failed = _ask_members(settings, {"op": "series"}, args.member)
     # Each member lists only its own series: together, every series once.
-    listing = sorted((item for answer in answers for item in answer["series"]), key=lambda item: item["series"])
+    listing = sorted((item for answer in answers.values() for item in answer["series"]), key=lambda item: item["series"])
     print(json.dumps(listing) if args.json else series_table(listing))
-    return 0
+    for why in failed.values():
+        _fail(f"{why} (its series are not listed)")
+    return 1 if failed else 0
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    route, answers = _ask_every_member(settings, {"op": "stats"})
-    text, code = status_output(route, answers, args.json)
+    route, answers, failed = _ask_members(settings, {"op": "stats"}, args.member)
+    text, code = status_output(route, answers, failed, args.json)
     print(text)
     return code
 
 
-def status_output(route: Route, answers: list[dict[str, Any]], as_json: bool) -> tuple[str, int]:
+def status_output(route: Route, answers: dict[int, dict[str, Any]], failed: dict[int, str],
+                  as_json: bool) -> tuple[str, int]:
     """What `adaptd status` prints of the daemons' answers to stats, and its exit code: 1 unless
-    every one of them is healthy."""
+    every daemon asked answered and is healthy."""
     from .render import status_text
 
+    healthy = not failed and all(answer.get("health") == "ok" for answer in answers.values())
     if not route.cluster:
-        text = json.dumps(answers[0]) if as_json else status_text(answers[0])
-    elif as_json:
-        text = json.dumps(answers)
-    else:
-        text = "\n\n".join(f"member {k} ({route.sockets[k]})\n{status_text(answer)}" for k, answer in enumerate(answers))
-    return text, 0 if all(answer.get("health") == "ok" for answer in answers) else 1
+        return (json.dumps(answers[0]) if as_json else status_text(answers[0])), 0 if healthy else 1
+    asked = sorted([*answers, *failed])
+    if as_json:
+        return json.dumps([answers.get(k) or {"ok": False, "member": k, "error": failed[k]} for k in asked]), \
+            0 if healthy else 1
+    text = "\n\n".join(f"member {k} ({route.sockets[k]})\n" + (status_text(answers[k]) if k in answers else
+                                                                f"health:            unreachable: {failed[k]}")
+                       for k in asked)
+    return text, 0 if healthy else 1
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
@@ -211,12 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps ahead (default 24, or [model] max_horizon if that is less)")
     p.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
     p = add("series", cmd_series, "list series with counts and last timestamps")
-    p.epilog = "With [cluster] sockets in the config, every member's series, in one list."
+    p.epilog = ("With [cluster] sockets in the config, every member's series, in one list (exit 1, "
+                "naming it, if a member cannot answer).")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--member", type=int, help="with [cluster] sockets: ask only this member")
     p = add("status", cmd_status, "show the daemon's health and counters")
     p.epilog = ("With [cluster] sockets in the config, every member's, in member order (--json: a list); "
-                "exit 1 unless all are healthy.")
+                "exit 1 unless all answer and are healthy. --member K asks only member K (a host's own check).")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--member", type=int, help="with [cluster] sockets: ask only this member")
     p = add("replay", cmd_replay, "backtest the engine on a CSV, leak-free (DESIGN.md §3)")
     p.add_argument("data", metavar="DATA.csv", help="wide (time column + one column per series) or long CSV")
     p.add_argument("--horizon", type=int, required=True, help="steps ahead forecast after every observation")

@@ -28,12 +28,13 @@ print(json.dumps({"code": code, "loaded": [m for m in HEAVY if m in sys.modules]
 
 
 def probe(argv: list[str], cwd: Path) -> dict:
-    """Run `adaptd ARGV` in a fresh interpreter: its exit code, which HEAVY modules it loaded, its stderr."""
+    """Run `adaptd ARGV` in a fresh interpreter: its exit code, which HEAVY modules it loaded, what it said."""
     script = f"HEAVY = {HEAVY!r}\n{PROBE}"
     out = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=60,
                          env=daemon_env(), cwd=cwd)
     assert out.returncode == 0, out.stderr
-    return {**json.loads(out.stdout.splitlines()[-1]), "stderr": out.stderr}
+    *printed, last = out.stdout.splitlines()
+    return {**json.loads(last), "said": out.stderr + "\n".join(printed)}
 
 
 @pytest.mark.parametrize("argv, code", [
@@ -50,7 +51,7 @@ def test_client_commands_do_not_load_torch_the_engine_or_the_store(tmp_path: Pat
     answer = probe(argv, tmp_path)
     assert (answer["code"], answer["loaded"]) == (code, []), answer
     if code == 1:   # it ran as far as looking for the daemon
-        assert "adaptd is not running" in answer["stderr"], answer["stderr"]
+        assert "adaptd is not running" in answer["said"], answer["said"]
 
 
 def test_the_bench_flags_defaults_are_the_bench_codes() -> None:

@@ -131,12 +131,12 @@ def test_status_exits_1_unless_every_member_is_healthy(pair: ClusterPair, tmp_pa
     answer, with the health a stopped store writer gives. A member that is not running at all:
     test_upload.py, after killing one."""
     route = Route.of(parse_config({"cluster": {"sockets": pair.sockets}}, "client.toml", tmp_path))
-    answers = [d.request({"op": "stats"}) for d in pair]
-    assert status_output(route, answers, as_json=False)[1] == 0
+    answers = {k: d.request({"op": "stats"}) for k, d in enumerate(pair)}
+    assert status_output(route, answers, {}, as_json=False)[1] == 0
     answers[1]["health"] = "store writer or learning thread stopped"
-    text, code = status_output(route, answers, as_json=False)
+    text, code = status_output(route, answers, {}, as_json=False)
     assert code == 1 and f"member 1 ({pair[1].socket_path})\nhealth:            store writer or" in text
-    text, code = status_output(route, answers, as_json=True)
+    text, code = status_output(route, answers, {}, as_json=True)
     assert code == 1 and [a["health"] for a in json.loads(text)] == ["ok", "store writer or learning thread stopped"]
 
 

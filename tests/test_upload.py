@@ -4,6 +4,7 @@ member killed part way, the report."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from adaptd.route import ClusterMismatch
 from adaptd.upload import UploadReport, upload
 
 from daemon_harness import ClusterPair, daemon_env, run_cli
+
 
 def client_settings(directory: Path, sockets: list[str]) -> Settings:
     return parse_config({"cluster": {"sockets": sockets}}, "client.toml", directory)
@@ -114,9 +116,21 @@ def test_a_member_killed_part_way_stops_the_upload_for_all_and_the_report_counts
     assert out.startswith(f"accepted {stored0 + 100} records, rejected 0 (long input"), out
     assert err.startswith(f"adaptd: -: member 1 ({pair[1].socket_path}): the daemon closed the connection"), err
     assert f"; stopped there. {stored0 + 100} records were acknowledged, " in err, err
-    # With a member down, the commands that need it say so (exit 1), checking the list first.
+    # With a member down, the commands that need it say so (exit 1), checking the list first;
+    # status and series still show what the member that runs answers.
     status = run_cli("status", config=config)
-    assert status.returncode == 1 and f"{pair[1].socket_path}: adaptd is not running" in status.stderr, status
+    assert status.returncode == 1, status
+    assert f"member 0 ({pair[0].socket_path})\nhealth:            ok" in status.stdout, status.stdout
+    assert (f"member 1 ({pair[1].socket_path})\nhealth:            unreachable: member 1 ({pair[1].socket_path}): "
+            in status.stdout and "adaptd is not running" in status.stdout), status.stdout
+    status = run_cli("status", "--json", config=config)
+    assert status.returncode == 1 and [a.get("health") for a in json.loads(status.stdout)] == ["ok", None]
+    own = run_cli("status", "--member", "0", config=config)   # a host's own health check
+    assert own.returncode == 0 and "member 1" not in own.stdout, own
+    listed = run_cli("series", "--json", config=config)
+    assert listed.returncode == 1 and "(its series are not listed)" in listed.stderr, listed
+    ours = {s["series"] for s in json.loads(listed.stdout)} & set(names)   # the pair serves other tests' too
+    assert ours == {n for n in names if owner(n, 2) == 0}
     forecast = run_cli("forecast", names[1], config=config)
     assert forecast.returncode == 1 and "adaptd is not running" in forecast.stderr, forecast
     pair[1].start()   # what it acknowledged is in the store
