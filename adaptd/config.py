@@ -456,6 +456,11 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base: Path | No
         if not CHECKS["server"]["socket"][0](full):
             raise ConfigError(f"{source}: {key} = {path!r} resolves to {full!r}: must be "
                               f"{CHECKS['server']['socket'][1]}; use a shorter absolute path")
+    c = resolved.cluster
+    if c.members > 1 and c.sockets and Path(c.sockets[c.member]) != Path(resolved.server.socket):
+        # A member's own list in the wrong order: caught here, not by the first client it misleads.
+        raise ConfigError(f"{source}: cluster.sockets[{c.member}] = {c.sockets[c.member]!r} is not this member's "
+                          f"own server.socket ({resolved.server.socket!r}): list the sockets in member order")
     return resolved
 
 

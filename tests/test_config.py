@@ -470,6 +470,15 @@ def test_the_cluster_sockets_resolve_against_the_file_in_their_order(tmp_path: P
     assert settings.cluster.members == 1   # a client's config need not be a member's
 
 
+def test_a_members_own_socket_list_must_put_its_own_socket_at_its_place(tmp_path: Path) -> None:
+    member = ('[store]\nurl = "postgresql+psycopg://a@db/adaptd"\n[server]\nsocket = "/run/m1.sock"\n'
+              '[cluster]\nmembers = 2\nmember = 1\nsockets = [{}]\n')
+    load_config(str(write(tmp_path / "ok", member.format('"/run/m0.sock", "/run/m1.sock"'))))
+    with pytest.raises(ConfigError, match=r"cluster.sockets\[1\] = '/run/m0.sock' is not this member's own "
+                                          r"server.socket \('/run/m1.sock'\): list the sockets in member order"):
+        load_config(str(write(tmp_path / "swapped", member.format('"/run/m1.sock", "/run/m0.sock"'))))
+
+
 # -- adaptd check-config ----------------------------------------------------------------------
 
 def test_check_config_accepts_a_good_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
