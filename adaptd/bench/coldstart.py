@@ -48,7 +48,6 @@ HORIZONS = (24, 48)
 ARMS = ("naive", "θ* alone, first-value pad", "θ* alone, last-value pad", "engine (cold start)")
 
 
-
 def segments(dataset: str, need: int, stride: int, data_dir: str | None, settings: Settings,
              rows_from: str = "test") -> tuple[np.ndarray, float]:
     """(starts, need) values in units of their series' spread, and the step in seconds."""
