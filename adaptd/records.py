@@ -63,7 +63,8 @@ def parse_ts(raw: Any) -> float:
     else:
         raise Rejected(f"ts must be epoch seconds or an ISO-8601 string, got {json_kind(raw)}", "ts")
     if not math.isfinite(ts) or not MIN_TS <= ts <= MAX_TS:
-        raise Rejected(f"ts {raw!r} is out of range (years 1 to 9999)", "ts")
+        hint = "; epoch seconds are wanted, not milliseconds" if MIN_TS <= ts / 1000 <= MAX_TS else ""
+        raise Rejected(f"ts {raw!r} is out of range (years 1 to 9999){hint}", "ts")
     return ts
 
 

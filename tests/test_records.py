@@ -176,6 +176,13 @@ def test_bad_values(raw: Any, why: str) -> None:
     assert info.value.field == "value"
 
 
+def test_a_timestamp_in_milliseconds_says_so() -> None:
+    with pytest.raises(Rejected, match=r"out of range \(years 1 to 9999\); epoch seconds are wanted, not milliseconds"):
+        parse_ts(JAN_1_2024 * 1000)
+    with pytest.raises(Rejected, match=r"out of range \(years 1 to 9999\)$"):
+        parse_ts(1e300)
+
+
 # -- whole records ----------------------------------------------------------------------------
 
 def test_a_good_record() -> None:
