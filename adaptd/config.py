@@ -142,7 +142,7 @@ class MetaSettings:
     outer_rate: float = 0.001
     step_rate: float = 0.03
     cold_start_weight: float = 1.0
-    splices: float = 0.4
+    splices: float = 0.0
     query: int = 24
     validation_series: float = 0.2
     validation_tasks: int = 256
