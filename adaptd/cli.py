@@ -78,8 +78,15 @@ def cmd_forecast(settings: Settings, args: argparse.Namespace) -> int:
 
     route = Route.of(settings)
     member = route.member_of(args.series)   # the daemon that serves it, given [cluster] sockets
-    horizon = args.horizon if args.horizon is not None else min(24, settings.model.max_horizon)
-    response = route.ask(member, {"op": "forecast", "series": args.series, "horizon": horizon})
+    client = route.connect(member)
+    try:
+        horizon = args.horizon
+        if horizon is None:   # the daemon's limit, not the client config's (which may not set it)
+            limit = client.request({"op": "stats"}).get("max_horizon") or settings.model.max_horizon
+            horizon = min(24, int(limit))
+        response = client.request({"op": "forecast", "series": args.series, "horizon": horizon})
+    finally:
+        client.close()
     if not response.get("ok"):
         return _fail(route.label(member) + _error_text(response))
     print(json.dumps(response) if args.json else forecast_table(response, settings.model.coverage))
@@ -231,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.epilog = "With [cluster] sockets in the config, the member that owns the series answers."
     p.add_argument("series")
     p.add_argument("-H", "--horizon", type=int, default=None,
-                   help="steps ahead (default 24, or [model] max_horizon if that is less)")
+                   help="steps ahead (default 24, or the daemon's [model] max_horizon if that is less)")
     p.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
     p = add("series", cmd_series, "list series with counts and last timestamps")
     p.epilog = ("With [cluster] sockets in the config, every member's series, in one list (exit 1, "

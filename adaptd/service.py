@@ -265,5 +265,6 @@ class Service:
             "engine": self.engine.stats(),
             "store": {"url": redact(str(self.store.engine.url)), "dialect": self.store.dialect},
             "cluster": {"members": self.membership.members, "member": self.membership.member},
+            "max_horizon": self.settings.model.max_horizon,
             "config": self.settings.source,
         }

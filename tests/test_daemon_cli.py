@@ -229,16 +229,19 @@ def test_forecast_table_and_json(daemon: DaemonProcess, workdir: Path) -> None:
                                                                           rel=1e-5)
 
 
-def test_forecast_without_a_horizon_asks_what_the_config_allows(daemon: DaemonProcess, workdir: Path) -> None:
-    """`-H` defaults to 24, or to [model] max_horizon where that is less: a plain `adaptd
+def test_forecast_without_a_horizon_asks_what_the_daemon_allows(workdir: Path) -> None:
+    """`-H` defaults to 24, or to the daemon's [model] max_horizon where that is less, even when
+    the client's config (e.g. one listing a cluster's sockets) does not say it: a plain `adaptd
     forecast` is never refused for a horizon the operator did not ask for."""
-    daemon.ingest([{"series": "short", "ts": 1704067200 + 3600 * i, "value": float(i)} for i in range(12)])
-    for max_horizon, expected in ((6, 6), (48, 24)):
-        config = workdir / f"client{max_horizon}.toml"
-        config.write_text(f'[server]\nsocket = "{daemon.socket_path}"\n[model]\nmax_horizon = {max_horizon}\n')
-        out = run_cli("forecast", "short", "--json", config=config)
-        assert out.returncode == 0, out.stderr
-        assert len(json.loads(out.stdout)["points"]) == expected
+    with running_daemon(sections={"model": {"max_horizon": 6}}) as d:
+        d.ingest([{"series": "short", "ts": 1704067200 + 3600 * i, "value": float(i)} for i in range(12)])
+        client = workdir / "client.toml"
+        client.write_text(f'[server]\nsocket = "{d.socket_path}"\n')   # max_horizon: the built-in 48
+        for config in (d.config, client):
+            out = run_cli("forecast", "short", "--json", config=config)
+            assert out.returncode == 0, out.stderr
+            assert len(json.loads(out.stdout)["points"]) == 6
+        assert d.request({"op": "stats"})["max_horizon"] == 6
 
 
 def test_forecast_errors_exit_1(daemon: DaemonProcess) -> None:
