@@ -78,12 +78,11 @@ def cmd_forecast(settings: Settings, args: argparse.Namespace) -> int:
 
     route = Route.of(settings)
     member = route.member_of(args.series)   # the daemon that serves it, given [cluster] sockets
-    client = route.connect(member)
+    client, stats = route.open(member, stats=args.horizon is None)
     try:
         horizon = args.horizon
         if horizon is None:   # the daemon's limit, not the client config's (which may not set it)
-            limit = client.request({"op": "stats"}).get("max_horizon") or settings.model.max_horizon
-            horizon = min(24, int(limit))
+            horizon = min(24, int((stats or {}).get("max_horizon") or settings.model.max_horizon))
         response = client.request({"op": "forecast", "series": args.series, "horizon": horizon})
     finally:
         client.close()
@@ -146,17 +145,16 @@ def status_output(route: Route, answers: dict[int, dict[str, Any]], failed: dict
     every daemon asked answered and is healthy."""
     from .render import status_text
 
-    healthy = not failed and all(answer.get("health") == "ok" for answer in answers.values())
+    code = 0 if not failed and all(answer.get("health") == "ok" for answer in answers.values()) else 1
     if not route.cluster:
-        return (json.dumps(answers[0]) if as_json else status_text(answers[0])), 0 if healthy else 1
+        return (json.dumps(answers[0]) if as_json else status_text(answers[0])), code
     asked = sorted([*answers, *failed])
     if as_json:
-        return json.dumps([answers.get(k) or {"ok": False, "member": k, "error": failed[k]} for k in asked]), \
-            0 if healthy else 1
+        return json.dumps([answers.get(k) or {"ok": False, "member": k, "error": failed[k]} for k in asked]), code
     text = "\n\n".join(f"member {k} ({route.sockets[k]})\n" + (status_text(answers[k]) if k in answers else
                                                                 f"health:            unreachable: {failed[k]}")
                        for k in asked)
-    return text, 0 if healthy else 1
+    return text, code
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:

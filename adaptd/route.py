@@ -20,6 +20,7 @@ from .ownership import owner
 
 
 CHECK_TIMEOUT = 5.0   # seconds: other members checked when the one asked cannot be reached
+STATS = {"op": "stats"}
 
 
 class ClusterMismatch(ClientError):
@@ -69,14 +70,20 @@ class Route:
         return f"member {member} ({self.sockets[member]}): " if self.members > 1 else ""
 
     def connect(self, member: int, timeout: float | None = 60.0) -> Client:
-        """A connection to `member`'s daemon (close it when done), checked to be that member.
+        """A connection to `member`'s daemon (close it when done), checked to be that member."""
+        return self.open(member, timeout, stats=False)[0]
+
+    def open(self, member: int, timeout: float | None = 60.0, stats: bool = True
+             ) -> tuple[Client, dict[str, Any] | None]:
+        """`connect`, and the daemon's answer to `stats` (with `stats`, or when the check asked
+        for it anyway: a caller that needs it does not ask twice).
 
         When that daemon cannot be asked, the other members are checked before that is reported: a
         list with a socket too many names a member that does not exist, and `forecast` of a series
         the list gives to it would otherwise say only that no daemon is running there, not that
         the list is wrong."""
         try:
-            return self._connect(member, timeout)
+            return self._connect(member, timeout, stats)
         except ClusterMismatch:
             raise
         except ClientError:
@@ -91,20 +98,23 @@ class Route:
             if other == member:
                 continue
             try:
-                self._connect(other, timeout).close()
+                self._connect(other, timeout, False)[0].close()
             except ClusterMismatch:
                 raise
             except ClientError:
                 continue
 
-    def _connect(self, member: int, timeout: float | None) -> Client:
+    def _connect(self, member: int, timeout: float | None, want_stats: bool
+                 ) -> tuple[Client, dict[str, Any] | None]:
         path = self.sockets[member]
         client = Client(path, timeout)
         client.connect()
-        if not self.cluster:
-            return client
+        if not (self.cluster or want_stats):
+            return client, None
         try:
-            stats = client.request({"op": "stats"})
+            stats = client.request(STATS)
+            if not self.cluster:
+                return client, stats
             if not stats.get("ok"):
                 error = stats.get("error", {})
                 raise ClientError(f"the daemon at {path} answered stats with {error.get('code')}: "
@@ -115,12 +125,12 @@ class Route:
         except BaseException:
             client.close()
             raise
-        return client
+        return client, stats
 
     def ask(self, member: int, request: dict[str, Any]) -> dict[str, Any]:
-        client = self.connect(member)
+        client, stats = self.open(member, stats=request == STATS)
         try:
-            return client.request(request)
+            return stats if stats is not None and request == STATS else client.request(request)
         finally:
             client.close()
 
