@@ -187,3 +187,13 @@ def test_a_socket_path_too_long_for_a_unix_address_is_a_client_error_not_a_trace
     from adaptd.client import Client, ClientError
     with pytest.raises(ClientError, match="cannot connect to .*: AF_UNIX path too long"):
         Client("/tmp/" + "x" * 200).connect()
+
+
+@pytest.mark.parametrize("member", ["2", "-1"])
+def test_a_member_number_outside_the_list_is_refused_before_any_daemon_is_asked(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], member: str) -> None:
+    config = tmp_path / "client.toml"
+    config.write_text('[cluster]\nsockets = ["m0.sock", "m1.sock"]\n')   # nothing listens there
+    for command in ("status", "series"):
+        assert main([command, "--member", member, "--config", str(config)]) == 2
+        assert f"--member {member}: [cluster] sockets lists members 0 to 1" in capsys.readouterr().err
