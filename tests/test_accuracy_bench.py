@@ -278,6 +278,14 @@ def test_validation_sweeps_reject_bad_arguments_before_reading_data(argv, messag
     assert message in capsys.readouterr().err
 
 
+def test_a_validation_sweep_without_its_data_says_where_it_looked(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit:
+        validate_main(["--datasets", "wth", "--baselines", "", "--data-dir", str(tmp_path)])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert "WTH data not found" in err and str(tmp_path) in err and "Traceback" not in err
+
+
 @needs_data
 def test_report_takes_extra_models() -> None:
     class Zero:

@@ -15,7 +15,7 @@ import json
 from ...config import load_config
 from ...engine.online import OnlineConfig
 from .baselines import baseline_specs
-from .datasets import FILES, load_split
+from .datasets import FILES, DataMissing, load_split
 from .engine_model import EngineModel
 from .report import AFTER_CHANGE_SEASONS, auto_protocol, change_episodes, interval_text, paired_ratio
 from .runner import BenchContext, EvalResult, after_changes, evaluate
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated baseline models scored next to the variants")
     parser.add_argument("--variants", default="{}", help='JSON: {"name": {OnlineConfig field: value}}')
     parser.add_argument("--no-default", action="store_true", help="skip the default settings' row")
+    parser.add_argument("--data-dir", help="where ett/ and wth/ are (default ../shared/data)")
     args = parser.parse_args(argv)
     H = args.horizon
     datasets, baselines = (list(filter(None, arg.split(","))) for arg in (args.datasets, args.baselines))
@@ -62,7 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     protocol = auto_protocol(H)
     settings = load_config(None)
     for name in datasets:
-        split = load_split(name, protocol)
+        try:
+            split = load_split(name, protocol, args.data_dir)
+        except DataMissing as e:
+            parser.error(str(e))
         values = split.values[: split.val_end]
         ctx = BenchContext(name, protocol, H, split.channels, split.period, split.step_seconds, split.train_end,
                            split.val_end - split.train_end, split.val_end)
