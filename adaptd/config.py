@@ -89,6 +89,7 @@ class ModelSettings:
     mixture_eta: float = 4.0
     mixture_memory: float = 0.05
     mixture_anchor: float = 0.5
+    blend_memory: float = 0.002
     torch_threads: int = 1
     learning_backlog: int = 1_000_000
     shed_lag: float = 1.0
@@ -275,6 +276,8 @@ CHECKS: dict[str, dict[str, Check]] = {
         "mixture_memory": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
         "mixture_anchor": (lambda v: 0 <= v <= 1, "a number from 0 (weights follow recent losses only) to 1 (a fixed blend of the "
                            "experts within 3x of the best one's recent loss)"),
+        "blend_memory": (lambda v: 0 <= v < 1, "a number from 0 (the anchor's blend is fixed: half RLS, half recurrent) "
+                         "to below 1 (the weight of the newest error in the learnt blend's memory)"),
         "torch_threads": (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
         "learning_backlog": (lambda v: 1000 <= v <= 100_000_000, "an integer from 1000 to 100000000"),
         "shed_lag": (lambda v: 0 <= v <= 86_400, "a number of seconds from 0 (never skip) to 86400"),

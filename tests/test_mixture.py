@@ -13,7 +13,7 @@ PRIOR = np.array([0.5, 0.5, 0.0])
 def weights_after(mixture: Mixture, sq_errors: list[float], times: int = 200) -> np.ndarray:
     mixture.resize(1, 1)
     for _ in range(times):
-        mixture.update(np.array([0]), np.array([0]), np.array([sq_errors]))
+        mixture.update(np.array([0]), np.array([0]), np.sqrt(np.array([sq_errors])))
     return mixture.weights(np.array([0]), np.eye(1))[0, :, 0]
 
 
@@ -55,7 +55,50 @@ def test_rows_left_unanchored_follow_their_losses_alone():
     mixture = Mixture(3, eta=4.0, anchor=0.5, prior=PRIOR)
     mixture.resize(2, 1)
     for _ in range(200):
-        mixture.update(np.array([0, 1]), np.array([0, 0]), np.array([[1.0, 1.0, 0.4], [1.0, 1.0, 0.4]]))
+        mixture.update(np.array([0, 1]), np.array([0, 0]), np.sqrt(np.array([[1.0, 1.0, 0.4], [1.0, 1.0, 0.4]])))
     w = mixture.weights(np.array([0, 1]), np.eye(1), anchored=np.array([True, False]))[:, :, 0]
     assert w[0, 2] == pytest.approx(0.5, abs=0.02)   # anchored: half stays on the prior
     assert w[1, 2] > 0.98                            # unanchored: all on the best expert
+
+
+def learnt_blend(rls: np.ndarray, gru: np.ndarray, units: float = 1.0) -> np.ndarray:
+    """The anchor's blend after these errors (all of the weight anchored)."""
+    mixture = Mixture(3, eta=4.0, anchor=1.0, prior=PRIOR, blend_memory=0.01)
+    mixture.resize(1, 1)
+    for r, g in zip(rls, gru):
+        mixture.update(np.array([0]), np.array([0]), np.array([[r, g, 1.0]]), np.array([units]))
+    return mixture.weights(np.array([0]), np.eye(1))[0, :, 0]
+
+
+def test_a_learnt_blend_weighs_the_experts_by_their_error_variances():
+    rng = np.random.default_rng(0)
+    rls, gru = rng.normal(0, 1.0, 3000), rng.normal(0, 2.0, 3000)
+    w = learnt_blend(rls, gru)
+    # Independent errors: weights in inverse proportion to the variances, 4:1 (shrunk a little).
+    assert w[0] == pytest.approx(0.8, abs=0.05) and w[1] == pytest.approx(0.2, abs=0.05) and w[2] == 0
+    # It minimises the blend's error, not each expert's: errors that cancel share the weight.
+    common = rng.normal(0, 1.0, 3000)
+    w = learnt_blend(common + rng.normal(0, 0.1, 3000), -common + rng.normal(0, 0.1, 3000))
+    assert w[0] == pytest.approx(0.5, abs=0.05) and w[1] == pytest.approx(0.5, abs=0.05)
+
+
+def test_a_learnt_blend_stays_a_blend_and_is_the_prior_before_any_error():
+    mixture = Mixture(3, eta=4.0, anchor=1.0, prior=PRIOR, blend_memory=0.01)
+    mixture.resize(2, 1)
+    assert mixture.weights(np.array([0]), np.eye(1))[0, :, 0].tolist() == PRIOR.tolist()
+    # A worse expert whose errors go the same way as the better one's would take a negative
+    # weight in the unconstrained optimum: the blend keeps it at 0.
+    rng = np.random.default_rng(1)
+    common = rng.normal(0, 1.0, 2000)
+    w = learnt_blend(common, 3 * common + rng.normal(0, 0.1, 2000))
+    assert w[0] == pytest.approx(1.0) and w[1] == pytest.approx(0.0) and (w >= 0).all()
+    # Non-finite errors are not learnt; huge ones are bounded.
+    mixture.update(np.array([1, 1]), np.array([0, 0]), np.array([[np.nan, 1.0, 1.0], [1e300, 1.0, 1.0]]))
+    assert np.isfinite(mixture.moments).all()
+    assert np.isfinite(mixture.weights(np.array([1]), np.eye(1))).all()
+
+
+def test_a_learnt_blend_needs_a_prior_of_two_experts():
+    with pytest.raises(ValueError, match="a learnt blend is of two experts"):
+        Mixture(3, anchor=0.5, prior=np.array([0.4, 0.3, 0.3]), blend_memory=0.01)
+    Mixture(3, anchor=0.5, prior=np.array([0.4, 0.3, 0.3]))            # a fixed blend may weigh any

@@ -383,9 +383,9 @@ def stored(arrays: dict[str, np.ndarray], header: dict) -> Checkpoint:
     return Checkpoint("s", "online", CHECKPOINT_FORMAT, encode(arrays, header, CHECKPOINT_FORMAT))
 
 
-def donor_state(y: np.ndarray) -> tuple[OnlineEngine, dict[str, np.ndarray], dict]:
+def donor_state(y: np.ndarray, config: OnlineConfig = SMALL) -> tuple[OnlineEngine, dict[str, np.ndarray], dict]:
     """An engine that learnt y, and its checkpoint's arrays and header (to damage in a test)."""
-    donor = make_engine()
+    donor = make_engine(config)
     feed(donor, y)
     arrays, header = decode(donor.checkpoint()[0].payload, donor.fingerprint(), CHECKPOINT_FORMAT)
     return donor, arrays, header
@@ -721,6 +721,19 @@ def test_the_mixture_anchor_reaches_the_forecasts():
     assert np.allclose(weights[0], np.array([0.5, 0.5, 0.0])[:, None])
 
 
+def test_a_learnt_blend_leans_to_the_expert_whose_errors_have_been_smaller():
+    y = seasonal(400)
+    fixed = feed(make_engine(dataclasses.replace(SMALL, mixture_anchor=1.0)), y)[-1]
+    engine = make_engine(dataclasses.replace(SMALL, mixture_anchor=1.0, blend_memory=0.02))
+    learnt = feed(engine, y)[-1]
+    assert not np.allclose(fixed, learnt)
+    slot = np.array([engine.slots["s"]])
+    weights = engine.mixture.weights(slot, engine.spread)[0]            # (experts, H)
+    better = int(np.argmin(engine.mixture.loss[slot[0], :2, 0]))        # RLS or GRU, lately, at lead 1
+    assert weights[better, 0] > 0.5 and weights[2].max() == 0.0         # the last value is not blended
+    assert np.allclose(weights.sum(axis=0), 1.0)
+
+
 def test_many_series_in_one_batch_move_in_lockstep():
     engine = make_engine()
     batch = [Observation(f"s{k}", t * HOUR, float(v)) for t, v in enumerate(seasonal(50)) for k in range(3)]
@@ -919,3 +932,51 @@ def test_with_train_every_a_series_with_regular_gaps_still_takes_its_gru_steps()
     assert engine.counters["gap_steps_filled"] > 0
     # ~(400 - window) / 4 steps each, whatever the phase
     assert all(stepped.get(n, 0) >= 80 for n in names.values()), stepped
+
+
+BLENDED = dataclasses.replace(SMALL, mixture_anchor=0.5, blend_memory=0.01)
+
+
+def test_a_restored_engine_keeps_its_learnt_blend_and_forecasts_exactly_as_before():
+    y = seasonal(150)
+    engine = make_engine(BLENDED)
+    feed(engine, y)
+    fresh = engine.mixture.fresh_moments(1, engine.mixture.moments.shape[3])[0]
+    assert not np.allclose(engine.mixture.moments[0], fresh)          # it learnt from the errors
+    history = {"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}
+    restored = make_engine(BLENDED)
+    assert restored.restore(history, engine.checkpoint()) == []
+    np.testing.assert_array_equal(restored.mixture.moments[0], engine.mixture.moments[0])
+    for t, v in ((150, 11.0), (151, 9.5)):
+        engine.observe([Observation("s", t * HOUR, v)])
+        restored.observe([Observation("s", t * HOUR, v)])
+        assert restored.forecast("s", 4) == engine.forecast("s", 4)
+
+
+def test_a_checkpoint_from_before_the_learnt_blend_restores_with_the_blend_afresh(caplog):
+    y = seasonal(150)
+    engine = make_engine(BLENDED)
+    feed(engine, y)
+    old = []
+    for cp in engine.checkpoint():
+        arrays, header = decode(cp.payload, engine.fingerprint(), CHECKPOINT_FORMAT)
+        del arrays["mixture_moments"]
+        old.append(dataclasses.replace(cp, payload=encode(arrays, header, CHECKPOINT_FORMAT)))
+    restored = make_engine(BLENDED)
+    assert restored.restore({"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}, old) == []
+    assert "ignoring" not in caplog.text
+    assert restored.forecast("s", 4) == engine.forecast("s", 4)       # the forecast it had issued
+    np.testing.assert_array_equal(restored.mixture.moments[0],
+                                  restored.mixture.fresh_moments(1, restored.mixture.moments.shape[3])[0])
+    restored.observe([Observation("s", 150 * HOUR, 11.0)])
+    assert np.isfinite([(p.value, p.lo, p.hi) for p in restored.forecast("s", 4).points]).all()
+
+
+def test_a_checkpoint_with_a_broken_learnt_blend_is_refused(caplog):
+    y = seasonal(150)
+    _, arrays, header = donor_state(y, BLENDED)
+    arrays["mixture_moments"] = np.full_like(arrays["mixture_moments"], np.nan)
+    restored = make_engine(BLENDED)
+    restored.learn(restored.restore({"s": [(t * HOUR, float(v)) for t, v in enumerate(y)]}, [stored(arrays, header)]))
+    assert "ignoring its checkpoint" in caplog.text and "mixture_moments" in caplog.text
+    assert np.isfinite([p.value for p in restored.forecast("s", 4).points]).all()

@@ -81,6 +81,7 @@ class Checkpointing:
                 arrays.update(self.rls.state(slot))
                 arrays.update({f"gru_{k}": v[slot].numpy() for k, v in self.gru.params.items()})
                 arrays["mixture_loss"] = self.mixture.loss[slot]
+                arrays["mixture_moments"] = self.mixture.moments[slot]
                 arrays["conformal_q"] = self.conformal.q[slot]
                 # A detection whose adaptation is still owed (queued, running, or cancelled at
                 # shutdown) is saved as owed: after a restart the first learning step runs it
@@ -158,6 +159,10 @@ class Checkpointing:
         if arrays["mixture_loss"].shape != self.mixture.loss[slot].shape:
             raise SnapshotError(f"mixture_loss has shape {arrays['mixture_loss'].shape}, "
                                 f"expected {self.mixture.loss[slot].shape}")
+        # A checkpoint from before the learnt blend starts it afresh (the fixed prior).
+        moments = arrays.get("mixture_moments", self.mixture.fresh_moments(1, self.mixture.loss.shape[2])[0])
+        if moments.shape != self.mixture.moments[slot].shape or not np.isfinite(moments).all():
+            raise SnapshotError(f"mixture_moments is not {self.mixture.moments[slot].shape} finite numbers")
         q, issued = arrays["conformal_q"], arrays["issued_q"]
         if q.shape != self.conformal.q[slot].shape or not ((q >= 0) & (q <= CEILING)).all():
             raise SnapshotError(f"conformal_q is not {self.conformal.q[slot].shape} widths in [0, {CEILING:g}]")
@@ -174,6 +179,7 @@ class Checkpointing:
         self.rls.load_state(slot, arrays)
         self.gru.load(np.array([slot]), {k: v[None] for k, v in params.items()})
         self.mixture.loss[slot] = arrays["mixture_loss"]
+        self.mixture.moments[slot] = moments
         self.conformal.q[slot] = arrays["conformal_q"]
         if self.regimes.enabled:   # a checkpoint from before regime memory has none: that is fine
             try:
@@ -195,6 +201,7 @@ class Checkpointing:
         self.regimes.forget(slot)
         self.drift.reset(slot)
         self.mixture.loss[slot] = 1.0
+        self.mixture.moments[slot] = self.mixture.fresh_moments(1, self.mixture.loss.shape[2])[0]
         if self.config.cold:
             self.mixture.lean(np.array([slot]), GRU, COLD_START_GRU_SHARE)
         self.conformal.q[slot] = self.conformal.initial

@@ -33,7 +33,7 @@ def online_config(settings: Settings, horizon: int | None = None, seed: int = 0)
         window=m.window, patch=m.patch, hidden=m.hidden, horizon=horizon or m.max_horizon,
         rls_lags=m.rls_lags, rls_forgetting=m.rls_forgetting, learning_rate=m.learning_rate,
         train_every=m.train_every, mixture_eta=m.mixture_eta, mixture_memory=m.mixture_memory,
-        mixture_anchor=m.mixture_anchor, coverage=m.coverage, interval_rate=m.interval_rate,
+        mixture_anchor=m.mixture_anchor, blend_memory=m.blend_memory, coverage=m.coverage, interval_rate=m.interval_rate,
         detector=d.detector, detector_params=d.detector_params(seed), cooldown=d.cooldown, adapt=a.enabled,
         adapt_steps=a.steps, adapt_window=a.window, adapt_validation=a.validation, adapt_keep=a.keep,
         adapt_workers=a.workers, regime_memory=a.regime_memory, regime_shared=a.regime_shared,

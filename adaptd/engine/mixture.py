@@ -13,6 +13,14 @@ fully adaptive weights on the validation rows of ETTh2, ETTm1 and WTH alike (BEN
 at some lead is `gate` times the best expert's there holds none of it (an RLS fitted to a
 noiseless cycle forecasts hundreds of scale units off after a level shift; a quarter of the
 weight kept on it sent the forecast the wrong way for over ten hours).
+
+With `blend_memory` > 0 the anchor's blend is learnt instead of fixed: the blended experts'
+(those the prior weighs) errors keep a slowly forgetting second-moment matrix per series and
+lead, and the blend is the variance-minimising combination under it (Bates and Granger, 1969),
+shrunk a little toward the prior's equal footing and kept within [0, 1]. It starts as the prior
+(no errors seen: equal variances, no covariance). A long memory makes it the stable partner of
+the fast weights: on WTH's validation rows the recurrent model is 11% worse than RLS and the
+fixed half share cost accuracy, on ETTh2 it is the better expert at many steps.
 """
 
 from __future__ import annotations
@@ -22,11 +30,17 @@ import numpy as np
 
 # An expert whose recent loss is this many times the best expert's gets none of the anchor.
 GATE = 3.0
+# Share of a learnt blend's second moments replaced by their mean variance: toward equal weights,
+# and a well-posed solve while the experts' errors are nearly collinear.
+SHRINK = 0.03
+# Errors count at most this much (in their units): one absurd forecast cannot swamp the record.
+ERROR_BOUND = 1e3
 
 
 class Mixture:
     def __init__(self, experts: int, eta: float = 4.0, memory: float = 0.05,
-                 anchor: float = 0.0, prior: np.ndarray | None = None, gate: float = GATE):
+                 anchor: float = 0.0, prior: np.ndarray | None = None, gate: float = GATE,
+                 blend_memory: float = 0.0):
         self.experts = experts
         self.eta = eta
         self.memory = memory  # weight of the newest loss in the running mean
@@ -36,7 +50,12 @@ class Mixture:
         if prior.shape != (experts,) or (prior < 0).any() or not np.isclose(prior.sum(), 1.0):
             raise ValueError(f"prior must be {experts} non-negative weights summing to 1, not {prior!r}")
         self.prior = prior[None, :, None]
+        self.blend_memory = blend_memory   # 0: the anchor's blend is the fixed prior
+        self.blended = np.flatnonzero(prior > 0)
+        if blend_memory > 0 and len(self.blended) != 2:
+            raise ValueError(f"a learnt blend is of two experts; the prior weighs {len(self.blended)}")
         self.loss = np.zeros((0, experts, 0))
+        self.moments = np.zeros((0, len(self.blended), len(self.blended), 0))   # (n, B, B, leads)
 
     def resize(self, capacity: int, leads: int) -> None:
         old = self.loss.shape[0]
@@ -44,13 +63,56 @@ class Mixture:
             loss = np.ones((capacity, self.experts, leads))
             loss[:old, :, : self.loss.shape[2]] = self.loss[:, :, :leads]
             self.loss = loss
+            moments = self.fresh_moments(capacity, leads)
+            moments[:old, :, :, : self.moments.shape[3]] = self.moments[..., :leads]
+            self.moments = moments
 
-    def update(self, slots: np.ndarray, lead_index: np.ndarray, sq_errors: np.ndarray) -> None:
-        """sq_errors: (n, experts) squared normalised errors for (slot, lead) pairs."""
-        ok = np.isfinite(sq_errors).all(axis=1)
-        slots, lead_index, sq = slots[ok], lead_index[ok], np.minimum(sq_errors[ok], 1e6)
+    def fresh_moments(self, n: int, leads: int) -> np.ndarray:
+        """What a series' learnt blend starts from: the prior's equal footing."""
+        B = len(self.blended)
+        return np.broadcast_to(np.eye(B)[None, :, :, None], (n, B, B, leads)).copy()
+
+    def update(self, slots: np.ndarray, lead_index: np.ndarray, errors: np.ndarray,
+               units: np.ndarray | None = None) -> None:
+        """errors: (n, experts) normalised errors for (slot, lead) pairs; units: (n,) what turns
+        them into the units the learnt blend minimises (the engine: the long-run scale's)."""
+        ok = np.isfinite(errors).all(axis=1)
+        slots, lead_index, errors = slots[ok], lead_index[ok], np.clip(errors[ok], -ERROR_BOUND, ERROR_BOUND)
         current = self.loss[slots, :, lead_index]
-        self.loss[slots, :, lead_index] = (1 - self.memory) * current + self.memory * sq
+        self.loss[slots, :, lead_index] = (1 - self.memory) * current + self.memory * errors ** 2
+        if self.blend_memory > 0:
+            e = errors[:, self.blended] * (1.0 if units is None else units[ok, None])
+            e = np.clip(e, -ERROR_BOUND, ERROR_BOUND)
+            current = self.moments[slots, :, :, lead_index]                     # (n, B, B)
+            self.moments[slots, :, :, lead_index] = ((1 - self.blend_memory) * current
+                                                     + self.blend_memory * e[:, :, None] * e[:, None, :])
+
+    def learnt_blend(self, slots: np.ndarray) -> np.ndarray:
+        """(n, experts, leads) the anchor's learnt blend at each scored lead (the module's docstring).
+
+        >>> mixture = Mixture(3, prior=np.array([0.5, 0.5, 0.0]), blend_memory=0.5)
+        >>> mixture.resize(1, 1)
+        >>> mixture.learnt_blend(np.array([0]))[0, :, 0].tolist()                # nothing seen yet
+        [0.5, 0.5, 0.0]
+        >>> for _ in range(20):
+        ...     mixture.update(np.array([0]), np.array([0]), np.array([[0.5, 2.0, 1.0]]))
+        >>> mixture.learnt_blend(np.array([0]))[0, :, 0].round(2).tolist()       # the first is better
+        [1.0, 0.0, 0.0]
+        """
+        m = self.moments[slots]                                                   # (n, 2, 2, leads)
+        mean_variance = 0.5 * (m[:, 0, 0] + m[:, 1, 1])
+        a = (1 - SHRINK) * m[:, 0, 0] + SHRINK * mean_variance
+        c = (1 - SHRINK) * m[:, 1, 1] + SHRINK * mean_variance
+        b = (1 - SHRINK) * m[:, 0, 1]
+        # The w minimising the blend's error variance (w, 1 - w) M (w, 1 - w)ᵀ, kept within [0, 1];
+        # a + c - 2b is the variance of the two errors' difference (0: they never differed).
+        gap = a + c - 2 * b
+        with np.errstate(all="ignore"):
+            w = np.clip((c - b) / gap, 0.0, 1.0)
+        w = np.where(np.isfinite(w) & (gap > 0), w, 0.5)
+        out = np.zeros((slots.size, self.experts, m.shape[3]))
+        out[:, self.blended[0]], out[:, self.blended[1]] = w, 1 - w
+        return out
 
     def weights(self, slots: np.ndarray, spread: np.ndarray, anchored: np.ndarray | None = None) -> np.ndarray:
         """(n, experts, H) weights at every lead (spread: the (L, H) interpolation matrix;
@@ -58,10 +120,10 @@ class Mixture:
 
         >>> mixture = Mixture(2, eta=4.0, anchor=0.5, prior=np.array([0.5, 0.5]))
         >>> mixture.resize(1, 1)
-        >>> mixture.update(np.array([0]), np.array([0]), np.array([[0.0, 30.0]]))
+        >>> mixture.update(np.array([0]), np.array([0]), np.array([[0.0, 30 ** 0.5]]))
         >>> mixture.weights(np.array([0]), np.eye(1))[0, :, 0].round(3).tolist()
         [0.749, 0.251]
-        >>> mixture.update(np.array([0]), np.array([0]), np.array([[0.0, 1e6]]))   # broken: no anchor
+        >>> mixture.update(np.array([0]), np.array([0]), np.array([[0.0, 1e3]]))   # broken: no anchor
         >>> mixture.weights(np.array([0]), np.eye(1))[0, :, 0].round(3).tolist()
         [1.0, 0.0]
         """
@@ -77,7 +139,8 @@ class Mixture:
         # Sound at every lead or at none: a lead's loss learns of a broken expert only once its
         # targets mature (lead 24: a day after a level shift), lead 1 at once.
         sound = (loss <= self.gate * typical).all(axis=2, keepdims=True)   # (n, K, 1)
-        prior = self.prior * sound
+        blend = self.prior if self.blend_memory == 0 else self.learnt_blend(slots) @ spread
+        prior = blend * sound
         mass = prior.sum(axis=1, keepdims=True)
         prior = np.where(mass > 0, prior / np.where(mass > 0, mass, 1.0), w)   # no sound prior expert: none
         return (1 - anchor) * w + anchor * prior

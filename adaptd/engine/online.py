@@ -77,7 +77,7 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
         self.rls = BatchedRLS(rls_feature_count(c.rls_lags), c.horizon, c.rls_forgetting)
         self.gru = StackedGRU(c.shape)
         self.mixture = Mixture(len(EXPERTS), c.mixture_eta, c.mixture_memory, c.mixture_anchor, MIXTURE_PRIOR,
-                               c.mixture_gate)
+                               c.mixture_gate, c.blend_memory)
         self.conformal = QuantileTracker(c.coverage, c.interval_rate, leads=self.leads)
         self.drift = DriftMonitor(c.detector, c.detector_params, c.cooldown)
         self.names: list[str] = []
@@ -286,7 +286,7 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
     def _score(self, slots: np.ndarray) -> np.ndarray:
         """Fold matured forecasts into mixture and intervals; returns lead-1 residuals (NaN: none)."""
         residual = np.full(slots.size, np.nan)
-        pick_slots, pick_leads, errors, scaled, widths, tracked, units = [], [], [], [], [], [], []
+        pick_slots, pick_leads, errors, scaled, widths, tracked, units, ratios = [], [], [], [], [], [], [], []
         y = self.hist[slots, -1]
         for j, h in enumerate(self.leads):
             made = (self.first_origin[slots] >= 0) & (self.count[slots] - h >= self.first_origin[slots])
@@ -305,6 +305,7 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
             widths.append(self.issued_width[s, -1 - h, j])
             tracked.append(self.issued_q[s, -1 - h, j])
             units.append(lead_units(origin_ratio, self.leads[j:j + 1])[:, 0])
+            ratios.append(origin_ratio)
             scaled.append(np.abs(err[:, COMBINED]) * origin_ratio)   # in units of the long-run scale
             if h == 1:
                 # In units of the series' long-run scale, not the fast one the models use:
@@ -315,7 +316,8 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
                                                 scaled[-1])
         if pick_slots:
             s_all, j_all, e_all = np.concatenate(pick_slots), np.concatenate(pick_leads), np.concatenate(errors)
-            self.mixture.update(s_all, j_all, e_all[:, :COMBINED] ** 2)
+            # The learnt blend weighs errors in units of the long-run scale, as RLS learns (`_rls_ratio`).
+            self.mixture.update(s_all, j_all, e_all[:, :COMBINED], np.concatenate(ratios))
             self.conformal.update(s_all, j_all, np.abs(e_all[:, COMBINED]) / np.concatenate(units),
                                   np.concatenate(tracked))
             miss, width, scaled_all = np.abs(e_all[:, COMBINED]), np.concatenate(widths), np.concatenate(scaled)

@@ -25,6 +25,7 @@ class OnlineConfig:
     mixture_memory: float = 0.05
     mixture_anchor: float = 0.0  # [model] mixture_anchor sets it in the daemon (default 0.5)
     mixture_gate: float = GATE   # an expert this many times worse than the best loses the anchor
+    blend_memory: float = 0.0    # the anchor's blend: 0 fixed, > 0 learnt ([model] blend_memory in the daemon)
     coverage: float = 0.9
     interval_rate: float = 0.02
     scale_rate: float = 0.04
