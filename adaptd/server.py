@@ -109,6 +109,7 @@ class SocketServer:
         self.request_timeout = request_timeout or None   # 0: no limit
         self._server: asyncio.AbstractServer | None = None
         self._connections: dict[asyncio.Task[None], bool] = {}  # task -> busy answering a request
+        self._streams: dict[asyncio.Task[None], tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
         self._closing = False
 
     async def start(self) -> None:
@@ -138,7 +139,10 @@ class SocketServer:
         if self._server is not None:
             self._server.close()
         for task, busy in list(self._connections.items()):
-            if not busy:
+            # An idle connection is dropped, unless a request reached it as the shutdown began:
+            # its task reads that request and the rest that had arrived and answers each one
+            # (`overloaded`: not served), as a busy connection's are (`_turn_away`).
+            if not busy and not _arrived(*self._streams[task]):
                 task.cancel()
         if self._connections:
             _done, pending = await asyncio.wait(list(self._connections), timeout=timeout)
@@ -162,6 +166,7 @@ class SocketServer:
             writer.close()
             return
         self._connections[task] = False
+        self._streams[task] = (reader, writer)
         self.metrics.connections.inc()
         try:
             await self._converse(task, reader, writer)
@@ -169,6 +174,7 @@ class SocketServer:
             pass
         finally:
             self._connections.pop(task, None)
+            self._streams.pop(task, None)
             self.metrics.connections.dec()
             writer.close()
             with contextlib.suppress(Exception):
@@ -216,6 +222,7 @@ class SocketServer:
                 continue  # blank lines between requests are harmless
             self._connections[task] = True
             conversation.behind_refusal, conversation.refused = start < refused_through, False
+            conversation.closing = self._closing   # read after the shutdown began: answered, not served
             response = await self.handler(line, conversation)
             if conversation.refused:   # counted before the answer leaves: what arrived was sent without it
                 refused_through = consumed + _arrived(reader, writer)
