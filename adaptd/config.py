@@ -274,7 +274,7 @@ CHECKS: dict[str, dict[str, Check]] = {
         "rls_forgetting": (lambda v: 0.9 <= v <= 1, "a number from 0.9 to 1"),
         "mixture_eta": (lambda v: 0 <= v <= 100, "a number from 0 (equal weights) to 100"),
         "mixture_memory": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
-        "mixture_anchor": (lambda v: 0 <= v <= 1, "a number from 0 (weights follow recent losses only) to 1 (a fixed blend of the "
+        "mixture_anchor": (lambda v: 0 <= v <= 1, "a number from 0 (weights follow recent losses only) to 1 (the anchor's blend of the "
                            "experts within 3x of the best one's recent loss)"),
         "blend_memory": (lambda v: 0 <= v < 1, "a number from 0 (the anchor's blend is fixed: half RLS, half recurrent) "
                          "to below 1 (the weight of the newest error in the learnt blend's memory)"),

@@ -161,8 +161,9 @@ class Checkpointing:
                                 f"expected {self.mixture.loss[slot].shape}")
         # A checkpoint from before the learnt blend starts it afresh (the fixed prior).
         moments = arrays.get("mixture_moments", self.mixture.fresh_moments(1, self.mixture.loss.shape[2])[0])
-        if moments.shape != self.mixture.moments[slot].shape or not np.isfinite(moments).all():
-            raise SnapshotError(f"mixture_moments is not {self.mixture.moments[slot].shape} finite numbers")
+        if (moments.shape != self.mixture.moments[slot].shape or not np.isfinite(moments).all()
+                or (np.diagonal(moments) < 0).any()):
+            raise SnapshotError(f"mixture_moments is not {self.mixture.moments[slot].shape} finite second moments")
         q, issued = arrays["conformal_q"], arrays["issued_q"]
         if q.shape != self.conformal.q[slot].shape or not ((q >= 0) & (q <= CEILING)).all():
             raise SnapshotError(f"conformal_q is not {self.conformal.q[slot].shape} widths in [0, {CEILING:g}]")

@@ -32,7 +32,8 @@ TRANSIENT: dict[str, float] = {"issued_width": np.nan, "now_fc": np.nan, "recent
 EXPERTS = ("rls", "gru", "last")
 RLS, GRU, LAST = 0, 1, 2
 COMBINED = len(EXPERTS)
-# The fixed blend an anchored mixture holds part of its weight on (`mixture_anchor`).
+# The blend an anchored mixture holds part of its weight on (`mixture_anchor`): as it is, or where a
+# learnt blend (`blend_memory`) starts.
 MIXTURE_PRIOR = np.array([0.5 if e in ("rls", "gru") else 0.0 for e in EXPERTS])
 # With cold start, a new series' mixture gives the recurrent model (θ*) this share at first and
 # splits the rest among the others (at that age: the last value; RLS has learnt nothing yet and

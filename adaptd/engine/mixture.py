@@ -5,7 +5,7 @@ normalised error; weights are a softmax of -eta * loss / (typical loss), so they
 whichever expert has been better lately, and a reset (after drift) can hand the weight to a
 chosen expert.
 
-An `anchor` share of the weight stays on a fixed `prior` blend. Following recent losses alone
+An `anchor` share of the weight stays on a `prior` blend (fixed, or learnt: below). Following recent losses alone
 chases noise: on WTH's validation rows a fixed half-RLS, half-recurrent blend was as good as RLS
 alone and better than every adaptive weighting, and anchoring half the weight there beat the
 fully adaptive weights on the validation rows of ETTh2, ETTm1 and WTH alike (BENCHMARKS.md,
@@ -14,13 +14,17 @@ at some lead is `gate` times the best expert's there holds none of it (an RLS fi
 noiseless cycle forecasts hundreds of scale units off after a level shift; a quarter of the
 weight kept on it sent the forecast the wrong way for over ten hours).
 
-With `blend_memory` > 0 the anchor's blend is learnt instead of fixed: the blended experts'
-(those the prior weighs) errors keep a slowly forgetting second-moment matrix per series and
-lead, and the blend is the variance-minimising combination under it (Bates and Granger, 1969),
-shrunk a little toward the prior's equal footing and kept within [0, 1]. It starts as the prior
-(no errors seen: equal variances, no covariance). A long memory makes it the stable partner of
-the fast weights: on WTH's validation rows the recurrent model is 11% worse than RLS and the
-fixed half share cost accuracy, on ETTh2 it is the better expert at many steps.
+With `blend_memory` > 0 the anchor's blend of the two experts the prior weighs is learnt
+instead of fixed: their errors keep a slowly forgetting second-moment matrix per series and lead,
+and the blend is the combination with the least mean squared error under it (Bates and Granger,
+1969), shrunk a little toward equal footing and kept within [0, 1]. It starts as the prior (the
+matrix starts as if each expert's errors had been inversely proportional to its prior weight).
+A long memory makes it the stable partner of the fast weights: on WTH's validation rows the
+recurrent model is 11% worse than RLS and the fixed half share cost accuracy; on ETTh2 it is the
+better expert at many steps (BENCHMARKS.md, "Learnt blend"). It is a long-run judgement of the
+two experts' roles, so an adaptation that replaces the recurrent weights leaves it as it is. An
+expert the gate takes out of the anchor leaves its share to the other prior expert, as with the
+fixed blend.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ GATE = 3.0
 # Share of a learnt blend's second moments replaced by their mean variance: toward equal weights,
 # and a well-posed solve while the experts' errors are nearly collinear.
 SHRINK = 0.03
-# Errors count at most this much (in their units): one absurd forecast cannot swamp the record.
+# Errors count at most this much (in their units): a bound against overflow. A level shift's
+# errors do dominate the learnt blend's record for about 1/blend_memory observations.
 ERROR_BOUND = 1e3
 
 
@@ -54,6 +59,9 @@ class Mixture:
         self.blended = np.flatnonzero(prior > 0)
         if blend_memory > 0 and len(self.blended) != 2:
             raise ValueError(f"a learnt blend is of two experts; the prior weighs {len(self.blended)}")
+        # The second moments a fresh blend starts from: equal ones for the engine's halves.
+        weighed = prior[self.blended]
+        self._fresh = np.diag(weighed.mean() / weighed) if weighed.size else np.zeros((0, 0))
         self.loss = np.zeros((0, experts, 0))
         self.moments = np.zeros((0, len(self.blended), len(self.blended), 0))   # (n, B, B, leads)
 
@@ -70,19 +78,20 @@ class Mixture:
     def fresh_moments(self, n: int, leads: int) -> np.ndarray:
         """What a series' learnt blend starts from: the prior's equal footing."""
         B = len(self.blended)
-        return np.broadcast_to(np.eye(B)[None, :, :, None], (n, B, B, leads)).copy()
+        return np.broadcast_to(self._fresh[None, :, :, None], (n, B, B, leads)).copy()
 
     def update(self, slots: np.ndarray, lead_index: np.ndarray, errors: np.ndarray,
-               units: np.ndarray | None = None) -> None:
-        """errors: (n, experts) normalised errors for (slot, lead) pairs; units: (n,) what turns
-        them into the units the learnt blend minimises (the engine: the long-run scale's)."""
+               to_long_run: np.ndarray | None = None) -> None:
+        """errors: (n, experts) normalised errors for (slot, lead) pairs; to_long_run: (n,) what
+        turns them into the units the learnt blend weighs them in (the engine: the long-run scale's)."""
         ok = np.isfinite(errors).all(axis=1)
         slots, lead_index, errors = slots[ok], lead_index[ok], np.clip(errors[ok], -ERROR_BOUND, ERROR_BOUND)
         current = self.loss[slots, :, lead_index]
         self.loss[slots, :, lead_index] = (1 - self.memory) * current + self.memory * errors ** 2
         if self.blend_memory > 0:
-            e = errors[:, self.blended] * (1.0 if units is None else units[ok, None])
-            e = np.clip(e, -ERROR_BOUND, ERROR_BOUND)
+            e = errors[:, self.blended] * (1.0 if to_long_run is None else to_long_run[ok, None])
+            known = np.isfinite(e).all(axis=1)   # a scale that overflowed says nothing about the experts
+            slots, lead_index, e = slots[known], lead_index[known], np.clip(e[known], -ERROR_BOUND, ERROR_BOUND)
             current = self.moments[slots, :, :, lead_index]                     # (n, B, B)
             self.moments[slots, :, :, lead_index] = ((1 - self.blend_memory) * current
                                                      + self.blend_memory * e[:, :, None] * e[:, None, :])
@@ -104,12 +113,12 @@ class Mixture:
         a = (1 - SHRINK) * m[:, 0, 0] + SHRINK * mean_variance
         c = (1 - SHRINK) * m[:, 1, 1] + SHRINK * mean_variance
         b = (1 - SHRINK) * m[:, 0, 1]
-        # The w minimising the blend's error variance (w, 1 - w) M (w, 1 - w)ᵀ, kept within [0, 1];
-        # a + c - 2b is the variance of the two errors' difference (0: they never differed).
-        gap = a + c - 2 * b
+        # The w minimising the blend's mean squared error (w, 1 - w) M (w, 1 - w)ᵀ, kept within
+        # [0, 1]; a + c - 2b is the mean square of the two errors' difference (0: never differed).
+        difference = a + c - 2 * b
         with np.errstate(all="ignore"):
-            w = np.clip((c - b) / gap, 0.0, 1.0)
-        w = np.where(np.isfinite(w) & (gap > 0), w, 0.5)
+            w = np.clip((c - b) / difference, 0.0, 1.0)
+        w = np.where(np.isfinite(w) & (difference > 0), w, 0.5)
         out = np.zeros((slots.size, self.experts, m.shape[3]))
         out[:, self.blended[0]], out[:, self.blended[1]] = w, 1 - w
         return out
@@ -139,8 +148,11 @@ class Mixture:
         # Sound at every lead or at none: a lead's loss learns of a broken expert only once its
         # targets mature (lead 24: a day after a level shift), lead 1 at once.
         sound = (loss <= self.gate * typical).all(axis=2, keepdims=True)   # (n, K, 1)
-        blend = self.prior if self.blend_memory == 0 else self.learnt_blend(slots) @ spread
-        prior = blend * sound
+        prior = self.prior * sound
+        if self.blend_memory > 0:
+            # All of a learnt blend on a gated expert: its share goes to the other, as above.
+            learnt = (self.learnt_blend(slots) @ spread) * sound
+            prior = np.where(learnt.sum(axis=1, keepdims=True) > 0, learnt, prior)
         mass = prior.sum(axis=1, keepdims=True)
         prior = np.where(mass > 0, prior / np.where(mass > 0, mass, 1.0), w)   # no sound prior expert: none
         return (1 - anchor) * w + anchor * prior
