@@ -27,6 +27,9 @@ from .metrics import Metrics
 from .protocol import BAD_REQUEST, OVERLOADED, TOO_LARGE, Conversation, encode, error
 
 log = logging.getLogger(__name__)
+# Seconds an idle connection that bytes had reached when the shutdown began has to read a whole
+# request line before it is closed.
+SPARED_GRACE = 1.0
 
 Handler = Callable[[bytes, Conversation], Awaitable[bytes]]
 
@@ -110,6 +113,7 @@ class SocketServer:
         self._server: asyncio.AbstractServer | None = None
         self._connections: dict[asyncio.Task[None], bool] = {}  # task -> busy answering a request
         self._streams: dict[asyncio.Task[None], tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+        self._grace: dict[asyncio.Task[None], asyncio.TimerHandle] = {}   # idle ones spared at close()
         self._closing = False
 
     async def start(self) -> None:
@@ -138,11 +142,17 @@ class SocketServer:
         self._closing = True
         if self._server is not None:
             self._server.close()
+        loop = asyncio.get_running_loop()
         for task, busy in list(self._connections.items()):
-            # An idle connection is dropped, unless a request reached it as the shutdown began:
-            # its task reads that request and the rest that had arrived and answers each one
+            # An idle connection is dropped, unless bytes had reached it as the shutdown began:
+            # its task then has SPARED_GRACE to read a whole request line (a half-sent one must
+            # not hold the shutdown up), and answers it and the rest that had arrived
             # (`overloaded`: not served), as a busy connection's are (`_turn_away`).
-            if not busy and not _arrived(*self._streams[task]):
+            if busy:
+                continue
+            if _arrived(*self._streams[task]):
+                self._grace[task] = loop.call_later(min(SPARED_GRACE, timeout), task.cancel)
+            else:
                 task.cancel()
         if self._connections:
             _done, pending = await asyncio.wait(list(self._connections), timeout=timeout)
@@ -175,6 +185,7 @@ class SocketServer:
         finally:
             self._connections.pop(task, None)
             self._streams.pop(task, None)
+            self._spared(task)
             self.metrics.connections.dec()
             writer.close()
             with contextlib.suppress(Exception):
@@ -196,7 +207,7 @@ class SocketServer:
         while not self._closing and not ended:
             line = b""
             try:
-                line = await reader.readexactly(1)        # idle: wait for a request as long as it takes
+                line = await reader.readexactly(1)        # idle: wait for a request (until close())
                 if line != b"\n":                         # a blank line is whole already
                     rest = reader.readuntil(b"\n")
                     if self.request_timeout is None:      # no timeout context: it costs ~8 µs a request
@@ -218,6 +229,8 @@ class SocketServer:
                                    f"request line is over {self.max_line_bytes} bytes; split the batch")
                 return
             start, consumed = consumed, consumed + len(line)
+            if self._closing:
+                self._spared(task)   # a whole line read: answered now, within close()'s bounds
             if not line.strip():
                 continue  # blank lines between requests are harmless
             self._connections[task] = True
@@ -231,6 +244,11 @@ class SocketServer:
             self._connections[task] = False
         if self._closing and not ended:
             await self._turn_away(reader, writer, conversation)
+
+    def _spared(self, task: asyncio.Task[None]) -> None:
+        grace = self._grace.pop(task, None)
+        if grace is not None:
+            grace.cancel()
 
     async def _turn_away(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          conversation: Conversation) -> None:
