@@ -47,12 +47,14 @@ class Conversation:
 
 
 class RequestError(Exception):
-    """A request that gets an error response; the connection stays open."""
+    """A request that gets an error response; the connection stays open. `detail`: fields the
+    error object carries besides code and message, for programs (e.g. `member`)."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, detail: dict[str, Any] | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.detail = detail or {}
 
 
 def decode(line: bytes) -> dict[str, Any]:
@@ -96,5 +98,5 @@ def with_id(response: dict[str, Any], request_id: Any) -> dict[str, Any]:
     return response
 
 
-def error(code: str, message: str, request_id: Any = NO_ID) -> dict[str, Any]:
-    return with_id({"ok": False, "error": {"code": code, "message": message}}, request_id)
+def error(code: str, message: str, request_id: Any = NO_ID, detail: dict[str, Any] | None = None) -> dict[str, Any]:
+    return with_id({"ok": False, "error": {"code": code, "message": message, **(detail or {})}}, request_id)

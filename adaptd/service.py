@@ -113,7 +113,7 @@ class Service:
             response = with_id(await self.ops[name](request), request_id)
             payload, outcome = encode(response), "ok"
         except RequestError as exc:
-            payload, outcome = encode(error(exc.code, exc.message, request_id)), exc.code
+            payload, outcome = encode(error(exc.code, exc.message, request_id, exc.detail)), exc.code
         except Exception:
             log.exception("internal error answering a %s request", op)
             payload, outcome = encode(error(INTERNAL, "internal error; see the daemon's log", request_id)), INTERNAL
@@ -197,7 +197,9 @@ class Service:
             fc = await self._models_forecast(series, horizon)
         except UnknownSeries:
             why = self.membership.refusal(series)
-            raise RequestError(UNKNOWN_SERIES, why or f"no observations of series {series!r}") from None
+            if why:   # another member's: say which, for programs to ask it (as ingest's rejections do)
+                raise RequestError(UNKNOWN_SERIES, why, {"member": owner(series, self.membership.members)}) from None
+            raise RequestError(UNKNOWN_SERIES, f"no observations of series {series!r}") from None
         except NotReady as exc:
             raise RequestError(NOT_READY, str(exc)) from None
         source = ("fallback" if fc.model.get("kind") in FALLBACK_KINDS else

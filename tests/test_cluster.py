@@ -74,6 +74,7 @@ def test_two_daemons_on_one_database_each_serve_and_restore_only_their_own(fresh
             other = ours[1 - k][0]
             answer = d.request({"op": "forecast", "series": other, "horizon": 3})
             assert answer["error"]["code"] == "unknown_series" and f"member {1 - k} of 2" in answer["error"]["message"]
+            assert answer["error"]["member"] == 1 - k                                 # where to ask, for programs
             d.wait_learnt()
         before = daemons[0].forecast(ours[0][0], 3)
         for d in daemons:

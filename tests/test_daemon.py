@@ -350,6 +350,7 @@ def test_forecast_of_unknown_series(conn: Client, daemon: DaemonProcess) -> None
     answer = conn.request({"op": "forecast", "series": "no-such-series", "horizon": 1, "id": "u"})
     assert error_code(answer) == "unknown_series" and answer["id"] == "u"
     assert "no-such-series" in answer["error"]["message"]
+    assert set(answer["error"]) == {"code", "message"}     # no `member`: one daemon has no other
     assert_usable(conn, daemon)
 
 
