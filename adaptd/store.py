@@ -22,6 +22,9 @@ from .schema import (MIGRATIONS, SCHEMA_VERSION, create_forecast_view, drift_eve
                      metadata, model_checkpoints, observations, schema_version, series_table)
 
 log = logging.getLogger(__name__)
+# PostgreSQL advisory-lock key (per database) held while the schema is created or migrated;
+# the cluster's own keys are in cluster.py.
+MIGRATION_KEY = 0x61647030
 
 # libpq's own limit on one connection attempt (seconds) unless the URL sets connect_timeout:
 # without it a host that drops packets holds an attempt for the kernel's TCP timeout (~2 min).
@@ -155,6 +158,11 @@ class Store:
     def migrate(self) -> None:
         try:
             with self.engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    # Cluster members started together on a new database would otherwise all
+                    # create the tables at once, and all but one fail (a duplicate type). One at a
+                    # time: the next finds the schema made (until the commit below).
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_KEY})
                 inspector = sa.inspect(conn)
                 if not inspector.has_table("schema_version"):
                     if inspector.has_table("observations"):

@@ -530,3 +530,26 @@ def test_a_role_that_may_not_create_tables_gets_store_error(fresh_postgres_url: 
         with admin.connect() as conn:
             conn.execute(sa.text(f"DROP ROLE IF EXISTS {role}"))
         admin.dispose()
+
+
+def test_stores_opened_at_once_on_a_new_postgresql_database_all_open(fresh_postgres_url: str) -> None:
+    """Cluster members started together (systemd starts them at once) each create the schema if it
+    is missing: one makes it, the others find it, none fails on the race."""
+    barrier = threading.Barrier(6)
+    outcomes: list[object] = []
+
+    def open_store() -> None:
+        barrier.wait()
+        try:
+            store = Store.open(fresh_postgres_url)
+            outcomes.append(store.schema_version())
+            store.close()
+        except Exception as exc:   # what the test reports
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert outcomes == [SCHEMA_VERSION] * 6, outcomes
