@@ -16,6 +16,7 @@ import torch
 from adaptd.engine.base import UnknownSeries
 from adaptd.engine.checkpointing import CHECKPOINT_FORMAT
 from adaptd.engine.conformal import lead_units
+from adaptd.engine.features import LEVEL_CLIP, VALUE_CLIP, rls_level, windows
 from adaptd.engine.learner import Initializer
 from adaptd.engine.online import OnlineConfig, OnlineEngine
 from adaptd.engine.snapshot import decode, encode
@@ -60,6 +61,19 @@ def history_of(names: list[str], y: np.ndarray, stop: int) -> dict[str, list[tup
     """The stored history of rows [0, stop) of y, as `restore` takes it."""
     return {name: [(t * HOUR, float(y[t, i])) for t in range(stop)] for i, name in enumerate(names)}
 
+
+
+def test_rls_reads_the_whole_distance_from_the_mean_where_the_recurrent_models_level_is_clipped() -> None:
+    # A calm stretch (fast scale 0.5, a tenth of the long-run 5.0) 30 above the slow mean: 60
+    # fast units, which the recurrent model reads clipped at LEVEL_CLIP. RLS reads it in long-run
+    # units, whole: 30 / 5 = 6, what it learns mean reversion from (it read 10 x 0.1 = 1 before).
+    last, mean, scale, ratio = np.array([130.0]), np.array([100.0]), np.array([0.5]), np.array([0.1])
+    _, gru_level = windows(np.array([[129.0, 130.0]]), scale, mean)
+    assert gru_level.tolist() == [LEVEL_CLIP]
+    assert rls_level(last, mean, scale, ratio).tolist() == pytest.approx([6.0])
+    # Still bounded (a flat stretch's floor scale can make the distance huge), on both sides.
+    assert rls_level(np.array([1e9, -1e9]), mean.repeat(2), scale.repeat(2), ratio.repeat(2)).tolist() == \
+        [VALUE_CLIP, -VALUE_CLIP]
 
 def test_forecasts_issued_before_k_ignore_every_value_after_k():
     y = seasonal(200)

@@ -55,9 +55,18 @@ def windows(values: np.ndarray, scale: np.ndarray, mean: np.ndarray) -> tuple[np
     return window, level
 
 
+def rls_level(last: np.ndarray, mean: np.ndarray, scale: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+    """The level as RLS reads it: in long-run units (`scale` / `ratio`, see
+    OnlineEngine._rls_ratio), within ±VALUE_CLIP. The GRU's level is clipped at LEVEL_CLIP units
+    of the fast scale; in calm stretches that clip cuts exactly the distance from the mean that
+    RLS learns mean reversion from (on ETTm1 and WTH it bites at ~10% of origins, at half of them
+    on WTH's pressure channels; BENCHMARKS.md, "RLS reads the whole level")."""
+    return np.clip((last - mean) / scale * ratio, -VALUE_CLIP, VALUE_CLIP)
+
+
 def rls_features(window: np.ndarray, level: np.ndarray, lags: int) -> np.ndarray:
     """RLS inputs: the newest `lags` relative values (the origin's own, always 0, left out),
-    the level and a bias."""
+    the level (`rls_level`) and a bias."""
     n = window.shape[0]
     return np.concatenate([window[:, -lags - 1:-1], level[:, None], np.ones((n, 1))], axis=1)
 

@@ -36,8 +36,8 @@ from .base import Engine
 from .checkpointing import Checkpointing
 from .conformal import QuantileTracker, lead_units
 from .drift import DriftMonitor
-from .features import (MIN_SCALE, VALUE_CLIP, rls_feature_count, rls_features, safe_scale, update_stats, update_typical,
-                       windows)
+from .features import (LEVEL_CLIP, MIN_SCALE, VALUE_CLIP, rls_feature_count, rls_features, rls_level, safe_scale,
+                       update_stats, update_typical, windows)
 from .history import missing_steps
 from .layout import COLD_START_GRU_SHARE, COMBINED, EXPERTS, FRESH, GAP_MEMORY, GRU, MIXTURE_PRIOR, TRANSIENT
 from .leads import interpolation, scored_leads
@@ -335,7 +335,7 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
         mean = self.mean_h[slots][:, self.origins - back]
         last = raw[:, :, -1]
         window = np.clip((raw - last[:, :, None]) / scale[:, :, None], -VALUE_CLIP, VALUE_CLIP)
-        level = np.clip((last - mean) / scale, -10.0, 10.0)
+        level = np.clip((last - mean) / scale, -LEVEL_CLIP, LEVEL_CLIP)
         origin = self.count[slots][:, None] - back
         # An origin before a long gap has its targets misaligned (first_origin moved past it).
         valid = (origin >= W) & (origin >= self.first_origin[slots][:, None]) & np.isfinite(scale)
@@ -360,14 +360,15 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
         c = self.config
         H = c.horizon
         back = np.arange(1, H + 1)
-        window, level, valid = self._origins(slots, back)
+        window, _, valid = self._origins(slots, back)
         y_o = self.hist[slots][:, self.span - 1 - back]
         scale = self.scale_h[slots][:, self.origins - back]
+        ratio = self._rls_ratio(slots, back)
         with np.errstate(invalid="ignore"):
             target = np.clip((self.hist[slots, -1][:, None] - y_o) / scale, -VALUE_CLIP, VALUE_CLIP)
-        ratio = self._rls_ratio(slots, back)
+            level = rls_level(y_o, self.mean_h[slots][:, self.origins - back], scale, ratio)
         ok = valid & np.isfinite(target) & np.isfinite(ratio)
-        x = rls_features((window * ratio[:, :, None]).reshape(-1, c.window), (level * ratio).reshape(-1),
+        x = rls_features((window * ratio[:, :, None]).reshape(-1, c.window), level.reshape(-1),
                          c.rls_lags).reshape(slots.size, H, -1)
         first = ok[:, 0]
         if ok.any():
@@ -440,8 +441,10 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
         c = self.config
         # A young series' window starts with never-observed (NaN) places: the last value fills
         # them, i.e. zeros relative to it, so the models see no change there rather than a step.
-        window, level = windows(np.where(np.isnan(observed), observed[:, -1:], observed), scale, mean)
-        x = rls_features(window * ratio[:, None], level * ratio, c.rls_lags)
+        filled = np.where(np.isnan(observed), observed[:, -1:], observed)
+        window, level = windows(filled, scale, mean)
+        x = rls_features(window * ratio[:, None], rls_level(filled[:, -1], mean, scale, ratio),
+                         c.rls_lags)
         gru = (self.gru.predict_one(int(slots[0]), window[0], float(level[0]))[None] if provisional
                else self.gru.predict(slots, window, level))
         experts = np.stack([self.rls.predict(slots, x) / ratio[:, None], gru, np.zeros((slots.size, c.horizon))],
