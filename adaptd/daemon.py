@@ -23,7 +23,7 @@ from .catalog import SeriesCatalog
 from .cluster import CLAIM_CHECK, Claim, ClaimRefused
 from .config import Settings
 from .engine.base import Engine, NotReady, UnknownSeries
-from .engine.factory import build_engine, online_config, stored_initializer
+from .engine.naive import NaiveEngine
 from .ingest import IngestWriter
 from .learning import LearningWorker
 from .metrics import Metrics
@@ -192,8 +192,10 @@ class Daemon:
     def _build_engine(self) -> Engine:
         s, store = self.settings, self.store
         assert store is not None
-        init = stored_initializer(s, store, online_config(s)) if s.model.engine == "online" else None
-        return build_engine(s, init)
+        if s.model.engine == "naive":   # torch is not even imported: ~250 MB and seconds of start-up
+            return NaiveEngine.for_model(s.model)
+        from .engine.factory import build_engine, online_config, stored_initializer
+        return build_engine(s, stored_initializer(s, store, online_config(s)))
 
     def _start_scheduler(self) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler

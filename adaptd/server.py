@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import grp
@@ -98,6 +99,20 @@ def _answers(path: Path) -> bool:
         probe.close()
 
 
+@dataclasses.dataclass(slots=True)
+class _Connection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    busy: bool = False                          # answering a request
+    grace: asyncio.TimerHandle | None = None    # idle, spared at close(): cancelled when this runs out
+
+    def spare(self) -> None:
+        """No longer at risk of being cut off by close()'s grace (a whole line read, or gone)."""
+        if self.grace is not None:
+            self.grace.cancel()
+            self.grace = None
+
+
 class SocketServer:
     def __init__(self, path: Path, handler: Handler, metrics: Metrics, *, mode: int = 0o660,
                  group: str = "", max_line_bytes: int = 1 << 20, max_connections: int = 1024,
@@ -111,9 +126,7 @@ class SocketServer:
         self.max_connections = max_connections
         self.request_timeout = request_timeout or None   # 0: no limit
         self._server: asyncio.AbstractServer | None = None
-        self._connections: dict[asyncio.Task[None], bool] = {}  # task -> busy answering a request
-        self._streams: dict[asyncio.Task[None], tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
-        self._grace: dict[asyncio.Task[None], asyncio.TimerHandle] = {}   # idle ones spared at close()
+        self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._closing = False
 
     async def start(self) -> None:
@@ -143,15 +156,15 @@ class SocketServer:
         if self._server is not None:
             self._server.close()
         loop = asyncio.get_running_loop()
-        for task, busy in list(self._connections.items()):
+        for task, connection in list(self._connections.items()):
             # An idle connection is dropped, unless bytes had reached it as the shutdown began:
             # its task then has SPARED_GRACE to read a whole request line (a half-sent one must
             # not hold the shutdown up), and answers it and the rest that had arrived
             # (`overloaded`: not served), as a busy connection's are (`_turn_away`).
-            if busy:
+            if connection.busy:
                 continue
-            if _arrived(*self._streams[task]):
-                self._grace[task] = loop.call_later(min(SPARED_GRACE, timeout), task.cancel)
+            if _arrived(connection.reader, connection.writer):
+                connection.grace = loop.call_later(min(SPARED_GRACE, timeout), task.cancel)
             else:
                 task.cancel()
         if self._connections:
@@ -175,17 +188,15 @@ class SocketServer:
                 await asyncio.wait_for(writer.drain(), 1.0)
             writer.close()
             return
-        self._connections[task] = False
-        self._streams[task] = (reader, writer)
+        connection = self._connections[task] = _Connection(reader, writer)
         self.metrics.connections.inc()
         try:
-            await self._converse(task, reader, writer)
+            await self._converse(connection)
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
             self._connections.pop(task, None)
-            self._streams.pop(task, None)
-            self._spared(task)
+            connection.spare()
             self.metrics.connections.dec()
             writer.close()
             with contextlib.suppress(Exception):
@@ -199,8 +210,8 @@ class SocketServer:
         self.metrics.requests.labels(op, code).inc()
         await writer.drain()
 
-    async def _converse(self, task: asyncio.Task[None], reader: asyncio.StreamReader,
-                        writer: asyncio.StreamWriter) -> None:
+    async def _converse(self, connection: _Connection) -> None:
+        reader, writer = connection.reader, connection.writer
         ended = False
         conversation = Conversation()
         consumed = refused_through = 0   # bytes of this connection read so far / that had arrived at a refusal
@@ -230,10 +241,10 @@ class SocketServer:
                 return
             start, consumed = consumed, consumed + len(line)
             if self._closing:
-                self._spared(task)   # a whole line read: answered now, within close()'s bounds
+                connection.spare()   # a whole line read: answered now, within close()'s bounds
             if not line.strip():
                 continue  # blank lines between requests are harmless
-            self._connections[task] = True
+            connection.busy = True
             conversation.behind_refusal, conversation.refused = start < refused_through, False
             conversation.closing = self._closing   # read after the shutdown began: answered, not served
             response = await self.handler(line, conversation)
@@ -241,14 +252,9 @@ class SocketServer:
                 refused_through = consumed + _arrived(reader, writer)
             writer.write(response)
             await writer.drain()
-            self._connections[task] = False
+            connection.busy = False
         if self._closing and not ended:
             await self._turn_away(reader, writer, conversation)
-
-    def _spared(self, task: asyncio.Task[None]) -> None:
-        grace = self._grace.pop(task, None)
-        if grace is not None:
-            grace.cancel()
 
     async def _turn_away(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          conversation: Conversation) -> None:

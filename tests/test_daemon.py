@@ -82,6 +82,14 @@ def test_ping_returns_the_package_version(conn: Client) -> None:
     assert conn.request({"op": "ping"}) == {"ok": True, "version": adaptd.__version__}
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's mappings from /proc (Linux)")
+def test_a_naive_daemon_does_not_load_torch(daemon: DaemonProcess) -> None:
+    # `[model] engine = "naive"` needs none of the online engine's libraries: torch alone is
+    # ~250 MB of memory and seconds of every start.
+    maps = Path(f"/proc/{daemon.pid}/maps").read_text()
+    assert "libtorch" not in maps and "/river/" not in maps
+
+
 def test_ingest_acks_counts_and_forecast_reflects_them(conn: Client, daemon: DaemonProcess) -> None:
     answer = conn.request({"op": "ingest", "records": hourly("rw", 10)})
     assert answer == {"ok": True, "accepted": 10, "rejected": []}

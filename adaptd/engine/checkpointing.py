@@ -160,7 +160,7 @@ class Checkpointing:
             raise SnapshotError(f"mixture_loss has shape {arrays['mixture_loss'].shape}, "
                                 f"expected {self.mixture.loss[slot].shape}")
         # A checkpoint from before the learnt blend starts it afresh (the fixed prior).
-        moments = arrays.get("mixture_moments", self.mixture.fresh_moments(1, self.mixture.loss.shape[2])[0])
+        moments = arrays["mixture_moments"] if "mixture_moments" in arrays else self.mixture.fresh_moments(1)[0]
         if (moments.shape != self.mixture.moments[slot].shape or not np.isfinite(moments).all()
                 or (np.diagonal(moments) < 0).any()):
             raise SnapshotError(f"mixture_moments is not {self.mixture.moments[slot].shape} finite second moments")
@@ -201,8 +201,7 @@ class Checkpointing:
         self.gru.load(np.array([slot]), self.init.params)
         self.regimes.forget(slot)
         self.drift.reset(slot)
-        self.mixture.loss[slot] = 1.0
-        self.mixture.moments[slot] = self.mixture.fresh_moments(1, self.mixture.loss.shape[2])[0]
+        self.mixture.forget(slot)
         if self.config.cold:
             self.mixture.lean(np.array([slot]), GRU, COLD_START_GRU_SHARE)
         self.conformal.q[slot] = self.conformal.initial

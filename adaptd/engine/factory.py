@@ -45,7 +45,7 @@ def build_engine(settings: Settings, init: Initializer | None = None, horizon: i
                  seed: int = 0, inline_adaptation: bool = False) -> Engine:
     m = settings.model
     if m.engine == "naive":
-        return NaiveEngine(history=m.history, max_horizon=m.max_horizon, season=m.season, coverage=m.coverage)
+        return NaiveEngine.for_model(m)
     use_torch_threads(m.torch_threads)
     config = online_config(settings, horizon, seed)
     if inline_adaptation:

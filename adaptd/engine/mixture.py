@@ -75,10 +75,15 @@ class Mixture:
             moments[:old, :, :, : self.moments.shape[3]] = self.moments[..., :leads]
             self.moments = moments
 
-    def fresh_moments(self, n: int, leads: int) -> np.ndarray:
-        """What a series' learnt blend starts from: the prior's equal footing."""
-        B = len(self.blended)
+    def fresh_moments(self, n: int, leads: int | None = None) -> np.ndarray:
+        """What a series' learnt blend starts from: the prior's equal footing (`leads`: as now)."""
+        B, leads = len(self.blended), self.moments.shape[3] if leads is None else leads
         return np.broadcast_to(self._fresh[None, :, :, None], (n, B, B, leads)).copy()
+
+    def forget(self, slots: np.ndarray | int) -> None:
+        """A new series' record: every expert level, the learnt blend back at the prior."""
+        self.loss[slots] = 1.0
+        self.moments[slots] = self._fresh[:, :, None]
 
     def update(self, slots: np.ndarray, lead_index: np.ndarray, errors: np.ndarray,
                to_long_run: np.ndarray | None = None) -> None:

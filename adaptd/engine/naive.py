@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import bisect
 import threading
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from ..records import Observation
 from .base import Engine, Forecast, ForecastPoint, NotReady, UnknownSeries
 from .history import STEP_TIMESTAMPS, SeriesHistory, infer_season, infer_step
+
+if TYPE_CHECKING:
+    from ..config import ModelSettings
 
 FORMAT_VERSION = 1
 KINDS = ("last_value", "seasonal_naive")   # the model.kind of its answers
@@ -105,6 +108,11 @@ class NaiveEngine(Engine):
         self._cache: dict[str, tuple[int, Forecast]] = {}
         self._steps: dict[str, tuple[int, float | None]] = {}   # (history version, step)
         self._lock = threading.Lock()
+
+    @classmethod
+    def for_model(cls, m: ModelSettings) -> NaiveEngine:
+        """The daemon's `[model] engine = "naive"`."""
+        return cls(history=m.history, max_horizon=m.max_horizon, season=m.season, coverage=m.coverage)
 
     def record(self, batch: Sequence[Observation]) -> None:
         # The lock is taken a few hundred records at a time: a group commit of 10,000 records
