@@ -104,7 +104,7 @@ class _Connection:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     busy: bool = False                          # answering a request
-    grace: asyncio.TimerHandle | None = None    # idle, spared at close(): cancelled when this runs out
+    grace: asyncio.TimerHandle | None = None    # idle but spared at close(): cancels the task when due
 
     def spare(self) -> None:
         """No longer at risk of being cut off by close()'s grace (a whole line read, or gone)."""
