@@ -42,14 +42,18 @@ class Membership:
         """Whether this member runs the scheduled meta-training (one per cluster)."""
         return self.member == 0
 
+    def owner_of(self, series: str) -> int:
+        """The member whose series it is."""
+        return owner(series, self.members)
+
     def owns(self, series: str) -> bool:
-        return self.alone or owner(series, self.members) == self.member
+        return self.alone or self.owner_of(series) == self.member
 
     def refusal(self, series: str) -> str | None:
         """Why a record of `series` is not this member's to store (None: it is)."""
         if self.owns(series):
             return None
-        return (f"series {series!r} belongs to cluster member {owner(series, self.members)} of {self.members} "
+        return (f"series {series!r} belongs to cluster member {self.owner_of(series)} of {self.members} "
                 f"([cluster]); this daemon is member {self.member}: send it there")
 
     def own(self, names: Iterable[T], key=lambda name: name) -> list[T]:  # type: ignore[no-untyped-def]

@@ -10,7 +10,6 @@ from typing import Any, Awaitable, Callable
 
 from . import __version__
 from .catalog import SeriesCatalog
-from .cluster import owner
 from .config import Settings
 from .engine import Engine, Forecast, NotReady, UnknownSeries
 from .engine.naive import KINDS as FALLBACK_KINDS
@@ -162,7 +161,7 @@ class Service:
     def _rejection(self, records: list[Any], index: int, exc: Rejected) -> dict[str, Any]:
         item = {"index": index, "code": BAD_REQUEST, "message": str(exc)}
         if exc.field == "cluster":   # extension: the member to send it to, for a program to route by
-            item["member"] = owner(records[index]["series"], self.membership.members)
+            item["member"] = self.membership.owner_of(records[index]["series"])
         return item
 
     async def _wait_for_room(self, n: int) -> None:
@@ -198,7 +197,7 @@ class Service:
         except UnknownSeries:
             why = self.membership.refusal(series)
             if why:   # another member's: say which, for programs to ask it (as ingest's rejections do)
-                raise RequestError(UNKNOWN_SERIES, why, {"member": owner(series, self.membership.members)}) from None
+                raise RequestError(UNKNOWN_SERIES, why, {"member": self.membership.owner_of(series)}) from None
             raise RequestError(UNKNOWN_SERIES, f"no observations of series {series!r}") from None
         except NotReady as exc:
             raise RequestError(NOT_READY, str(exc)) from None
