@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 from . import __version__
 from .bench import arguments
 from .client import ClientError
-from .config import ConfigError, Settings, load_config
+from .config import MAX_NICE, ConfigError, Settings, load_config
 from .route import ClusterMismatch, Route
 
 log = logging.getLogger("adaptd")
@@ -193,6 +193,10 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_meta_train(settings: Settings, args: argparse.Namespace) -> int:
+    if not 0 <= args.nice <= MAX_NICE:
+        print(f"adaptd meta-train: --nice {args.nice}: expected an integer from 0 to {MAX_NICE}", file=sys.stderr)
+        return 2
+    os.nice(args.nice)   # before torch starts its threads: they inherit it
     from .meta.cli import meta_train
 
     _setup_logging("warning")
@@ -269,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the current meta one: on an empty store the result depends on the data and --seed "
                         "alone (how `make initializer` builds the packaged one)")
     p.add_argument("--export", metavar="FILE", help="also write the new initializer to FILE (the packaged one)")
+    p.add_argument("--nice", type=int, default=0, metavar="N",
+                   help="run at a CPU priority N steps lower (0-19, as nice(1); the daemon's own runs use [meta] nice)")
     p.add_argument("--json", action="store_true", help="print the run's report as JSON")
     p.add_argument("--no-progress", action="store_true")
     p = add("initializers", cmd_initializers, "list stored initializers with their validation scores")

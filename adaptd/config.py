@@ -150,6 +150,7 @@ class MetaSettings:
     retrain_interval: float = 86_400.0
     refresh_interval: float = 60.0
     torch_threads: int = 1
+    nice: int = 19
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,7 @@ Check = tuple[Callable[[Any], bool], str]
 _LEVELS = ("debug", "info", "warning", "error")
 MAX_WAIT = 86_400.0  # a day: longer waits are mistakes (and inf is valid TOML)
 MAX_SCHEDULE = 30 * 86_400  # 30 days
+MAX_NICE = 19  # the lowest CPU priority nice(1) gives
 
 
 def _positive(v: Any) -> bool:
@@ -324,6 +326,7 @@ CHECKS: dict[str, dict[str, Check]] = {
                              f"0 (never) or a number of seconds from 60 to {MAX_SCHEDULE}"),
         "refresh_interval": (lambda v: 1 <= v <= MAX_SCHEDULE, f"a number of seconds from 1 to {MAX_SCHEDULE}"),
         "torch_threads": (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
+        "nice": (lambda v: 0 <= v <= MAX_NICE, f"an integer from 0 (the daemon's priority) to {MAX_NICE} (the lowest)"),
     },
     "scheduler": {
         # Bounded: APScheduler overflows computing dates from huge intervals.

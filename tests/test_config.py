@@ -190,6 +190,8 @@ BAD_VALUES = [
     ("meta", "validation_tasks", "0"),
     ("meta", "retrain_interval", "30"),
     ("meta", "torch_threads", "0"),
+    ("meta", "nice", "-1"),      # raising priority needs root, and would take cores from forecasts
+    ("meta", "nice", "20"),
     ("meta", "refresh_interval", "0.5"),
     ("metrics", "listen", '":9464"'),
     ("metrics", "listen", '"localhost:0"'),

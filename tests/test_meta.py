@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -522,6 +524,8 @@ def test_reading_commands_on_a_missing_store_say_so_and_create_nothing(tmp_path:
 @pytest.mark.parametrize("argv, expected", [
     (("--iterations", "0"), "--iterations 0: expected at least 1"),
     (("--export", "/nonexistent/dir/x.adi"), "--export /nonexistent/dir/x.adi: not a file in a writable folder"),
+    (("--nice", "-5"), "--nice -5: expected an integer from 0 to 19"),
+    (("--nice", "20"), "--nice 20: expected an integer from 0 to 19"),
 ])
 def test_meta_train_refuses_bad_arguments_before_training(tmp_path: Path, argv, expected):
     config = config_file(tmp_path)
@@ -574,14 +578,16 @@ def test_the_daemon_picks_up_a_newly_promoted_initializer_without_restart():
 @pytest.mark.integration
 def test_the_scheduled_retrain_learns_from_the_store_at_its_recorded_detections(tmp_path: Path):
     """The daemon's job (`InitializerJobs.retrain`, what APScheduler calls) runs the real
-    `adaptd meta-train` on the store's history, counts the outcome and switches the engine."""
+    `adaptd meta-train` on the store's history, at `[meta] nice` below the daemon's priority,
+    counts the outcome and switches the engine."""
     from adaptd.engine.adapting import DriftEvent
     from adaptd.engine.factory import build_engine, stored_initializer
     from adaptd.meta.schedule import InitializerJobs
     from adaptd.metrics import Metrics
     from adaptd.records import Observation
     config = write_config(tmp_path, naive=False, sections={
-        "model": MODEL, "adapt": ADAPT, "meta": {"iterations": 6, "meta_batch": 8, "query": 12, "validation_tasks": 32}})
+        "model": MODEL, "adapt": ADAPT,
+        "meta": {"iterations": 6, "meta_batch": 8, "query": 12, "validation_tasks": 32, "nice": 7}})
     settings = load_config(str(config))
     data = regime_series(8, 500, np.random.default_rng(5))
     store = Store.open(settings.store.url)
@@ -593,7 +599,19 @@ def test_the_scheduled_retrain_learns_from_the_store_at_its_recorded_detections(
                                 for k, cuts in enumerate(data.changes) for c in cuts if c + 20 < 500])
         engine = build_engine(settings, stored_initializer(settings, store, online_config(settings)))
         metrics = Metrics()
-        InitializerJobs(settings, store, engine, metrics).retrain()
+        jobs = InitializerJobs(settings, store, engine, metrics)
+        training = threading.Thread(target=jobs.retrain)
+        training.start()
+        niceness = set()
+        while training.is_alive():   # the trainer's niceness, read while it trains
+            proc = jobs._proc
+            if proc is not None:
+                try:
+                    niceness.add(int(Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[16]))
+                except (OSError, IndexError):
+                    pass        # between runs, or already gone
+            time.sleep(0.05)
+        training.join()
         newest = max(store.initializer_list(), key=lambda row: row["version"])
     finally:
         store.close()
@@ -604,6 +622,7 @@ def test_the_scheduled_retrain_learns_from_the_store_at_its_recorded_detections(
     assert newest["training"]["series"] == 8
     assert newest["training"]["detections"] == sum(c + 20 < 500 for cuts in data.changes for c in cuts) > 0
     assert engine.init.version == newest["version"]           # picked up without a restart
+    assert min(os.getpriority(os.PRIO_PROCESS, 0) + 7, 19) in niceness, niceness
 
 
 def test_online_config_of_the_daemon_matches_the_tasks_shape(tmp_path: Path):

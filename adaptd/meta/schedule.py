@@ -1,7 +1,9 @@
 """The daemon's meta-learning jobs: re-learn θ* on a schedule, pick up promoted versions live.
 
 Meta-training runs as its own process (`adaptd meta-train`): its torch threads and memory never
-compete with forecasts for the daemon's GIL, and a crash there cannot take the daemon down.
+compete with forecasts for the daemon's GIL, and a crash there cannot take the daemon down. It
+runs `[meta] nice` steps below the daemon's CPU priority: when both want a core, the daemon
+gets it.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class InitializerJobs:
 
     def retrain(self) -> None:
         """Run `adaptd meta-train` on the store's history; count the outcome; pick up the result."""
-        argv = [sys.executable, "-m", "adaptd", "meta-train", "--json", "--no-progress"]
+        argv = [sys.executable, "-m", "adaptd", "meta-train", "--json", "--no-progress",
+                "--nice", str(self.settings.meta.nice)]
         if self.settings.source not in ("<defaults>", "<config>"):
             argv += ["--config", self.settings.source]
         started = time.monotonic()
