@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 OPS = ("ping", "ingest", "forecast", "series", "stats")
 OUTCOMES = ("adapted", "kept", "failed")
+META_TRAINING_OUTCOMES = ("promoted", "not_promoted", "not_enough_data", "failed")
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 # |error| in units of the series' typical one-step change: 1 is as good as a random walk.
 SCALED_ERROR_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 25.0)
@@ -138,6 +139,8 @@ class Metrics(Telemetry):
             self.model_gaps.labels(handling)
         for candidate in CANDIDATES:
             self.adaptation_winners.labels(candidate)
+        for outcome in META_TRAINING_OUTCOMES:   # the meta-training alert reads 0, not nothing
+            self.meta_training_runs.labels(outcome)
         self.requests.labels("ingest", "overloaded")   # the overload alert reads 0, not nothing
 
     # -- what the engine reports (Telemetry) ----------------------------------------------

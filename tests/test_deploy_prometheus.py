@@ -47,6 +47,7 @@ REQUIRED_ALERTS = {
     "AdaptdDriftStorm",
     "AdaptdAdaptationsFailing", "AdaptdIngestRejectedHigh", "AdaptdStaleSeries", "AdaptdCheckpointStale",
     "AdaptdCheckpointFailures", "AdaptdLearningBacklog", "AdaptdOverloaded", "AdaptdStoreCommitFailures",
+    "AdaptdMetaTrainingFailing",
 }
 
 
@@ -248,6 +249,15 @@ SCENARIOS: list[tuple[str, list[tuple[str, str]], list[tuple[Any, ...]]]] = [
         (f"adaptd_records_ingested_total{{{QUIET}}}", "0+99x60"),
     ], [
         ("40m", "AdaptdIngestRejectedHigh", [({"job": "adaptd", "instance": INSTANCE}, "10%")]),
+    ]),
+    ("the day's meta-training run failed; on another daemon a later run succeeded", [
+        (f'adaptd_meta_training_runs_total{{{LABELS},outcome="failed"}}', "0 0 1x60"),
+        (f'adaptd_meta_training_runs_total{{{LABELS},outcome="promoted"}}', "0x62"),
+        (f'adaptd_meta_training_runs_total{{{QUIET},outcome="failed"}}', "0 0 1x60"),
+        (f'adaptd_meta_training_runs_total{{{QUIET},outcome="not_promoted"}}', "0 0 0 0 1x58"),
+    ], [
+        ("4m", "AdaptdMetaTrainingFailing", []),        # pending for 5 minutes
+        ("30m", "AdaptdMetaTrainingFailing", [({"job": "adaptd", "instance": INSTANCE}, "100%")]),
     ]),
     ("overloaded answers, and none at all", [
         (f'adaptd_requests_total{{{LABELS},op="ingest",outcome="ok"}}', "0+90x40"),
