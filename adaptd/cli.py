@@ -194,8 +194,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_meta_train(settings: Settings, args: argparse.Namespace) -> int:
     if not 0 <= args.nice <= MAX_NICE:
-        print(f"adaptd meta-train: --nice {args.nice}: expected an integer from 0 to {MAX_NICE}", file=sys.stderr)
-        return 2
+        return _fail(f"--nice {args.nice}: expected an integer from 0 to {MAX_NICE}", 2)
     os.nice(args.nice)   # before torch starts its threads: they inherit it
     from .meta.cli import meta_train
 

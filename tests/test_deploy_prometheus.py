@@ -253,7 +253,9 @@ SCENARIOS: list[tuple[str, list[tuple[str, str]], list[tuple[Any, ...]]]] = [
     ("the day's meta-training run failed; on another daemon a later run succeeded", [
         (f'adaptd_meta_training_runs_total{{{LABELS},outcome="failed"}}', "0 0 1x60"),
         (f'adaptd_meta_training_runs_total{{{LABELS},outcome="promoted"}}', "0x62"),
-        (f'adaptd_meta_training_runs_total{{{QUIET},outcome="failed"}}', "0 0 1x60"),
+        # One failed and one good run: 50%. Unrounded, increase() would extrapolate the failed
+        # counter (not at 0 in the window) and not the good one (from 0), to just over 50%.
+        (f'adaptd_meta_training_runs_total{{{QUIET},outcome="failed"}}', "1 1 2x60"),
         (f'adaptd_meta_training_runs_total{{{QUIET},outcome="not_promoted"}}', "0 0 0 0 1x58"),
     ], [
         ("4m", "AdaptdMetaTrainingFailing", []),        # pending for 5 minutes
