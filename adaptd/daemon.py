@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .catalog import SeriesCatalog
 from .cluster import CLAIM_CHECK, Claim, ClaimRefused
@@ -111,7 +111,8 @@ class Daemon:
                                    self.learner)
         self.writer.start()
         self._start_scheduler()
-        service = Service(s, self.store, self.writer, engine, catalog, self.metrics, self.learner)
+        service = Service(s, self.store, self.writer, engine, catalog, self.metrics, self.learner,
+                          meta_training=self._meta_training if self._initializer_jobs is not None else None)
         try:
             self._metrics_server = self.metrics.serve(s.metrics.listen)
         except OSError as exc:
@@ -219,6 +220,17 @@ class Daemon:
                 log.info("cluster member %d: meta-training is member 0's job; promoted initializers are "
                          "picked up every %gs", s.cluster.member, s.meta.refresh_interval)
         self.scheduler.start()
+
+    def _meta_training(self) -> dict[str, Any]:
+        """The scheduled meta-training, for stats: whether this daemon runs it, the run in
+        progress, the newest finished one (since start), and when the next is due."""
+        jobs, s = self._initializer_jobs, self.settings
+        assert jobs is not None and self.scheduler is not None
+        job = self.scheduler.get_job("meta-train")
+        due = job.next_run_time if job is not None else None
+        return {"interval_s": s.meta.retrain_interval, "here": job is not None,
+                "running_since": jobs.running_since, "last_run": jobs.last_run,
+                "next_run": due.timestamp() if due is not None else None}
 
     def _keep_share(self) -> None:
         assert self._share is not None

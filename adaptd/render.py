@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from .records import format_ts
@@ -16,6 +17,38 @@ def _duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
+
+
+def _span(seconds: float) -> str:
+    """A rough length of time: 2d3h, 3h12min, 4min10s, 12s."""
+    seconds = max(0, int(seconds))
+    for big, small, unit, sub_unit in ((86400, 3600, "d", "h"), (3600, 60, "h", "min"), (60, 1, "min", "s")):
+        if seconds >= big:
+            rest = (seconds % big) // small
+            return f"{seconds // big}{unit}" + (f"{rest}{sub_unit}" if rest else "")
+    return f"{seconds}s"
+
+
+def meta_training_text(state: dict[str, Any], now: float | None = None) -> str:
+    """One line on the scheduled meta-training (the `meta_training` part of stats)."""
+    now = time.time() if now is None else now
+    parts = []
+    if state.get("running_since") is not None:
+        parts.append(f"running for {_span(now - state['running_since'])}")
+    last = state.get("last_run")
+    if last is not None:
+        version = f"version {last['version']}, " if last.get("version") is not None else ""
+        parts.append(f"last run {last['outcome'].replace('_', ' ')} ({version}took {_span(last['seconds'])}) "
+                     f"{_span(now - last['finished'])} ago")
+    elif state.get("here") and state.get("running_since") is None:
+        parts.append("no run since start")
+    if not state.get("interval_s"):
+        parts.append("off ([meta] retrain_interval = 0)")
+    elif not state.get("here"):
+        parts.append("cluster member 0 runs it")
+    elif state.get("running_since") is None and state.get("next_run") is not None:
+        parts.append(f"next in {_span(state['next_run'] - now)}")
+    return "; ".join(parts)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -59,6 +92,8 @@ def status_text(stats: dict[str, Any]) -> str:
         f"store:             {store.get('url')}",
         f"config:            {stats.get('config')}",
     ]
+    if "meta_training" in stats:
+        lines.append(f"meta-training:     {meta_training_text(stats['meta_training'])}")
     cluster = stats.get("cluster") or {}
     if cluster.get("members", 1) > 1:
         lines.insert(3, f"cluster:           member {cluster.get('member')} of {cluster['members']}")

@@ -77,7 +77,8 @@ def _echoable_id(request: dict[str, Any]) -> Any:
 
 class Service:
     def __init__(self, settings: Settings, store: Store, writer: IngestWriter, engine: Engine,
-                 catalog: SeriesCatalog, metrics: Metrics, learner: LearningWorker | None = None):
+                 catalog: SeriesCatalog, metrics: Metrics, learner: LearningWorker | None = None,
+                 meta_training: Callable[[], dict[str, Any]] | None = None):
         self.settings = settings
         self.membership = settings.membership()
         self.store = store
@@ -86,6 +87,7 @@ class Service:
         self.catalog = catalog
         self.metrics = metrics
         self.learner = learner
+        self.meta_training = meta_training   # the scheduled meta-training's state (online engine)
         self.started = time.time()
         self.provisional_budget = TimeBudget(PROVISIONAL_SHARE, PROVISIONAL_BURST)
         self.ops: dict[str, Op] = {
@@ -268,4 +270,5 @@ class Service:
             "cluster": {"members": self.membership.members, "member": self.membership.member},
             "max_horizon": self.settings.model.max_horizon,
             "config": self.settings.source,
+            **({"meta_training": self.meta_training()} if self.meta_training is not None else {}),
         }

@@ -264,6 +264,7 @@ def test_series_and_status(daemon: DaemonProcess) -> None:
     assert out.returncode == 0, out.stderr
     assert re.search(r"^health:\s+ok$", out.stdout, re.M), out.stdout
     assert re.search(r"^series:\s+\d+$", out.stdout, re.M)
+    assert "meta-training" not in out.stdout          # the naive engine learns no initializer
     stats = json.loads(run_cli("status", "--json", config=daemon.config).stdout)
     assert stats["health"] == "ok" and stats["series"] == len(daemon.series())
 

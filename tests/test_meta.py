@@ -553,6 +553,12 @@ def test_the_daemon_picks_up_a_newly_promoted_initializer_without_restart():
     d = DaemonProcess(config)
     try:
         d.start(timeout=60)
+        started = time.time()
+        status = run_cli("status", config=config).stdout      # the daemon's own runs: the first a day on
+        assert re.search(r"^meta-training:\s+no run since start; next in 23h5\dmin$", status, re.M), status
+        schedule = json.loads(run_cli("status", "--json", config=config).stdout)["meta_training"]
+        assert schedule["here"] and schedule["running_since"] is None and schedule["last_run"] is None
+        assert started - 60 < schedule["next_run"] - 86400 <= started
         d.ingest(hourly("a", 40))
         assert d.forecast("a", 2)["model"]["init"] == "random"
         data = write_m4(directory / "m4.csv", regime_series(8, 600, np.random.default_rng(2)).values)
@@ -602,9 +608,10 @@ def test_the_scheduled_retrain_learns_from_the_store_at_its_recorded_detections(
         jobs = InitializerJobs(settings, store, engine, metrics)
         training = threading.Thread(target=jobs.retrain)
         training.start()
-        niceness = set()
+        niceness, running = set(), []
         while training.is_alive():   # the trainer's niceness, read while it trains
             proc = jobs._proc
+            running.append(jobs.running_since)
             if proc is not None:
                 try:
                     niceness.add(int(Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[16]))
@@ -623,6 +630,31 @@ def test_the_scheduled_retrain_learns_from_the_store_at_its_recorded_detections(
     assert newest["training"]["detections"] == sum(c + 20 < 500 for cuts in data.changes for c in cuts) > 0
     assert engine.init.version == newest["version"]           # picked up without a restart
     assert min(os.getpriority(os.PRIO_PROCESS, 0) + 7, 19) in niceness, niceness
+    # What `adaptd status` shows: the run while it ran, then how it ended.
+    assert any(since is not None for since in running) and jobs.running_since is None
+    assert jobs.last_run is not None and time.time() - 60 < jobs.last_run["finished"] <= time.time()
+    assert (jobs.last_run["outcome"], jobs.last_run["version"]) == ("promoted", newest["version"])
+
+
+@pytest.mark.parametrize("state, shown", [
+    ({"interval_s": 86400, "here": True, "running_since": None, "last_run": None, "next_run": 1e6 + 86399},
+     "no run since start; next in 23h59min"),
+    ({"interval_s": 86400, "here": True, "running_since": 1e6 - 192, "last_run": None, "next_run": 1e6 + 86000},
+     "running for 3min12s"),
+    ({"interval_s": 86400, "here": True, "running_since": None, "next_run": 1e6 + 75600,
+      "last_run": {"outcome": "not_promoted", "finished": 1e6 - 7300, "seconds": 250.3, "version": 7}},
+     "last run not promoted (version 7, took 4min10s) 2h1min ago; next in 21h"),
+    ({"interval_s": 86400, "here": True, "running_since": 1e6 - 5, "next_run": 1e6 + 86395,
+      "last_run": {"outcome": "failed", "finished": 1e6 - 86405, "seconds": 3.2, "version": None}},
+     "running for 5s; last run failed (took 3s) 1d ago"),
+    ({"interval_s": 0, "here": False, "running_since": None, "last_run": None, "next_run": None},
+     "off ([meta] retrain_interval = 0)"),
+    ({"interval_s": 86400, "here": False, "running_since": None, "last_run": None, "next_run": None},
+     "cluster member 0 runs it"),
+])
+def test_status_says_what_the_scheduled_meta_training_is_doing(state, shown):
+    from adaptd.render import meta_training_text
+    assert meta_training_text(state, now=1e6) == shown
 
 
 def test_online_config_of_the_daemon_matches_the_tasks_shape(tmp_path: Path):

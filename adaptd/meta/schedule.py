@@ -35,6 +35,10 @@ class InitializerJobs:
         self._newest_seen: int | None = store.newest_promoted_version()
         self._proc: subprocess.Popen[str] | None = None
         self._stopping = False
+        # For `adaptd status` (since the daemon started): when the run in progress started
+        # (wall clock), and how the newest finished one ended.
+        self.running_since: float | None = None
+        self.last_run: dict[str, Any] | None = None
 
     def refresh(self) -> None:
         """Switch to the best-fitting promoted initializer when a newer one appears."""
@@ -53,6 +57,13 @@ class InitializerJobs:
 
     def retrain(self) -> None:
         """Run `adaptd meta-train` on the store's history; count the outcome; pick up the result."""
+        self.running_since = time.time()
+        try:
+            self._retrain()
+        finally:
+            self.running_since = None
+
+    def _retrain(self) -> None:
         argv = [sys.executable, "-m", "adaptd", "meta-train", "--json", "--no-progress",
                 "--nice", str(self.settings.meta.nice)]
         if self.settings.source not in ("<defaults>", "<config>"):
@@ -84,7 +95,7 @@ class InitializerJobs:
             self._count("failed", started)
             log.error("meta-training failed (exit %d): %s", proc.returncode, proc.stderr.strip()[-2000:])
             return
-        self._count("promoted" if report["promoted"] else "not_promoted", started)
+        self._count("promoted" if report["promoted"] else "not_promoted", started, report["version"])
         log.info("meta-training stored initializer version %s (validation %.4f, %s)", report["version"],
                  report["val_score"], "promoted" if report["promoted"] else "not promoted")
         self.refresh()
@@ -97,6 +108,9 @@ class InitializerJobs:
             log.info("stopping the meta-training run in progress")
             proc.terminate()
 
-    def _count(self, outcome: str, started: float) -> None:
+    def _count(self, outcome: str, started: float, version: int | None = None) -> None:
+        seconds = time.monotonic() - started
         self.metrics.meta_training_runs.labels(outcome).inc()
-        self.metrics.meta_training_seconds.set(time.monotonic() - started)
+        self.metrics.meta_training_seconds.set(seconds)
+        self.last_run = {"outcome": outcome, "finished": time.time(), "seconds": round(seconds, 1),
+                         "version": version}
