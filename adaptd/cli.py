@@ -276,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run at a CPU priority N steps lower (0-19, as nice(1); the daemon's own runs use [meta] nice)")
     p.add_argument("--json", action="store_true", help="print the run's report as JSON")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--progress-lines", action="store_true",
+                   help='also print progress to stdout, one JSON line per iteration: {"progress": {"iteration", '
+                        '"iterations", "loss", "tasks_per_second", "eta_s"}} (what the daemon shows in `adaptd status`)')
     p = add("initializers", cmd_initializers, "list stored initializers with their validation scores")
     p.add_argument("--json", action="store_true")
     add("check-config", cmd_check_config, "validate a config file and exit")

@@ -229,7 +229,7 @@ class Daemon:
         job = self.scheduler.get_job("meta-train")
         due = job.next_run_time if job is not None else None
         return {"interval_s": s.meta.retrain_interval, "here": job is not None,
-                "running_since": jobs.running_since, "last_run": jobs.last_run,
+                "running_since": jobs.running_since, "progress": jobs.progress, "last_run": jobs.last_run,
                 "next_run": due.timestamp() if due is not None else None}
 
     def _keep_share(self) -> None:

@@ -34,7 +34,12 @@ def meta_training_text(state: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
     parts = []
     if state.get("running_since") is not None:
-        parts.append(f"running for {_span(now - state['running_since'])}")
+        progress = state.get("progress")
+        far = "" if not progress else (
+            f" (iteration {progress['iteration']} of {progress['iterations']}, about {_span(progress['eta_s'])} left)"
+            if progress["iteration"] < progress["iterations"] else
+            f" (all {progress['iterations']} iterations done: validating)")
+        parts.append(f"running for {_span(now - state['running_since'])}{far}")
     last = state.get("last_run")
     if last is not None:
         version = f"version {last['version']}, " if last.get("version") is not None else ""

@@ -562,8 +562,12 @@ def test_the_daemon_picks_up_a_newly_promoted_initializer_without_restart():
         d.ingest(hourly("a", 40))
         assert d.forecast("a", 2)["model"]["init"] == "random"
         data = write_m4(directory / "m4.csv", regime_series(8, 600, np.random.default_rng(2)).values)
-        done = run_cli("meta-train", "--m4", str(data), "--json", "--no-progress", config=config, timeout=300)
-        version = json.loads(done.stdout)["version"]
+        done = run_cli("meta-train", "--m4", str(data), "--json", "--no-progress", "--progress-lines",
+                       config=config, timeout=300)
+        *progress, report = [json.loads(line) for line in done.stdout.splitlines()]
+        assert [p["progress"]["iteration"] for p in progress] == [1, 2, 3, 4]       # one line per iteration
+        assert all(p["progress"]["iterations"] == 4 and p["progress"]["eta_s"] >= 0 for p in progress)
+        version = report["version"]
         deadline = time.monotonic() + 30
         url = f"http://{d.settings.metrics.listen}/metrics"
         while time.monotonic() < deadline:
@@ -608,10 +612,11 @@ def test_the_scheduled_retrain_learns_from_the_store_at_its_recorded_detections(
         jobs = InitializerJobs(settings, store, engine, metrics)
         training = threading.Thread(target=jobs.retrain)
         training.start()
-        niceness, running = set(), []
+        niceness, running, progress = set(), [], []
         while training.is_alive():   # the trainer's niceness, read while it trains
             proc = jobs._proc
             running.append(jobs.running_since)
+            progress.append(jobs.progress)
             if proc is not None:
                 try:
                     niceness.add(int(Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[16]))
@@ -632,8 +637,45 @@ def test_the_scheduled_retrain_learns_from_the_store_at_its_recorded_detections(
     assert min(os.getpriority(os.PRIO_PROCESS, 0) + 7, 19) in niceness, niceness
     # What `adaptd status` shows: the run while it ran, then how it ended.
     assert any(since is not None for since in running) and jobs.running_since is None
+    seen = [p["iteration"] for p in progress if p is not None]
+    assert seen and seen == sorted(seen) and seen[-1] == 6 and jobs.progress is None, seen
     assert jobs.last_run is not None and time.time() - 60 < jobs.last_run["finished"] <= time.time()
     assert (jobs.last_run["outcome"], jobs.last_run["version"]) == ("promoted", newest["version"])
+
+
+@pytest.mark.integration
+def test_a_scheduled_run_that_cannot_train_says_why(tmp_path: Path, caplog):
+    """Too little history, then no store file at all: each run is counted with its outcome, and
+    the trainer's own reason (its stderr) reaches the daemon's log."""
+    import logging
+
+    from adaptd.engine.factory import build_engine, stored_initializer
+    from adaptd.meta.schedule import InitializerJobs
+    from adaptd.metrics import Metrics
+    from adaptd.records import Observation
+    config = write_config(tmp_path, naive=False, sections={"model": MODEL, "adapt": ADAPT})
+    settings = load_config(str(config))
+    store = Store.open(settings.store.url)
+    try:
+        store.migrate()
+        store.write([Observation("short", 3600.0 * t, float(t % 5)) for t in range(30)])
+        engine = build_engine(settings, stored_initializer(settings, store, online_config(settings)))
+        metrics = Metrics()
+        jobs = InitializerJobs(settings, store, engine, metrics)
+        with caplog.at_level(logging.INFO, logger="adaptd.meta.schedule"):
+            jobs.retrain()
+            assert jobs.last_run["outcome"] == "not_enough_data" and jobs.last_run["version"] is None
+            assert "meta-training skipped" in caplog.text and "long enough" in caplog.text
+            for leftover in tmp_path.rglob("*.db*"):
+                leftover.unlink()
+            jobs.retrain()
+        assert jobs.last_run["outcome"] == "failed" and jobs.running_since is None
+        assert "meta-training failed (exit 2)" in caplog.text and "no store at" in caplog.text
+    finally:
+        store.close()
+    counted = {o: metrics.registry.get_sample_value("adaptd_meta_training_runs_total", {"outcome": o})
+               for o in ("promoted", "not_promoted", "failed", "not_enough_data")}
+    assert counted == {"promoted": 0.0, "not_promoted": 0.0, "failed": 1.0, "not_enough_data": 1.0}
 
 
 @pytest.mark.parametrize("state, shown", [
@@ -644,6 +686,12 @@ def test_the_scheduled_retrain_learns_from_the_store_at_its_recorded_detections(
     ({"interval_s": 86400, "here": True, "running_since": None, "next_run": 1e6 + 75600,
       "last_run": {"outcome": "not_promoted", "finished": 1e6 - 7300, "seconds": 250.3, "version": 7}},
      "last run not promoted (version 7, took 4min10s) 2h1min ago; next in 21h"),
+    ({"interval_s": 86400, "here": True, "running_since": 1e6 - 130, "last_run": None, "next_run": 1e6 + 86000,
+      "progress": {"iteration": 120, "iterations": 300, "loss": 2.5, "tasks_per_second": 30.0, "eta_s": 190.0}},
+     "running for 2min10s (iteration 120 of 300, about 3min10s left)"),
+    ({"interval_s": 86400, "here": True, "running_since": 1e6 - 300, "last_run": None, "next_run": 1e6 + 86000,
+      "progress": {"iteration": 300, "iterations": 300, "loss": 2.5, "tasks_per_second": 30.0, "eta_s": 0.0}},
+     "running for 5min (all 300 iterations done: validating)"),
     ({"interval_s": 86400, "here": True, "running_since": 1e6 - 5, "next_run": 1e6 + 86395,
       "last_run": {"outcome": "failed", "finished": 1e6 - 86405, "seconds": 3.2, "version": None}},
      "running for 5s; last run failed (took 3s) 1d ago"),

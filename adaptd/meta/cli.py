@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -45,6 +46,11 @@ def meta_train(settings: Settings, args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{p.loss:.4f}", tasks_s=f"{p.tasks_per_second:.0f}")
+            if args.progress_lines:
+                print(json.dumps({"progress": {"iteration": p.iteration, "iterations": p.iterations,
+                                               "loss": p.loss if math.isfinite(p.loss) else None,
+                                               "tasks_per_second": round(p.tasks_per_second, 1),
+                                               "eta_s": round(p.eta, 1)}}), flush=True)
         try:
             report = run(settings, store, series, args.iterations, args.algorithm, args.seed,
                          promote=not args.no_promote, progress=progress, detections=detections,

@@ -12,6 +12,7 @@ import json
 import logging
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -36,8 +37,9 @@ class InitializerJobs:
         self._proc: subprocess.Popen[str] | None = None
         self._stopping = False
         # For `adaptd status` (since the daemon started): when the run in progress started
-        # (wall clock), and how the newest finished one ended.
+        # (wall clock) and how far it got, and how the newest finished one ended.
         self.running_since: float | None = None
+        self.progress: dict[str, Any] | None = None
         self.last_run: dict[str, Any] | None = None
 
     def refresh(self) -> None:
@@ -61,22 +63,22 @@ class InitializerJobs:
         try:
             self._retrain()
         finally:
-            self.running_since = None
+            self.running_since = self.progress = None
 
     def _retrain(self) -> None:
-        argv = [sys.executable, "-m", "adaptd", "meta-train", "--json", "--no-progress",
+        argv = [sys.executable, "-m", "adaptd", "meta-train", "--json", "--no-progress", "--progress-lines",
                 "--nice", str(self.settings.meta.nice)]
         if self.settings.source not in ("<defaults>", "<config>"):
             argv += ["--config", self.settings.source]
         started = time.monotonic()
         log.info("meta-training the initializer on stored history")
         try:
-            self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            stdout, stderr = self._proc.communicate()
+            stdout, stderr = self._run(argv)
         except OSError as exc:
             self._count("failed", started)
             log.error("meta-training could not start: %s", exc)
             return
+        assert self._proc is not None
         proc = subprocess.CompletedProcess(argv, self._proc.returncode, stdout, stderr)
         self._proc = None
         if self._stopping:
@@ -100,6 +102,25 @@ class InitializerJobs:
                  report["val_score"], "promoted" if report["promoted"] else "not promoted")
         self.refresh()
 
+    def _run(self, argv: list[str]) -> tuple[str, str]:
+        """Run the trainer to its end, keeping its newest progress line; (stdout without those
+        lines, stderr). Its stderr goes to a file: a pipe nobody reads while stdout is read
+        could fill and stall it."""
+        with tempfile.TemporaryFile("w+") as errors:
+            self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True)
+            assert self._proc.stdout is not None
+            rest = []
+            with self._proc.stdout:
+                for line in self._proc.stdout:
+                    progress = _progress(line)
+                    if progress is not None:
+                        self.progress = progress
+                    else:
+                        rest.append(line)
+            self._proc.wait()
+            errors.seek(0)
+            return "".join(rest), errors.read()
+
     def stop(self) -> None:
         """At shutdown: end a meta-training run in progress (it stores nothing unfinished)."""
         self._stopping = True
@@ -114,3 +135,14 @@ class InitializerJobs:
         self.metrics.meta_training_seconds.set(seconds)
         self.last_run = {"outcome": outcome, "finished": time.time(), "seconds": round(seconds, 1),
                          "version": version}
+
+
+def _progress(line: str) -> dict[str, Any] | None:
+    """A `meta-train --progress-lines` line's content; None for any other line."""
+    if not line.startswith('{"progress"'):
+        return None
+    try:
+        progress = json.loads(line)["progress"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return progress if isinstance(progress, dict) else None
