@@ -81,6 +81,17 @@ def series_table(listing: list[dict[str, Any]]) -> str:
     return _table(["series", "observations", "first (UTC)", "last (UTC)"], rows)
 
 
+def _engine_detail(engine: dict[str, Any]) -> str:
+    """The online engine's initializer and what its drift detectors set off, for status."""
+    if engine.get("init") is None:
+        return ""
+    label = str(engine.get("init_version"))
+    which = "" if label == "0" else " shipped with adaptd" if label == "packaged" else f" version {label}"
+    return (f" (series restart from the {engine['init']} initializer{which}; "
+            f"{engine.get('drifts', 0)} drifts detected, {engine.get('adapted', 0)} adaptations applied, "
+            f"{engine.get('adapting', 0)} running)")
+
+
 def status_text(stats: dict[str, Any]) -> str:
     engine = stats.get("engine", {})
     store = stats.get("store", {})
@@ -93,10 +104,11 @@ def status_text(stats: dict[str, Any]) -> str:
         f"late {stats.get('records_late')})",
         f"ingest queue:      {stats.get('ingest_queue_records')} records",
         f"connections:       {stats.get('connections')}",
-        f"engine:            {engine.get('kind')}",
-        f"store:             {store.get('url')}",
-        f"config:            {stats.get('config')}",
+        f"engine:            {engine.get('kind')}{_engine_detail(engine)}",
     ]
+    if engine.get("kind") == "online":
+        lines.append(f"learning backlog:  {stats.get('learning_backlog_records')} records")
+    lines += [f"store:             {store.get('url')}", f"config:            {stats.get('config')}"]
     if "meta_training" in stats:
         lines.append(f"meta-training:     {meta_training_text(stats['meta_training'])}")
     cluster = stats.get("cluster") or {}

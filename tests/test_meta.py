@@ -556,6 +556,9 @@ def test_the_daemon_picks_up_a_newly_promoted_initializer_without_restart():
         started = time.time()
         status = run_cli("status", config=config).stdout      # the daemon's own runs: the first a day on
         assert re.search(r"^meta-training:\s+no run since start; next in 23h5\dmin$", status, re.M), status
+        assert re.search(r"^engine:\s+online \(series restart from the random initializer; 0 drifts detected",
+                         status, re.M), status
+        assert re.search(r"^learning backlog:\s+\d+ records$", status, re.M), status
         schedule = json.loads(run_cli("status", "--json", config=config).stdout)["meta_training"]
         assert schedule["here"] and schedule["running_since"] is None and schedule["last_run"] is None
         assert started - 60 < schedule["next_run"] - 86400 <= started
