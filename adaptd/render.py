@@ -36,7 +36,8 @@ def meta_training_text(state: dict[str, Any], now: float | None = None) -> str:
     if state.get("running_since") is not None:
         progress = state.get("progress")
         far = "" if not progress else (
-            f" (iteration {progress['iteration']} of {progress['iterations']}, about {_span(progress['eta_s'])} left)"
+            f" (iteration {progress['iteration']} of {progress['iterations']}, about "
+            f"{_span(progress['eta_s'] - (now - progress.get('at', now)))} left)"
             if progress["iteration"] < progress["iterations"] else
             f" (all {progress['iterations']} iterations done: validating)")
         parts.append(f"running for {_span(now - state['running_since'])}{far}")

@@ -589,12 +589,13 @@ def test_the_daemon_picks_up_a_newly_promoted_initializer_without_restart():
 
 
 @pytest.mark.integration
-def test_the_scheduled_retrain_learns_from_the_store_at_its_recorded_detections(tmp_path: Path):
+def test_the_scheduled_retrain_learns_from_the_store_at_its_recorded_detections(tmp_path: Path, monkeypatch):
     """The daemon's job (`InitializerJobs.retrain`, what APScheduler calls) runs the real
     `adaptd meta-train` on the store's history, at `[meta] nice` below the daemon's priority,
     counts the outcome and switches the engine."""
     from adaptd.engine.adapting import DriftEvent
     from adaptd.engine.factory import build_engine, stored_initializer
+    from adaptd.meta import schedule
     from adaptd.meta.schedule import InitializerJobs
     from adaptd.metrics import Metrics
     from adaptd.records import Observation
@@ -613,13 +614,15 @@ def test_the_scheduled_retrain_learns_from_the_store_at_its_recorded_detections(
         engine = build_engine(settings, stored_initializer(settings, store, online_config(settings)))
         metrics = Metrics()
         jobs = InitializerJobs(settings, store, engine, metrics)
+        read = []   # every progress line the daemon read from the trainer
+        monkeypatch.setattr(schedule, "_progress", lambda line, parse=schedule._progress: read.append(parse(line))
+                            or read[-1])
         training = threading.Thread(target=jobs.retrain)
         training.start()
-        niceness, running, progress = set(), [], []
+        niceness, running = set(), []
         while training.is_alive():   # the trainer's niceness, read while it trains
             proc = jobs._proc
             running.append(jobs.running_since)
-            progress.append(jobs.progress)
             if proc is not None:
                 try:
                     niceness.add(int(Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[16]))
@@ -640,8 +643,8 @@ def test_the_scheduled_retrain_learns_from_the_store_at_its_recorded_detections(
     assert min(os.getpriority(os.PRIO_PROCESS, 0) + 7, 19) in niceness, niceness
     # What `adaptd status` shows: the run while it ran, then how it ended.
     assert any(since is not None for since in running) and jobs.running_since is None
-    seen = [p["iteration"] for p in progress if p is not None]
-    assert seen and seen == sorted(seen) and seen[-1] == 6 and jobs.progress is None, seen
+    assert [p["iteration"] for p in read if p is not None] == [1, 2, 3, 4, 5, 6]
+    assert all(p["iterations"] == 6 for p in read if p is not None) and jobs.progress is None
     assert jobs.last_run is not None and time.time() - 60 < jobs.last_run["finished"] <= time.time()
     assert (jobs.last_run["outcome"], jobs.last_run["version"]) == ("promoted", newest["version"])
 
@@ -690,10 +693,10 @@ def test_a_scheduled_run_that_cannot_train_says_why(tmp_path: Path, caplog):
       "last_run": {"outcome": "not_promoted", "finished": 1e6 - 7300, "seconds": 250.3, "version": 7}},
      "last run not promoted (version 7, took 4min10s) 2h1min ago; next in 21h"),
     ({"interval_s": 86400, "here": True, "running_since": 1e6 - 130, "last_run": None, "next_run": 1e6 + 86000,
-      "progress": {"iteration": 120, "iterations": 300, "loss": 2.5, "tasks_per_second": 30.0, "eta_s": 190.0}},
+      "progress": {"iteration": 120, "iterations": 300, "eta_s": 200.0, "at": 1e6 - 10}},   # read 10 s ago
      "running for 2min10s (iteration 120 of 300, about 3min10s left)"),
     ({"interval_s": 86400, "here": True, "running_since": 1e6 - 300, "last_run": None, "next_run": 1e6 + 86000,
-      "progress": {"iteration": 300, "iterations": 300, "loss": 2.5, "tasks_per_second": 30.0, "eta_s": 0.0}},
+      "progress": {"iteration": 300, "iterations": 300, "eta_s": 0.0, "at": 1e6 - 20}},
      "running for 5min (all 300 iterations done: validating)"),
     ({"interval_s": 86400, "here": True, "running_since": 1e6 - 5, "next_run": 1e6 + 86395,
       "last_run": {"outcome": "failed", "finished": 1e6 - 86405, "seconds": 3.2, "version": None}},
@@ -706,6 +709,19 @@ def test_a_scheduled_run_that_cannot_train_says_why(tmp_path: Path, caplog):
 def test_status_says_what_the_scheduled_meta_training_is_doing(state, shown):
     from adaptd.render import meta_training_text
     assert meta_training_text(state, now=1e6) == shown
+
+
+@pytest.mark.parametrize("line", [
+    '{"progress": {}}\n', '{"progress": {"iteration": 1, "iterations": 6}}\n',
+    '{"progress": {"iteration": 1, "iterations": 6, "eta_s": "soon"}}\n',
+    '{"progress": {"iteration": 1, "iterations": 6, "eta_s": Infinity}}\n',
+    '{"progress": [1, 6]}\n', '{"progress": truncated\n', '{"version": 3, "promoted": true}\n',
+])
+def test_the_daemon_ignores_trainer_lines_that_are_not_progress(line):
+    from adaptd.meta.schedule import _progress
+    assert _progress(line) is None
+    assert _progress('{"progress": {"iteration": 2, "iterations": 6, "eta_s": 4.5, "loss": NaN}}\n') == {
+        "iteration": 2, "iterations": 6, "eta_s": 4.5}
 
 
 def test_online_config_of_the_daemon_matches_the_tasks_shape(tmp_path: Path):

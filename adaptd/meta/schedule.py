@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import subprocess
 import sys
 import tempfile
@@ -85,7 +86,7 @@ class InitializerJobs:
             return
         if proc.returncode == EXIT_NOT_ENOUGH_DATA:
             self._count("not_enough_data", started)
-            log.info("meta-training skipped: %s", proc.stderr.strip().splitlines()[-1:] or "not enough data")
+            log.info("meta-training skipped: %s", (proc.stderr.strip().splitlines() or ["not enough data"])[-1])
             return
         report: dict[str, Any] = {}
         if proc.returncode == 0:
@@ -103,23 +104,31 @@ class InitializerJobs:
         self.refresh()
 
     def _run(self, argv: list[str]) -> tuple[str, str]:
-        """Run the trainer to its end, keeping its newest progress line; (stdout without those
-        lines, stderr). Its stderr goes to a file: a pipe nobody reads while stdout is read
-        could fill and stall it."""
-        with tempfile.TemporaryFile("w+") as errors:
-            self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True)
-            assert self._proc.stdout is not None
+        """Run the trainer to its end, keeping its newest progress line (with when it came);
+        (stdout without those lines, stderr). Its stderr goes to a file: a pipe nobody reads
+        while stdout is read could fill and stall it."""
+        with tempfile.TemporaryFile() as errors:
+            self._proc = proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True,
+                                                 errors="replace")
             rest = []
-            with self._proc.stdout:
-                for line in self._proc.stdout:
-                    progress = _progress(line)
-                    if progress is not None:
-                        self.progress = progress
-                    else:
-                        rest.append(line)
-            self._proc.wait()
+            try:
+                if self._stopping:   # stop() came between the start of this run and here
+                    proc.terminate()
+                assert proc.stdout is not None
+                with proc.stdout:
+                    for line in proc.stdout:
+                        progress = _progress(line)
+                        if progress is not None:
+                            self.progress = {**progress, "at": time.time()}
+                        else:
+                            rest.append(line)
+            except BaseException:
+                proc.kill()   # reading failed: do not leave the trainer running unwatched
+                raise
+            finally:
+                proc.wait()
             errors.seek(0)
-            return "".join(rest), errors.read()
+            return "".join(rest), errors.read().decode(errors="replace")
 
     def stop(self) -> None:
         """At shutdown: end a meta-training run in progress (it stores nothing unfinished)."""
@@ -133,6 +142,7 @@ class InitializerJobs:
         seconds = time.monotonic() - started
         self.metrics.meta_training_runs.labels(outcome).inc()
         self.metrics.meta_training_seconds.set(seconds)
+        self.running_since = self.progress = None   # over: status shows this run as the last one
         self.last_run = {"outcome": outcome, "finished": time.time(), "seconds": round(seconds, 1),
                          "version": version}
 
@@ -143,6 +153,10 @@ def _progress(line: str) -> dict[str, Any] | None:
         return None
     try:
         progress = json.loads(line)["progress"]
+        counts = int(progress["iteration"]), int(progress["iterations"])
+        eta = float(progress["eta_s"])
     except (ValueError, KeyError, TypeError):
         return None
-    return progress if isinstance(progress, dict) else None
+    if not math.isfinite(eta) or min(counts) < 0:
+        return None
+    return {"iteration": counts[0], "iterations": counts[1], "eta_s": eta}

@@ -164,15 +164,15 @@ def meta_train(start: Initializer, pool: SeriesPool, settings: MetaSettings, con
             _add_cold_start_gradients(theta, young, torch.from_numpy(cold_weight * spread_units))
         grads = [v.grad for v in (*theta.values(), *log_alpha.values()) if v.grad is not None]
         if not math.isfinite(loss) or not all(bool(torch.isfinite(g).all()) for g in grads):
-            optimizer.zero_grad()   # a batch that blew up teaches nothing; skip it
-            continue
-        torch.nn.utils.clip_grad_norm_(theta.values(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        with torch.no_grad():
-            for v in log_alpha.values():
-                v.clamp_(math.log(MIN_STEP), math.log(MAX_STEP))
-        history.append(loss)
+            optimizer.zero_grad()   # a batch that blew up teaches nothing; skip it (still progress)
+        else:
+            torch.nn.utils.clip_grad_norm_(theta.values(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+            with torch.no_grad():
+                for v in log_alpha.values():
+                    v.clamp_(math.log(MIN_STEP), math.log(MAX_STEP))
+            history.append(loss)
         if progress is not None:
             seconds = time.perf_counter() - started
             progress(Progress(iteration, settings.iterations, loss, iteration * B / seconds, seconds))
