@@ -11,6 +11,7 @@ exits at once.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import gc
 import logging
 import os
@@ -215,7 +216,9 @@ class Daemon:
             self._initializer_jobs = jobs = InitializerJobs(s, self.store, self.engine, self.metrics)
             self.scheduler.add_job(jobs.refresh, seconds=s.meta.refresh_interval, id="initializer-refresh", **every)
             if s.meta.retrain_interval > 0 and self.ours.trains:
-                self.scheduler.add_job(jobs.retrain, seconds=s.meta.retrain_interval, id="meta-train", **every)
+                first = datetime.datetime.fromtimestamp(jobs.first_run(time.time()), datetime.timezone.utc)
+                self.scheduler.add_job(jobs.retrain, seconds=s.meta.retrain_interval, id="meta-train",
+                                       next_run_time=first, **every)
             elif s.meta.retrain_interval > 0:
                 log.info("cluster member %d: meta-training is member 0's job; promoted initializers are "
                          "picked up every %gs", s.cluster.member, s.meta.refresh_interval)

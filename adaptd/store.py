@@ -362,6 +362,13 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
+    def newest_initializer_time(self, algorithms: tuple[str, ...]) -> float | None:
+        """When the newest initializer learnt by one of `algorithms` was stored (None: never)."""
+        i = initializers
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.max(i.c.created_at))
+                                .where(i.c.algorithm.in_(algorithms))).scalar_one()
+
     def newest_promoted_version(self) -> int | None:
         """What the daemon polls for: cheap, no weights read."""
         i = initializers

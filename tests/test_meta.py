@@ -583,6 +583,13 @@ def test_the_daemon_picks_up_a_newly_promoted_initializer_without_restart():
         assert 'kind="random"' not in text.split("adaptd_initializer_info")[2]   # the old one is gone
         assert d.forecast("a", 2)["model"]["init"] == "meta"
         assert "now restart from meta initializer" in d.stderr
+        # A restart keeps the schedule: the next run is due a day after that meta-training, not after the restart.
+        trained = next(row["created_at"] for row in json.loads(run_cli("initializers", "--json", config=config).stdout)
+                       if row["version"] == version)
+        d.stop()
+        d.start(timeout=60)
+        schedule = json.loads(run_cli("status", "--json", config=config).stdout)["meta_training"]
+        assert schedule["next_run"] == pytest.approx(trained + 86400, abs=1e-3)
     finally:
         d.kill()
         shutil.rmtree(directory, ignore_errors=True)
@@ -647,6 +654,38 @@ def test_the_scheduled_retrain_learns_from_the_store_at_its_recorded_detections(
     assert all(p["iterations"] == 6 for p in read if p is not None) and jobs.progress is None
     assert jobs.last_run is not None and time.time() - 60 < jobs.last_run["finished"] <= time.time()
     assert (jobs.last_run["outcome"], jobs.last_run["version"]) == ("promoted", newest["version"])
+
+
+def test_the_schedule_counts_from_the_newest_meta_training_in_the_store(tmp_path: Path):
+    """A daemon restarted more often than `retrain_interval` would never meta-train if the
+    interval counted from each start."""
+    from adaptd.meta.schedule import OVERDUE_DELAY, InitializerJobs
+    from adaptd.metrics import Metrics
+    from adaptd.schema import initializers
+    settings = load_config(str(write_config(tmp_path, naive=False)))
+    day, now = settings.meta.retrain_interval, 1.9e9
+    store = Store.open(settings.store.url)
+    try:
+        store.migrate()
+        jobs = InitializerJobs(settings, store, None, Metrics())   # type: ignore[arg-type]  (no engine needed)
+
+        def stored(algorithm: str, at: float) -> None:
+            version = store.save_initializer(algorithm, 1, b"weights", {}, None, False)
+            with store.engine.begin() as conn:
+                conn.execute(initializers.update().where(initializers.c.version == version).values(created_at=at))
+
+        assert jobs.first_run(now) == now + day                  # never meta-trained here: a day after start
+        stored("pretrain", now - 3 * day)                         # a warm start is not a meta-training
+        assert jobs.first_run(now) == now + day
+        stored("meta_sgd", now - 3600)
+        assert jobs.first_run(now) == now - 3600 + day            # a day after it
+        stored("reptile", now - 600)
+        assert jobs.first_run(now) == now - 600 + day             # the newest counts
+        assert jobs.first_run(now + 2 * day) == now + 2 * day + OVERDUE_DELAY   # overdue: soon after start
+        stored("meta_sgd", now + 7 * day)                         # stored by a clock that was ahead
+        assert jobs.first_run(now) == now + day
+    finally:
+        store.close()
 
 
 @pytest.mark.integration

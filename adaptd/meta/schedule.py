@@ -22,10 +22,14 @@ from ..engine.base import Engine
 from ..engine.factory import online_config, stored_initializer
 from ..metrics import Metrics
 from ..store import Store
+from .train import ALGORITHMS
 
 log = logging.getLogger(__name__)
 
 EXIT_NOT_ENOUGH_DATA = 3
+# An overdue run starts this long after the daemon does, not with it: start-up first learns the
+# stored history.
+OVERDUE_DELAY = 300.0
 
 
 class InitializerJobs:
@@ -57,6 +61,17 @@ class InitializerJobs:
         self.metrics.initializer.clear()
         self.metrics.initializer.labels(init.kind, init.label).set(1)
         log.info("series now restart from %s initializer version %s", init.kind, init.version)
+
+    def first_run(self, now: float) -> float:
+        """When the first scheduled run is due: `retrain_interval` after the newest stored
+        meta-trained initializer, so that the schedule survives restarts (a daemon restarted
+        more often than the interval would otherwise never run it); soon after start when that
+        is past; `retrain_interval` after start when nothing was ever meta-trained here."""
+        interval = self.settings.meta.retrain_interval
+        last = self.store.newest_initializer_time(ALGORITHMS)
+        if last is None:
+            return now + interval
+        return min(max(float(last) + interval, now + OVERDUE_DELAY), now + interval)
 
     def retrain(self) -> None:
         """Run `adaptd meta-train` on the store's history; count the outcome; pick up the result."""
