@@ -369,6 +369,11 @@ class Store:
             return conn.execute(sa.select(sa.func.max(i.c.created_at))
                                 .where(i.c.algorithm.in_(algorithms))).scalar_one()
 
+    def first_series_time(self) -> float | None:
+        """When the first series was stored (None: none yet)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.min(series_table.c.created_at))).scalar_one()
+
     def newest_promoted_version(self) -> int | None:
         """What the daemon polls for: cheap, no weights read."""
         i = initializers

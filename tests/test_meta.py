@@ -661,7 +661,8 @@ def test_the_schedule_counts_from_the_newest_meta_training_in_the_store(tmp_path
     interval counted from each start."""
     from adaptd.meta.schedule import OVERDUE_DELAY, InitializerJobs
     from adaptd.metrics import Metrics
-    from adaptd.schema import initializers
+    from adaptd.records import Observation
+    from adaptd.schema import initializers, series_table
     settings = load_config(str(write_config(tmp_path, naive=False)))
     day, now = settings.meta.retrain_interval, 1.9e9
     store = Store.open(settings.store.url)
@@ -674,9 +675,13 @@ def test_the_schedule_counts_from_the_newest_meta_training_in_the_store(tmp_path
             with store.engine.begin() as conn:
                 conn.execute(initializers.update().where(initializers.c.version == version).values(created_at=at))
 
-        assert jobs.first_run(now) == now + day                  # never meta-trained here: a day after start
+        assert jobs.first_run(now) == now + day                  # no data yet: a day after start
+        store.write([Observation("first", 0.0, 1.0)])
+        with store.engine.begin() as conn:
+            conn.execute(series_table.update().values(created_at=now - 7200))
+        assert jobs.first_run(now) == now - 7200 + day            # never meta-trained: a day after data came
         stored("pretrain", now - 3 * day)                         # a warm start is not a meta-training
-        assert jobs.first_run(now) == now + day
+        assert jobs.first_run(now) == now - 7200 + day
         stored("meta_sgd", now - 3600)
         assert jobs.first_run(now) == now - 3600 + day            # a day after it
         stored("reptile", now - 600)

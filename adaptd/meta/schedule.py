@@ -64,11 +64,13 @@ class InitializerJobs:
 
     def first_run(self, now: float) -> float:
         """When the first scheduled run is due: `retrain_interval` after the newest stored
-        meta-trained initializer, so that the schedule survives restarts (a daemon restarted
-        more often than the interval would otherwise never run it); soon after start when that
-        is past; `retrain_interval` after start when nothing was ever meta-trained here."""
+        meta-trained initializer, or on a store never meta-trained after its first series came,
+        so that the schedule survives restarts (a daemon restarted more often than the interval
+        would otherwise never run it); soon after start when that is past."""
         interval = self.settings.meta.retrain_interval
         last = self.store.newest_initializer_time(ALGORITHMS)
+        if last is None:
+            last = self.store.first_series_time()
         if last is None:
             return now + interval
         return min(max(float(last) + interval, now + OVERDUE_DELAY), now + interval)
