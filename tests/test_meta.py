@@ -586,7 +586,7 @@ def test_the_daemon_picks_up_a_newly_promoted_initializer_without_restart():
         # A restart keeps the schedule: the next run is due a day after that meta-training, not after the restart.
         trained = next(row["created_at"] for row in json.loads(run_cli("initializers", "--json", config=config).stdout)
                        if row["version"] == version)
-        d.stop()
+        assert d.stop()[0] == 0
         d.start(timeout=60)
         schedule = json.loads(run_cli("status", "--json", config=config).stdout)["meta_training"]
         assert schedule["next_run"] == pytest.approx(trained + 86400, abs=1e-3)
@@ -680,7 +680,7 @@ def test_the_schedule_counts_from_the_newest_meta_training_in_the_store(tmp_path
         with store.engine.begin() as conn:
             conn.execute(series_table.update().values(created_at=now - 7200))
         assert jobs.first_run(now) == now - 7200 + day            # never meta-trained: a day after data came
-        stored("pretrain", now - 3 * day)                         # a warm start is not a meta-training
+        stored("pretrain", now - 3 * day)                         # a guard: a pretrained one is no meta-training
         assert jobs.first_run(now) == now - 7200 + day
         stored("meta_sgd", now - 3600)
         assert jobs.first_run(now) == now - 3600 + day            # a day after it

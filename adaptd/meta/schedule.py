@@ -66,7 +66,11 @@ class InitializerJobs:
         """When the first scheduled run is due: `retrain_interval` after the newest stored
         meta-trained initializer, or on a store never meta-trained after its first series came,
         so that the schedule survives restarts (a daemon restarted more often than the interval
-        would otherwise never run it); soon after start when that is past."""
+        would otherwise never run it); soon after start when that is past.
+
+        Counted from when a run stored its result, so each restart moves the schedule later by
+        one run's length; a run that stored nothing (too little history, failed, stopped by the
+        restart) leaves the clock where it was, so the next start tries again."""
         interval = self.settings.meta.retrain_interval
         last = self.store.newest_initializer_time(ALGORITHMS)
         if last is None:
