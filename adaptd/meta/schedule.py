@@ -95,14 +95,11 @@ class InitializerJobs:
         started = time.monotonic()
         log.info("meta-training the initializer on stored history")
         try:
-            stdout, stderr = self._run(argv)
+            proc = self._run(argv)
         except OSError as exc:
             self._count("failed", started)
             log.error("meta-training could not start: %s", exc)
             return
-        assert self._proc is not None
-        proc = subprocess.CompletedProcess(argv, self._proc.returncode, stdout, stderr)
-        self._proc = None
         if self._stopping:
             return
         if proc.returncode == EXIT_NOT_ENOUGH_DATA:
@@ -124,10 +121,10 @@ class InitializerJobs:
                  report["val_score"], "promoted" if report["promoted"] else "not promoted")
         self.refresh()
 
-    def _run(self, argv: list[str]) -> tuple[str, str]:
-        """Run the trainer to its end, keeping its newest progress line (with when it came);
-        (stdout without those lines, stderr). Its stderr goes to a file: a pipe nobody reads
-        while stdout is read could fill and stall it."""
+    def _run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        """Run the trainer to its end (stoppable meanwhile by stop()), keeping its newest
+        progress line (with when it came); its stdout without those lines. Its stderr goes to
+        a file: a pipe nobody reads while stdout is read could fill and stall it."""
         with tempfile.TemporaryFile() as errors:
             self._proc = proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True,
                                                  errors="replace")
@@ -148,8 +145,10 @@ class InitializerJobs:
                 raise
             finally:
                 proc.wait()
+                self._proc = None
             errors.seek(0)
-            return "".join(rest), errors.read().decode(errors="replace")
+            return subprocess.CompletedProcess(argv, proc.returncode, "".join(rest),
+                                               errors.read().decode(errors="replace"))
 
     def stop(self) -> None:
         """At shutdown: end a meta-training run in progress (it stores nothing unfinished)."""
