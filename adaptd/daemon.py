@@ -213,7 +213,8 @@ class Daemon:
             from .meta.schedule import InitializerJobs
 
             assert self.store is not None and self.engine is not None
-            self._initializer_jobs = jobs = InitializerJobs(s, self.store, self.engine, self.metrics)
+            self._initializer_jobs = jobs = InitializerJobs(s, self.store, self.engine, self.metrics,
+                                                            trains=self.ours.trains)
             self.scheduler.add_job(jobs.refresh, seconds=s.meta.refresh_interval, id="initializer-refresh", **every)
             if s.meta.retrain_interval > 0 and self.ours.trains:
                 first = datetime.datetime.fromtimestamp(jobs.first_run(time.time()), datetime.timezone.utc)

@@ -43,11 +43,9 @@ def meta_training_text(state: dict[str, Any], now: float | None = None) -> str:
         parts.append(f"running for {_span(now - state['running_since'])}{far}")
     last = state.get("last_run")
     if last is not None:
-        version = f"version {last['version']}, " if last.get("version") is not None else ""
-        parts.append(f"last run {last['outcome'].replace('_', ' ')} ({version}took {_span(last['seconds'])}) "
-                     f"{_span(now - last['finished'])} ago")
+        parts.append(_last_run(last, now))
     elif state.get("here") and state.get("running_since") is None:
-        parts.append("no run since start")
+        parts.append("no run yet")
     if not state.get("interval_s"):
         parts.append("off ([meta] retrain_interval = 0)")
     elif not state.get("here"):
@@ -55,6 +53,21 @@ def meta_training_text(state: dict[str, Any], now: float | None = None) -> str:
     elif state.get("running_since") is None and state.get("next_run") is not None:
         parts.append(f"next in {_span(state['next_run'] - now)}")
     return "; ".join(parts)
+
+
+def _last_run(last: dict[str, Any], now: float) -> str:
+    """How the newest finished meta-training run ended, when, and (if it stored nothing) why."""
+    what = {"interrupted": "cut off when its daemon stopped", "stopped": "stopped at shutdown"}.get(
+        last["outcome"], last["outcome"].replace("_", " "))
+    done = [f"version {last['version']}"] if last.get("version") is not None else []
+    if last.get("seconds") is not None:
+        done.append(f"took {_span(last['seconds'])}")
+    if last.get("finished") is None:   # cut off: when it ended is not known
+        done.append(f"started {_span(now - last['started'])} ago")
+    line = f"last run {what}" + (f" ({', '.join(done)})" if done else "")
+    if last.get("finished") is not None:
+        line += f" {_span(now - last['finished'])} ago"
+    return line + (f": {last['detail']}" if last.get("detail") else "")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

@@ -11,7 +11,7 @@ from typing import Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 
@@ -80,6 +80,18 @@ initializers = sa.Table(
     sa.Column("created_at", sa.Double, nullable=False),
 )
 
+# The daemon's scheduled meta-training runs, so that its schedule and `adaptd status` outlive
+# restarts. `outcome` is NULL while a run is going (or after the daemon died during it).
+meta_training_runs = sa.Table(
+    "meta_training_runs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("started_at", sa.Double, nullable=False, index=True),
+    sa.Column("finished_at", sa.Double),
+    sa.Column("outcome", sa.String(32)),
+    sa.Column("version", sa.Integer),       # the initializer it stored
+    sa.Column("detail", sa.Text),           # why it stored nothing, in the trainer's words
+)
+
 
 def create_forecast_view(conn: Connection) -> None:
     """`forecast_latest`: the newest forecast of each exported series with readable times, for
@@ -92,5 +104,9 @@ def create_forecast_view(conn: Connection) -> None:
         "FROM forecasts f JOIN series s ON s.id = f.series_id")
 
 
+def create_meta_training_runs(conn: Connection) -> None:
+    meta_training_runs.create(conn)
+
+
 # version N -> function migrating a database at version N-1 to N.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: create_forecast_view}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: create_forecast_view, 3: create_meta_training_runs}

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from .records import Observation
 from .schema import (MIGRATIONS, SCHEMA_VERSION, create_forecast_view, drift_events, forecasts_table, initializers,
-                     metadata, model_checkpoints, observations, schema_version, series_table)
+                     meta_training_runs, metadata, model_checkpoints, observations, schema_version, series_table)
 
 log = logging.getLogger(__name__)
 # PostgreSQL advisory-lock key (per database) held while the schema is created or migrated;
@@ -387,6 +387,36 @@ class Store:
                  .where(i.c.promoted.is_(True)).order_by(i.c.version.desc()))
         with self.engine.connect() as conn:
             return [(int(v), str(a), int(f), bytes(p)) for v, a, f, p in conn.execute(query)]
+
+    # -- meta-training runs ------------------------------------------------------------------
+    def start_meta_run(self, started_at: float) -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(meta_training_runs.insert().values(started_at=started_at))
+            return int(result.inserted_primary_key[0])
+
+    def finish_meta_run(self, run_id: int, outcome: str, finished_at: float, version: int | None = None,
+                        detail: str | None = None) -> None:
+        r = meta_training_runs
+        with self.engine.begin() as conn:
+            conn.execute(r.update().where(r.c.id == run_id).values(
+                outcome=outcome, finished_at=finished_at, version=version, detail=detail))
+
+    def close_unfinished_meta_runs(self) -> int:
+        """Mark the runs a daemon left without an outcome (it died during them) `interrupted`;
+        how many there were."""
+        r = meta_training_runs
+        with self.engine.begin() as conn:
+            return int(conn.execute(r.update().where(r.c.outcome.is_(None)).values(outcome="interrupted")).rowcount)
+
+    def meta_runs(self, limit: int, finished_only: bool = False) -> list[dict[str, Any]]:
+        """The newest `limit` meta-training runs, newest first (with `finished_only`, those with
+        an outcome)."""
+        r = meta_training_runs
+        query = sa.select(r).order_by(r.c.started_at.desc(), r.c.id.desc()).limit(limit)
+        if finished_only:
+            query = query.where(r.c.outcome.is_not(None))
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
 
     def load_checkpoints(self, owns: Owns | None = None) -> list[Checkpoint]:
         m, s = model_checkpoints, series_table

@@ -555,7 +555,7 @@ def test_the_daemon_picks_up_a_newly_promoted_initializer_without_restart():
         d.start(timeout=60)
         started = time.time()
         status = run_cli("status", config=config).stdout      # the daemon's own runs: the first a day on
-        assert re.search(r"^meta-training:\s+no run since start; next in 23h5\dmin$", status, re.M), status
+        assert re.search(r"^meta-training:\s+no run yet; next in 23h5\dmin$", status, re.M), status
         assert re.search(r"^engine:\s+online \(series restart from the random initializer; 0 drifts detected",
                          status, re.M), status
         assert re.search(r"^learning backlog:\s+\d+ records$", status, re.M), status
@@ -638,6 +638,7 @@ def test_the_scheduled_retrain_learns_from_the_store_at_its_recorded_detections(
             time.sleep(0.05)
         training.join()
         newest = max(store.initializer_list(), key=lambda row: row["version"])
+        remembered = InitializerJobs(settings, store, engine, Metrics()).last_run
     finally:
         store.close()
     outcomes = {o: metrics.registry.get_sample_value("adaptd_meta_training_runs_total", {"outcome": o})
@@ -654,6 +655,50 @@ def test_the_scheduled_retrain_learns_from_the_store_at_its_recorded_detections(
     assert all(p["iterations"] == 6 for p in read if p is not None) and jobs.progress is None
     assert jobs.last_run is not None and time.time() - 60 < jobs.last_run["finished"] <= time.time()
     assert (jobs.last_run["outcome"], jobs.last_run["version"]) == ("promoted", newest["version"])
+    assert remembered == jobs.last_run                        # by the store, for the next start
+
+
+@pytest.mark.integration
+def test_a_run_stopped_at_shutdown_is_kept_as_stopped_and_not_counted(tmp_path: Path):
+    """Shutdown ends the trainer mid-run: nothing is stored but the run, as `stopped`; the
+    outcome counter (what the alert reads) does not count it as failed."""
+    from adaptd.engine.factory import build_engine, stored_initializer
+    from adaptd.meta.schedule import InitializerJobs
+    from adaptd.metrics import Metrics
+    from adaptd.records import Observation
+    config = write_config(tmp_path, naive=False, sections={
+        "model": MODEL, "adapt": ADAPT, "meta": {"iterations": 100_000, "meta_batch": 8, "query": 12}})
+    settings = load_config(str(config))
+    data = regime_series(8, 500, np.random.default_rng(5))
+    store = Store.open(settings.store.url)
+    try:
+        store.migrate()
+        store.write([Observation(f"s{k}", 3600.0 * t, float(v)) for k, y in enumerate(data.values)
+                     for t, v in enumerate(y)])
+        engine = build_engine(settings, stored_initializer(settings, store, online_config(settings)))
+        metrics = Metrics()
+        jobs = InitializerJobs(settings, store, engine, metrics)
+        training = threading.Thread(target=jobs.retrain)
+        training.start()
+        deadline = time.monotonic() + 120
+        while jobs.progress is None and training.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert jobs.progress is not None, "the trainer never reported an iteration"
+        [running] = store.meta_runs(5)
+        assert running["outcome"] is None and running["started_at"] == jobs.running_since
+        trainer = jobs._proc
+        jobs.stop()
+        training.join(timeout=60)
+        assert not training.is_alive() and trainer is not None and trainer.poll() is not None
+        [stopped] = store.meta_runs(5)
+        assert [row["algorithm"] for row in store.initializer_list()] == ["pretrain"]   # (its warm start)
+    finally:
+        store.close()
+    assert stopped["outcome"] == "stopped" and stopped["finished_at"] >= stopped["started_at"]
+    assert jobs.last_run["outcome"] == "stopped" and jobs.running_since is None
+    counted = {o: metrics.registry.get_sample_value("adaptd_meta_training_runs_total", {"outcome": o})
+               for o in ("promoted", "not_promoted", "failed", "not_enough_data")}
+    assert set(counted.values()) == {0.0}, counted
 
 
 def test_the_schedule_counts_from_the_newest_meta_training_in_the_store(tmp_path: Path):
@@ -693,6 +738,51 @@ def test_the_schedule_counts_from_the_newest_meta_training_in_the_store(tmp_path
         store.close()
 
 
+def test_runs_that_stored_nothing_move_the_schedule_and_cut_off_ones_back_off(tmp_path: Path):
+    """A run that found too little history (or failed) is not retried at every restart; one a
+    restart cut off is retried soon, but each further cut-off run in a row doubles the wait."""
+    from adaptd.meta.schedule import OVERDUE_DELAY, InitializerJobs
+    from adaptd.metrics import Metrics
+    from adaptd.records import Observation
+    from adaptd.schema import series_table
+    settings = load_config(str(write_config(tmp_path, naive=False)))
+    day, now = settings.meta.retrain_interval, 1.9e9
+    store = Store.open(settings.store.url)
+    try:
+        store.migrate()
+        store.write([Observation("first", 0.0, 1.0)])
+        with store.engine.begin() as conn:
+            conn.execute(series_table.update().values(created_at=now - 3 * day))
+
+        def jobs() -> InitializerJobs:   # what a daemon (re)started now sees
+            return InitializerJobs(settings, store, None, Metrics())   # type: ignore[arg-type]
+
+        assert jobs().first_run(now) == now + OVERDUE_DELAY        # overdue since the first series
+        skipped = store.start_meta_run(now - 3600)
+        watcher = InitializerJobs(settings, store, None, Metrics(), trains=False)   # type: ignore[arg-type]
+        assert store.meta_runs(1)[0]["outcome"] is None             # another member's run is left going
+        store.finish_meta_run(skipped, "not_enough_data", now - 3590, detail="too short")
+        assert watcher.last_run is None
+        watcher.refresh()                                           # it learns how the trainer's run ended
+        assert watcher.last_run["outcome"] == "not_enough_data"
+        assert jobs().first_run(now) == now - 3590 + day            # not again at this restart
+        for cut_off in range(1, 4):                                 # a day on, each start is cut off by a restart
+            store.start_meta_run(now + day + cut_off)
+            assert jobs().first_run(now + day + 10) == now + day + 10 + OVERDUE_DELAY * 2 ** cut_off
+        assert [r["outcome"] for r in store.meta_runs(4)] == ["interrupted"] * 3 + ["not_enough_data"]
+        for more in range(6):   # 9 in a row: 300 s doubled 9 times is more than a day
+            store.start_meta_run(now + day + 20 + more)
+        store.close_unfinished_meta_runs()
+        assert jobs().first_run(now + 30 * day) == now + 31 * day   # at most one interval
+        failed = store.start_meta_run(now + 30 * day)
+        store.finish_meta_run(failed, "failed", now + 30 * day + 5, detail="boom")
+        assert jobs().first_run(now + 30 * day + 60) == now + 31 * day + 5
+        assert jobs().last_run == {"outcome": "failed", "started": now + 30 * day, "finished": now + 30 * day + 5,
+                                   "seconds": 5.0, "version": None, "detail": "boom"}
+    finally:
+        store.close()
+
+
 @pytest.mark.integration
 def test_a_scheduled_run_that_cannot_train_says_why(tmp_path: Path, caplog):
     """Too little history, then no store file at all: each run is counted with its outcome, and
@@ -721,8 +811,12 @@ def test_a_scheduled_run_that_cannot_train_says_why(tmp_path: Path, caplog):
             jobs.retrain()
         assert jobs.last_run["outcome"] == "failed" and jobs.running_since is None
         assert "meta-training failed (exit 2)" in caplog.text and "no store at" in caplog.text
+        assert "no store at" in jobs.last_run["detail"]
+        runs = store.meta_runs(5)   # (the file it opens is gone: a new one came with the runs table)
     finally:
         store.close()
+    assert [r["outcome"] for r in runs] == ["failed", "not_enough_data"]
+    assert "long enough" in runs[1]["detail"] and runs[1]["finished_at"] >= runs[1]["started_at"]
     counted = {o: metrics.registry.get_sample_value("adaptd_meta_training_runs_total", {"outcome": o})
                for o in ("promoted", "not_promoted", "failed", "not_enough_data")}
     assert counted == {"promoted": 0.0, "not_promoted": 0.0, "failed": 1.0, "not_enough_data": 1.0}
@@ -730,7 +824,7 @@ def test_a_scheduled_run_that_cannot_train_says_why(tmp_path: Path, caplog):
 
 @pytest.mark.parametrize("state, shown", [
     ({"interval_s": 86400, "here": True, "running_since": None, "last_run": None, "next_run": 1e6 + 86399},
-     "no run since start; next in 23h59min"),
+     "no run yet; next in 23h59min"),
     ({"interval_s": 86400, "here": True, "running_since": 1e6 - 192, "last_run": None, "next_run": 1e6 + 86000},
      "running for 3min12s"),
     ({"interval_s": 86400, "here": True, "running_since": None, "next_run": 1e6 + 75600,
@@ -745,6 +839,19 @@ def test_a_scheduled_run_that_cannot_train_says_why(tmp_path: Path, caplog):
     ({"interval_s": 86400, "here": True, "running_since": 1e6 - 5, "next_run": 1e6 + 86395,
       "last_run": {"outcome": "failed", "finished": 1e6 - 86405, "seconds": 3.2, "version": None}},
      "running for 5s; last run failed (took 3s) 1d ago"),
+    ({"interval_s": 86400, "here": True, "running_since": None, "next_run": 1e6 + 300,
+      "last_run": {"outcome": "interrupted", "started": 1e6 - 3600, "finished": None, "seconds": None,
+                   "version": None, "detail": None}},
+     "last run cut off when its daemon stopped (started 1h ago); next in 5min"),
+    ({"interval_s": 86400, "here": True, "running_since": None, "next_run": 1e6 + 600,
+      "last_run": {"outcome": "stopped", "started": 1e6 - 700, "finished": 1e6 - 100, "seconds": 600.0,
+                   "version": None, "detail": None}},
+     "last run stopped at shutdown (took 10min) 1min40s ago; next in 10min"),
+    ({"interval_s": 86400, "here": False, "running_since": None, "next_run": None,
+      "last_run": {"outcome": "not_enough_data", "started": 1e6 - 7205, "finished": 1e6 - 7200, "seconds": 5.0,
+                   "version": None, "detail": "no series is long enough for training tasks"}},
+     "last run not enough data (took 5s) 2h ago: no series is long enough for training tasks; "
+     "cluster member 0 runs it"),
     ({"interval_s": 0, "here": False, "running_since": None, "last_run": None, "next_run": None},
      "off ([meta] retrain_interval = 0)"),
     ({"interval_s": 86400, "here": False, "running_since": None, "last_run": None, "next_run": None},

@@ -32,11 +32,11 @@ def reopen(store: Store) -> Store:
 # -- schema -------------------------------------------------------------------------------
 
 def test_new_database_gets_the_current_schema(store: Store) -> None:
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     assert store.schema_version() == SCHEMA_VERSION
     tables = set(sa.inspect(store.engine).get_table_names())
     assert {"schema_version", "series", "observations", "forecasts", "drift_events",
-            "model_checkpoints", "initializers"} <= tables
+            "model_checkpoints", "initializers", "meta_training_runs"} <= tables
     assert "forecast_latest" in sa.inspect(store.engine).get_view_names()
     with store.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(schema_version)).scalar_one() == 1
@@ -85,19 +85,46 @@ def test_a_newer_schema_is_refused_naming_both_versions(store: Store) -> None:
         engine.dispose()
 
 
-def test_a_version_1_database_is_migrated_keeping_its_data(store: Store) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_database_is_migrated_keeping_its_data(store: Store, version: int) -> None:
     store.write([Obs("a", 1.0, 10.0)])
-    with store.engine.begin() as conn:   # what version 1 was: the same tables, no view
-        conn.execute(sa.text("DROP VIEW forecast_latest"))
+    store.save_initializer("meta_sgd", 1, b"weights", {}, 0.5, True)
+    with store.engine.begin() as conn:   # what it was: version 2 had no runs table, version 1 no view either
+        conn.execute(sa.text("DROP TABLE meta_training_runs"))
+        if version == 1:
+            conn.execute(sa.text("DROP VIEW forecast_latest"))
         conn.execute(sa.delete(schema_version))
-        conn.execute(schema_version.insert().values(version=1, applied_at=time.time()))
+        conn.execute(schema_version.insert().values(version=version, applied_at=time.time()))
     store = reopen(store)
     try:
-        assert store.schema_version() == 2
+        assert store.schema_version() == SCHEMA_VERSION
         assert "forecast_latest" in sa.inspect(store.engine).get_view_names()
         assert store.history("a") == [(1.0, 10.0)]
+        assert store.newest_promoted_version() == 1
+        assert store.meta_runs(5) == []
+        store.start_meta_run(1.0)   # the new table is usable
+        assert len(store.meta_runs(5)) == 1
     finally:
         store.close()
+
+
+def test_meta_training_runs_are_kept_with_their_outcome(store: Store) -> None:
+    """What the daemon's schedule and `adaptd status` read back after a restart."""
+    first = store.start_meta_run(100.0)
+    store.finish_meta_run(first, "not_enough_data", 130.0, detail="no series is long enough")
+    second = store.start_meta_run(200.0)
+    assert [(r["id"], r["outcome"]) for r in store.meta_runs(5)] == [(second, None), (first, "not_enough_data")]
+    assert [r["id"] for r in store.meta_runs(5, finished_only=True)] == [first]
+    assert store.close_unfinished_meta_runs() == 1             # its daemon died during it
+    assert store.close_unfinished_meta_runs() == 0
+    third = store.start_meta_run(300.0)
+    store.finish_meta_run(third, "promoted", 400.0, version=7)
+    newest, cut_off, skipped = store.meta_runs(5)
+    assert (newest["outcome"], newest["version"], newest["started_at"], newest["finished_at"]) == \
+        ("promoted", 7, 300.0, 400.0)
+    assert (cut_off["outcome"], cut_off["finished_at"]) == ("interrupted", None)
+    assert (skipped["detail"], skipped["version"]) == ("no series is long enough", None)
+    assert [r["id"] for r in store.meta_runs(2)] == [third, second]
 
 
 @pytest.mark.parametrize("damage", ["DROP TABLE schema_version", "DELETE FROM schema_version"])

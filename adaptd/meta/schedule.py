@@ -15,13 +15,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
+
+import sqlalchemy as sa
 
 from ..config import Settings
 from ..engine.base import Engine
 from ..engine.factory import online_config, stored_initializer
 from ..metrics import Metrics
-from ..store import Store
+from ..store import Store, StoreError
 from .train import ALGORITHMS
 
 log = logging.getLogger(__name__)
@@ -30,25 +32,39 @@ EXIT_NOT_ENOUGH_DATA = 3
 # An overdue run starts this long after the daemon does, not with it: start-up first learns the
 # stored history.
 OVERDUE_DELAY = 300.0
+MAX_BACKOFF = 12                     # doublings of OVERDUE_DELAY (the interval caps it anyway)
+# How a run can end by itself; the others (`stopped` at shutdown, `interrupted` by a daemon
+# that died) were cut off and do not count as a run for the schedule.
+ENDED_ON_ITS_OWN = ("promoted", "not_promoted", "not_enough_data", "failed")
+DETAIL_CHARS = 500                   # of the trainer's last stderr line, kept with the run
 
 
 class InitializerJobs:
-    def __init__(self, settings: Settings, store: Store, engine: Engine, metrics: Metrics):
+    def __init__(self, settings: Settings, store: Store, engine: Engine, metrics: Metrics, trains: bool = True):
+        """`trains`: whether this daemon runs the scheduled meta-training (in a cluster, member 0
+        does); the others only pick up what it promotes."""
         self.settings = settings
         self.store = store
         self.engine = engine
         self.metrics = metrics
+        self.trains = trains
         self._newest_seen: int | None = store.newest_promoted_version()
         self._proc: subprocess.Popen[str] | None = None
+        self._run_id: int | None = None      # the store's row of the run in progress
         self._stopping = False
-        # For `adaptd status` (since the daemon started): when the run in progress started
-        # (wall clock) and how far it got, and how the newest finished one ended.
+        if trains:   # a run without an outcome was cut off when its daemon died
+            store.close_unfinished_meta_runs()
+        # For `adaptd status`: when the run in progress started (wall clock) and how far it
+        # got, and how the newest finished one ended (from the store: it outlives restarts).
         self.running_since: float | None = None
         self.progress: dict[str, Any] | None = None
-        self.last_run: dict[str, Any] | None = None
+        self.last_run: dict[str, Any] | None = self._newest_finished_run()
 
     def refresh(self) -> None:
-        """Switch to the best-fitting promoted initializer when a newer one appears."""
+        """Switch to the best-fitting promoted initializer when a newer one appears (and, on a
+        daemon that does not train, learn how the trainer's newest run ended)."""
+        if not self.trains:
+            self.last_run = self._newest_finished_run()
         newest = self.store.newest_promoted_version()
         if newest == self._newest_seen:
             return
@@ -63,48 +79,62 @@ class InitializerJobs:
         log.info("series now restart from %s initializer version %s", init.kind, init.version)
 
     def first_run(self, now: float) -> float:
-        """When the first scheduled run is due: `retrain_interval` after the newest stored
-        meta-trained initializer, or on a store never meta-trained after its first series came,
-        so that the schedule survives restarts (a daemon restarted more often than the interval
-        would otherwise never run it); soon after start when that is past.
+        """When the first scheduled run is due: `retrain_interval` after the newest run that
+        ended on its own (whatever its outcome) or meta-trained initializer stored (a run by
+        hand counts too); on a store never meta-trained, after its first series came. So the
+        schedule survives restarts: a daemon restarted more often than the interval would
+        otherwise never run it, and one restarted daily would retry a doomed run at each start.
 
-        Counted from when a run stored its result, so each restart moves the schedule later by
-        one run's length; a run that stored nothing (too little history, failed, stopped by the
-        restart) leaves the clock where it was, so the next start tries again."""
+        When that time has passed the run starts soon after start, later the more runs in a row
+        restarts cut off (OVERDUE_DELAY doubled each time, at most one interval): a daemon
+        restarted more often than a run lasts would otherwise start one, in vain, each time."""
         interval = self.settings.meta.retrain_interval
-        last = self.store.newest_initializer_time(ALGORITHMS)
+        cut_off, ended = 0, None
+        for run in self.store.meta_runs(MAX_BACKOFF + 1):
+            if run["outcome"] in ENDED_ON_ITS_OWN:
+                ended = run["finished_at"]
+                break
+            cut_off += 1
+        stored = self.store.newest_initializer_time(ALGORITHMS)
+        last = max((t for t in (ended, stored) if t is not None), default=None)
         if last is None:
             last = self.store.first_series_time()
         if last is None:
             return now + interval
-        return min(max(float(last) + interval, now + OVERDUE_DELAY), now + interval)
+        delay = min(OVERDUE_DELAY * 2 ** min(cut_off, MAX_BACKOFF), interval)
+        return min(max(float(last) + interval, now + delay), now + interval)
 
     def retrain(self) -> None:
         """Run `adaptd meta-train` on the store's history; count the outcome; pick up the result."""
-        self.running_since = time.time()
+        self.running_since, started = time.time(), time.monotonic()
+        self._run_id = self._store_safely("record the start of", self.store.start_meta_run, self.running_since)
         try:
-            self._retrain()
+            self._retrain(started)
         finally:
-            self.running_since = self.progress = None
+            if self.running_since is not None:   # no outcome yet: stopped at shutdown, or broke here
+                if self._stopping:
+                    self._record("stopped")
+                else:
+                    self._count("failed", started, detail="the daemon lost track of the run: see its log")
 
-    def _retrain(self) -> None:
+    def _retrain(self, started: float) -> None:
         argv = [sys.executable, "-m", "adaptd", "meta-train", "--json", "--no-progress", "--progress-lines",
                 "--nice", str(self.settings.meta.nice)]
         if self.settings.source not in ("<defaults>", "<config>"):
             argv += ["--config", self.settings.source]
-        started = time.monotonic()
         log.info("meta-training the initializer on stored history")
         try:
             proc = self._run(argv)
         except OSError as exc:
-            self._count("failed", started)
+            self._count("failed", started, detail=f"could not start: {exc}")
             log.error("meta-training could not start: %s", exc)
             return
         if self._stopping:
             return
+        reason = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:DETAIL_CHARS]
         if proc.returncode == EXIT_NOT_ENOUGH_DATA:
-            self._count("not_enough_data", started)
-            log.info("meta-training skipped: %s", (proc.stderr.strip().splitlines() or ["not enough data"])[-1])
+            self._count("not_enough_data", started, detail=reason)
+            log.info("meta-training skipped: %s", reason)
             return
         report: dict[str, Any] = {}
         if proc.returncode == 0:
@@ -113,7 +143,7 @@ class InitializerJobs:
             except (ValueError, IndexError):
                 report = {}
         if not report:
-            self._count("failed", started)
+            self._count("failed", started, detail=reason)
             log.error("meta-training failed (exit %d): %s", proc.returncode, proc.stderr.strip()[-2000:])
             return
         self._count("promoted" if report["promoted"] else "not_promoted", started, report["version"])
@@ -158,13 +188,42 @@ class InitializerJobs:
             log.info("stopping the meta-training run in progress")
             proc.terminate()
 
-    def _count(self, outcome: str, started: float, version: int | None = None) -> None:
+    def _count(self, outcome: str, started: float, version: int | None = None, detail: str | None = None) -> None:
         seconds = time.monotonic() - started
         self.metrics.meta_training_runs.labels(outcome).inc()
         self.metrics.meta_training_seconds.set(seconds)
-        self.running_since = self.progress = None   # over: status shows this run as the last one
-        self.last_run = {"outcome": outcome, "finished": time.time(), "seconds": round(seconds, 1),
-                         "version": version}
+        self._record(outcome, version, detail)
+
+    def _record(self, outcome: str, version: int | None = None, detail: str | None = None) -> None:
+        """The run is over: status shows it as the last one, and the store keeps it."""
+        finished, started_at = time.time(), self.running_since
+        assert started_at is not None, "a run is recorded over once, by retrain"
+        self.running_since = self.progress = None
+        self.last_run = {"outcome": outcome, "started": started_at, "finished": finished,
+                         "seconds": round(finished - started_at, 1), "version": version, "detail": detail}
+        run_id, self._run_id = self._run_id, None
+        if run_id is not None:
+            self._store_safely("record the end of", self.store.finish_meta_run, run_id, outcome, finished,
+                               version, detail)
+
+    def _newest_finished_run(self) -> dict[str, Any] | None:
+        runs = self._store_safely("read", self.store.meta_runs, 1, True)
+        if not runs:
+            return None
+        run = runs[0]
+        finished = run["finished_at"]
+        return {"outcome": run["outcome"], "started": run["started_at"], "finished": finished,
+                "seconds": None if finished is None else round(finished - run["started_at"], 1),
+                "version": run["version"], "detail": run["detail"]}
+
+    def _store_safely(self, what: str, call: Callable[..., Any], *args: Any) -> Any:
+        """A store call whose failure must not stop the run (a database down now may be up by
+        the time the trainer reads it): logged, None."""
+        try:
+            return call(*args)
+        except (StoreError, sa.exc.SQLAlchemyError) as exc:
+            log.warning("could not %s the meta-training run in the store: %s", what, exc)
+            return None
 
 
 def _progress(line: str) -> dict[str, Any] | None:
