@@ -64,6 +64,11 @@ def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
             grp.getgrnam(group)
         except KeyError:
             return _fail(f"{settings.source}: server.socket_group: no group {group!r} on this machine", 2)
+    if settings.model.engine == "online":
+        from .engine.libraries import online_engine_problem
+        problem = online_engine_problem()
+        if problem is not None:
+            return _fail(f"{settings.source}: {problem}", 2)
     print(f"{settings.source}: OK (store {redact(settings.store.url)}, socket {settings.server.socket})")
     return 0
 

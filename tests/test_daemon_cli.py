@@ -356,3 +356,27 @@ def test_unknown_config_key_and_missing_file(workdir: Path) -> None:
     assert out.returncode == 2 and "server.max_line_byte" in out.stderr and "max_line_bytes" in out.stderr
     out = run_cli("serve", config=workdir / "missing.toml")
     assert out.returncode == 2 and "not found" in out.stderr
+
+
+def test_a_broken_torch_install_is_named_with_the_way_out(workdir: Path) -> None:
+    """torch failing to load (here: a shared object missing) stops the online engine's daemon
+    and check-config with one line naming it and what to do; the naive engine does not need it."""
+    broken = workdir / "broken"
+    (broken / "torch").mkdir(parents=True)
+    (broken / "torch" / "__init__.py").write_text(
+        'raise OSError("libtorch_cpu.so: cannot open shared object file: No such file or directory")\n')
+    env = {"PYTHONPATH": str(broken)}
+    config = write_config(workdir, naive=False)
+    for command in ("serve", "check-config"):
+        out = run_cli(command, config=config, env=env, timeout=60)
+        assert out.returncode == 2, out
+        assert '[model] engine = "online" needs torch, which does not load here (OSError: libtorch_cpu.so' \
+            in out.stderr, out.stderr
+        assert 'engine = "naive"' in out.stderr and "Traceback" not in out.stderr
+    assert not (workdir / "adaptd.sock").exists()
+    daemon = DaemonProcess(write_config(workdir, name="naive.toml"), env=env).start()
+    try:
+        daemon.ingest([{"series": "a", "ts": 0.0, "value": 1.0}, {"series": "a", "ts": 3600.0, "value": 2.0}])
+        assert daemon.forecast("a", 1)["points"][0]["value"] == 2.0
+    finally:
+        assert daemon.stop()[0] == 0
