@@ -63,6 +63,15 @@ class SeriesCatalog:
                     late += 1
         return late
 
+    def pruned(self, name: str, deleted: int, first_ts: float | None) -> None:
+        """Retention deleted the series' `deleted` oldest observations; it now starts at `first_ts`."""
+        with self._lock:
+            info = self._series.get(name)
+            if info is not None:
+                info.observations = max(0, info.observations - deleted)
+                if first_ts is not None:
+                    info.first_ts = first_ts
+
     def stale(self, older_than: float) -> int:
         """Series that have received nothing for `older_than` seconds."""
         cutoff = time.time() - older_than

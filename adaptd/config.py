@@ -41,6 +41,7 @@ class StoreSettings:
     sqlite_synchronous: str = "full"
     pool_size: int = 4
     connect_timeout: float = 60.0
+    retention: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ class MetaSettings:
 @dataclass(frozen=True)
 class SchedulerSettings:
     checkpoint_interval: float = 300.0
+    retention_interval: float = 3600.0
     misfire_grace_time: float = 60.0
 
 
@@ -198,6 +200,7 @@ Check = tuple[Callable[[Any], bool], str]
 _LEVELS = ("debug", "info", "warning", "error")
 MAX_WAIT = 86_400.0  # a day: longer waits are mistakes (and inf is valid TOML)
 MAX_SCHEDULE = 30 * 86_400  # 30 days
+MAX_RETENTION = 100 * 365 * 86_400.0
 MAX_NICE = 19  # the lowest CPU priority nice(1) gives
 
 
@@ -231,6 +234,8 @@ CHECKS: dict[str, dict[str, Check]] = {
                 "or postgresql+psycopg://user:password@host/adaptd (not an in-memory SQLite database: "
                 "every acknowledged record would be lost at exit)"),
         "sqlite_synchronous": (lambda v: v in ("normal", "full"), "'normal' or 'full'"),
+        "retention": (lambda v: v == 0 or 60 <= v <= MAX_RETENTION,
+                      f"0 (keep everything) or a number of seconds from 60 to {MAX_RETENTION:.0f} (100 years)"),
         "pool_size": (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
         "connect_timeout": (lambda v: 0 <= v <= MAX_WAIT,
                             f"a number of seconds from 0 (try once) to {MAX_WAIT:.0f}"),
@@ -331,6 +336,7 @@ CHECKS: dict[str, dict[str, Check]] = {
     "scheduler": {
         # Bounded: APScheduler overflows computing dates from huge intervals.
         "checkpoint_interval": (lambda v: 1 <= v <= MAX_SCHEDULE, f"a number of seconds from 1 to {MAX_SCHEDULE}"),
+        "retention_interval": (lambda v: 60 <= v <= MAX_SCHEDULE, f"a number of seconds from 60 to {MAX_SCHEDULE}"),
         "misfire_grace_time": (lambda v: 1 <= v <= MAX_SCHEDULE, f"a number of seconds from 1 to {MAX_SCHEDULE}"),
     },
     "cluster": {

@@ -28,6 +28,7 @@ from .engine.libraries import online_engine_problem
 from .engine.naive import NaiveEngine
 from .ingest import IngestWriter
 from .learning import LearningWorker
+from .retention import Retention
 from .metrics import Metrics
 from .sdnotify import Notifier
 from .server import SocketServer, claim_socket, refuse_if_served
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# The first retention pass runs this soon after start, not an interval later: a daemon restarted
+# more often than the interval would otherwise never prune.
+RETENTION_DELAY = 10.0
 
 
 class StartupError(RuntimeError):
@@ -68,6 +72,7 @@ class Daemon:
         self.scheduler = None
         self._metrics_server = None
         self._initializer_jobs: InitializerJobs | None = None
+        self._retention: Retention | None = None
         self._claim: int | None = None   # the socket's lock file, held while this process lives
         self._share: Claim | None = None   # this daemon's hold on its series in the store
         self.ours = settings.membership()   # with [cluster], only the series that hash to this daemon
@@ -112,9 +117,10 @@ class Daemon:
         self.writer = IngestWriter(self.store, engine, catalog, self.metrics, s.ingest.group_commit_records,
                                    self.learner)
         self.writer.start()
-        self._start_scheduler()
+        self._start_scheduler(catalog)
         service = Service(s, self.store, self.writer, engine, catalog, self.metrics, self.learner,
-                          meta_training=self._meta_training if self._initializer_jobs is not None else None)
+                          meta_training=self._meta_training if self._initializer_jobs is not None else None,
+                          retention=self._retention_state)
         try:
             self._metrics_server = self.metrics.serve(s.metrics.listen)
         except OSError as exc:
@@ -203,7 +209,7 @@ class Daemon:
         from .engine.factory import build_engine, online_config, stored_initializer
         return build_engine(s, stored_initializer(s, store, online_config(s)))
 
-    def _start_scheduler(self) -> None:
+    def _start_scheduler(self, catalog: SeriesCatalog) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
 
         s, sched = self.settings, self.settings.scheduler
@@ -211,6 +217,13 @@ class Daemon:
         every = {"trigger": "interval", "max_instances": 1, "coalesce": True,
                  "misfire_grace_time": int(sched.misfire_grace_time)}
         self.scheduler.add_job(self.checkpoint, seconds=sched.checkpoint_interval, id="checkpoint", **every)
+        if s.store.retention > 0:
+            assert self.store is not None
+            self._retention = Retention(self.store, s.store.retention, s.model.history, self.metrics,
+                                        owns=None if self.ours.alone else self.ours.owns, catalog=catalog)
+            first = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=RETENTION_DELAY)
+            self.scheduler.add_job(self._retention.prune, seconds=sched.retention_interval, id="retention",
+                                   next_run_time=first, **every)
         if self._share is not None and self._share.advisory:
             self.scheduler.add_job(self._keep_share, seconds=CLAIM_CHECK, id="store-claim", **every)
         if s.model.engine == "online":
@@ -239,6 +252,11 @@ class Daemon:
         return {"interval_s": s.meta.retrain_interval, "here": job is not None,
                 "running_since": jobs.running_since, "progress": jobs.progress, "last_run": jobs.last_run,
                 "next_run": due.timestamp() if due is not None else None}
+
+    def _retention_state(self) -> dict[str, Any]:
+        """`[store] retention` and how its newest pass went, for stats."""
+        return {"keep_s": self.settings.store.retention,
+                "last_pass": self._retention.last_pass if self._retention is not None else None}
 
     def _keep_share(self) -> None:
         assert self._share is not None
@@ -299,6 +317,8 @@ class Daemon:
                 log.warning("the learning thread did not stop in time; checkpointing what it has learnt")
         if self._initializer_jobs is not None:
             self._initializer_jobs.stop()
+        if self._retention is not None:
+            self._retention.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
         if self.engine is not None:

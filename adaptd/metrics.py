@@ -115,6 +115,10 @@ class Metrics(Telemetry):
             "(did not beat the current initializer), not_enough_data or failed", ["outcome"], registry=r)
         self.meta_training_seconds = Gauge(
             "adaptd_meta_training_last_duration_seconds", "How long the newest meta-training run took", registry=r)
+        self.retention_deleted = Counter(
+            "adaptd_retention_deleted_observations", "Observations deleted by `[store] retention`", registry=r)
+        self.retention_seconds = Gauge(
+            "adaptd_retention_last_pass_seconds", "How long the newest retention pass took", registry=r)
         self.learning_backlog = Gauge(
             "adaptd_learning_backlog_records", "Committed records the models have not learnt yet", registry=r)
         self.learning_shed = Counter(

@@ -106,6 +106,21 @@ def _engine_detail(engine: dict[str, Any]) -> str:
             f"{engine.get('adapting', 0)} running)")
 
 
+def _retention_text(retention: dict[str, Any] | None, now: float | None = None) -> str:
+    """What `[store] retention` keeps and what its newest pass deleted, for status."""
+    if retention is None:
+        return ""
+    if not retention.get("keep_s"):
+        return " (keeps every observation)"
+    text = f" (keeps {_span(retention['keep_s'])} of each series"
+    last = retention.get("last_pass")
+    if last is not None:
+        now = time.time() if now is None else now
+        text += (f"; last pass {_span(now - last['at'])} ago deleted {last['deleted']} observations "
+                 f"of {last['series']} series")
+    return text + ")"
+
+
 def status_text(stats: dict[str, Any]) -> str:
     engine = stats.get("engine", {})
     store = stats.get("store", {})
@@ -122,7 +137,8 @@ def status_text(stats: dict[str, Any]) -> str:
     ]
     if engine.get("kind") == "online":
         lines.append(f"learning backlog:  {stats.get('learning_backlog_records')} records")
-    lines += [f"store:             {store.get('url')}", f"config:            {stats.get('config')}"]
+    lines += [f"store:             {store.get('url')}{_retention_text(store.get('retention'))}",
+              f"config:            {stats.get('config')}"]
     if "meta_training" in stats:
         lines.append(f"meta-training:     {meta_training_text(stats['meta_training'])}")
     cluster = stats.get("cluster") or {}

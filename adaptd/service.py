@@ -78,7 +78,8 @@ def _echoable_id(request: dict[str, Any]) -> Any:
 class Service:
     def __init__(self, settings: Settings, store: Store, writer: IngestWriter, engine: Engine,
                  catalog: SeriesCatalog, metrics: Metrics, learner: LearningWorker | None = None,
-                 meta_training: Callable[[], dict[str, Any]] | None = None):
+                 meta_training: Callable[[], dict[str, Any]] | None = None,
+                 retention: Callable[[], dict[str, Any]] | None = None):
         self.settings = settings
         self.membership = settings.membership()
         self.store = store
@@ -88,6 +89,7 @@ class Service:
         self.metrics = metrics
         self.learner = learner
         self.meta_training = meta_training   # the scheduled meta-training's state (online engine)
+        self.retention = retention           # `[store] retention` and its newest pass
         self.started = time.time()
         self.provisional_budget = TimeBudget(PROVISIONAL_SHARE, PROVISIONAL_BURST)
         self.ops: dict[str, Op] = {
@@ -266,7 +268,8 @@ class Service:
             "commit_failures": int(m.value("adaptd_store_commit_failures_total")),
             "connections": int(m.value("adaptd_connections")),
             "engine": self.engine.stats(),
-            "store": {"url": redact(str(self.store.engine.url)), "dialect": self.store.dialect},
+            "store": {"url": redact(str(self.store.engine.url)), "dialect": self.store.dialect,
+                      **({"retention": self.retention()} if self.retention is not None else {})},
             "cluster": {"members": self.membership.members, "member": self.membership.member},
             "max_horizon": self.settings.model.max_horizon,
             "config": self.settings.source,

@@ -388,6 +388,44 @@ class Store:
         with self.engine.connect() as conn:
             return [(int(v), str(a), int(f), bytes(p)) for v, a, f, p in conn.execute(query)]
 
+    # -- retention --------------------------------------------------------------------------
+    def series_to_prune(self, owns: Owns | None = None) -> list[tuple[int, str]]:
+        """(id, name) of the series retention looks at (with `owns`: this cluster member's)."""
+        with self.engine.connect() as conn:
+            return [(int(sid), str(name)) for name, sid in conn.execute(sa.select(series_table.c.name, series_table.c.id))
+                    if owns is None or owns(name)]
+
+    def first_ts(self, series_id: int) -> float | None:
+        o = observations
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.min(o.c.ts)).where(o.c.series_id == series_id)).scalar_one()
+
+    def prune_cutoff(self, series_id: int, keep_seconds: float, keep_newest: int) -> float | None:
+        """Before what time a series' observations may go: older than `keep_seconds` before its
+        newest record, and not among its newest `keep_newest`; None: nothing may go."""
+        o = observations
+        mine = sa.select(o.c.ts).where(o.c.series_id == series_id)
+        with self.engine.connect() as conn:
+            floor = conn.execute(mine.order_by(o.c.ts.desc()).offset(keep_newest - 1).limit(1)).scalar_one_or_none()
+            if floor is None:   # no more than keep_newest observations
+                return None
+            newest = conn.execute(mine.order_by(o.c.ts.desc()).limit(1)).scalar_one()
+        return min(float(floor), float(newest) - keep_seconds)
+
+    def prune_before(self, series_id: int, cutoff: float, batch: int) -> tuple[int, bool]:
+        """Delete at most `batch` of the series' oldest observations before `cutoff` in one short
+        transaction (SQLite has one writer: ingest must not wait long), and at the last batch
+        its drift events before it too; (observations deleted, whether any are left)."""
+        o, d = observations, drift_events
+        older = sa.select(o.c.ts).where(o.c.series_id == series_id, o.c.ts < cutoff)
+        with self.engine.begin() as conn:
+            bound = conn.execute(older.order_by(o.c.ts).offset(batch).limit(1)).scalar_one_or_none()
+            deleted = conn.execute(sa.delete(o).where(o.c.series_id == series_id,
+                                                      o.c.ts < (cutoff if bound is None else bound))).rowcount
+            if bound is None:
+                conn.execute(sa.delete(d).where(d.c.series_id == series_id, d.c.ts < cutoff))
+        return int(deleted), bound is not None
+
     # -- meta-training runs ------------------------------------------------------------------
     def start_meta_run(self, started_at: float) -> int:
         with self.engine.begin() as conn:

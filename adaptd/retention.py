@@ -1,0 +1,73 @@
+"""Retention: the store keeps `[store] retention` seconds of each series' history.
+
+Counted back from each series' newest record, not from the clock: a backfill of old records is
+not deleted as it arrives, and a series that stopped reporting keeps its last stretch. The newest
+`[model] history` observations of every series always stay: a restart restores from them. Drift
+events before the cut go with the observations (meta-training cuts its tasks at them). Deletes
+run in short transactions of BATCH rows, so ingest commits (SQLite has one writer) never wait
+long for them. In a cluster each member prunes the series it serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import sqlalchemy as sa
+
+from .catalog import SeriesCatalog
+from .metrics import Metrics
+from .store import Owns, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+BATCH = 5000   # observations per delete transaction: tens of milliseconds of SQLite's write lock
+
+
+class Retention:
+    def __init__(self, store: Store, keep_seconds: float, keep_newest: int, metrics: Metrics,
+                 owns: Owns | None = None, catalog: SeriesCatalog | None = None):
+        """`catalog`: the daemon's counts of each series' observations, kept exact."""
+        self.store = store
+        self.catalog = catalog
+        self.keep_seconds = keep_seconds
+        self.keep_newest = keep_newest
+        self.metrics = metrics
+        self.owns = owns
+        self._stopping = threading.Event()
+        self.last_pass: dict[str, Any] | None = None   # for `adaptd status`
+
+    def prune(self) -> None:
+        """One pass over every series (the scheduled job); stops early at shutdown."""
+        started, at = time.monotonic(), time.time()
+        deleted = series = 0
+        try:
+            for series_id, name in self.store.series_to_prune(self.owns):
+                if self._stopping.is_set():
+                    break
+                cutoff = self.store.prune_cutoff(series_id, self.keep_seconds, self.keep_newest)
+                more, here = cutoff is not None, 0
+                try:
+                    while more and not self._stopping.is_set():
+                        assert cutoff is not None
+                        count, more = self.store.prune_before(series_id, cutoff, BATCH)
+                        here += count
+                        self.metrics.retention_deleted.inc(count)
+                finally:
+                    if here:
+                        deleted, series = deleted + here, series + 1
+                        if self.catalog is not None:
+                            self.catalog.pruned(name, here, self.store.first_ts(series_id))
+        except (StoreError, sa.exc.SQLAlchemyError) as exc:   # the next pass goes on from here
+            log.warning("retention pass stopped after deleting %d observations: %s", deleted, exc)
+        seconds = time.monotonic() - started
+        self.metrics.retention_seconds.set(seconds)
+        self.last_pass = {"at": at, "seconds": round(seconds, 2), "deleted": deleted, "series": series}
+        if deleted:
+            log.info("retention: deleted %d observations of %d series (older than %gs before each one's "
+                     "newest record) in %.1fs", deleted, series, self.keep_seconds, seconds)
+
+    def stop(self) -> None:
+        self._stopping.set()

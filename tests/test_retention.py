@@ -1,0 +1,160 @@
+"""`[store] retention`: what a pass deletes and what it must keep, on SQLite and PostgreSQL,
+and the daemon running it on its own."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+import urllib.request
+
+import pytest
+import sqlalchemy as sa
+
+from adaptd import retention
+from adaptd.catalog import SeriesCatalog
+from adaptd.metrics import Metrics
+from adaptd.records import Observation
+from adaptd.retention import Retention
+from adaptd.store import Store
+from daemon_harness import DaemonProcess, run_cli, short_tempdir, write_config
+
+HOUR = 3600.0
+
+
+class Event:   # what the engine hands add_drift_events
+    def __init__(self, series: str, ts: float):
+        self.series, self.ts, self.detector, self.statistic = series, ts, "adwin", 0.5
+
+
+def hourly(name: str, n: int, start: float = 0.0) -> list[Observation]:
+    return [Observation(name, start + HOUR * t, float(t)) for t in range(n)]
+
+
+def kept(store: Store, name: str) -> list[float]:
+    return [ts for ts, _ in store.history(name)]
+
+
+def events(store: Store, name: str) -> list[float]:
+    return [ts for ts, _, _ in store.drift_history(name)]
+
+
+def deleted_total(metrics: Metrics) -> float:
+    return metrics.registry.get_sample_value("adaptd_retention_deleted_observations_total")
+
+
+@pytest.mark.parametrize("batch", [5000, 7])   # one transaction per series, and many
+def test_a_pass_keeps_the_window_before_each_series_newest_record(store: Store, monkeypatch, batch: int) -> None:
+    monkeypatch.setattr(retention, "BATCH", batch)
+    store.write(hourly("long", 200) + hourly("backfill", 100, start=-1e7) + hourly("short", 10))
+    store.add_drift_events([Event("long", HOUR * 20), Event("long", HOUR * 180), Event("short", HOUR * 2)])
+    metrics = Metrics()
+    catalog = SeriesCatalog(store.series_summary())
+    Retention(store, keep_seconds=50 * HOUR, keep_newest=30, metrics=metrics, catalog=catalog).prune()
+    # The 50 hours before each one's newest record: 149..199 of "long", and the backfill's too,
+    # although all of it is older than the clock minus 50 hours.
+    assert kept(store, "long") == [HOUR * t for t in range(149, 200)]
+    assert kept(store, "backfill") == [-1e7 + HOUR * t for t in range(49, 100)]
+    assert kept(store, "short") == [HOUR * t for t in range(10)]     # fewer than keep_newest
+    assert events(store, "long") == [HOUR * 180] and events(store, "short") == [HOUR * 2]
+    assert deleted_total(metrics) == 149 + 49
+    assert {n: (i.observations, i.first_ts) for n, i in catalog.snapshot().items()} == {
+        "long": (51, HOUR * 149), "backfill": (51, -1e7 + HOUR * 49), "short": (10, 0.0)}
+
+
+def test_the_newest_history_stays_whatever_the_retention(store: Store) -> None:
+    """A restart restores from the newest `[model] history` observations: never deleted."""
+    store.write(hourly("a", 300))
+    Retention(store, keep_seconds=60.0, keep_newest=100, metrics=Metrics()).prune()
+    assert kept(store, "a") == [HOUR * t for t in range(200, 300)]
+    again = Retention(store, keep_seconds=60.0, keep_newest=100, metrics=Metrics())
+    again.prune()                                                    # nothing more to do
+    assert len(kept(store, "a")) == 100 and again.last_pass["deleted"] == 0
+
+
+def test_a_cluster_member_prunes_only_its_own_series(store: Store) -> None:
+    store.write(hourly("mine", 100) + hourly("theirs", 100))
+    Retention(store, 10 * HOUR, 16, Metrics(), owns=lambda name: name == "mine").prune()
+    assert len(kept(store, "mine")) == 16 and len(kept(store, "theirs")) == 100
+
+
+def test_a_pass_stops_between_batches_at_shutdown(store: Store, monkeypatch) -> None:
+    monkeypatch.setattr(retention, "BATCH", 10)
+    store.write(hourly("a", 200) + hourly("b", 200))
+    job = Retention(store, HOUR, 16, Metrics())
+    calls = []
+
+    def prune_before(*args):   # shutdown comes while the first batch is deleted
+        calls.append(args)
+        job.stop()
+        return Store.prune_before(store, *args)
+
+    monkeypatch.setattr(store, "prune_before", prune_before)
+    job.prune()
+    assert len(calls) == 1 and job.last_pass["deleted"] == 10
+    assert sorted(len(kept(store, n)) for n in ("a", "b")) == [190, 200]
+
+
+def test_a_store_failure_ends_the_pass_with_a_warning_and_the_next_goes_on(store: Store, monkeypatch,
+                                                                            caplog) -> None:
+    store.write(hourly("a", 100) + hourly("b", 100))
+    job = Retention(store, HOUR, 16, Metrics())
+    real = Store.prune_before
+
+    def flaky(series_id, cutoff, batch):
+        monkeypatch.setattr(store, "prune_before", lambda *args: real(store, *args))   # once
+        raise sa.exc.OperationalError("DELETE", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(store, "prune_before", flaky)
+    job.prune()
+    assert "retention pass stopped after deleting 0 observations" in caplog.text
+    assert "database is locked" in caplog.text
+    job.prune()
+    assert len(kept(store, "a")) == len(kept(store, "b")) == 16
+
+
+@pytest.mark.integration
+def test_the_daemon_prunes_soon_after_start_and_says_so():
+    directory = short_tempdir()
+    config = write_config(directory, metrics=True, sections={"store": {"retention": 7200.0},
+                                                             "model": {"history": 16}})
+    store = Store.open(f"sqlite:///{directory}/adaptd.db")
+    try:
+        store.migrate()
+        store.write(hourly("old", 100) + hourly("young", 5))
+    finally:
+        store.close()
+    d = DaemonProcess(config)
+    try:
+        d.start(timeout=60)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            stats = json.loads(run_cli("status", "--json", config=config).stdout)
+            if stats["store"]["retention"]["last_pass"] is not None:
+                break
+            time.sleep(0.5)
+        assert stats["store"]["retention"] == {"keep_s": 7200.0, "last_pass": stats["store"]["retention"]["last_pass"]}
+        assert stats["store"]["retention"]["last_pass"]["deleted"] == 84
+        status = run_cli("status", config=config).stdout
+        assert re.search(r"^store: .* \(keeps 2h of each series; last pass \d+s ago deleted 84 observations of "
+                         r"1 series\)$", status, re.M), status
+        scraped = urllib.request.urlopen(f"http://{d.settings.metrics.listen}/metrics", timeout=10).read().decode()
+        assert "adaptd_retention_deleted_observations_total 84.0" in scraped
+        listing = {s["series"]: s for s in json.loads(run_cli("series", "--json", config=config).stdout)}
+        assert (listing["old"]["observations"], listing["young"]["observations"]) == (16, 5)
+        assert listing["old"]["first_ts"] == 84 * HOUR                    # what is left starts later
+        d.ingest([{"series": "old", "ts": 100 * HOUR, "value": 1.0}])   # the daemon still takes records
+        assert "deleted 84 observations of 1 series" in d.stderr
+    finally:
+        d.kill()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_status_without_retention_says_everything_is_kept():
+    from adaptd.render import _retention_text
+    assert _retention_text({"keep_s": 0.0, "last_pass": None}) == " (keeps every observation)"
+    assert _retention_text({"keep_s": 7776000.0, "last_pass": None}) == " (keeps 90d of each series)"
+    assert _retention_text({"keep_s": 86400.0, "last_pass": {"at": 1e6 - 7200, "deleted": 5, "series": 2,
+                                                              "seconds": 0.1}}, now=1e6) == \
+        " (keeps 1d of each series; last pass 2h ago deleted 5 observations of 2 series)"
