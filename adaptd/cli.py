@@ -38,11 +38,17 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
+    from .libraries import engine_problem
+
+    _setup_logging(settings.daemon.log_level)
+    problem = engine_problem(settings.model.engine)   # before the daemon (numpy) and the store
+    if problem is not None:
+        log.error("%s", problem)
+        return 2
     from .daemon import StartupError, serve
     from .server import SocketInUse
     from .store import StoreError
 
-    _setup_logging(settings.daemon.log_level)
     try:
         return serve(settings)
     except (StoreError, SocketInUse, StartupError) as exc:
@@ -64,11 +70,10 @@ def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
             grp.getgrnam(group)
         except KeyError:
             return _fail(f"{settings.source}: server.socket_group: no group {group!r} on this machine", 2)
-    if settings.model.engine == "online":
-        from .engine.libraries import online_engine_problem
-        problem = online_engine_problem()
-        if problem is not None:
-            return _fail(f"{settings.source}: {problem}", 2)
+    from .libraries import engine_problem
+    problem = engine_problem(settings.model.engine)
+    if problem is not None:
+        return _fail(f"{settings.source}: {problem}", 2)
     print(f"{settings.source}: OK (store {redact(settings.store.url)}, socket {settings.server.socket})")
     return 0
 

@@ -24,7 +24,6 @@ from .catalog import SeriesCatalog
 from .cluster import CLAIM_CHECK, Claim, ClaimRefused
 from .config import Settings
 from .engine.base import Engine, NotReady, UnknownSeries
-from .engine.libraries import online_engine_problem
 from .engine.naive import NaiveEngine
 from .ingest import IngestWriter
 from .learning import LearningWorker
@@ -203,9 +202,6 @@ class Daemon:
         assert store is not None
         if s.model.engine == "naive":   # torch is not even imported: ~250 MB and seconds of start-up
             return NaiveEngine.for_model(s.model)
-        problem = online_engine_problem()
-        if problem is not None:
-            raise StartupError(problem)
         from .engine.factory import build_engine, online_config, stored_initializer
         return build_engine(s, stored_initializer(s, store, online_config(s)))
 

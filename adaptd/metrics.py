@@ -119,6 +119,11 @@ class Metrics(Telemetry):
             "adaptd_retention_deleted_observations", "Observations deleted by `[store] retention`", registry=r)
         self.retention_seconds = Gauge(
             "adaptd_retention_last_pass_seconds", "How long the newest retention pass took", registry=r)
+        self.retention_failures = Counter(
+            "adaptd_retention_failures", "Retention passes a store error stopped", registry=r)
+        self.retention_success = Gauge(
+            "adaptd_retention_last_success_timestamp_seconds",
+            "When the newest retention pass that went through every series ended (0: none since start)", registry=r)
         self.learning_backlog = Gauge(
             "adaptd_learning_backlog_records", "Committed records the models have not learnt yet", registry=r)
         self.learning_shed = Counter(

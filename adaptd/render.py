@@ -116,8 +116,10 @@ def _retention_text(retention: dict[str, Any] | None, now: float | None = None) 
     last = retention.get("last_pass")
     if last is not None:
         now = time.time() if now is None else now
-        text += (f"; last pass {_span(now - last['at'])} ago deleted {last['deleted']} observations "
-                 f"of {last['series']} series")
+        deleted = f"{last['deleted']} observations of {last['series']} series"
+        text += (f"; last pass {_span(now - last['at'])} ago deleted {deleted}" if not last.get("error") else
+                 f"; last pass {_span(now - last['at'])} ago stopped by a store error after deleting {deleted}: "
+                 f"{last['error']}")
     return text + ")"
 
 

@@ -1,7 +1,8 @@
 """Retention: the store keeps `[store] retention` seconds of each series' history.
 
-Counted back from each series' newest record, not from the clock: a backfill of old records is
-not deleted as it arrives, and a series that stopped reporting keeps its last stretch. The newest
+Counted back from each series' newest record (or from now, if that is dated later), not from
+the clock: a series whose newest record is old (a backfill, or one that stopped reporting)
+keeps its last stretch. Late records older than the cut go at the next pass. The newest
 `[model] history` observations of every series always stay: a restart restores from them. Drift
 events before the cut go with the observations (meta-training cuts its tasks at them). Deletes
 run in short transactions of BATCH rows, so ingest commits (SQLite has one writer) never wait
@@ -43,11 +44,12 @@ class Retention:
         """One pass over every series (the scheduled job); stops early at shutdown."""
         started, at = time.monotonic(), time.time()
         deleted = series = 0
+        error = None
         try:
             for series_id, name in self.store.series_to_prune(self.owns):
                 if self._stopping.is_set():
                     break
-                cutoff = self.store.prune_cutoff(series_id, self.keep_seconds, self.keep_newest)
+                cutoff = self.store.prune_cutoff(series_id, self.keep_seconds, self.keep_newest, time.time())
                 more, here = cutoff is not None, 0
                 try:
                     while more and not self._stopping.is_set():
@@ -61,10 +63,15 @@ class Retention:
                         if self.catalog is not None:
                             self.catalog.pruned(name, here, self.store.first_ts(series_id))
         except (StoreError, sa.exc.SQLAlchemyError) as exc:   # the next pass goes on from here
-            log.warning("retention pass stopped after deleting %d observations: %s", deleted, exc)
+            error = " ".join(str(getattr(exc, "orig", None) or exc).split())
+            self.metrics.retention_failures.inc()
+            log.warning("retention pass stopped after deleting %d observations: %s", deleted, error)
+        else:
+            self.metrics.retention_success.set(time.time())
         seconds = time.monotonic() - started
         self.metrics.retention_seconds.set(seconds)
-        self.last_pass = {"at": at, "seconds": round(seconds, 2), "deleted": deleted, "series": series}
+        self.last_pass = {"at": at, "seconds": round(seconds, 2), "deleted": deleted, "series": series,
+                          "error": error}
         if deleted:
             log.info("retention: deleted %d observations of %d series (older than %gs before each one's "
                      "newest record) in %.1fs", deleted, series, self.keep_seconds, seconds)

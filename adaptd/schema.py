@@ -96,16 +96,20 @@ meta_training_runs = sa.Table(
 def create_forecast_view(conn: Connection) -> None:
     """`forecast_latest`: the newest forecast of each exported series with readable times, for
     Grafana's SQL datasources (Prometheus cannot hold future-dated samples)."""
-    to_time = "to_timestamp({})" if conn.dialect.name == "postgresql" else "datetime({}, 'unixepoch')"
+    postgresql = conn.dialect.name == "postgresql"
+    to_time = "to_timestamp({})" if postgresql else "datetime({}, 'unixepoch')"
+    # Idempotent, like every migration: SQLite commits DDL at once, so a crash before the new
+    # schema_version row leaves the view made and the version old; the next start redoes it.
     conn.exec_driver_sql(
-        "CREATE VIEW forecast_latest AS SELECT s.name AS series, "
+        ("CREATE OR REPLACE VIEW" if postgresql else "CREATE VIEW IF NOT EXISTS") +
+        " forecast_latest AS SELECT s.name AS series, "
         f"{to_time.format('f.target')} AS target_time, f.value, f.lo, f.hi, "
         f"{to_time.format('f.origin')} AS origin_time, f.step, f.model_kind "
         "FROM forecasts f JOIN series s ON s.id = f.series_id")
 
 
 def create_meta_training_runs(conn: Connection) -> None:
-    meta_training_runs.create(conn)
+    meta_training_runs.create(conn, checkfirst=True)
 
 
 # version N -> function migrating a database at version N-1 to N.

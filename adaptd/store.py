@@ -400,9 +400,10 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.min(o.c.ts)).where(o.c.series_id == series_id)).scalar_one()
 
-    def prune_cutoff(self, series_id: int, keep_seconds: float, keep_newest: int) -> float | None:
+    def prune_cutoff(self, series_id: int, keep_seconds: float, keep_newest: int, now: float) -> float | None:
         """Before what time a series' observations may go: older than `keep_seconds` before its
-        newest record, and not among its newest `keep_newest`; None: nothing may go."""
+        newest record (or before `now`, if that record is dated later: one typo in a year must
+        not cost the history), and not among its newest `keep_newest`; None: none may go."""
         o = observations
         mine = sa.select(o.c.ts).where(o.c.series_id == series_id)
         with self.engine.connect() as conn:
@@ -410,7 +411,9 @@ class Store:
             if floor is None:   # no more than keep_newest observations
                 return None
             newest = conn.execute(mine.order_by(o.c.ts.desc()).limit(1)).scalar_one()
-        return min(float(floor), float(newest) - keep_seconds)
+            oldest = conn.execute(mine.order_by(o.c.ts).limit(1)).scalar_one()
+        cutoff = min(float(floor), min(float(newest), now) - keep_seconds)
+        return cutoff if oldest < cutoff else None   # (no write transaction for nothing)
 
     def prune_before(self, series_id: int, cutoff: float, batch: int) -> tuple[int, bool]:
         """Delete at most `batch` of the series' oldest observations before `cutoff` in one short

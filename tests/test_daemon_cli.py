@@ -358,23 +358,38 @@ def test_unknown_config_key_and_missing_file(workdir: Path) -> None:
     assert out.returncode == 2 and "not found" in out.stderr
 
 
-def test_a_broken_torch_install_is_named_with_the_way_out(workdir: Path) -> None:
-    """torch failing to load (here: a shared object missing) stops the online engine's daemon
-    and check-config with one line naming it and what to do; the naive engine does not need it."""
+BROKEN = {   # a library whose compiled part does not load, as each one's import would say it
+    "torch": ("torch/__init__.py", 'raise OSError("libtorch_cpu.so: cannot open shared object file")'),
+    "river": ("river/drift/__init__.py", 'raise ImportError("river._river_rust: undefined symbol")'),
+    "numpy": ("numpy/__init__.py", 'raise ImportError("libopenblas.so.0: cannot open shared object file")'),
+}
+
+
+@pytest.mark.parametrize("library", sorted(BROKEN))
+def test_a_broken_library_is_named_with_the_way_out(workdir: Path, library: str) -> None:
+    """A library failing to load stops serve and check-config with one line naming it and what
+    to do; the naive engine needs neither torch nor river, and runs without them."""
     broken = workdir / "broken"
-    (broken / "torch").mkdir(parents=True)
-    (broken / "torch" / "__init__.py").write_text(
-        'raise OSError("libtorch_cpu.so: cannot open shared object file: No such file or directory")\n')
+    path, text = BROKEN[library]
+    for package in Path(path).parents[:-1]:
+        (broken / package).mkdir(parents=True, exist_ok=True)
+        (broken / package / "__init__.py").touch()
+    (broken / path).write_text(text + "\n")
     env = {"PYTHONPATH": str(broken)}
     config = write_config(workdir, naive=False)
     for command in ("serve", "check-config"):
         out = run_cli(command, config=config, env=env, timeout=60)
         assert out.returncode == 2, out
-        assert '[model] engine = "online" needs torch, which does not load here (OSError: libtorch_cpu.so' \
-            in out.stderr, out.stderr
-        assert 'engine = "naive"' in out.stderr and "Traceback" not in out.stderr
-    assert not (workdir / "adaptd.sock").exists()
-    daemon = DaemonProcess(write_config(workdir, name="naive.toml"), env=env).start()
+        assert f'[model] engine = "online" needs {library}, which does not load here (' in out.stderr, out.stderr
+        assert "reinstall it" in out.stderr and "Traceback" not in out.stderr
+        assert ('engine = "naive" to serve' in out.stderr) == (library != "numpy")   # numpy: both need it
+    assert not (workdir / "adaptd.sock").exists() and not (workdir / "adaptd.db").exists()   # stopped first
+    naive = write_config(workdir, name="naive.toml")
+    if library == "numpy":
+        out = run_cli("serve", config=naive, env=env, timeout=60)
+        assert out.returncode == 2 and '[model] engine = "naive" needs numpy' in out.stderr, out.stderr
+        return
+    daemon = DaemonProcess(naive, env=env).start()
     try:
         daemon.ingest([{"series": "a", "ts": 0.0, "value": 1.0}, {"series": "a", "ts": 3600.0, "value": 2.0}])
         assert daemon.forecast("a", 1)["points"][0]["value"] == 2.0

@@ -47,7 +47,7 @@ REQUIRED_ALERTS = {
     "AdaptdDriftStorm",
     "AdaptdAdaptationsFailing", "AdaptdIngestRejectedHigh", "AdaptdStaleSeries", "AdaptdCheckpointStale",
     "AdaptdCheckpointFailures", "AdaptdLearningBacklog", "AdaptdOverloaded", "AdaptdStoreCommitFailures",
-    "AdaptdMetaTrainingFailing",
+    "AdaptdMetaTrainingFailing", "AdaptdRetentionFailing",
 }
 
 
@@ -260,6 +260,15 @@ SCENARIOS: list[tuple[str, list[tuple[str, str]], list[tuple[Any, ...]]]] = [
     ], [
         ("4m", "AdaptdMetaTrainingFailing", []),        # pending for 5 minutes
         ("30m", "AdaptdMetaTrainingFailing", [({"job": "adaptd", "instance": INSTANCE}, "100%")]),
+    ]),
+    ("retention passes failing every hour, and one failing once", [
+        (f"adaptd_retention_failures_total{{{LABELS}}}", "0x30 1x60 2x60 3x60"),
+        (f"adaptd_retention_failures_total{{{QUIET}}}", "0x30 1x200"),
+    ], [
+        ("150m", "AdaptdRetentionFailing", []),          # two in 3 hours: not yet
+        ("155m", "AdaptdRetentionFailing", []),          # the third at 153m: pending for 5 minutes
+        ("165m", "AdaptdRetentionFailing", [({"job": "adaptd", "instance": INSTANCE}, "3")]),
+        ("240m", "AdaptdRetentionFailing", []),          # the first of them left the window
     ]),
     ("overloaded answers, and none at all", [
         (f'adaptd_requests_total{{{LABELS},op="ingest",outcome="ok"}}', "0+90x40"),

@@ -701,6 +701,33 @@ def test_a_run_stopped_at_shutdown_is_kept_as_stopped_and_not_counted(tmp_path: 
     assert set(counted.values()) == {0.0}, counted
 
 
+def test_a_run_that_finished_as_shutdown_came_counts_as_finished(tmp_path: Path, monkeypatch):
+    """stop() after the trainer stored and promoted its result: the run is what it was, not
+    `stopped` (which would also put off the next one); and no run starts after stop()."""
+    import subprocess
+
+    from adaptd.meta.schedule import InitializerJobs
+    from adaptd.metrics import Metrics
+    settings = load_config(str(write_config(tmp_path, naive=False)))
+    store = Store.open(settings.store.url)
+    try:
+        store.migrate()
+        jobs = InitializerJobs(settings, store, None, Metrics())   # type: ignore[arg-type]
+        report = {"version": 4, "promoted": True, "val_score": 1.0}
+
+        def finished_then_stopped(argv):
+            jobs.stop()
+            return subprocess.CompletedProcess(argv, 0, json.dumps(report) + "\n", "")
+
+        monkeypatch.setattr(jobs, "_run", finished_then_stopped)
+        jobs.retrain()
+        assert (jobs.last_run["outcome"], jobs.last_run["version"]) == ("promoted", 4)
+        jobs.retrain()                                   # due after stop(): nothing starts
+        assert [(r["outcome"], r["version"]) for r in store.meta_runs(5)] == [("promoted", 4)]
+    finally:
+        store.close()
+
+
 def test_the_schedule_counts_from_the_newest_meta_training_in_the_store(tmp_path: Path):
     """A daemon restarted more often than `retrain_interval` would never meta-train if the
     interval counted from each start."""
@@ -812,7 +839,7 @@ def test_a_scheduled_run_that_cannot_train_says_why(tmp_path: Path, caplog):
         assert jobs.last_run["outcome"] == "failed" and jobs.running_since is None
         assert "meta-training failed (exit 2)" in caplog.text and "no store at" in caplog.text
         assert "no store at" in jobs.last_run["detail"]
-        runs = store.meta_runs(5)   # (the file it opens is gone: a new one came with the runs table)
+        runs = store.meta_runs(5)   # (this store's pooled connection still has the unlinked file open)
     finally:
         store.close()
     assert [r["outcome"] for r in runs] == ["failed", "not_enough_data"]

@@ -73,6 +73,14 @@ def test_the_newest_history_stays_whatever_the_retention(store: Store) -> None:
     assert len(kept(store, "a")) == 100 and again.last_pass["deleted"] == 0
 
 
+def test_a_record_dated_in_the_future_does_not_cost_the_history(store: Store) -> None:
+    """A typo (year 2099) must not move the cut: it counts from now instead."""
+    now = time.time()
+    store.write([Observation("a", now - HOUR * (t + 0.5), 1.0) for t in range(100)] + [Observation("a", 4.1e9, 2.0)])
+    Retention(store, keep_seconds=50 * HOUR, keep_newest=16, metrics=Metrics()).prune()
+    assert len(kept(store, "a")) == 50 + 1                                # the last 50 hours, and the typo
+
+
 def test_a_cluster_member_prunes_only_its_own_series(store: Store) -> None:
     store.write(hourly("mine", 100) + hourly("theirs", 100))
     Retention(store, 10 * HOUR, 16, Metrics(), owns=lambda name: name == "mine").prune()
@@ -107,11 +115,16 @@ def test_a_store_failure_ends_the_pass_with_a_warning_and_the_next_goes_on(store
         raise sa.exc.OperationalError("DELETE", {}, Exception("database is locked"))
 
     monkeypatch.setattr(store, "prune_before", flaky)
+    metrics = job.metrics
     job.prune()
     assert "retention pass stopped after deleting 0 observations" in caplog.text
-    assert "database is locked" in caplog.text
+    assert job.last_pass["error"] == "database is locked"
+    assert metrics.registry.get_sample_value("adaptd_retention_failures_total") == 1.0
+    assert metrics.registry.get_sample_value("adaptd_retention_last_success_timestamp_seconds") == 0.0
     job.prune()
     assert len(kept(store, "a")) == len(kept(store, "b")) == 16
+    assert job.last_pass["error"] is None
+    assert metrics.registry.get_sample_value("adaptd_retention_last_success_timestamp_seconds") > time.time() - 60
 
 
 @pytest.mark.integration
@@ -137,7 +150,7 @@ def test_the_daemon_prunes_soon_after_start_and_says_so():
         assert stats["store"]["retention"] == {"keep_s": 7200.0, "last_pass": stats["store"]["retention"]["last_pass"]}
         assert stats["store"]["retention"]["last_pass"]["deleted"] == 84
         status = run_cli("status", config=config).stdout
-        assert re.search(r"^store: .* \(keeps 2h of each series; last pass \d+s ago deleted 84 observations of "
+        assert re.search(r"^store: .* \(keeps 2h of each series; last pass \S+ ago deleted 84 observations of "
                          r"1 series\)$", status, re.M), status
         scraped = urllib.request.urlopen(f"http://{d.settings.metrics.listen}/metrics", timeout=10).read().decode()
         assert "adaptd_retention_deleted_observations_total 84.0" in scraped
@@ -158,3 +171,8 @@ def test_status_without_retention_says_everything_is_kept():
     assert _retention_text({"keep_s": 86400.0, "last_pass": {"at": 1e6 - 7200, "deleted": 5, "series": 2,
                                                               "seconds": 0.1}}, now=1e6) == \
         " (keeps 1d of each series; last pass 2h ago deleted 5 observations of 2 series)"
+    assert _retention_text({"keep_s": 3600.0, "last_pass": {"at": 1e6 - 60, "deleted": 0, "series": 0,
+                                                             "seconds": 10.0, "error": "database is locked"}},
+                           now=1e6) == \
+        " (keeps 1h of each series; last pass 1min ago stopped by a store error after deleting 0 observations " \
+        "of 0 series: database is locked)"

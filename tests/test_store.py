@@ -108,6 +108,20 @@ def test_an_older_database_is_migrated_keeping_its_data(store: Store, version: i
         store.close()
 
 
+def test_a_migration_cut_off_after_its_ddl_is_redone(store: Store) -> None:
+    """SQLite commits DDL at once: a crash between the new table (or view) and its
+    schema_version row leaves both made and the version old. The next start must not fail."""
+    with store.engine.begin() as conn:
+        conn.execute(sa.delete(schema_version))
+        conn.execute(schema_version.insert().values(version=1, applied_at=time.time()))
+    store = reopen(store)
+    try:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert "forecast_latest" in sa.inspect(store.engine).get_view_names()
+    finally:
+        store.close()
+
+
 def test_meta_training_runs_are_kept_with_their_outcome(store: Store) -> None:
     """What the daemon's schedule and `adaptd status` read back after a restart."""
     first = store.start_meta_run(100.0)

@@ -53,7 +53,7 @@ class InitializerJobs:
         self._run_id: int | None = None      # the store's row of the run in progress
         self._stopping = False
         if trains:   # a run without an outcome was cut off when its daemon died
-            store.close_unfinished_meta_runs()
+            self._store_safely("close the unfinished runs of", store.close_unfinished_meta_runs)
         # For `adaptd status`: when the run in progress started (wall clock) and how far it
         # got, and how the newest finished one ended (from the store: it outlives restarts).
         self.running_since: float | None = None
@@ -90,6 +90,8 @@ class InitializerJobs:
         restarted more often than a run lasts would otherwise start one, in vain, each time."""
         interval = self.settings.meta.retrain_interval
         cut_off, ended = 0, None
+        # (Past MAX_BACKOFF cut-off runs in a row the back-off no longer grows; the run before
+        # them then counts only through the initializer it stored, if any.)
         for run in self.store.meta_runs(MAX_BACKOFF + 1):
             if run["outcome"] in ENDED_ON_ITS_OWN:
                 ended = run["finished_at"]
@@ -106,6 +108,8 @@ class InitializerJobs:
 
     def retrain(self) -> None:
         """Run `adaptd meta-train` on the store's history; count the outcome; pick up the result."""
+        if self._stopping:   # due between stop() and the scheduler's shutdown
+            return
         self.running_since, started = time.time(), time.monotonic()
         self._run_id = self._store_safely("record the start of", self.store.start_meta_run, self.running_since)
         try:
@@ -129,7 +133,7 @@ class InitializerJobs:
             self._count("failed", started, detail=f"could not start: {exc}")
             log.error("meta-training could not start: %s", exc)
             return
-        if self._stopping:
+        if self._stopping and proc.returncode != 0:   # stopped (a trainer that finished first counts)
             return
         reason = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:DETAIL_CHARS]
         if proc.returncode == EXIT_NOT_ENOUGH_DATA:
@@ -149,7 +153,8 @@ class InitializerJobs:
         self._count("promoted" if report["promoted"] else "not_promoted", started, report["version"])
         log.info("meta-training stored initializer version %s (validation %.4f, %s)", report["version"],
                  report["val_score"], "promoted" if report["promoted"] else "not promoted")
-        self.refresh()
+        if not self._stopping:   # (the next start picks it up)
+            self.refresh()
 
     def _run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
         """Run the trainer to its end (stoppable meanwhile by stop()), keeping its newest
