@@ -317,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a daemon setting for this run (repeatable), e.g. --set model.train_every=1")
     lat.add_argument("--rate", type=float, default=0.0,
                      help="forecasts a second over all clients, at random times (default 0: back to back)")
+    lat.add_argument("--floor", action="store_true",
+                     help="first measure the same clients against a stand-in process that only answers "
+                          "(alone, with the feed, with the feed and a busy core): the best any daemon could do here")
     a = benchmark("adapt", "time of one drift adaptation (k steps) of one series")
     a.add_argument("--repeats", type=int, default=50)
     arguments.accuracy(benchmark("accuracy", "H=1/24/48 MSE of adaptd vs baselines and published results"))

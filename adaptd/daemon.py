@@ -27,8 +27,8 @@ from .engine.base import Engine, NotReady, UnknownSeries
 from .engine.naive import NaiveEngine
 from .ingest import IngestWriter
 from .learning import LearningWorker
-from .retention import Retention
 from .metrics import Metrics
+from .retention import Retention
 from .sdnotify import Notifier
 from .server import SocketServer, claim_socket, refuse_if_served
 from .service import Service

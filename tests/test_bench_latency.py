@@ -37,6 +37,24 @@ def test_open_loop_clients_get_answer_times_by_the_model_that_answered(capsys: p
             "--set model.train_every=2") in out
 
 
+@pytest.mark.slow
+def test_the_floor_is_measured_with_the_same_clients_before_the_daemon(capsys: pytest.CaptureFixture[str]) -> None:
+    """--floor: a stand-in process that only answers, alone, with the feed, and beside a busy
+    core; the daemon's p99 is then reported over the closest of them."""
+    args = ["bench", "latency", "--series", "30", "--clients", "2", "--seconds", "2", "--interval", "0.5",
+            "--rate", "100", "--floor"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    floors = re.findall(r"^  (alone|with the ingest feed|with the feed and a busy core): (\d+) answers, "
+                        + PERCENTILES + r"; clients waking late: " + PERCENTILES + "$", out, re.M)
+    assert [name for name, *_ in floors] == ["alone", "with the ingest feed", "with the feed and a busy core"], out
+    assert all(100 <= int(count) <= 300 for _, count, *_ in floors), out      # ~100 a second over 2 s each
+    assert all(0 < float(p50) <= float(p99) for _, _, p50, p99, *_ in floors), out
+    ratio = re.search(r"p99 over the floor's \(with the feed and a busy core\): ([\d.]+)x", out)
+    assert ratio and float(ratio.group(1)) > 0, out
+    assert "--rate 100 --floor" in out
+
+
 @pytest.mark.parametrize("args", [["--rate", "-5"], ["--rate", "inf"], ["--rate", "nan"]])
 def test_a_rate_that_is_negative_or_not_finite_is_refused_before_any_daemon_starts(args: list[str]) -> None:
     with pytest.raises(SystemExit, match="--rate must be a finite number >= 0"):

@@ -595,6 +595,12 @@ def test_the_daemon_picks_up_a_newly_promoted_initializer_without_restart():
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def _store_hourly(store: Store, values: np.ndarray) -> None:
+    """Series s0, s1, ... of `values`, one observation an hour."""
+    from adaptd.records import Observation
+    store.write([Observation(f"s{k}", 3600.0 * t, float(v)) for k, y in enumerate(values) for t, v in enumerate(y)])
+
+
 @pytest.mark.integration
 def test_the_scheduled_retrain_learns_from_the_store_at_its_recorded_detections(tmp_path: Path, monkeypatch):
     """The daemon's job (`InitializerJobs.retrain`, what APScheduler calls) runs the real
@@ -605,7 +611,6 @@ def test_the_scheduled_retrain_learns_from_the_store_at_its_recorded_detections(
     from adaptd.meta import schedule
     from adaptd.meta.schedule import InitializerJobs
     from adaptd.metrics import Metrics
-    from adaptd.records import Observation
     config = write_config(tmp_path, naive=False, sections={
         "model": MODEL, "adapt": ADAPT,
         "meta": {"iterations": 6, "meta_batch": 8, "query": 12, "validation_tasks": 32, "nice": 7}})
@@ -614,8 +619,7 @@ def test_the_scheduled_retrain_learns_from_the_store_at_its_recorded_detections(
     store = Store.open(settings.store.url)
     try:
         store.migrate()
-        store.write([Observation(f"s{k}", 3600.0 * t, float(v)) for k, y in enumerate(data.values)
-                     for t, v in enumerate(y)])
+        _store_hourly(store, data.values)
         store.add_drift_events([DriftEvent(f"s{k}", 3600.0 * (c + 20), "adwin", 0.1)
                                 for k, cuts in enumerate(data.changes) for c in cuts if c + 20 < 500])
         engine = build_engine(settings, stored_initializer(settings, store, online_config(settings)))
@@ -665,7 +669,6 @@ def test_a_run_stopped_at_shutdown_is_kept_as_stopped_and_not_counted(tmp_path: 
     from adaptd.engine.factory import build_engine, stored_initializer
     from adaptd.meta.schedule import InitializerJobs
     from adaptd.metrics import Metrics
-    from adaptd.records import Observation
     config = write_config(tmp_path, naive=False, sections={
         "model": MODEL, "adapt": ADAPT, "meta": {"iterations": 100_000, "meta_batch": 8, "query": 12}})
     settings = load_config(str(config))
@@ -673,8 +676,7 @@ def test_a_run_stopped_at_shutdown_is_kept_as_stopped_and_not_counted(tmp_path: 
     store = Store.open(settings.store.url)
     try:
         store.migrate()
-        store.write([Observation(f"s{k}", 3600.0 * t, float(v)) for k, y in enumerate(data.values)
-                     for t, v in enumerate(y)])
+        _store_hourly(store, data.values)
         engine = build_engine(settings, stored_initializer(settings, store, online_config(settings)))
         metrics = Metrics()
         jobs = InitializerJobs(settings, store, engine, metrics)

@@ -15,6 +15,10 @@ fell behind is charged for it (no coordinated omission). Reports answer-time per
 (client-side), which model answered (`provisional`: from records not yet learnt), how late the
 clients' processes woke to send (their own share of the tail on shared cores), and the
 daemon's drift and adaptation counts while the clients asked.
+
+With `--floor`, the same clients and feed first run against a stand-in process that only answers
+(latency_floor.py): the best any design of the daemon could do on this machine with these
+clients, reported beside the daemon's own times.
 """
 
 from __future__ import annotations
@@ -123,6 +127,14 @@ def _collect(askers: list[mp.process.BaseProcess], out: "mp.Queue[Answers]", tim
     return [answer for answers in results for answer in answers]
 
 
+def _seconds(answers: Answers) -> list[float]:
+    return [seconds for seconds, _, _ in answers]
+
+
+def _quantile(times: list[float], q: float) -> float:
+    return statistics.quantiles(times, n=1000)[round(q * 1000) - 1]
+
+
 def _percentiles(times: list[float]) -> str:
     if len(times) < 2:
         return "too few to rank"
@@ -145,6 +157,15 @@ def main(args: argparse.Namespace) -> int:
     print(f"adaptd bench latency: {args.series} series, {args.clients} forecast clients asking {asking}, "
           f"{args.seconds}s of ingest (one observation per series every {args.interval}s)"
           + "".join(f", {item}" for item in args.overrides), flush=True)
+    floor = {}
+    if args.floor:
+        from .latency_floor import measure
+        floor = measure(args.series, args.clients, args.seconds, args.rate, args.interval)
+        print("floor (a stand-in process that only answers, same clients and feed):")
+        for scenario, answers in floor.items():
+            late = (f"; clients waking late: {_percentiles([late for _, late, _ in answers])}"
+                    if args.rate > 0 else "")
+            print(f"  {scenario}: {len(answers)} answers, {_percentiles(_seconds(answers))}{late}", flush=True)
     try:
         daemon = ScratchDaemon(parse_overrides(args.overrides))
         daemon.start()
@@ -199,6 +220,10 @@ def main(args: argparse.Namespace) -> int:
     print(f"forecasts answered: {len(answers)} ({len(answers) / args.seconds:,.0f}/s) by "
           f"{ {kind: len(times) for kind, times in by_kind.items()} }")
     print(f"answer time: {_percentiles([seconds for seconds, _, _ in answers])} (target p99 < 1 ms)")
+    if floor:
+        closest = list(floor)[-1]   # the feed and a busy core: what the daemon's learning adds to answering
+        print(f"  p99 over the floor's ({closest}): "
+              f"{_quantile(_seconds(answers), 0.99) / _quantile(_seconds(floor[closest]), 0.99):.1f}x")
     for kind, times in sorted(by_kind.items()):
         print(f"  {kind}: {_percentiles(times)}")
     if args.rate > 0:   # the clients share the CPU: a request they send late counts against its answer
@@ -213,5 +238,5 @@ def main(args: argparse.Namespace) -> int:
               "(--seconds / --interval) or more series")
     print(f"reproduce: adaptd bench latency --series {args.series} --clients {args.clients} "
           f"--seconds {args.seconds} --interval {args.interval}" + (f" --rate {args.rate:g}" if args.rate > 0 else "")
-          + "".join(f" --set {shlex.quote(item)}" for item in args.overrides))
+          + (" --floor" if args.floor else "") + "".join(f" --set {shlex.quote(item)}" for item in args.overrides))
     return 0

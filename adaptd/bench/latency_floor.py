@@ -1,0 +1,135 @@
+"""The floor under `adaptd bench latency --floor`: the same clients against a stand-in.
+
+The stand-in is a process that does nothing but answer: an asyncio Unix-socket server that
+decodes each request and answers a forecast with 24 ready points encoded as JSON, the way an
+answering process reading learnt forecasts from shared memory would at best. It stores nothing
+and learns nothing. It is measured alone, with the bench's ingest feed decoded in it, and with
+that feed and a process keeping the other core busy (what a learner in its own process would
+do). Whatever p99 it gets is a bound no design of the daemon can beat with these clients on
+this machine: the clients, the kernel and the socket are the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import multiprocessing as mp
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HORIZON = 24
+
+
+def _stand_in(path: str) -> None:
+    """Serve until killed (a child process)."""
+    _like_the_daemon()
+    points = [{"ts": 1.6e9 + 3600.0 * h, "value": 0.1234 * h, "lo": -1.5, "hi": 1.5} for h in range(1, HORIZON + 1)]
+    model = {"kind": "online", "version": 1, "init": "meta", "last_drift": None, "adaptations": 0}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            request = json.loads(line)
+            op = request.get("op")
+            if op == "forecast":
+                answer: dict[str, Any] = {"ok": True, "series": request["series"], "origin": 1.6e9, "step": 3600.0,
+                                          "points": points[:request["horizon"]], "model": model}
+            elif op == "ingest":
+                answer = {"ok": True, "accepted": len(request["records"]), "rejected": []}
+            else:
+                answer = {"ok": True, "learning_backlog_records": 0, "engine": {}}
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await writer.drain()
+
+    async def serve() -> None:
+        server = await asyncio.start_unix_server(handle, path)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(serve())
+
+
+def _like_the_daemon() -> None:
+    """What the daemon does for its own answers (daemon.py): a short GIL switch interval, the
+    start-up heap out of the collector's passes."""
+    import sys
+
+    from ..daemon import GIL_SWITCH_INTERVAL
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+    gc.freeze()
+
+
+def _busy_core() -> None:
+    """Keep exactly one core busy until killed (a learner in its own process). Plain Python: a
+    BLAS loop would spread over every core its thread pool was started with."""
+    x = 1.0
+    while True:
+        x = (x * 1.000001 + 1.0) % 1e6
+
+
+SCENARIOS = ("alone", "with the ingest feed", "with the feed and a busy core")
+Answers = list[tuple[float, float, str]]   # as the latency bench's
+
+
+def measure(n_series: int, clients: int, seconds: float, rate: float, interval: float) -> dict[str, Answers]:
+    """Each scenario's answers, asked and fed exactly as the latency bench does."""
+    ctx = mp.get_context("fork")
+    results = {}
+    for scenario in SCENARIOS:
+        with tempfile.TemporaryDirectory(prefix="adfloor") as directory:
+            path = str(Path(directory) / "floor.sock")
+            helpers = [ctx.Process(target=_stand_in, args=(path,), daemon=True)]
+            if scenario.endswith("busy core"):
+                helpers.append(ctx.Process(target=_busy_core, daemon=True))
+            for p in helpers:
+                p.start()
+            try:
+                deadline = time.monotonic() + 30
+                while not os.path.exists(path):
+                    if time.monotonic() > deadline or not helpers[0].is_alive():
+                        raise SystemExit("adaptd bench latency --floor: the stand-in server did not start")
+                    time.sleep(0.02)
+                feed = scenario != "alone"
+                results[scenario] = _ask(ctx, path, feed, n_series, clients, seconds, rate, interval)
+            finally:
+                for p in helpers:
+                    p.kill()
+                    p.join()
+    return results
+
+
+def _ask(ctx: Any, path: str, feed: bool, n_series: int, clients: int, seconds: float, rate: float,
+         interval: float) -> Answers:
+    from ..client import Client
+    from .latency import SETUP_ROUNDS, _asker, _collect, _ingest_round
+
+    stop = threading.Event()
+
+    def feeder() -> None:   # one observation of every series per interval, as the bench's feed
+        with Client(path, timeout=60) as client:
+            t, started = SETUP_ROUNDS, time.monotonic()   # (every series has started by then)
+            while not stop.is_set():
+                _ingest_round(client, n_series, t)
+                t += 1
+                stop.wait(max(0.0, started + (t - SETUP_ROUNDS) * interval - time.monotonic()))
+
+    feeding = threading.Thread(target=feeder, daemon=True)
+    if feed:
+        feeding.start()
+    out = ctx.Queue()
+    askers = [ctx.Process(target=_asker, args=(path, n_series, seconds, rate / clients, k, out))
+              for k in range(clients)]
+    for p in askers:
+        p.start()
+    try:
+        return _collect(askers, out, seconds + 120)
+    finally:
+        for p in askers:
+            p.join()
+        stop.set()
+        if feed:
+            feeding.join()
