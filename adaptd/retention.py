@@ -12,6 +12,7 @@ long for them. In a cluster each member prunes the series it serves.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import Any
@@ -50,11 +51,12 @@ class Retention:
                 if self._stopping.is_set():
                     break
                 cutoff = self.store.prune_cutoff(series_id, self.keep_seconds, self.keep_newest, time.time())
-                more, here = cutoff is not None, 0
+                start: float | None = -math.inf if cutoff is not None else None
+                here = 0
                 try:
-                    while more and not self._stopping.is_set():
+                    while start is not None and not self._stopping.is_set():
                         assert cutoff is not None
-                        count, more = self.store.prune_before(series_id, cutoff, BATCH)
+                        count, start = self.store.prune_before(series_id, cutoff, BATCH, start)
                         here += count
                         self.metrics.retention_deleted.inc(count)
                 finally:

@@ -9,6 +9,7 @@ and an older adaptd refuses a newer database instead of corrupting it.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -415,19 +416,22 @@ class Store:
         cutoff = min(float(floor), min(float(newest), now) - keep_seconds)
         return cutoff if oldest < cutoff else None   # (no write transaction for nothing)
 
-    def prune_before(self, series_id: int, cutoff: float, batch: int) -> tuple[int, bool]:
+    def prune_before(self, series_id: int, cutoff: float, batch: int,
+                     start: float = -math.inf) -> tuple[int, float | None]:
         """Delete at most `batch` of the series' oldest observations before `cutoff` in one short
         transaction (SQLite has one writer: ingest must not wait long), and at the last batch
-        its drift events before it too; (observations deleted, whether any are left)."""
+        its drift events before it too; (observations deleted, where the next batch starts or
+        None when none are left). Passing that as `start` spares PostgreSQL's index scan the
+        dead entries of the batches before, which only vacuum removes."""
         o, d = observations, drift_events
-        older = sa.select(o.c.ts).where(o.c.series_id == series_id, o.c.ts < cutoff)
+        older = sa.select(o.c.ts).where(o.c.series_id == series_id, o.c.ts >= start, o.c.ts < cutoff)
         with self.engine.begin() as conn:
             bound = conn.execute(older.order_by(o.c.ts).offset(batch).limit(1)).scalar_one_or_none()
             deleted = conn.execute(sa.delete(o).where(o.c.series_id == series_id,
                                                       o.c.ts < (cutoff if bound is None else bound))).rowcount
             if bound is None:
                 conn.execute(sa.delete(d).where(d.c.series_id == series_id, d.c.ts < cutoff))
-        return int(deleted), bound is not None
+        return int(deleted), None if bound is None else float(bound)
 
     # -- meta-training runs ------------------------------------------------------------------
     def start_meta_run(self, started_at: float) -> int:

@@ -497,6 +497,7 @@ def test_every_dashboard_and_alert_expression_has_data(tmp_path: Path) -> None:
 
     sections = {"metrics": {"series": EXPORTED},
                 "scheduler": {"checkpoint_interval": 1.0},  # the minimum: checkpoint metrics exist
+                "store": {"retention": 3e9},   # on (a pass 10 s after start), keeping everything
                 "model": {"max_horizon": 24}}
     with running_daemon(metrics=True, naive=False, sections=sections) as daemon:
         listen = daemon.settings.metrics.listen
@@ -552,13 +553,14 @@ def test_every_dashboard_and_alert_expression_has_data(tmp_path: Path) -> None:
             needed = [f'adaptd_series_forecast{{series="{EXPORTED[0]}"}}',
                       'rate(adaptd_requests_total{op="forecast"}[1m]) > 0',
                       "adaptd_last_checkpoint_timestamp_seconds > 0",
+                      "adaptd_retention_last_success_timestamp_seconds > 0",
                       "sum(adaptd_drift_events_total) > 0"]
             missing = list(needed)
 
             def ready_for_queries() -> bool:
                 missing[:] = [expr for expr in needed if not _query(base, expr)["data"]["result"]]
                 return not missing
-            _wait(ready_for_queries, 30, "forecasts, checkpoints and drift events to be scraped", log,
+            _wait(ready_for_queries, 30, "forecasts, checkpoints, a retention pass and drift events to be scraped", log,
                   detail=lambda: "still empty: " + ", ".join(missing))
 
             # Every dashboard and alert expression: it parses, and it returns data.

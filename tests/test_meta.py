@@ -730,6 +730,37 @@ def test_a_run_that_finished_as_shutdown_came_counts_as_finished(tmp_path: Path,
         store.close()
 
 
+def test_a_run_end_the_store_did_not_take_is_written_at_the_next_refresh(tmp_path: Path, monkeypatch):
+    """Left without an outcome, the run would count as cut off at the next start."""
+    import subprocess
+
+    import sqlalchemy as sa
+
+    from adaptd.meta.schedule import InitializerJobs
+    from adaptd.metrics import Metrics
+    settings = load_config(str(write_config(tmp_path, naive=False)))
+    store = Store.open(settings.store.url)
+    try:
+        store.migrate()
+        jobs = InitializerJobs(settings, store, None, Metrics())   # type: ignore[arg-type]
+        monkeypatch.setattr(jobs, "_run", lambda argv: subprocess.CompletedProcess(
+            argv, 3, "", "adaptd meta-train: no series is long enough\n"))
+        real = Store.finish_meta_run
+
+        def locked(*args):   # the database is busy once, as the run ends
+            monkeypatch.setattr(store, "finish_meta_run", lambda *a: real(store, *a))
+            raise sa.exc.OperationalError("UPDATE", {}, Exception("database is locked"))
+
+        monkeypatch.setattr(store, "finish_meta_run", locked)
+        jobs.retrain()
+        assert store.meta_runs(1)[0]["outcome"] is None and jobs.last_run["outcome"] == "not_enough_data"
+        jobs.refresh()
+        [run] = store.meta_runs(1)
+        assert (run["outcome"], run["detail"]) == ("not_enough_data", "adaptd meta-train: no series is long enough")
+    finally:
+        store.close()
+
+
 def test_the_schedule_counts_from_the_newest_meta_training_in_the_store(tmp_path: Path):
     """A daemon restarted more often than `retrain_interval` would never meta-train if the
     interval counted from each start."""

@@ -110,7 +110,7 @@ def test_a_store_failure_ends_the_pass_with_a_warning_and_the_next_goes_on(store
     job = Retention(store, HOUR, 16, Metrics())
     real = Store.prune_before
 
-    def flaky(series_id, cutoff, batch):
+    def flaky(*_args):
         monkeypatch.setattr(store, "prune_before", lambda *args: real(store, *args))   # once
         raise sa.exc.OperationalError("DELETE", {}, Exception("database is locked"))
 

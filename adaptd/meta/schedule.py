@@ -51,6 +51,7 @@ class InitializerJobs:
         self._newest_seen: int | None = store.newest_promoted_version()
         self._proc: subprocess.Popen[str] | None = None
         self._run_id: int | None = None      # the store's row of the run in progress
+        self._unrecorded: tuple[Any, ...] | None = None   # a finished run's end the store did not take
         self._stopping = False
         if trains:   # a run without an outcome was cut off when its daemon died
             self._store_safely("close the unfinished runs of", store.close_unfinished_meta_runs)
@@ -65,6 +66,8 @@ class InitializerJobs:
         daemon that does not train, learn how the trainer's newest run ended)."""
         if not self.trains:
             self.last_run = self._newest_finished_run()
+        else:
+            self._record_end()
         newest = self.store.newest_promoted_version()
         if newest == self._newest_seen:
             return
@@ -208,8 +211,16 @@ class InitializerJobs:
                          "seconds": round(finished - started_at, 1), "version": version, "detail": detail}
         run_id, self._run_id = self._run_id, None
         if run_id is not None:
-            self._store_safely("record the end of", self.store.finish_meta_run, run_id, outcome, finished,
-                               version, detail)
+            self._unrecorded = (run_id, outcome, finished, version, detail)
+            self._record_end()
+
+    def _record_end(self) -> None:
+        """Write the newest run's end to the store, or keep it for the next refresh: a run left
+        without an outcome would count as cut off at the next start, and back off the schedule."""
+        end = self._unrecorded
+        if end is not None and self._store_safely("record the end of", self.store.finish_meta_run, *end,
+                                                  failed=False) is not False:
+            self._unrecorded = None
 
     def _newest_finished_run(self) -> dict[str, Any] | None:
         runs = self._store_safely("read", self.store.meta_runs, 1, True)
@@ -221,14 +232,14 @@ class InitializerJobs:
                 "seconds": None if finished is None else round(finished - run["started_at"], 1),
                 "version": run["version"], "detail": run["detail"]}
 
-    def _store_safely(self, what: str, call: Callable[..., Any], *args: Any) -> Any:
+    def _store_safely(self, what: str, call: Callable[..., Any], *args: Any, failed: Any = None) -> Any:
         """A store call whose failure must not stop the run (a database down now may be up by
-        the time the trainer reads it): logged, None."""
+        the time the trainer reads it): logged, `failed` returned."""
         try:
             return call(*args)
         except (StoreError, sa.exc.SQLAlchemyError) as exc:
             log.warning("could not %s the meta-training run in the store: %s", what, exc)
-            return None
+            return failed
 
 
 def _progress(line: str) -> dict[str, Any] | None:
