@@ -317,6 +317,8 @@ class Daemon:
             self._retention.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
+        if self._initializer_jobs is not None:
+            self._initializer_jobs.record_ends()   # a run's end the store did not take before
         if self.engine is not None:
             self.engine.close()
             if self.server is not None:

@@ -64,10 +64,11 @@ class Retention:
                         deleted, series = deleted + here, series + 1
                         if self.catalog is not None:
                             self.catalog.pruned(name, here, self.store.first_ts(series_id))
-        except (StoreError, sa.exc.SQLAlchemyError) as exc:   # the next pass goes on from here
-            error = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        except Exception as exc:   # a store error (or a bug: then with its traceback); the next pass goes on
+            error = " ".join(str(getattr(exc, "orig", None) or exc).split()) or type(exc).__name__
             self.metrics.retention_failures.inc()
-            log.warning("retention pass stopped after deleting %d observations: %s", deleted, error)
+            log.warning("retention pass stopped after deleting %d observations: %s", deleted, error,
+                        exc_info=not isinstance(exc, (StoreError, sa.exc.SQLAlchemyError)))
         else:
             self.metrics.retention_success.set(time.time())
         seconds = time.monotonic() - started

@@ -110,6 +110,8 @@ def create_forecast_view(conn: Connection) -> None:
 
 def create_meta_training_runs(conn: Connection) -> None:
     meta_training_runs.create(conn, checkfirst=True)
+    for index in meta_training_runs.indexes:   # (a crash may have come between the two)
+        index.create(conn, checkfirst=True)
 
 
 # version N -> function migrating a database at version N-1 to N.

@@ -427,7 +427,9 @@ class Store:
         older = sa.select(o.c.ts).where(o.c.series_id == series_id, o.c.ts >= start, o.c.ts < cutoff)
         with self.engine.begin() as conn:
             bound = conn.execute(older.order_by(o.c.ts).offset(batch).limit(1)).scalar_one_or_none()
-            deleted = conn.execute(sa.delete(o).where(o.c.series_id == series_id,
+            # From `start` in the delete too: a late record below it waits for the next pass,
+            # so no batch grows past `batch` rows.
+            deleted = conn.execute(sa.delete(o).where(o.c.series_id == series_id, o.c.ts >= start,
                                                       o.c.ts < (cutoff if bound is None else bound))).rowcount
             if bound is None:
                 conn.execute(sa.delete(d).where(d.c.series_id == series_id, d.c.ts < cutoff))

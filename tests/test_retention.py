@@ -104,6 +104,28 @@ def test_a_pass_stops_between_batches_at_shutdown(store: Store, monkeypatch) -> 
     assert sorted(len(kept(store, n)) for n in ("a", "b")) == [190, 200]
 
 
+def test_a_late_record_below_the_batches_waits_for_the_next_pass(store: Store, monkeypatch) -> None:
+    """No batch grows past BATCH rows, even when old records arrive during a pass."""
+    monkeypatch.setattr(retention, "BATCH", 7)
+    store.write(hourly("a", 100))
+    counts = []
+
+    def prune_before(*args):
+        count, start = Store.prune_before(store, *args)
+        counts.append(count)
+        if len(counts) == 1:   # a backfill lands below where the next batch starts
+            store.write([Observation("a", -HOUR * t, 0.5) for t in range(1, 21)])
+        return count, start
+
+    monkeypatch.setattr(store, "prune_before", prune_before)
+    Retention(store, HOUR, 16, Metrics()).prune()
+    assert max(counts) <= 7 and sum(counts) == 100 - 16
+    assert kept(store, "a")[:20] == [-HOUR * t for t in range(20, 0, -1)]      # there until the next pass
+    monkeypatch.undo()
+    Retention(store, HOUR, 16, Metrics()).prune()
+    assert kept(store, "a") == [HOUR * t for t in range(84, 100)]
+
+
 def test_a_store_failure_ends_the_pass_with_a_warning_and_the_next_goes_on(store: Store, monkeypatch,
                                                                             caplog) -> None:
     store.write(hourly("a", 100) + hourly("b", 100))

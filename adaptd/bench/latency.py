@@ -132,7 +132,7 @@ def _seconds(answers: Answers) -> list[float]:
 
 
 def _quantile(times: list[float], q: float) -> float:
-    return statistics.quantiles(times, n=1000)[round(q * 1000) - 1]
+    return statistics.quantiles(times, n=1000)[round(q * 1000) - 1] if len(times) > 1 else math.nan
 
 
 def _percentiles(times: list[float]) -> str:
@@ -220,7 +220,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"forecasts answered: {len(answers)} ({len(answers) / args.seconds:,.0f}/s) by "
           f"{ {kind: len(times) for kind, times in by_kind.items()} }")
     print(f"answer time: {_percentiles([seconds for seconds, _, _ in answers])} (target p99 < 1 ms)")
-    if floor:
+    if floor and args.rate > 0 and len(answers) > 1:   # (back to back, it would mostly compare queueing)
         closest = list(floor)[-1]   # the feed and a busy core: what the daemon's learning adds to answering
         print(f"  p99 over the floor's ({closest}): "
               f"{_quantile(_seconds(answers), 0.99) / _quantile(_seconds(floor[closest]), 0.99):.1f}x")

@@ -1,12 +1,12 @@
 """The floor under `adaptd bench latency --floor`: the same clients against a stand-in.
 
 The stand-in is a process that does nothing but answer: an asyncio Unix-socket server that
-decodes each request and answers a forecast with 24 ready points encoded as JSON, the way an
-answering process reading learnt forecasts from shared memory would at best. It stores nothing
-and learns nothing. It is measured alone, with the bench's ingest feed decoded in it, and with
-that feed and a process keeping the other core busy (what a learner in its own process would
-do). Whatever p99 it gets is a bound no design of the daemon can beat with these clients on
-this machine: the clients, the kernel and the socket are the same.
+decodes each request and answers a forecast with that series' answer encoded once, at its first
+ask (what an answering process that kept each learnt forecast ready as bytes would send). It
+stores nothing and learns nothing. It is measured alone, with the bench's ingest feed decoded
+in it, and with that feed and a process keeping the other core busy (what a learner in its own
+process would do). Its p99 is what the machine and these clients leave for the daemon: the
+clients, the kernel and the socket are the same.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import asyncio
 import gc
 import json
 import multiprocessing as mp
-import os
 import tempfile
 import threading
 import time
@@ -30,19 +29,24 @@ def _stand_in(path: str) -> None:
     _like_the_daemon()
     points = [{"ts": 1.6e9 + 3600.0 * h, "value": 0.1234 * h, "lo": -1.5, "hi": 1.5} for h in range(1, HORIZON + 1)]
     model = {"kind": "online", "version": 1, "init": "meta", "last_drift": None, "adaptations": 0}
+    ready: dict[str, bytes] = {}   # each series' answer, encoded once
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while line := await reader.readline():
             request = json.loads(line)
             op = request.get("op")
             if op == "forecast":
-                answer: dict[str, Any] = {"ok": True, "series": request["series"], "origin": 1.6e9, "step": 3600.0,
-                                          "points": points[:request["horizon"]], "model": model}
-            elif op == "ingest":
-                answer = {"ok": True, "accepted": len(request["records"]), "rejected": []}
+                series = request["series"]
+                answer = ready.get(series)
+                if answer is None:
+                    answer = ready[series] = json.dumps(
+                        {"ok": True, "series": series, "origin": 1.6e9, "step": 3600.0,
+                         "points": points[:request["horizon"]], "model": model}).encode() + b"\n"
+                writer.write(answer)
             else:
-                answer = {"ok": True, "learning_backlog_records": 0, "engine": {}}
-            writer.write(json.dumps(answer).encode() + b"\n")
+                reply = ({"ok": True, "accepted": len(request["records"]), "rejected": []} if op == "ingest"
+                         else {"ok": True, "learning_backlog_records": 0, "engine": {}})
+                writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
 
     async def serve() -> None:
@@ -88,18 +92,31 @@ def measure(n_series: int, clients: int, seconds: float, rate: float, interval: 
             for p in helpers:
                 p.start()
             try:
-                deadline = time.monotonic() + 30
-                while not os.path.exists(path):
-                    if time.monotonic() > deadline or not helpers[0].is_alive():
-                        raise SystemExit("adaptd bench latency --floor: the stand-in server did not start")
-                    time.sleep(0.02)
+                _wait_until_it_answers(path, helpers[0])
                 feed = scenario != "alone"
                 results[scenario] = _ask(ctx, path, feed, n_series, clients, seconds, rate, interval)
+                if not all(p.is_alive() for p in helpers):
+                    raise SystemExit(f"adaptd bench latency --floor: a helper process died during '{scenario}'")
             finally:
                 for p in helpers:
                     p.kill()
                     p.join()
     return results
+
+
+def _wait_until_it_answers(path: str, server: Any) -> None:
+    from ..client import Client, ClientError
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with Client(path, timeout=5) as client:
+                client.request({"op": "ping"})
+            return
+        except (ClientError, OSError):
+            if time.monotonic() > deadline or not server.is_alive():
+                raise SystemExit("adaptd bench latency --floor: the stand-in server did not start") from None
+            time.sleep(0.02)
 
 
 def _ask(ctx: Any, path: str, feed: bool, n_series: int, clients: int, seconds: float, rate: float,
@@ -108,14 +125,18 @@ def _ask(ctx: Any, path: str, feed: bool, n_series: int, clients: int, seconds: 
     from .latency import SETUP_ROUNDS, _asker, _collect, _ingest_round
 
     stop = threading.Event()
+    failed: list[BaseException] = []
 
     def feeder() -> None:   # one observation of every series per interval, as the bench's feed
-        with Client(path, timeout=60) as client:
-            t, started = SETUP_ROUNDS, time.monotonic()   # (every series has started by then)
-            while not stop.is_set():
-                _ingest_round(client, n_series, t)
-                t += 1
-                stop.wait(max(0.0, started + (t - SETUP_ROUNDS) * interval - time.monotonic()))
+        try:
+            with Client(path, timeout=60) as client:
+                t, started = SETUP_ROUNDS, time.monotonic()   # (every series has started by then)
+                while not stop.is_set():
+                    _ingest_round(client, n_series, t)
+                    t += 1
+                    stop.wait(max(0.0, started + (t - SETUP_ROUNDS) * interval - time.monotonic()))
+        except BaseException as exc:   # the scenario would be mislabelled: say so after the clients
+            failed.append(exc)
 
     feeding = threading.Thread(target=feeder, daemon=True)
     if feed:
@@ -133,3 +154,5 @@ def _ask(ctx: Any, path: str, feed: bool, n_series: int, clients: int, seconds: 
         stop.set()
         if feed:
             feeding.join()
+        if failed:
+            raise SystemExit(f"adaptd bench latency --floor: the ingest feed failed: {failed[0]!r}")

@@ -14,6 +14,7 @@ import math
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable
 
@@ -51,7 +52,10 @@ class InitializerJobs:
         self._newest_seen: int | None = store.newest_promoted_version()
         self._proc: subprocess.Popen[str] | None = None
         self._run_id: int | None = None      # the store's row of the run in progress
-        self._unrecorded: tuple[Any, ...] | None = None   # a finished run's end the store did not take
+        # Finished runs' ends the store did not take, by run id (the retrain and refresh jobs
+        # run in different threads: under the lock).
+        self._unrecorded: dict[int, tuple[Any, ...]] = {}
+        self._unrecorded_lock = threading.Lock()
         self._stopping = False
         if trains:   # a run without an outcome was cut off when its daemon died
             self._store_safely("close the unfinished runs of", store.close_unfinished_meta_runs)
@@ -67,7 +71,7 @@ class InitializerJobs:
         if not self.trains:
             self.last_run = self._newest_finished_run()
         else:
-            self._record_end()
+            self.record_ends()
         newest = self.store.newest_promoted_version()
         if newest == self._newest_seen:
             return
@@ -136,7 +140,7 @@ class InitializerJobs:
             self._count("failed", started, detail=f"could not start: {exc}")
             log.error("meta-training could not start: %s", exc)
             return
-        if self._stopping and proc.returncode != 0:   # stopped (a trainer that finished first counts)
+        if self._stopping and proc.returncode < 0:   # ended by stop()'s signal (one that finished first counts)
             return
         reason = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:DETAIL_CHARS]
         if proc.returncode == EXIT_NOT_ENOUGH_DATA:
@@ -211,16 +215,19 @@ class InitializerJobs:
                          "seconds": round(finished - started_at, 1), "version": version, "detail": detail}
         run_id, self._run_id = self._run_id, None
         if run_id is not None:
-            self._unrecorded = (run_id, outcome, finished, version, detail)
-            self._record_end()
+            with self._unrecorded_lock:
+                self._unrecorded[run_id] = (outcome, finished, version, detail)
+            self.record_ends()
 
-    def _record_end(self) -> None:
-        """Write the newest run's end to the store, or keep it for the next refresh: a run left
-        without an outcome would count as cut off at the next start, and back off the schedule."""
-        end = self._unrecorded
-        if end is not None and self._store_safely("record the end of", self.store.finish_meta_run, *end,
-                                                  failed=False) is not False:
-            self._unrecorded = None
+    def record_ends(self) -> None:
+        """Write finished runs' ends to the store, keeping those it does not take for the next
+        refresh (and the daemon's last try at shutdown): a run left without an outcome would
+        count as cut off at the next start, and back off the schedule."""
+        with self._unrecorded_lock:
+            for run_id, end in list(self._unrecorded.items()):
+                if self._store_safely("record the end of", self.store.finish_meta_run, run_id, *end,
+                                      failed=False) is not False:
+                    del self._unrecorded[run_id]
 
     def _newest_finished_run(self) -> dict[str, Any] | None:
         runs = self._store_safely("read", self.store.meta_runs, 1, True)
