@@ -318,8 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--rate", type=float, default=0.0,
                      help="forecasts a second over all clients, at random times (default 0: back to back)")
     lat.add_argument("--floor", action="store_true",
-                     help="first measure the same clients against a stand-in process that only answers "
-                          "(alone, with the feed, with the feed and a busy core): the best any daemon could do here")
+                     help="first measure the same clients against a stand-in process that only answers ready "
+                          "bytes (alone, with the feed, with the feed and a busy core): what the machine leaves")
     a = benchmark("adapt", "time of one drift adaptation (k steps) of one series")
     a.add_argument("--repeats", type=int, default=50)
     arguments.accuracy(benchmark("accuracy", "H=1/24/48 MSE of adaptd vs baselines and published results"))

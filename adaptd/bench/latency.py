@@ -17,8 +17,8 @@ clients' processes woke to send (their own share of the tail on shared cores), a
 daemon's drift and adaptation counts while the clients asked.
 
 With `--floor`, the same clients and feed first run against a stand-in process that only answers
-(latency_floor.py): the best any design of the daemon could do on this machine with these
-clients, reported beside the daemon's own times.
+ready bytes (latency_floor.py): what this machine and these clients leave for the daemon,
+reported beside the daemon's own times.
 """
 
 from __future__ import annotations
