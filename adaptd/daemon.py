@@ -240,7 +240,7 @@ class Daemon:
 
     def _meta_training(self) -> dict[str, Any]:
         """The scheduled meta-training, for stats: whether this daemon runs it, the run in
-        progress, the newest finished one (since start), and when the next is due."""
+        progress, the newest finished one (kept in the store across restarts), and when the next is due."""
         jobs, s = self._initializer_jobs, self.settings
         assert jobs is not None and self.scheduler is not None
         job = self.scheduler.get_job("meta-train")

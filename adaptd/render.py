@@ -117,9 +117,9 @@ def _retention_text(retention: dict[str, Any] | None, now: float | None = None) 
     if last is not None:
         now = time.time() if now is None else now
         deleted = f"{last['deleted']} observations of {last['series']} series"
-        text += (f"; last pass {_span(now - last['at'])} ago deleted {deleted}" if not last.get("error") else
-                 f"; last pass {_span(now - last['at'])} ago stopped by a store error after deleting {deleted}: "
-                 f"{last['error']}")
+        how = (f"deleted {deleted}" if not last.get("error") else
+               f"stopped by a store error after deleting {deleted}: {last['error']}")
+        text += f"; last pass {_span(now - last['at'])} ago {how}"
     return text + ")"
 
 

@@ -219,7 +219,7 @@ def main(args: argparse.Namespace) -> int:
                    - before.get("adapting", 0) + engine.get("adapting", 0))
     print(f"forecasts answered: {len(answers)} ({len(answers) / args.seconds:,.0f}/s) by "
           f"{ {kind: len(times) for kind, times in by_kind.items()} }")
-    print(f"answer time: {_percentiles([seconds for seconds, _, _ in answers])} (target p99 < 1 ms)")
+    print(f"answer time: {_percentiles(_seconds(answers))} (target p99 < 1 ms)")
     if floor and args.rate > 0 and len(answers) > 1:   # (back to back, it would mostly compare queueing)
         closest = list(floor)[-1]   # the feed and a busy core: what the daemon's learning adds to answering
         print(f"  p99 over the floor's ({closest}): "

@@ -211,8 +211,7 @@ class InitializerJobs:
         finished, started_at = time.time(), self.running_since
         assert started_at is not None, "a run is recorded over once, by retrain"
         self.running_since = self.progress = None
-        self.last_run = {"outcome": outcome, "started": started_at, "finished": finished,
-                         "seconds": round(finished - started_at, 1), "version": version, "detail": detail}
+        self.last_run = _run_state(outcome, started_at, finished, version, detail)
         run_id, self._run_id = self._run_id, None
         if run_id is not None:
             with self._unrecorded_lock:
@@ -234,10 +233,7 @@ class InitializerJobs:
         if not runs:
             return None
         run = runs[0]
-        finished = run["finished_at"]
-        return {"outcome": run["outcome"], "started": run["started_at"], "finished": finished,
-                "seconds": None if finished is None else round(finished - run["started_at"], 1),
-                "version": run["version"], "detail": run["detail"]}
+        return _run_state(run["outcome"], run["started_at"], run["finished_at"], run["version"], run["detail"])
 
     def _store_safely(self, what: str, call: Callable[..., Any], *args: Any, failed: Any = None) -> Any:
         """A store call whose failure must not stop the run (a database down now may be up by
@@ -247,6 +243,14 @@ class InitializerJobs:
         except (StoreError, sa.exc.SQLAlchemyError) as exc:
             log.warning("could not %s the meta-training run in the store: %s", what, exc)
             return failed
+
+
+def _run_state(outcome: str, started: float, finished: float | None, version: int | None,
+               detail: str | None) -> dict[str, Any]:
+    """How a run ended, as status shows it (`finished` None: cut off at an unknown time)."""
+    return {"outcome": outcome, "started": started, "finished": finished,
+            "seconds": None if finished is None else round(finished - started, 1), "version": version,
+            "detail": detail}
 
 
 def _progress(line: str) -> dict[str, Any] | None:
