@@ -213,6 +213,7 @@ class Daemon:
         every = {"trigger": "interval", "max_instances": 1, "coalesce": True,
                  "misfire_grace_time": int(sched.misfire_grace_time)}
         self.scheduler.add_job(self.checkpoint, seconds=sched.checkpoint_interval, id="checkpoint", **every)
+        self.metrics.schedule_interval.labels("checkpoint").set(sched.checkpoint_interval)
         if s.store.retention > 0:
             assert self.store is not None
             self._retention = Retention(self.store, s.store.retention, s.model.history, self.metrics,
@@ -220,6 +221,7 @@ class Daemon:
             first = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=RETENTION_DELAY)
             self.scheduler.add_job(self._retention.prune, seconds=sched.retention_interval, id="retention",
                                    next_run_time=first, **every)
+            self.metrics.schedule_interval.labels("retention").set(sched.retention_interval)
         if self._share is not None and self._share.advisory:
             self.scheduler.add_job(self._keep_share, seconds=CLAIM_CHECK, id="store-claim", **every)
         if s.model.engine == "online":
@@ -233,6 +235,7 @@ class Daemon:
                 first = datetime.datetime.fromtimestamp(jobs.first_run(time.time()), datetime.timezone.utc)
                 self.scheduler.add_job(jobs.retrain, seconds=s.meta.retrain_interval, id="meta-train",
                                        next_run_time=first, **every)
+                self.metrics.schedule_interval.labels("meta_training").set(s.meta.retrain_interval)
             elif s.meta.retrain_interval > 0:
                 log.info("cluster member %d: meta-training is member 0's job; promoted initializers are "
                          "picked up every %gs", s.cluster.member, s.meta.refresh_interval)

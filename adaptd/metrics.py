@@ -115,6 +115,16 @@ class Metrics(Telemetry):
             "(did not beat the current initializer), not_enough_data or failed", ["outcome"], registry=r)
         self.meta_training_seconds = Gauge(
             "adaptd_meta_training_last_duration_seconds", "How long the newest meta-training run took", registry=r)
+        self.meta_training_last_end = Gauge(
+            "adaptd_meta_training_last_end_timestamp_seconds", "When the newest scheduled meta-training run that "
+            "ended on its own (not cut off by a shutdown) ended, also before this start (0: none yet)", registry=r)
+        self.meta_training_last_outcome = Gauge(
+            "adaptd_meta_training_last_outcome", "1 for the outcome of that run, 0 for the others", ["outcome"],
+            registry=r)
+        self.schedule_interval = Gauge(
+            "adaptd_schedule_interval_seconds", "The configured interval of each scheduled job this daemon runs "
+            "(checkpoint, retention, meta_training), for alerts that follow the config", ["schedule"],
+            registry=r)
         self.retention_deleted = Counter(
             "adaptd_retention_deleted_observations", "Observations deleted by `[store] retention`", registry=r)
         self.retention_seconds = Gauge(
@@ -124,6 +134,10 @@ class Metrics(Telemetry):
         self.retention_success = Gauge(
             "adaptd_retention_last_success_timestamp_seconds",
             "When the newest retention pass that went through every series ended (0: none since start)", registry=r)
+        self.retention_progress = Gauge(
+            "adaptd_retention_last_progress_timestamp_seconds", "When retention last showed it is getting through: "
+            "the end of the newest pass that went through every series, or, while a pass runs, the newest series "
+            "it finished (0: none since start; a failed pass's series do not count)", registry=r)
         self.learning_backlog = Gauge(
             "adaptd_learning_backlog_records", "Committed records the models have not learnt yet", registry=r)
         self.learning_shed = Counter(
@@ -150,6 +164,7 @@ class Metrics(Telemetry):
             self.adaptation_winners.labels(candidate)
         for outcome in META_TRAINING_OUTCOMES:   # the meta-training alert reads 0, not nothing
             self.meta_training_runs.labels(outcome)
+            self.meta_training_last_outcome.labels(outcome)
         self.requests.labels("ingest", "overloaded")   # the overload alert reads 0, not nothing
 
     # -- what the engine reports (Telemetry) ----------------------------------------------
@@ -172,6 +187,12 @@ class Metrics(Telemetry):
 
     def nonfinite(self, count: int) -> None:
         self.nonfinite_outputs.inc(count)
+
+    def meta_training_ended(self, outcome: str, at: float) -> None:
+        """The newest meta-training run that ended on its own: how, and when."""
+        self.meta_training_last_end.set(at)
+        for known in META_TRAINING_OUTCOMES:
+            self.meta_training_last_outcome.labels(known).set(1 if known == outcome else 0)
 
     def watch(self, engine: Engine, catalog: SeriesCatalog, coverage: float, stale_after: float,
               series: tuple[str, ...] = (), max_series: int = 0) -> None:

@@ -64,13 +64,19 @@ class Retention:
                         deleted, series = deleted + here, series + 1
                         if self.catalog is not None:
                             self.catalog.pruned(name, here, self.store.first_ts(series_id))
+                self.metrics.retention_progress.set(time.time())   # a long pass is not a hung one
         except Exception as exc:   # a store error (or a bug: then with its traceback); the next pass goes on
             error = " ".join(str(getattr(exc, "orig", None) or exc).split()) or type(exc).__name__
             self.metrics.retention_failures.inc()
             log.warning("retention pass stopped after deleting %d observations: %s", deleted, error,
                         exc_info=not isinstance(exc, (StoreError, sa.exc.SQLAlchemyError)))
+            # Passes that each get partway and fail do not get through: back to the last whole one.
+            self.metrics.retention_progress.set(self.metrics.value(
+                "adaptd_retention_last_success_timestamp_seconds"))
         else:
-            self.metrics.retention_success.set(time.time())
+            finished = time.time()
+            self.metrics.retention_success.set(finished)
+            self.metrics.retention_progress.set(finished)
         seconds = time.monotonic() - started
         self.metrics.retention_seconds.set(seconds)
         self.last_pass = {"at": at, "seconds": round(seconds, 2), "deleted": deleted, "series": series,

@@ -455,13 +455,16 @@ class Store:
         with self.engine.begin() as conn:
             return int(conn.execute(r.update().where(r.c.outcome.is_(None)).values(outcome="interrupted")).rowcount)
 
-    def meta_runs(self, limit: int, finished_only: bool = False) -> list[dict[str, Any]]:
+    def meta_runs(self, limit: int, finished_only: bool = False,
+                  outcomes: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         """The newest `limit` meta-training runs, newest first (with `finished_only`, those with
-        an outcome)."""
+        an outcome; with `outcomes`, those with one of them)."""
         r = meta_training_runs
         query = sa.select(r).order_by(r.c.started_at.desc(), r.c.id.desc()).limit(limit)
         if finished_only:
             query = query.where(r.c.outcome.is_not(None))
+        if outcomes:
+            query = query.where(r.c.outcome.in_(outcomes))
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 

@@ -47,7 +47,7 @@ REQUIRED_ALERTS = {
     "AdaptdDriftStorm",
     "AdaptdAdaptationsFailing", "AdaptdIngestRejectedHigh", "AdaptdStaleSeries", "AdaptdCheckpointStale",
     "AdaptdCheckpointFailures", "AdaptdLearningBacklog", "AdaptdOverloaded", "AdaptdStoreCommitFailures",
-    "AdaptdMetaTrainingFailing", "AdaptdRetentionFailing",
+    "AdaptdMetaTrainingFailing", "AdaptdMetaTrainingOverdue", "AdaptdRetentionStalled",
 }
 
 
@@ -183,6 +183,8 @@ def test_alert_rules_pass_promtool_and_conventions() -> None:
 INSTANCE = "127.0.0.1:9464"
 LABELS = f'job="adaptd",instance="{INSTANCE}"'
 QUIET = 'job="adaptd",instance="127.0.0.1:9465"'
+STARTED_AT = "127.0.0.1:9466"
+STARTED = f'job="adaptd",instance="{STARTED_AT}"'
 
 # promtool rule unit tests: (name, input series (1-minute steps), checks). A check is
 # (eval time, alert, expected alerts as (labels, rendered $value)), or ("expr", eval time, PromQL,
@@ -250,25 +252,56 @@ SCENARIOS: list[tuple[str, list[tuple[str, str]], list[tuple[Any, ...]]]] = [
     ], [
         ("40m", "AdaptdIngestRejectedHigh", [({"job": "adaptd", "instance": INSTANCE}, "10%")]),
     ]),
-    ("the day's meta-training run failed; on another daemon a later run succeeded", [
-        (f'adaptd_meta_training_runs_total{{{LABELS},outcome="failed"}}', "0 0 1x60"),
-        (f'adaptd_meta_training_runs_total{{{LABELS},outcome="promoted"}}', "0x62"),
-        # One failed and one good run: 50%. Unrounded, increase() would extrapolate the failed
-        # counter (not at 0 in the window) and not the good one (from 0), to just over 50%.
-        (f'adaptd_meta_training_runs_total{{{QUIET},outcome="failed"}}', "1 1 2x60"),
-        (f'adaptd_meta_training_runs_total{{{QUIET},outcome="not_promoted"}}', "0 0 0 0 1x58"),
+    ("checkpoints stop at 3 minutes (every minute before); one daemon checkpoints on time; one "
+     "started at 10 minutes has none yet", [
+        (f'adaptd_schedule_interval_seconds{{{LABELS},schedule="checkpoint"}}', "60x60"),
+        (f"adaptd_last_checkpoint_timestamp_seconds{{{LABELS}}}", "0 60 120 180x60"),
+        (f"process_start_time_seconds{{{LABELS}}}", "0x60"),
+        (f'adaptd_schedule_interval_seconds{{{QUIET},schedule="checkpoint"}}', "300x60"),
+        (f"adaptd_last_checkpoint_timestamp_seconds{{{QUIET}}}", "0+60x60"),
+        (f"process_start_time_seconds{{{QUIET}}}", "0x60"),
+        (f'adaptd_schedule_interval_seconds{{{STARTED},schedule="checkpoint"}}', "300x60"),
+        (f"adaptd_last_checkpoint_timestamp_seconds{{{STARTED}}}", "0x60"),
+        (f"process_start_time_seconds{{{STARTED}}}", "600x60"),
+    ], [
+        ("6m", "AdaptdCheckpointStale", []),              # 3 intervals (3 minutes) since, not more
+        ("11m", "AdaptdCheckpointStale", []),             # pending for 5 minutes
+        ("12m", "AdaptdCheckpointStale", [({"job": "adaptd", "instance": INSTANCE}, "9.0")]),
+        ("32m", "AdaptdCheckpointStale", [({"job": "adaptd", "instance": INSTANCE}, "29.0"),
+                                          ({"job": "adaptd", "instance": STARTED_AT}, "4.4")]),
+    ]),
+    ("the newest meta-training run failed; on another daemon a later run succeeded", [
+        (f'adaptd_meta_training_last_outcome{{{LABELS},outcome="failed"}}', "0 0 1x60"),
+        (f'adaptd_meta_training_last_outcome{{{LABELS},outcome="promoted"}}', "1 1 0x60"),
+        (f'adaptd_meta_training_last_outcome{{{QUIET},outcome="failed"}}', "1 1 0x60"),
+        (f'adaptd_meta_training_last_outcome{{{QUIET},outcome="not_promoted"}}', "0 0 1x60"),
     ], [
         ("4m", "AdaptdMetaTrainingFailing", []),        # pending for 5 minutes
-        ("30m", "AdaptdMetaTrainingFailing", [({"job": "adaptd", "instance": INSTANCE}, "100%")]),
+        ("30m", "AdaptdMetaTrainingFailing", [({"job": "adaptd", "instance": INSTANCE}, None)]),
     ]),
-    ("retention passes failing every hour, and one failing once", [
-        (f"adaptd_retention_failures_total{{{LABELS}}}", "0x30 1x60 2x60 3x60"),
-        (f"adaptd_retention_failures_total{{{QUIET}}}", "0x30 1x200"),
+    ("hourly meta-training: the newest run ended at 10 minutes; on another daemon none ever did", [
+        (f'adaptd_schedule_interval_seconds{{{LABELS},schedule="meta_training"}}', "3600x300"),
+        (f"adaptd_meta_training_last_end_timestamp_seconds{{{LABELS}}}", "0x9 600x300"),
+        (f'adaptd_schedule_interval_seconds{{{QUIET},schedule="meta_training"}}', "3600x300"),
+        (f"adaptd_meta_training_last_end_timestamp_seconds{{{QUIET}}}", "0x300"),
     ], [
-        ("150m", "AdaptdRetentionFailing", []),          # two in 3 hours: not yet
-        ("155m", "AdaptdRetentionFailing", []),          # the third at 153m: pending for 5 minutes
-        ("165m", "AdaptdRetentionFailing", [({"job": "adaptd", "instance": INSTANCE}, "3")]),
-        ("240m", "AdaptdRetentionFailing", []),          # the first of them left the window
+        ("185m", "AdaptdMetaTrainingOverdue", []),      # 2 intervals after 10m, pending for an hour
+        ("200m", "AdaptdMetaTrainingOverdue", [({"job": "adaptd", "instance": INSTANCE}, "3.2")]),
+    ]),
+    ("retention every 10 minutes stops getting through at 20 minutes; a long first pass keeps "
+     "finishing series; retention off", [
+        (f'adaptd_schedule_interval_seconds{{{LABELS},schedule="retention"}}', "600x80"),
+        (f"adaptd_retention_last_progress_timestamp_seconds{{{LABELS}}}", "0x9 600x9 1200x60"),
+        (f"process_start_time_seconds{{{LABELS}}}", "0x80"),
+        (f'adaptd_schedule_interval_seconds{{{QUIET},schedule="retention"}}', "600x80"),
+        (f"adaptd_retention_last_progress_timestamp_seconds{{{QUIET}}}", "0+60x80"),
+        (f"process_start_time_seconds{{{QUIET}}}", "0x80"),
+        (f"adaptd_retention_last_progress_timestamp_seconds{{{STARTED}}}", "0x80"),
+        (f"process_start_time_seconds{{{STARTED}}}", "0x80"),
+    ], [
+        ("50m", "AdaptdRetentionStalled", []),          # 3 intervals since, not more
+        ("55m", "AdaptdRetentionStalled", []),          # pending for 5 minutes
+        ("56m", "AdaptdRetentionStalled", [({"job": "adaptd", "instance": INSTANCE}, "3.6")]),
     ]),
     ("overloaded answers, and none at all", [
         (f'adaptd_requests_total{{{LABELS},op="ingest",outcome="ok"}}', "0+90x40"),

@@ -642,7 +642,9 @@ def test_the_scheduled_retrain_learns_from_the_store_at_its_recorded_detections(
             time.sleep(0.05)
         training.join()
         newest = max(store.initializer_list(), key=lambda row: row["version"])
-        remembered = InitializerJobs(settings, store, engine, Metrics()).last_run
+        restarted, bystander = Metrics(), Metrics()   # a daemon started after the run; one that does not train
+        remembered = InitializerJobs(settings, store, engine, restarted).last_run
+        InitializerJobs(settings, store, engine, bystander, trains=False)
     finally:
         store.close()
     outcomes = {o: metrics.registry.get_sample_value("adaptd_meta_training_runs_total", {"outcome": o})
@@ -660,6 +662,14 @@ def test_the_scheduled_retrain_learns_from_the_store_at_its_recorded_detections(
     assert jobs.last_run is not None and time.time() - 60 < jobs.last_run["finished"] <= time.time()
     assert (jobs.last_run["outcome"], jobs.last_run["version"]) == ("promoted", newest["version"])
     assert remembered == jobs.last_run                        # by the store, for the next start
+    # What the alerts read (AdaptdMetaTrainingFailing, ...Overdue), also after a restart; a
+    # cluster member that does not train leaves them to the one that does.
+    for registry, ended in ((metrics.registry, True), (restarted.registry, True), (bystander.registry, False)):
+        assert registry.get_sample_value("adaptd_meta_training_last_end_timestamp_seconds") == (
+            jobs.last_run["finished"] if ended else 0.0)
+        assert {o: registry.get_sample_value("adaptd_meta_training_last_outcome", {"outcome": o})
+                for o in ("promoted", "not_promoted", "failed", "not_enough_data")} == {
+            "promoted": float(ended), "not_promoted": 0.0, "failed": 0.0, "not_enough_data": 0.0}
 
 
 @pytest.mark.integration
@@ -701,6 +711,8 @@ def test_a_run_stopped_at_shutdown_is_kept_as_stopped_and_not_counted(tmp_path: 
     counted = {o: metrics.registry.get_sample_value("adaptd_meta_training_runs_total", {"outcome": o})
                for o in ("promoted", "not_promoted", "failed", "not_enough_data")}
     assert set(counted.values()) == {0.0}, counted
+    assert metrics.value("adaptd_meta_training_last_end_timestamp_seconds") == 0.0   # not an end for the alerts
+    assert metrics.value("adaptd_meta_training_last_outcome", {"outcome": "failed"}) == 0.0
 
 
 def test_a_run_that_finished_as_shutdown_came_counts_as_finished(tmp_path: Path, monkeypatch):

@@ -143,10 +143,39 @@ def test_a_store_failure_ends_the_pass_with_a_warning_and_the_next_goes_on(store
     assert job.last_pass["error"] == "database is locked"
     assert metrics.registry.get_sample_value("adaptd_retention_failures_total") == 1.0
     assert metrics.registry.get_sample_value("adaptd_retention_last_success_timestamp_seconds") == 0.0
+    assert progress(metrics) == 0.0   # the stalled-retention alert counts from the daemon's start
     job.prune()
     assert len(kept(store, "a")) == len(kept(store, "b")) == 16
     assert job.last_pass["error"] is None
     assert metrics.registry.get_sample_value("adaptd_retention_last_success_timestamp_seconds") > time.time() - 60
+    assert progress(metrics) == metrics.registry.get_sample_value("adaptd_retention_last_success_timestamp_seconds")
+
+
+def progress(metrics: Metrics) -> float:
+    return metrics.registry.get_sample_value("adaptd_retention_last_progress_timestamp_seconds")
+
+
+def test_progress_counts_each_finished_series_and_a_failed_pass_gives_it_back(store: Store, monkeypatch) -> None:
+    """The alert on stalled retention must tell a long pass that keeps finishing series from
+    passes that each get partway and fail (they would never get through)."""
+    store.write(hourly("a", 100) + hourly("b", 100) + hourly("c", 100))
+    job = Retention(store, HOUR, 16, Metrics())
+    job.prune()
+    whole = progress(job.metrics)
+    store.write([Observation(name, HOUR * 100, 1.0) for name in "abc"])
+    seen, real = [], Store.prune_before
+
+    def third_fails(series_id, *args):
+        seen.append(progress(job.metrics))   # what the gauge said as each series began
+        if len(seen) == 3:
+            raise sa.exc.OperationalError("DELETE", {}, Exception("disk I/O error"))
+        return real(store, series_id, *args)
+
+    monkeypatch.setattr(store, "prune_before", third_fails)
+    time.sleep(0.01)
+    job.prune()
+    assert seen[0] == whole < seen[1] < seen[2]       # each finished series moved it on
+    assert progress(job.metrics) == whole             # the failed pass does not count
 
 
 @pytest.mark.integration

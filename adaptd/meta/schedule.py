@@ -64,6 +64,9 @@ class InitializerJobs:
         self.running_since: float | None = None
         self.progress: dict[str, Any] | None = None
         self.last_run: dict[str, Any] | None = self._newest_finished_run()
+        if trains:   # the alerts' view of the schedule outlives restarts too
+            for run in self._store_safely("read", self.store.meta_runs, 1, True, ENDED_ON_ITS_OWN) or []:
+                metrics.meta_training_ended(run["outcome"], run["finished_at"])
 
     def refresh(self) -> None:
         """Switch to the best-fitting promoted initializer when a newer one appears (and, on a
@@ -212,6 +215,8 @@ class InitializerJobs:
         assert started_at is not None, "a run is recorded over once, by retrain"
         self.running_since = self.progress = None
         self.last_run = _run_state(outcome, started_at, finished, version, detail)
+        if outcome in ENDED_ON_ITS_OWN:
+            self.metrics.meta_training_ended(outcome, finished)
         run_id, self._run_id = self._run_id, None
         if run_id is not None:
             with self._unrecorded_lock:
