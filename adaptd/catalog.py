@@ -22,13 +22,14 @@ class SeriesInfo:
     last_ts: float
     late: int = 0        # records older than the newest one already stored
     overwritten: int = 0  # re-sent (series, ts) pairs whose value was replaced
-    received: float = 0.0  # wall-clock time of its newest commit (start-up time for loaded series)
+    received: float = 0.0  # time.monotonic() of its newest commit (start-up time for loaded series):
+    #                        a clock step must not make live series look silent
 
 
 class SeriesCatalog:
     def __init__(self, summaries: list[SeriesSummary] | None = None):
         self._lock = threading.Lock()
-        started = time.time()
+        started = time.monotonic()
         self._series: dict[str, SeriesInfo] = {
             s.name: SeriesInfo(s.observations, s.first_ts, s.last_ts, received=started) for s in summaries or []}
 
@@ -43,7 +44,7 @@ class SeriesCatalog:
         """
         late = 0
         series = self._series
-        now = time.time()
+        now = time.monotonic()
         with self._lock:
             for name, ts, _value in rows:
                 info = series.get(name)
@@ -72,9 +73,20 @@ class SeriesCatalog:
                 if first_ts is not None:
                     info.first_ts = first_ts
 
+    def silent_since(self, cutoff: float) -> list[str]:
+        """Series whose newest record arrived before `cutoff` (time.monotonic()), oldest arrival first."""
+        with self._lock:
+            return [name for name, info in sorted(self._series.items(), key=lambda item: item[1].received)
+                    if info.received < cutoff]
+
+    def forget(self, name: str) -> None:
+        """The series was removed from the store (`[store] forget_after`)."""
+        with self._lock:
+            self._series.pop(name, None)
+
     def stale(self, older_than: float) -> int:
         """Series that have received nothing for `older_than` seconds."""
-        cutoff = time.time() - older_than
+        cutoff = time.monotonic() - older_than
         with self._lock:
             return sum(info.received < cutoff for info in self._series.values())
 

@@ -42,6 +42,7 @@ class StoreSettings:
     pool_size: int = 4
     connect_timeout: float = 60.0
     retention: float = 0.0
+    forget_after: float = 0.0   # a series that received nothing this long is removed whole; 0 never
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,8 @@ CHECKS: dict[str, dict[str, Check]] = {
         "sqlite_synchronous": (lambda v: v in ("normal", "full"), "'normal' or 'full'"),
         "retention": (lambda v: v == 0 or 60 <= v <= MAX_RETENTION,
                       f"0 (keep everything) or a number of seconds from 60 to {MAX_RETENTION:.0f} (100 years)"),
+        "forget_after": (lambda v: v == 0 or 60 <= v <= MAX_RETENTION,
+                         f"0 (never) or a number of seconds from 60 to {MAX_RETENTION:.0f} (100 years)"),
         "pool_size": (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
         "connect_timeout": (lambda v: 0 <= v <= MAX_WAIT,
                             f"a number of seconds from 0 (try once) to {MAX_WAIT:.0f}"),

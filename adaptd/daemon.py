@@ -214,10 +214,11 @@ class Daemon:
                  "misfire_grace_time": int(sched.misfire_grace_time)}
         self.scheduler.add_job(self.checkpoint, seconds=sched.checkpoint_interval, id="checkpoint", **every)
         self.metrics.schedule_interval.labels("checkpoint").set(sched.checkpoint_interval)
-        if s.store.retention > 0:
+        if s.store.retention > 0 or s.store.forget_after > 0:
             assert self.store is not None
             self._retention = Retention(self.store, s.store.retention, s.model.history, self.metrics,
-                                        owns=None if self.ours.alone else self.ours.owns, catalog=catalog)
+                                        owns=None if self.ours.alone else self.ours.owns, catalog=catalog,
+                                        forget_after=s.store.forget_after, writer=self.writer)
             first = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=RETENTION_DELAY)
             self.scheduler.add_job(self._retention.prune, seconds=sched.retention_interval, id="retention",
                                    next_run_time=first, **every)
@@ -254,7 +255,7 @@ class Daemon:
 
     def _retention_state(self) -> dict[str, Any]:
         """`[store] retention` and how its newest pass went, for stats."""
-        return {"keep_s": self.settings.store.retention,
+        return {"keep_s": self.settings.store.retention, "forget_after_s": self.settings.store.forget_after,
                 "last_pass": self._retention.last_pass if self._retention is not None else None}
 
     def _keep_share(self) -> None:
@@ -308,6 +309,8 @@ class Daemon:
 
         if self.server is not None:
             await self.server.close(left())
+        if self._retention is not None:   # before the writer: a removal in progress stops, not fails
+            self._retention.stop()
         if self.writer is not None:
             await asyncio.to_thread(self.writer.stop, left())
         if self.learner is not None:
@@ -316,8 +319,6 @@ class Daemon:
                 log.warning("the learning thread did not stop in time; checkpointing what it has learnt")
         if self._initializer_jobs is not None:
             self._initializer_jobs.stop()
-        if self._retention is not None:
-            self._retention.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
         if self._initializer_jobs is not None:

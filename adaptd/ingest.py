@@ -10,11 +10,14 @@ the models learn it afterwards, on the learning thread.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
 from typing import NamedTuple, Sequence
+
+import sqlalchemy as sa
 
 from .catalog import SeriesCatalog
 from .engine import Engine
@@ -29,6 +32,22 @@ log = logging.getLogger(__name__)
 class _Batch(NamedTuple):
     rows: Sequence[Observation]
     done: Future[int]
+
+
+class Removal(NamedTuple):
+    """How a removal (`IngestWriter.forget`) ended."""
+    removed: bool   # whole; False: a record arrived, learning had not caught up, or shutdown came
+    deleted: int    # observations deleted (also by a removal that stopped: they stay deleted)
+
+
+class _Forget(NamedTuple):
+    """Remove a series silent since `cutoff` (time.monotonic()) from the store, then from memory."""
+    series: str
+    cutoff: float
+    batch: int
+    done: Future[Removal]
+    deleted: int = 0                # by the transactions so far
+    received: float | None = None   # when its newest record had arrived, at the first step
 
 
 _STOP = object()
@@ -85,6 +104,20 @@ class IngestWriter:
         self._queue.put(_Batch(rows, done))
         return done
 
+    def forget(self, series: str, cutoff: float, batch: int) -> Future[Removal]:
+        """Remove a series that has received nothing since `cutoff` (`[store] forget_after`):
+        its observations `batch` at a time, oldest first, with commits of records in between,
+        then its drift events and checkpoint, then its state in the catalog and the engine.
+        Done here, in the thread that commits records, so that a record that arrives for it
+        meanwhile is never deleted: it stops the removal (whatever was deleted before stays
+        deleted, as retention would have), and so does learning or adapting still going on."""
+        done: Future[Removal] = Future()
+        if not self.alive:
+            done.set_exception(RuntimeError("the store writer is not running"))
+        else:
+            self._queue.put(_Forget(series, cutoff, batch, done))
+        return done
+
     def stop(self, timeout: float | None = None) -> None:
         """Commit everything already submitted, then stop."""
         if self._thread.is_alive():
@@ -103,6 +136,9 @@ class IngestWriter:
             self.last_beat = time.monotonic()
             if item is _STOP:
                 break
+            if isinstance(item, _Forget):
+                self._forget_step(item)
+                continue
             group = [item]
             size = len(item.rows)  # type: ignore[union-attr]
             while size < self.group_records:
@@ -113,10 +149,20 @@ class IngestWriter:
                 if item is _STOP:
                     stopping = True
                     break
+                if isinstance(item, _Forget):   # after this group's commit (it may stop the removal)
+                    self._queue.put(item)
+                    break
                 group.append(item)
                 size += len(item.rows)  # type: ignore[union-attr]
             self._commit(group)  # type: ignore[arg-type]
             self._add_pending(-size)
+        while True:   # removals not finished: whoever waits for them learns they stopped
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Forget):
+                self._forget_stopped(item)
 
     def _commit(self, group: list[_Batch]) -> None:
         # The last value of a (series, ts) within a group wins, as across groups. Then time
@@ -146,6 +192,44 @@ class IngestWriter:
             self.learner.submit(rows)
         for batch in group:
             _resolve(batch.done, result=len(batch.rows))
+
+    def _forget_step(self, item: _Forget) -> None:
+        """One transaction of a removal; queued again (behind waiting records) until it is done."""
+        name = item.series
+        info = self.catalog.get(name)
+        try:
+            arrived = info is not None and (info.received >= item.cutoff or
+                                            (item.received is not None and info.received != item.received))
+            if arrived or (info is not None and not self.engine.forgettable(name)):
+                self._forget_stopped(item)
+                return
+            count, first_ts = self.store.forget_step(name, item.batch)
+            if first_ts is not None:
+                self._queue.put(item._replace(deleted=item.deleted + count,
+                                              received=info.received if info is not None else -math.inf))
+                return
+            self.catalog.forget(name)
+            self.metrics.series.set(len(self.catalog))
+            self.engine.forget(name)
+        except Exception as exc:   # a store error; the writer itself must go on
+            log.warning("removing series %r stopped: %s", name, exc,
+                        exc_info=not isinstance(exc, sa.exc.SQLAlchemyError))
+            self._forget_stopped(item, exc)
+            return
+        _resolve(item.done, Removal(True, item.deleted + count))   # type: ignore[arg-type]
+
+    def _forget_stopped(self, item: _Forget, exc: BaseException | None = None) -> None:
+        """A removal ends unfinished: what it deleted stays deleted, and the catalog counts that."""
+        if item.deleted:
+            try:
+                first_ts = self.store.first_ts_of(item.series)
+            except Exception:
+                first_ts = None
+            self.catalog.pruned(item.series, item.deleted, first_ts)
+        if exc is not None:
+            _resolve(item.done, exception=exc)   # type: ignore[arg-type]
+        else:
+            _resolve(item.done, Removal(False, item.deleted))   # type: ignore[arg-type]
 
     def _already_stored(self, conn: object, rows: list[Observation]) -> set[tuple[str, float]]:
         """(series, ts) pairs that were stored before this group (only late records can be)."""

@@ -127,6 +127,9 @@ class Metrics(Telemetry):
             registry=r)
         self.retention_deleted = Counter(
             "adaptd_retention_deleted_observations", "Observations deleted by `[store] retention`", registry=r)
+        self.series_forgotten = Counter(
+            "adaptd_series_forgotten", "Series removed whole from the store and memory after receiving nothing "
+            "for [store] forget_after seconds", registry=r)
         self.retention_seconds = Gauge(
             "adaptd_retention_last_pass_seconds", "How long the newest retention pass took", registry=r)
         self.retention_failures = Counter(

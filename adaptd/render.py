@@ -107,16 +107,21 @@ def _engine_detail(engine: dict[str, Any]) -> str:
 
 
 def _retention_text(retention: dict[str, Any] | None, now: float | None = None) -> str:
-    """What `[store] retention` keeps and what its newest pass deleted, for status."""
+    """What `[store] retention` keeps, when `forget_after` forgets a series, and what the newest
+    pass did, for status."""
     if retention is None:
         return ""
-    if not retention.get("keep_s"):
+    keep, forget = retention.get("keep_s"), retention.get("forget_after_s")
+    if not keep and not forget:
         return " (keeps every observation)"
-    text = f" (keeps {_span(retention['keep_s'])} of each series"
+    kept = f"keeps {_span(keep)} of each series" if keep else "keeps each series' whole history"
+    text = f" ({kept}" + (f", forgets a series silent for {_span(forget)}" if forget else "")
     last = retention.get("last_pass")
     if last is not None:
         now = time.time() if now is None else now
-        deleted = f"{last['deleted']} observations of {last['series']} series"
+        deleted = f"{last['deleted']} observations of {last['series'] + last.get('forgotten', 0)} series"
+        if last.get("forgotten"):
+            deleted += f" ({last['forgotten']} series forgotten)"
         how = (f"deleted {deleted}" if not last.get("error") else
                f"stopped by a store error after deleting {deleted}: {last['error']}")
         text += f"; last pass {_span(now - last['at'])} ago {how}"

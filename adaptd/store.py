@@ -396,6 +396,22 @@ class Store:
             return [(int(sid), str(name)) for name, sid in conn.execute(sa.select(series_table.c.name, series_table.c.id))
                     if owns is None or owns(name)]
 
+    def drop_orphans(self) -> int:
+        """Delete drift events, checkpoints and stored forecasts of series without observations:
+        what a checkpoint or learning saved for a series while it was being forgotten. (A live
+        series has observations before anything else is saved of it.)"""
+        o = observations
+        with self.engine.begin() as conn:
+            return sum(int(conn.execute(sa.delete(t).where(~sa.exists().where(o.c.series_id == t.c.series_id))).rowcount)
+                       for t in (drift_events, model_checkpoints, forecasts_table))
+
+    def first_ts_of(self, name: str) -> float | None:
+        """The series' oldest stored observation (None: none)."""
+        o, s = observations, series_table
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.min(o.c.ts)).join(s, s.c.id == o.c.series_id)
+                                .where(s.c.name == name)).scalar_one()
+
     def first_ts(self, series_id: int) -> float | None:
         o = observations
         with self.engine.connect() as conn:
@@ -433,6 +449,26 @@ class Store:
                                                       o.c.ts < (cutoff if bound is None else bound))).rowcount
             if bound is None:
                 conn.execute(sa.delete(d).where(d.c.series_id == series_id, d.c.ts < cutoff))
+        return int(deleted), None if bound is None else float(bound)
+
+    def forget_step(self, name: str, batch: int) -> tuple[int, float | None]:
+        """One short transaction of removing a series (`[store] forget_after`): at most `batch`
+        of its oldest observations, and once none are left its drift events, checkpoint and
+        stored forecasts. (Deleted, the oldest observation left or None: all gone.) The series'
+        row stays, so its id is never given to another series and a record for it later starts
+        it afresh under it."""
+        o = observations
+        with self.engine.begin() as conn:
+            series_id = conn.execute(sa.select(series_table.c.id).where(series_table.c.name == name)).scalar_one_or_none()
+            if series_id is None:
+                return 0, None
+            mine = sa.select(o.c.ts).where(o.c.series_id == series_id)
+            bound = conn.execute(mine.order_by(o.c.ts).offset(batch).limit(1)).scalar_one_or_none()
+            older = o.c.ts < bound if bound is not None else sa.true()
+            deleted = conn.execute(sa.delete(o).where(o.c.series_id == series_id, older)).rowcount
+            if bound is None:
+                for table in (drift_events, model_checkpoints, forecasts_table):
+                    conn.execute(sa.delete(table).where(table.c.series_id == series_id))
         return int(deleted), None if bound is None else float(bound)
 
     # -- meta-training runs ------------------------------------------------------------------

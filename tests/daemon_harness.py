@@ -270,6 +270,18 @@ def stored_rows(store_url: str, series: str) -> list[tuple[float, float]]:
         store.close()
 
 
+def preload(store_url: str, rows: Any) -> None:
+    """Write Observations straight into a (new) store, before a daemon starts on it."""
+    from adaptd.store import Store
+
+    store = Store.open(store_url)
+    try:
+        store.migrate()
+        store.write(rows)
+    finally:
+        store.close()
+
+
 def metric_samples(daemon: DaemonProcess) -> dict[str, float]:
     """Every sample of the daemon's Prometheus endpoint (written with metrics=True), by its
     name with labels as exported, e.g. 'adaptd_requests_total{op="forecast",outcome="ok"}'."""

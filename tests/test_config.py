@@ -105,6 +105,8 @@ def test_integers_are_accepted_for_float_keys(tmp_path: Path) -> None:
     ("store", "connect_timeout", "86400"),
     ("store", "retention", "0"),
     ("store", "retention", "7776000"),
+    ("store", "forget_after", "0"),
+    ("store", "forget_after", "2592000"),
     ("scheduler", "retention_interval", "60"),
     ("daemon", "log_level", '"debug"'),
     ("model", "season", "0"),
@@ -157,6 +159,9 @@ BAD_VALUES = [
     ("store", "retention", "30"),           # less than a minute: a typo for days or hours
     ("store", "retention", "inf"),
     ("store", "retention", "nan"),
+    ("store", "forget_after", "-1"),
+    ("store", "forget_after", "59"),
+    ("store", "forget_after", "inf"),
     ("scheduler", "retention_interval", "0"),
     ("scheduler", "retention_interval", "1e12"),
     ("server", "socket", '""'),

@@ -18,7 +18,7 @@ from adaptd.metrics import Metrics
 from adaptd.records import Observation
 from adaptd.retention import Retention
 from adaptd.store import Store
-from daemon_harness import DaemonProcess, run_cli, short_tempdir, write_config
+from daemon_harness import DaemonProcess, preload, run_cli, short_tempdir, write_config
 
 HOUR = 3600.0
 
@@ -183,12 +183,7 @@ def test_the_daemon_prunes_soon_after_start_and_says_so():
     directory = short_tempdir()
     config = write_config(directory, metrics=True, sections={"store": {"retention": 7200.0},
                                                              "model": {"history": 16}})
-    store = Store.open(f"sqlite:///{directory}/adaptd.db")
-    try:
-        store.migrate()
-        store.write(hourly("old", 100) + hourly("young", 5))
-    finally:
-        store.close()
+    preload(f"sqlite:///{directory}/adaptd.db", hourly("old", 100) + hourly("young", 5))
     d = DaemonProcess(config)
     try:
         d.start(timeout=60)
@@ -198,7 +193,8 @@ def test_the_daemon_prunes_soon_after_start_and_says_so():
             if stats["store"]["retention"]["last_pass"] is not None:
                 break
             time.sleep(0.5)
-        assert stats["store"]["retention"] == {"keep_s": 7200.0, "last_pass": stats["store"]["retention"]["last_pass"]}
+        assert stats["store"]["retention"] == {"keep_s": 7200.0, "forget_after_s": 0.0,
+                                               "last_pass": stats["store"]["retention"]["last_pass"]}
         assert stats["store"]["retention"]["last_pass"]["deleted"] == 84
         status = run_cli("status", config=config).stdout
         assert re.search(r"^store: .* \(keeps 2h of each series; last pass \S+ ago deleted 84 observations of "
@@ -227,3 +223,7 @@ def test_status_without_retention_says_everything_is_kept():
                            now=1e6) == \
         " (keeps 1h of each series; last pass 1min ago stopped by a store error after deleting 0 observations " \
         "of 0 series: database is locked)"
+    assert _retention_text({"keep_s": 0.0, "forget_after_s": 2592000.0,
+                            "last_pass": {"at": 1e6 - 60, "deleted": 300, "series": 0, "forgotten": 3}}, now=1e6) == \
+        " (keeps each series' whole history, forgets a series silent for 30d; last pass 1min ago deleted 300 observations " \
+        "of 3 series (3 series forgotten))"

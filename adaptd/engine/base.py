@@ -91,6 +91,14 @@ class Engine(ABC):
     def learning_backlog(self) -> int:
         return 0
 
+    def forgettable(self, series: str) -> bool:
+        """Whether the series' state can be dropped now (`[store] forget_after`): nothing of it
+        is still being learnt or adapted."""
+        return True
+
+    def forget(self, series: str) -> None:
+        """Drop the series' state: it is gone from the store (a later record starts it afresh)."""
+
     def checkpoint(self) -> list[Checkpoint]:
         """State worth saving beyond the stored observations (none for stateless engines)."""
         return []

@@ -72,6 +72,7 @@ class Checkpointing:
     def checkpoint(self) -> list[Checkpoint]:
         """Every series' complete model state, so a restart forecasts exactly as before."""
         with self._state_lock:
+            self._drop_forgotten()
             self._apply_finished_adaptations()
             header = self.fingerprint()
             out = []
@@ -106,6 +107,8 @@ class Checkpointing:
         expect = self.fingerprint()
         with self._state_lock:
             for cp in checkpoints:
+                if cp.series not in history:   # no observations: a series forgotten as it was saved
+                    continue
                 try:
                     if cp.kind != self.kind:
                         raise SnapshotError(f"checkpoint is of a {cp.kind!r} model")
@@ -193,8 +196,10 @@ class Checkpointing:
     def _forget(self, name: str) -> None:
         """Return a series' slot to a fresh state (after a refused checkpoint)."""
         slot = self.slots.get(name)
-        if slot is None:
-            return
+        if slot is not None:
+            self._forget_slot(slot)
+
+    def _forget_slot(self, slot: int) -> None:
         for key, fresh in (FRESH | TRANSIENT).items():
             getattr(self, key)[slot] = fresh
         self.rls.reset(np.array([slot]))

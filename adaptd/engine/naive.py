@@ -106,7 +106,7 @@ class NaiveEngine(Engine):
         self.coverage = coverage
         self._series: dict[str, SeriesHistory] = {}
         self._cache: dict[str, tuple[int, Forecast]] = {}
-        self._steps: dict[str, tuple[int, float | None]] = {}   # (history version, step)
+        self._steps: dict[str, tuple[SeriesHistory, int, float | None]] = {}   # (history, its version, step)
         self._lock = threading.Lock()
 
     @classmethod
@@ -136,7 +136,8 @@ class NaiveEngine(Engine):
             ts, y, version = hist.ts[:], hist.array(), hist.version
         full = self._compute(series, ts, y)
         with self._lock:
-            self._cache[series] = (version, full)
+            if self._series.get(series) is hist:   # not forgotten meanwhile (a new history restarts versions)
+                self._cache[series] = (version, full)
         return full.head(horizon)
 
     def _compute(self, series: str, ts: Sequence[float], y: np.ndarray) -> Forecast:
@@ -163,6 +164,11 @@ class NaiveEngine(Engine):
         model = {"kind": KINDS[1] if season > 1 else KINDS[0], "version": FORMAT_VERSION,
                  "init": None, "last_drift": None, "adaptations": 0, "season": season}
         return Forecast(series, origin, step, points, model)
+
+    def forget(self, series: str) -> None:
+        with self._lock:
+            for known in (self._series, self._cache, self._steps):
+                known.pop(series, None)
 
     def last_ts(self, series: str) -> float | None:
         hist = self._series.get(series)
@@ -204,9 +210,9 @@ class NaiveEngine(Engine):
         if hist is None:
             return None
         version, known = hist.version, self._steps.get(series)
-        if known is None or known[0] != version:
-            known = self._steps[series] = (version, infer_step(hist.ts[-STEP_TIMESTAMPS:]))
-        return known[1]
+        if known is None or known[0] is not hist or known[1] != version:   # (a forgotten series' history is another)
+            known = self._steps[series] = (hist, version, infer_step(hist.ts[-STEP_TIMESTAMPS:]))
+        return known[2]
 
     def stats(self) -> dict[str, Any]:
         return {"kind": self.kind, "series": len(self._series)}

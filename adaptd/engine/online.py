@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import zlib
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterator, Sequence
 
@@ -58,6 +60,9 @@ FLOAT_MAX = float(np.finfo(np.float64).max)
 # forecasts sooner and are faster: at 3,000 series, steps of 128 learnt 3,000 records/s (10,000
 # when shedding) against 1,600 (7,000) in one step of all 3,000 (smaller temporaries stay in cache).
 ROUND_SERIES = 128
+# A forgotten series' slot goes to a new series only this many seconds later: a forecast that
+# looked the old series up just before may still be reading the slot.
+SLOT_REUSE_DELAY = 60.0
 
 
 class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
@@ -80,8 +85,10 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
                                c.mixture_gate, c.blend_memory)
         self.conformal = QuantileTracker(c.coverage, c.interval_rate, leads=self.leads)
         self.drift = DriftMonitor(c.detector, c.detector_params, c.cooldown)
-        self.names: list[str] = []
+        self.names: list[str] = []          # by slot ("": the slot of a forgotten series)
         self.slots: dict[str, int] = {}
+        self._vacated: deque[tuple[float, int]] = deque()   # (when, slot) of forgotten series
+        self._forgotten: deque[str] = deque()   # series whose slots learning drops at its next step
         self._cache_lock = threading.Lock()    # held briefly: forecasts never wait for learning
         self._state_lock = threading.RLock()   # learning vs checkpointing
         self._pool = (ThreadPoolExecutor(c.adapt_workers, "adaptd-adapt", initializer=use_torch_threads,
@@ -131,10 +138,14 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
     def _slot(self, name: str) -> int:
         slot = self.slots.get(name)
         if slot is None:
-            slot = len(self.names)
-            if slot >= self.count.shape[0]:
-                self._allocate(max(16, 2 * slot))
-            self.names.append(name)
+            if self._vacated and self._vacated[0][0] <= time.monotonic() - SLOT_REUSE_DELAY:
+                slot = self._vacated.popleft()[1]   # fresh since `forget`
+                self.names[slot] = name
+            else:
+                slot = len(self.names)
+                if slot >= self.count.shape[0]:
+                    self._allocate(max(16, 2 * slot))
+                self.names.append(name)
             self.slots[name] = slot
             # With train_every > 1, series that arrive together would all take their GRU steps in
             # the same rounds: a hash of the name (the same after a restart) spreads them.
@@ -153,10 +164,41 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
         with self._state_lock:
             self._shed = shed
             try:
+                self._drop_forgotten()
                 self._start_owed_adaptations()
                 self._observe_models(batch)
             finally:
                 self._shed = False
+
+    def forgettable(self, series: str) -> bool:
+        newest = self.naive.last_ts(series)
+        slot = self.slots.get(series)
+        if slot is None or newest is None:
+            return newest is None   # recorded, not learnt yet: learning would make it a slot again
+        return bool(self.last_ts[slot] >= newest) and slot not in self._running and slot not in self._owed
+
+    def forget(self, series: str) -> None:
+        """Drop the series. Forecasts of it end at once; its slot is dropped by the next learning
+        step or checkpoint (the ingest writer, which calls this, must not wait for a learning step)."""
+        self.naive.forget(series)
+        self._forgotten.append(series)
+
+    def _drop_forgotten(self) -> None:
+        """(Under the state lock.) The forgotten series' slots return to a fresh state and,
+        SLOT_REUSE_DELAY later, to new series; an adaptation still owed or running is dropped.
+        Regimes a series stored in the shared library stay there for every series (until a
+        restart: they travelled in its checkpoints)."""
+        while self._forgotten:
+            slot = self.slots.pop(self._forgotten.popleft(), None)
+            if slot is None:
+                continue
+            self._running.pop(slot, None)   # its result is never applied
+            self._owed = [owed for owed in self._owed if owed != slot]
+            with self._changing([slot]), self._cache_lock:   # readers of the slot discard what they read
+                self._forget_slot(slot)
+            self.regimes.disown(slot)
+            self.names[slot] = ""
+            self._vacated.append((time.monotonic(), slot))
 
     def caught_up(self, series: str) -> bool:
         slot = self.slots.get(series)
@@ -171,7 +213,10 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
     def _observe_models(self, batch: Sequence[Observation]) -> None:
         rounds: list[list[Observation]] = []
         seen: dict[str, int] = {}
+        known = self.naive.last_ts
         for obs in batch:   # round k holds each series' k-th record: series move in lockstep
+            if known(obs.series) is None:   # forgotten since it was recorded
+                continue
             k = seen.get(obs.series, 0)
             seen[obs.series] = k + 1
             if k == len(rounds):
@@ -483,7 +528,7 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
         return experts, combined, width, value, lo, hi
 
     def stats(self) -> dict[str, Any]:
-        return {"kind": self.kind, "series": len(self.names), "init": self.init.kind,
+        return {"kind": self.kind, "series": len(self.slots), "init": self.init.kind,
                 "init_version": self.init.label,
                 "adapting": len(self._running), "regimes": len(self.regimes), **self.counters}
 

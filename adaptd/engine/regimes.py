@@ -209,6 +209,13 @@ class RegimeMemory:
         self.own.pop(slot, None)
         self.source.pop(slot, None)
 
+    def disown(self, slot: int) -> None:
+        """The slot's series is gone: its remembered regimes with it, its shared ones to no one."""
+        self.forget(slot)
+        for entry in self.shared.entries:
+            if entry.owner == slot:
+                entry.owner = -1
+
     def clear(self) -> None:
         """Forget every remembered regime, of every series and shared."""
         self.own.clear()

@@ -1,0 +1,339 @@
+"""`[store] forget_after`: a series silent that long is removed whole, from the store and from
+memory, and nothing acknowledged meanwhile is lost."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import urllib.request
+from concurrent.futures import Future
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from adaptd.catalog import SeriesCatalog
+from adaptd.engine import UnknownSeries
+from adaptd.engine import online as online_module
+from adaptd.engine.adapting import DriftEvent
+from adaptd.engine.learner import Initializer
+from adaptd.engine.naive import NaiveEngine
+from adaptd.engine.online import OnlineConfig, OnlineEngine
+from adaptd.ingest import IngestWriter, Removal
+from adaptd.metrics import Metrics
+from adaptd.records import Observation
+from adaptd.retention import Retention
+from adaptd.schema import drift_events, model_checkpoints, observations, series_table
+from adaptd.store import Checkpoint, Store
+from daemon_harness import DaemonProcess, preload, run_cli, short_tempdir, write_config
+
+HOUR = 3600.0
+
+
+def hourly(name: str, n: int, start: float = 0.0) -> list[Observation]:
+    return [Observation(name, start + HOUR * t, float(t % 7)) for t in range(n)]
+
+
+def rows(store: Store, table: sa.Table, name: str) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(table).join(
+            series_table, series_table.c.id == table.c.series_id).where(series_table.c.name == name)).scalar_one()
+
+
+# -- the store ----------------------------------------------------------------------------------
+
+def test_a_forget_step_deletes_the_oldest_then_the_rest_and_keeps_the_series_id(store: Store) -> None:
+    store.write(hourly("gone", 10) + hourly("kept", 3))
+    store.add_drift_events([DriftEvent("gone", 5 * HOUR, "adwin", 0.3)])
+    store.save_checkpoints([Checkpoint("gone", "naive", 1, b"state"), Checkpoint("kept", "naive", 1, b"state")])
+    ids = {name: sid for name, sid in store.engine.connect().execute(sa.select(series_table.c.name, series_table.c.id))}
+
+    assert store.forget_step("gone", 4) == (4, 4 * HOUR)     # the four oldest; the rest starts at 4 h
+    assert [ts for ts, _ in store.history("gone")] == [HOUR * t for t in range(4, 10)]
+    assert rows(store, drift_events, "gone") == rows(store, model_checkpoints, "gone") == 1
+    assert store.forget_step("gone", 4) == (4, 8 * HOUR)
+    assert store.forget_step("gone", 4) == (2, None)          # the last: and with them everything else
+    for table in (observations, drift_events, model_checkpoints):
+        assert rows(store, table, "gone") == 0
+    assert store.forget_step("gone", 4) == (0, None)          # (again: nothing left)
+    # A checkpoint snapshot from before the removal, saved after it: swept by the next pass.
+    store.save_checkpoints([Checkpoint("gone", "naive", 1, b"late"), Checkpoint("kept", "naive", 1, b"new")])
+    store.add_drift_events([DriftEvent("gone", 9 * HOUR, "adwin", 0.3)])
+    assert store.drop_orphans() == 2 and rows(store, model_checkpoints, "gone") == 0
+    assert rows(store, drift_events, "gone") == 0 and rows(store, model_checkpoints, "kept") == 1
+    assert store.forget_step("never-seen", 4) == (0, None)
+    assert len(store.history("kept")) == 3 and rows(store, model_checkpoints, "kept") == 1
+    store.write([Observation("gone", 20 * HOUR, 1.0)])       # back later: afresh, under its old id
+    assert store.history("gone") == [(20 * HOUR, 1.0)]
+    assert {s.name: s.observations for s in store.series_summary()} == {"gone": 1, "kept": 3}
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(series_table.c.id).where(series_table.c.name == "gone")).scalar_one() == ids["gone"]
+
+
+# -- the writer: removal in steps between commits -------------------------------------------------
+
+class ArrivingEngine(NaiveEngine):
+    """A naive engine that, when asked at the removal's second step whether the series can go,
+    has a client send a record for it: the writer commits it before the removal's next step."""
+
+    def __init__(self) -> None:
+        super().__init__(history=64, max_horizon=8)
+        self.writer: IngestWriter | None = None
+        self.asked = 0
+        self.sent: Future[int] | None = None
+
+    def forgettable(self, series: str) -> bool:
+        self.asked += 1
+        if self.asked == 2 and self.writer is not None:
+            self.sent = self.writer.submit([Observation(series, 100 * HOUR, 42.0)])
+        return True
+
+
+def writer_for(store: Store, engine: NaiveEngine) -> tuple[IngestWriter, SeriesCatalog, Metrics]:
+    catalog, metrics = SeriesCatalog(store.series_summary()), Metrics()
+    writer = IngestWriter(store, engine, catalog, metrics)
+    writer.start()
+    return writer, catalog, metrics
+
+
+def test_the_writer_removes_a_silent_series_from_store_catalog_and_engine(store: Store) -> None:
+    store.write(hourly("gone", 30) + hourly("kept", 30))
+    engine = NaiveEngine(history=64, max_horizon=8)
+    writer, catalog, _ = writer_for(store, engine)
+    try:
+        engine.record(hourly("gone", 30) + hourly("kept", 30))
+        assert writer.forget("gone", time.monotonic() + 1, batch=7).result(timeout=20) == Removal(True, 30)   # 5 steps
+        assert writer.forget("kept", time.monotonic() - 3600, batch=7).result(timeout=20) == Removal(False, 0)   # not silent
+    finally:
+        writer.stop(timeout=20)
+    assert "gone" not in catalog and catalog.get("kept").observations == 30
+    with pytest.raises(UnknownSeries):
+        engine.forecast("gone", 1)
+    assert store.history("gone") == [] and len(store.history("kept")) == 30
+
+
+def test_a_record_arriving_during_the_removal_stops_it_and_is_kept(store: Store) -> None:
+    store.write(hourly("s", 20))
+    engine = ArrivingEngine()
+    writer, catalog, _ = writer_for(store, engine)
+    engine.writer = writer
+    try:
+        engine.record(hourly("s", 20))
+        cutoff = time.monotonic() + 1   # silent: nothing arrived since start-up
+        assert writer.forget("s", cutoff, batch=3).result(timeout=20) == Removal(False, 6)   # stopped
+        assert engine.sent is not None and engine.sent.result(timeout=20) == 1  # acknowledged
+    finally:
+        writer.stop(timeout=20)
+    stored = store.history("s")
+    # Two steps of 3 went before the record came; everything after them stays, the record too.
+    assert stored == [(HOUR * t, float(t % 7)) for t in range(6, 20)] + [(100 * HOUR, 42.0)]
+    info = catalog.get("s")
+    assert (info.observations, info.first_ts, info.last_ts) == (15, 6 * HOUR, 100 * HOUR)
+    assert engine.forecast("s", 1).origin == 100 * HOUR
+
+
+def test_a_series_the_models_have_not_learnt_yet_is_not_removed(store: Store) -> None:
+    store.write(hourly("s", 30))
+    engine = OnlineEngine(CONFIG, fresh_init(CONFIG))
+    writer, catalog, _ = writer_for(store, engine)
+    try:
+        engine.record(hourly("s", 30))   # as a restart's catch-up leaves it: recorded, learning behind
+        assert writer.forget("s", time.monotonic() + 1, batch=7).result(timeout=20) == Removal(False, 0)
+        engine.learn(hourly("s", 30))
+        assert writer.forget("s", time.monotonic() + 1, batch=7).result(timeout=20) == Removal(True, 30)
+    finally:
+        writer.stop(timeout=20)
+    assert "s" not in catalog and store.history("s") == []
+    with pytest.raises(UnknownSeries):
+        engine.forecast("s", 1)
+
+
+class GatedEngine(NaiveEngine):
+    """A naive engine whose record() (what the writer calls before an ack) waits for the test."""
+
+    def __init__(self) -> None:
+        super().__init__(history=64, max_horizon=8)
+        self.gate, self.entered = threading.Event(), threading.Event()
+
+    def record(self, batch):  # type: ignore[no-untyped-def]
+        self.entered.set()
+        assert self.gate.wait(10), "the test never opened the gate"
+        super().record(batch)
+
+
+def test_a_removal_cut_off_by_shutdown_is_reported_as_stopped_with_what_it_deleted(store: Store) -> None:
+    store.write(hourly("s", 50))
+    engine = GatedEngine()
+    writer, catalog, _ = writer_for(store, engine)
+    acked = writer.submit([Observation("other", 0.0, 1.0)])
+    assert engine.entered.wait(10)                 # the writer is busy with that batch...
+    removal = writer.forget("s", time.monotonic() + 1, batch=1)
+    stopping = threading.Thread(target=writer.stop, kwargs={"timeout": 20})
+    stopping.start()                               # ...and shutdown queues up behind the removal
+    deadline = time.monotonic() + 10
+    while writer._queue.qsize() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    engine.gate.set()
+    stopping.join(20)
+    assert acked.result(timeout=1) == 1 and not writer.alive
+    assert removal.result(timeout=1) == Removal(False, 1)   # one step went, then the writer stopped
+    assert len(store.history("s")) == 49 and catalog.get("s").observations == 49
+    assert writer.forget("s", time.monotonic() + 1, batch=1).exception(timeout=5) is not None   # writer gone
+
+
+# -- the engine: a forgotten series' slot, reused ---------------------------------------------------
+
+CONFIG = OnlineConfig(window=16, patch=4, hidden=8, horizon=4, rls_lags=8, adapt_window=24, history=64)
+
+
+def fresh_init(config: OnlineConfig) -> Initializer:
+    return Initializer.random(config.shape, 0, 0.05)
+
+
+def wave(n: int, phase: float) -> np.ndarray:
+    return 10.0 + np.sin(np.arange(n) * 2 * np.pi / 24 + phase) + 0.1 * np.cos(np.arange(n) * 0.7)
+
+
+def feed(engine: OnlineEngine, name: str, y: np.ndarray) -> None:
+    for t, v in enumerate(y):
+        engine.observe([Observation(name, t * HOUR, float(v))])
+
+
+def test_a_forgotten_series_slot_serves_a_new_series_as_a_fresh_engine_would(monkeypatch) -> None:
+    monkeypatch.setattr(online_module, "SLOT_REUSE_DELAY", 0.0)
+    init = fresh_init(CONFIG)
+    engine, reference = OnlineEngine(CONFIG, init), OnlineEngine(CONFIG, init)
+    feed(engine, "old", wave(80, 0.0) * 3)
+    feed(engine, "other", wave(80, 1.0))
+    feed(reference, "other", wave(80, 1.0))
+    assert engine.forgettable("old")
+    slot = engine.slots["old"]
+    engine.forget("old")
+    with pytest.raises(UnknownSeries):   # at once; the slot goes at the next learning step or checkpoint
+        engine.forecast("old", 1)
+    assert [cp.series for cp in engine.checkpoint()] == ["other"]
+    assert "old" not in engine.slots and engine.stats()["series"] == 1 and engine.warm_series() == 1
+    feed(engine, "new", wave(60, 2.0))
+    feed(reference, "new", wave(60, 2.0))
+    assert engine.slots["new"] == slot                       # the slot is reused...
+    got, want = engine.forecast("new", 4), reference.forecast("new", 4)
+    assert got.model == want.model                           # ...as a fresh one: nothing of "old" in it
+    np.testing.assert_allclose([p.value for p in got.points], [p.value for p in want.points], rtol=1e-6)
+    np.testing.assert_allclose([p.hi for p in got.points], [p.hi for p in want.points], rtol=1e-6)
+
+
+def test_a_slot_is_not_reused_at_once_and_a_series_still_learnt_is_not_forgettable() -> None:
+    engine = OnlineEngine(CONFIG, fresh_init(CONFIG))
+    feed(engine, "old", wave(40, 0.0))
+    slot = engine.slots["old"]
+    engine.forget("old")
+    feed(engine, "new", wave(20, 0.0))
+    assert "old" not in engine.slots and engine.slots["new"] != slot   # a forecast may still be reading it
+    engine.record([Observation("new", 20 * HOUR, 1.0)])      # recorded, not learnt yet
+    assert not engine.forgettable("new")
+    engine.learn([Observation("new", 20 * HOUR, 1.0)])
+    assert engine.forgettable("new") and engine.forgettable("never-seen")
+    engine.record([Observation("young", 0.0, 1.0)])          # not even a slot yet: learning would make one
+    assert not engine.forgettable("young")
+
+
+def test_records_of_a_series_forgotten_before_learning_reached_them_do_not_bring_it_back() -> None:
+    engine = OnlineEngine(CONFIG, fresh_init(CONFIG))
+    feed(engine, "old", wave(40, 0.0))
+    late = [Observation("old", 40 * HOUR, 1.0), Observation("old", 41 * HOUR, 2.0)]
+    engine.record(late)                  # acknowledged, queued for learning...
+    engine.forget("old")                 # ...and forgotten meanwhile (only when forced: not forgettable)
+    engine.learn(late)
+    assert "old" not in engine.slots and engine.stats()["series"] == 0
+    with pytest.raises(UnknownSeries):
+        engine.forecast("old", 1)
+
+
+def test_an_adaptation_owed_to_a_forgotten_series_is_dropped_with_it() -> None:
+    engine = OnlineEngine(CONFIG, fresh_init(CONFIG))
+    feed(engine, "old", wave(60, 0.0))
+    slot = engine.slots["old"]
+    engine._owed.append(slot)            # as a restore leaves one, for the next learning step
+    assert not engine.forgettable("old")
+    engine.forget("old")                 # (forced)
+    engine.learn([Observation("other", 0.0, 1.0)])
+    assert engine._owed == [] and slot not in engine._running and engine.stats()["adapting"] == 0
+
+
+# -- the retention pass ---------------------------------------------------------------------------
+
+def test_a_pass_forgets_the_silent_series_and_counts_them(store: Store, monkeypatch) -> None:
+    store.write(hourly("silent", 40) + hourly("live", 40))
+    engine = NaiveEngine(history=64, max_horizon=8)
+    writer, catalog, metrics = writer_for(store, engine)
+    try:
+        engine.record(hourly("silent", 40) + hourly("live", 40))
+        job = Retention(store, 0.0, 16, metrics, catalog=catalog, forget_after=60.0, writer=writer)
+        job.prune()
+        assert job.last_pass["forgotten"] == 0   # both arrived (were loaded) just now
+        monkeypatch.setattr(time, "monotonic", lambda real=time.monotonic: real() + 90)
+        writer.submit([Observation("live", 40 * HOUR, 1.0)]).result(timeout=20)   # "live" reports
+        job.prune()
+    finally:
+        writer.stop(timeout=20)
+    assert job.last_pass == {**job.last_pass, "forgotten": 1, "deleted": 40, "series": 0, "error": None}
+    assert set(catalog.snapshot()) == {"live"} and len(store.history("live")) == 41
+    assert metrics.value("adaptd_series") == 1.0
+    assert metrics.value("adaptd_series_forgotten_total") == 1.0
+    assert metrics.value("adaptd_retention_deleted_observations_total") == 40.0
+
+
+def test_forgetting_needs_the_writer() -> None:
+    with pytest.raises(ValueError, match="ingest writer"):
+        Retention(None, 0.0, 16, Metrics(), forget_after=60.0)   # type: ignore[arg-type]
+
+
+# -- the daemon -------------------------------------------------------------------------------------
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_daemon_forgets_a_series_that_stopped_and_keeps_the_ones_that_report():
+    """forget_after = 60 s, passes every 60 s (the first 10 s after start): a stored series that
+    receives nothing is gone after the pass at ~70 s, from the store, the series listing,
+    forecasts and the metrics; one that reports stays; after a restart it stays gone, and a
+    record for it starts it afresh."""
+    directory = short_tempdir()
+    config = write_config(directory, metrics=True, naive=False, sections={
+        "store": {"forget_after": 60.0}, "scheduler": {"retention_interval": 60.0},
+        "model": {"window": 16, "patch": 4, "hidden": 8, "rls_lags": 8, "max_horizon": 4, "history": 64}})
+    preload(f"sqlite:///{directory}/adaptd.db", hourly("stopped", 50) + hourly("live", 50))
+    d = DaemonProcess(config)
+    try:
+        d.start(timeout=60)
+        assert d.forecast("stopped", 2)["ok"]
+        deadline, t = time.monotonic() + 150, 50
+        while time.monotonic() < deadline:
+            d.ingest([{"series": "live", "ts": t * HOUR, "value": 1.0}])
+            t += 1
+            listing = {s["series"] for s in json.loads(run_cli("series", "--json", config=config).stdout)}
+            if "stopped" not in listing:
+                break
+            time.sleep(2)
+        assert listing == {"live"}, "the silent series was not forgotten in time"
+        answer = d.request({"op": "forecast", "series": "stopped", "horizon": 2})
+        assert answer["error"]["code"] == "unknown_series"
+        assert d.forecast("live", 2)["ok"]
+        stats = json.loads(run_cli("status", "--json", config=config).stdout)
+        assert stats["series"] == 1 and stats["engine"]["series"] == 1
+        assert stats["store"]["retention"]["last_pass"]["forgotten"] == 1
+        assert "forgets a series silent for 1m" in run_cli("status", config=config).stdout
+        scraped = urllib.request.urlopen(f"http://{d.settings.metrics.listen}/metrics", timeout=10).read().decode()
+        assert "adaptd_series_forgotten_total 1.0" in scraped
+        assert "forgot 1 series that received nothing for 60s" in d.stderr
+        d.stop()
+        d = DaemonProcess(config)
+        d.start(timeout=60)
+        assert {s["series"] for s in json.loads(run_cli("series", "--json", config=config).stdout)} == {"live"}
+        d.ingest([{"series": "stopped", "ts": 500 * HOUR, "value": 3.0}])
+        [again] = [s for s in json.loads(run_cli("series", "--json", config=config).stdout) if s["series"] == "stopped"]
+        assert (again["observations"], again["first_ts"]) == (1, 500 * HOUR)
+    finally:
+        d.kill()
+        shutil.rmtree(directory, ignore_errors=True)
