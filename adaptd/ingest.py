@@ -46,7 +46,8 @@ class _Forget(NamedTuple):
     cutoff: float
     batch: int
     done: Future[Removal]
-    deleted: int = 0                # by the transactions so far
+    deleted: int = 0                # by the transactions so far,
+    start: float = -math.inf        # which left its observations from this time on
     received: float | None = None   # when its newest record had arrived, at the first step
 
 
@@ -107,7 +108,8 @@ class IngestWriter:
     def forget(self, series: str, cutoff: float, batch: int) -> Future[Removal]:
         """Remove a series that has received nothing since `cutoff` (`[store] forget_after`):
         its observations `batch` at a time, oldest first, with commits of records in between,
-        then its drift events and checkpoint, then its state in the catalog and the engine.
+        then its drift events, then its state in the engine and the catalog (its checkpoint:
+        `Store.drop_state`).
         Done here, in the thread that commits records, so that a record that arrives for it
         meanwhile is never deleted: it stops the removal (whatever was deleted before stays
         deleted, as retention would have), and so does learning or adapting still going on."""
@@ -203,14 +205,14 @@ class IngestWriter:
             if arrived or (info is not None and not self.engine.forgettable(name)):
                 self._forget_stopped(item)
                 return
-            count, first_ts = self.store.forget_step(name, item.batch)
-            if first_ts is not None:
-                self._queue.put(item._replace(deleted=item.deleted + count,
+            count, start = self.store.forget_step(name, item.batch, item.start)
+            if start is not None:
+                self._queue.put(item._replace(deleted=item.deleted + count, start=start,
                                               received=info.received if info is not None else -math.inf))
                 return
+            self.engine.forget(name)   # before the catalog: the next pass finds what this left
             self.catalog.forget(name)
             self.metrics.series.set(len(self.catalog))
-            self.engine.forget(name)
         except Exception as exc:   # a store error; the writer itself must go on
             log.warning("removing series %r stopped: %s", name, exc,
                         exc_info=not isinstance(exc, sa.exc.SQLAlchemyError))

@@ -53,6 +53,7 @@ class Retention:
         self.metrics = metrics
         self.owns = owns
         self._stopping = threading.Event()
+        self._removed_before: list[str] = []   # by the last pass: their checkpoints are swept again
         self.last_pass: dict[str, Any] | None = None   # for `adaptd status`
 
     def prune(self) -> None:
@@ -95,6 +96,8 @@ class Retention:
         for series_id, name in self.store.series_to_prune(self.owns):
             if self._stopping.is_set():
                 return
+            if self.catalog is not None and name not in self.catalog:   # no observations: forgotten
+                continue
             cutoff = self.store.prune_cutoff(series_id, self.keep_seconds, self.keep_newest, time.time())
             start: float | None = -math.inf if cutoff is not None else None
             here = 0
@@ -114,31 +117,48 @@ class Retention:
 
     def _forget_silent(self, done: dict[str, int]) -> None:
         """Remove the series that have received nothing for `forget_after` seconds, one at a
-        time (the writer's removal fails only by a store error, which ends the pass)."""
+        time (the writer's removal fails only by a store error, which ends the pass), then their
+        checkpoints. Not one when no series at all has received anything for that long: then
+        the feed is down, not the series."""
         assert self.catalog is not None and self.writer is not None
+        if self._removed_before:   # a checkpoint taken before a removal may have saved it back since
+            self.store.drop_state(self._removed_before)
+            self._removed_before = []
         cutoff = time.monotonic() - self.forget_after
-        for name in self.catalog.silent_since(cutoff):
-            if self._stopping.is_set():
-                return
-            removal = self._wait(self.writer.forget(name, cutoff, BATCH))
-            if removal is None:   # shutdown: the writer finishes or stops the removal
-                return
-            done["deleted"] += removal.deleted
-            self.metrics.retention_deleted.inc(removal.deleted)
-            if removal.removed:   # else a record came, or learning has not reached its newest one yet
-                done["forgotten"] += 1
-                self.metrics.series_forgotten.inc()
-                self.metrics.retention_progress.set(time.time())
-        # A checkpoint taken before a removal and saved after it wrote the series' state back.
-        if self.store.drop_orphans():
-            log.debug("deleted state saved for series as they were forgotten")
+        silent = self.catalog.silent_since(cutoff)
+        if silent and len(silent) == len(self.catalog):
+            log.warning("no series has received a record for %gs: forgetting none of them ([store] "
+                        "forget_after) while nothing arrives at all", self.forget_after)
+            return
+        removed: list[str] = []
+        try:
+            for name in silent:
+                if self._stopping.is_set():
+                    return
+                removal = self._wait(self.writer.forget(name, cutoff, BATCH))
+                if removal is None:   # shutdown: the writer finishes or stops the removal
+                    return
+                done["deleted"] += removal.deleted
+                self.metrics.retention_deleted.inc(removal.deleted)
+                if removal.removed:   # else a record came, or learning has not reached its newest one yet
+                    removed.append(name)
+                    done["forgotten"] += 1
+                    self.metrics.series_forgotten.inc()
+                    self.metrics.retention_progress.set(time.time())
+        finally:
+            if removed:
+                self._removed_before = removed
+                self.store.drop_state(removed)
 
     def _wait(self, pending: concurrent.futures.Future[Removal]) -> Removal | None:
+        """The removal's outcome; None at shutdown."""
+        assert self.writer is not None
         while not self._stopping.is_set():
             try:
                 return pending.result(timeout=1.0)
             except concurrent.futures.TimeoutError:
-                continue
+                if not self.writer.alive:
+                    raise RuntimeError("the ingest writer stopped with a removal queued") from None
         return None
 
     def stop(self) -> None:

@@ -396,15 +396,6 @@ class Store:
             return [(int(sid), str(name)) for name, sid in conn.execute(sa.select(series_table.c.name, series_table.c.id))
                     if owns is None or owns(name)]
 
-    def drop_orphans(self) -> int:
-        """Delete drift events, checkpoints and stored forecasts of series without observations:
-        what a checkpoint or learning saved for a series while it was being forgotten. (A live
-        series has observations before anything else is saved of it.)"""
-        o = observations
-        with self.engine.begin() as conn:
-            return sum(int(conn.execute(sa.delete(t).where(~sa.exists().where(o.c.series_id == t.c.series_id))).rowcount)
-                       for t in (drift_events, model_checkpoints, forecasts_table))
-
     def first_ts_of(self, name: str) -> float | None:
         """The series' oldest stored observation (None: none)."""
         o, s = observations, series_table
@@ -451,25 +442,40 @@ class Store:
                 conn.execute(sa.delete(d).where(d.c.series_id == series_id, d.c.ts < cutoff))
         return int(deleted), None if bound is None else float(bound)
 
-    def forget_step(self, name: str, batch: int) -> tuple[int, float | None]:
-        """One short transaction of removing a series (`[store] forget_after`): at most `batch`
-        of its oldest observations, and once none are left its drift events, checkpoint and
-        stored forecasts. (Deleted, the oldest observation left or None: all gone.) The series'
+    def forget_step(self, name: str, batch: int, start: float = -math.inf) -> tuple[int, float | None]:
+        """One short transaction of removing a series' observations (`[store] forget_after`):
+        at most `batch` of its oldest, from `start` (where the step before ended: PostgreSQL's
+        index scan then skips the dead entries of the steps before), and with the last of them
+        its drift events. (Deleted, where the next step starts or None: all gone.) The series'
         row stays, so its id is never given to another series and a record for it later starts
-        it afresh under it."""
+        it afresh under it. Its checkpoint goes with `drop_state`, outside the ingest writer: a
+        checkpoint being saved holds that row's lock."""
         o = observations
         with self.engine.begin() as conn:
             series_id = conn.execute(sa.select(series_table.c.id).where(series_table.c.name == name)).scalar_one_or_none()
             if series_id is None:
                 return 0, None
-            mine = sa.select(o.c.ts).where(o.c.series_id == series_id)
+            mine = sa.select(o.c.ts).where(o.c.series_id == series_id, o.c.ts >= start)
             bound = conn.execute(mine.order_by(o.c.ts).offset(batch).limit(1)).scalar_one_or_none()
             older = o.c.ts < bound if bound is not None else sa.true()
-            deleted = conn.execute(sa.delete(o).where(o.c.series_id == series_id, older)).rowcount
+            deleted = conn.execute(sa.delete(o).where(o.c.series_id == series_id, o.c.ts >= start, older)).rowcount
             if bound is None:
-                for table in (drift_events, model_checkpoints, forecasts_table):
-                    conn.execute(sa.delete(table).where(table.c.series_id == series_id))
+                conn.execute(sa.delete(drift_events).where(drift_events.c.series_id == series_id))
         return int(deleted), None if bound is None else float(bound)
+
+    def drop_state(self, names: Iterable[str]) -> int:
+        """Delete the checkpoints, stored forecasts and drift events of these series if they have
+        no observations (forgotten ones; also what a checkpoint or learning saved for them while
+        they were being removed). A series that came back keeps them: they are its own again."""
+        o, s = observations, series_table
+        listed, deleted = sorted(set(names)), 0
+        for at in range(0, len(listed), ID_CHUNK):
+            ids = sa.select(s.c.id).where(s.c.name.in_(listed[at:at + ID_CHUNK]))
+            for table in (model_checkpoints, forecasts_table, drift_events):   # one short transaction each
+                with self.engine.begin() as conn:
+                    deleted += int(conn.execute(sa.delete(table).where(
+                        table.c.series_id.in_(ids), ~sa.exists().where(o.c.series_id == table.c.series_id))).rowcount)
+        return deleted
 
     # -- meta-training runs ------------------------------------------------------------------
     def start_meta_run(self, started_at: float) -> int:

@@ -19,6 +19,7 @@ from adaptd.engine import UnknownSeries
 from adaptd.engine import online as online_module
 from adaptd.engine.adapting import DriftEvent
 from adaptd.engine.learner import Initializer
+from adaptd.engine.naive import KINDS as NAIVE_KINDS
 from adaptd.engine.naive import NaiveEngine
 from adaptd.engine.online import OnlineConfig, OnlineEngine
 from adaptd.ingest import IngestWriter, Removal
@@ -53,16 +54,18 @@ def test_a_forget_step_deletes_the_oldest_then_the_rest_and_keeps_the_series_id(
     assert store.forget_step("gone", 4) == (4, 4 * HOUR)     # the four oldest; the rest starts at 4 h
     assert [ts for ts, _ in store.history("gone")] == [HOUR * t for t in range(4, 10)]
     assert rows(store, drift_events, "gone") == rows(store, model_checkpoints, "gone") == 1
-    assert store.forget_step("gone", 4) == (4, 8 * HOUR)
-    assert store.forget_step("gone", 4) == (2, None)          # the last: and with them everything else
-    for table in (observations, drift_events, model_checkpoints):
-        assert rows(store, table, "gone") == 0
+    assert store.forget_step("gone", 4, 4 * HOUR) == (4, 8 * HOUR)
+    assert store.forget_step("gone", 4, 8 * HOUR) == (2, None)   # the last, and its drift events with them
+    assert rows(store, observations, "gone") == rows(store, drift_events, "gone") == 0
     assert store.forget_step("gone", 4) == (0, None)          # (again: nothing left)
-    # A checkpoint snapshot from before the removal, saved after it: swept by the next pass.
+    assert rows(store, model_checkpoints, "gone") == 1        # the checkpoint: outside the writer
+    assert store.drop_state(["gone", "kept"]) == 1 and rows(store, model_checkpoints, "gone") == 0
+    # A checkpoint snapshot from before the removal, saved after it: swept again by the next pass.
     store.save_checkpoints([Checkpoint("gone", "naive", 1, b"late"), Checkpoint("kept", "naive", 1, b"new")])
-    store.add_drift_events([DriftEvent("gone", 9 * HOUR, "adwin", 0.3)])
-    assert store.drop_orphans() == 2 and rows(store, model_checkpoints, "gone") == 0
-    assert rows(store, drift_events, "gone") == 0 and rows(store, model_checkpoints, "kept") == 1
+    store.add_drift_events([DriftEvent("gone", 9 * HOUR, "adwin", 0.3), DriftEvent("kept", HOUR, "adwin", 0.3)])
+    assert store.drop_state(["gone", "kept", "never-seen"]) == 2 and rows(store, model_checkpoints, "gone") == 0
+    assert rows(store, drift_events, "gone") == 0 and rows(store, model_checkpoints, "kept") == 1   # live: kept
+    assert rows(store, drift_events, "kept") == 1
     assert store.forget_step("never-seen", 4) == (0, None)
     assert len(store.history("kept")) == 3 and rows(store, model_checkpoints, "kept") == 1
     store.write([Observation("gone", 20 * HOUR, 1.0)])       # back later: afresh, under its old id
@@ -251,6 +254,18 @@ def test_records_of_a_series_forgotten_before_learning_reached_them_do_not_bring
         engine.forecast("old", 1)
 
 
+def test_a_series_back_before_learning_dropped_its_slot_is_answered_from_its_new_records() -> None:
+    engine = OnlineEngine(CONFIG, fresh_init(CONFIG))
+    feed(engine, "old", wave(40, 0.0))
+    engine.forget("old")
+    engine.record([Observation("old", 2 * HOUR, 5.0), Observation("old", 3 * HOUR, 6.0)])   # back, dated early
+    answer = engine.forecast("old", 2)
+    assert answer.origin == 3 * HOUR and answer.model["kind"] in NAIVE_KINDS   # not the old slot's cache
+    assert answer.model["adaptations"] == 0 and not engine.caught_up("old")
+    engine.learn([Observation("old", 2 * HOUR, 5.0), Observation("old", 3 * HOUR, 6.0)])
+    assert int(engine.count[engine.slots["old"]]) == 2 and "old" not in engine.forgetting   # afresh
+
+
 def test_an_adaptation_owed_to_a_forgotten_series_is_dropped_with_it() -> None:
     engine = OnlineEngine(CONFIG, fresh_init(CONFIG))
     feed(engine, "old", wave(60, 0.0))
@@ -264,8 +279,9 @@ def test_an_adaptation_owed_to_a_forgotten_series_is_dropped_with_it() -> None:
 
 # -- the retention pass ---------------------------------------------------------------------------
 
-def test_a_pass_forgets_the_silent_series_and_counts_them(store: Store, monkeypatch) -> None:
+def test_a_pass_forgets_the_silent_series_and_counts_them(store: Store, monkeypatch, caplog) -> None:
     store.write(hourly("silent", 40) + hourly("live", 40))
+    store.save_checkpoints([Checkpoint("silent", "naive", 1, b"state"), Checkpoint("live", "naive", 1, b"state")])
     engine = NaiveEngine(history=64, max_horizon=8)
     writer, catalog, metrics = writer_for(store, engine)
     try:
@@ -274,12 +290,15 @@ def test_a_pass_forgets_the_silent_series_and_counts_them(store: Store, monkeypa
         job.prune()
         assert job.last_pass["forgotten"] == 0   # both arrived (were loaded) just now
         monkeypatch.setattr(time, "monotonic", lambda real=time.monotonic: real() + 90)
+        job.prune()                              # both silent: the feed is down, not the series
+        assert job.last_pass["forgotten"] == 0 and "forgetting none of them" in caplog.text
         writer.submit([Observation("live", 40 * HOUR, 1.0)]).result(timeout=20)   # "live" reports
         job.prune()
     finally:
         writer.stop(timeout=20)
     assert job.last_pass == {**job.last_pass, "forgotten": 1, "deleted": 40, "series": 0, "error": None}
     assert set(catalog.snapshot()) == {"live"} and len(store.history("live")) == 41
+    assert rows(store, model_checkpoints, "silent") == 0 and rows(store, model_checkpoints, "live") == 1
     assert metrics.value("adaptd_series") == 1.0
     assert metrics.value("adaptd_series_forgotten_total") == 1.0
     assert metrics.value("adaptd_retention_deleted_observations_total") == 40.0

@@ -89,6 +89,7 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
         self.slots: dict[str, int] = {}
         self._vacated: deque[tuple[float, int]] = deque()   # (when, slot) of forgotten series
         self._forgotten: deque[str] = deque()   # series whose slots learning drops at its next step
+        self.forgetting: set[str] = set()        # the same, for answering: no longer its slot's
         self._cache_lock = threading.Lock()    # held briefly: forecasts never wait for learning
         self._state_lock = threading.RLock()   # learning vs checkpointing
         self._pool = (ThreadPoolExecutor(c.adapt_workers, "adaptd-adapt", initializer=use_torch_threads,
@@ -180,6 +181,7 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
     def forget(self, series: str) -> None:
         """Drop the series. Forecasts of it end at once; its slot is dropped by the next learning
         step or checkpoint (the ingest writer, which calls this, must not wait for a learning step)."""
+        self.forgetting.add(series)
         self.naive.forget(series)
         self._forgotten.append(series)
 
@@ -189,7 +191,9 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
         Regimes a series stored in the shared library stay there for every series (until a
         restart: they travelled in its checkpoints)."""
         while self._forgotten:
-            slot = self.slots.pop(self._forgotten.popleft(), None)
+            series = self._forgotten.popleft()
+            slot = self.slots.pop(series, None)
+            self.forgetting.discard(series)
             if slot is None:
                 continue
             self._running.pop(slot, None)   # its result is never applied
@@ -201,7 +205,7 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
             self._vacated.append((time.monotonic(), slot))
 
     def caught_up(self, series: str) -> bool:
-        slot = self.slots.get(series)
+        slot = self.slots.get(series) if series not in self.forgetting else None
         newest = self.naive.last_ts(series)
         if slot is None or newest is None:
             return False
