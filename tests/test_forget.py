@@ -227,6 +227,24 @@ def test_a_forgotten_series_slot_serves_a_new_series_as_a_fresh_engine_would(mon
     np.testing.assert_allclose([p.hi for p in got.points], [p.hi for p in want.points], rtol=1e-6)
 
 
+def test_series_that_come_and_go_do_not_grow_the_engine(monkeypatch) -> None:
+    """Ten generations of 40 series, each forgotten before the next comes: the slots (and the
+    arrays behind them) stay those of one generation."""
+    monkeypatch.setattr(online_module, "SLOT_REUSE_DELAY", 0.0)
+    engine = OnlineEngine(CONFIG, fresh_init(CONFIG))
+    for generation in range(10):
+        names = [f"g{generation}-{i}" for i in range(40)]
+        for t in range(20):
+            engine.observe([Observation(name, t * HOUR, float(t % 5 + i)) for i, name in enumerate(names)])
+        if generation == 0:
+            capacity = engine.count.shape[0]
+        for name in names:
+            engine.forget(name)
+    engine.checkpoint()   # (drops the last generation's slots)
+    assert engine.count.shape[0] == capacity and len(engine.names) == 40 and engine.stats()["series"] == 0
+    assert len(engine.naive._series) == 0
+
+
 def test_a_slot_is_not_reused_at_once_and_a_series_still_learnt_is_not_forgettable() -> None:
     engine = OnlineEngine(CONFIG, fresh_init(CONFIG))
     feed(engine, "old", wave(40, 0.0))
