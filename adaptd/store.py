@@ -349,10 +349,20 @@ class Store:
 
     def save_initializer(self, algorithm: str, format_version: int, payload: bytes, training: dict[str, Any],
                          val_score: float | None, promoted: bool) -> int:
+        """Store an initializer. Only promoted ones are ever loaded, so of the others only the
+        newest KEPT_CANDIDATES keep their weights (tens of KB each, one per scheduled run: a
+        daemon retrained hourly would otherwise add ~300 MB a year); their rows stay, for
+        `adaptd initializers`."""
+        i = initializers
         with self.engine.begin() as conn:
-            result = conn.execute(initializers.insert().values(
+            result = conn.execute(i.insert().values(
                 algorithm=algorithm, format_version=format_version, payload=payload, training=training,
                 val_score=val_score, promoted=promoted, created_at=time.time()))
+            candidates = sa.select(i.c.version).where(i.c.promoted.is_(False)).order_by(i.c.version.desc())
+            oldest_kept = conn.execute(candidates.offset(KEPT_CANDIDATES - 1).limit(1)).scalar_one_or_none()
+            if oldest_kept is not None:
+                conn.execute(i.update().where(i.c.promoted.is_(False), i.c.version < oldest_kept,
+                                              sa.func.length(i.c.payload) > 0).values(payload=b""))
             return int(result.inserted_primary_key[0])
 
     def initializer_list(self) -> list[dict[str, Any]]:
@@ -519,6 +529,7 @@ class Store:
 
 
 Owns = Callable[[str], bool]   # whether a series is this daemon's (cluster.Membership.owns)
+KEPT_CANDIDATES = 3            # initializers not promoted that keep their weights (Store.save_initializer)
 ID_CHUNK = 1000                # series ids per IN (...) list: SQLite binds at most 32,766
 
 

@@ -320,6 +320,24 @@ def test_a_cluster_member_reads_its_own_share_in_chunks_as_the_whole_filtered(st
     assert store.recent(3, lambda name: False) == {} and store.load_checkpoints(lambda name: False) == []
 
 
+# -- initializers ---------------------------------------------------------------------------
+
+def test_only_the_newest_candidates_not_promoted_keep_their_weights(store: Store) -> None:
+    """One candidate per scheduled meta-training run: the store must not keep every one's
+    weights for ever. Promoted ones (the only ones ever loaded) all keep theirs."""
+    from adaptd.schema import initializers
+    from adaptd.store import KEPT_CANDIDATES
+
+    promoted = store.save_initializer("meta_sgd", 1, b"promoted", {}, 1.0, True)
+    candidates = [store.save_initializer("meta_sgd", 1, b"w" * 100, {"run": k}, 2.0, False) for k in range(6)]
+    with store.engine.connect() as conn:
+        weights = {v: w for v, w in conn.execute(sa.select(initializers.c.version, initializers.c.payload))}
+    assert {v: bytes(w) for v, w in weights.items()} == {
+        promoted: b"promoted", **{v: b"w" * 100 if v in candidates[-KEPT_CANDIDATES:] else b"" for v in candidates}}
+    assert [row["version"] for row in store.initializer_list()] == sorted([promoted, *candidates], reverse=True)
+    assert store.promoted_initializers() == [(promoted, "meta_sgd", 1, b"promoted")]
+
+
 # -- ids after a rollback -------------------------------------------------------------------
 
 class Boom(Exception):
