@@ -54,6 +54,7 @@ class Retention:
         self.owns = owns
         self._stopping = threading.Event()
         self._removed_before: list[str] = []   # by the last pass: their checkpoints are swept again
+        self._last_success = 0.0   # when the newest pass that went through every series ended
         self.last_pass: dict[str, Any] | None = None   # for `adaptd status`
 
     def prune(self) -> None:
@@ -74,12 +75,11 @@ class Retention:
             log.warning("retention pass stopped after deleting %d observations: %s", done["deleted"], error,
                         exc_info=not isinstance(exc, (StoreError, sa.exc.SQLAlchemyError)))
             # Passes that each get partway and fail do not get through: back to the last whole one.
-            self.metrics.retention_progress.set(self.metrics.value(
-                "adaptd_retention_last_success_timestamp_seconds"))
+            self.metrics.retention_progress.set(self._last_success)
         else:
-            finished = time.time()
-            self.metrics.retention_success.set(finished)
-            self.metrics.retention_progress.set(finished)
+            self._last_success = time.time()
+            self.metrics.retention_success.set(self._last_success)
+            self.metrics.retention_progress.set(self._last_success)
         seconds = time.monotonic() - started
         self.metrics.retention_seconds.set(seconds)
         self.last_pass = {"at": at, "seconds": round(seconds, 2), **done, "error": error}

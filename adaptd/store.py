@@ -406,12 +406,15 @@ class Store:
             return [(int(sid), str(name)) for name, sid in conn.execute(sa.select(series_table.c.name, series_table.c.id))
                     if owns is None or owns(name)]
 
+    def _series_id(self, name: str) -> int | None:
+        """A stored series' id, without creating it (`series_ids` creates what is missing)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(series_table.c.id).where(series_table.c.name == name)).scalar_one_or_none()
+
     def first_ts_of(self, name: str) -> float | None:
         """The series' oldest stored observation (None: none)."""
-        o, s = observations, series_table
-        with self.engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.min(o.c.ts)).join(s, s.c.id == o.c.series_id)
-                                .where(s.c.name == name)).scalar_one()
+        series_id = self._series_id(name)
+        return None if series_id is None else self.first_ts(series_id)
 
     def first_ts(self, series_id: int) -> float | None:
         o = observations
@@ -454,24 +457,12 @@ class Store:
 
     def forget_step(self, name: str, batch: int, start: float = -math.inf) -> tuple[int, float | None]:
         """One short transaction of removing a series' observations (`[store] forget_after`):
-        at most `batch` of its oldest, from `start` (where the step before ended: PostgreSQL's
-        index scan then skips the dead entries of the steps before), and with the last of them
-        its drift events. (Deleted, where the next step starts or None: all gone.) The series'
-        row stays, so its id is never given to another series and a record for it later starts
-        it afresh under it. Its checkpoint goes with `drop_state`, outside the ingest writer: a
+        `prune_before` with no cut, so the last one takes its drift events too. The series' row
+        stays, so its id is never given to another series and a record for it later starts it
+        afresh under it. Its checkpoint goes with `drop_state`, outside the ingest writer: a
         checkpoint being saved holds that row's lock."""
-        o = observations
-        with self.engine.begin() as conn:
-            series_id = conn.execute(sa.select(series_table.c.id).where(series_table.c.name == name)).scalar_one_or_none()
-            if series_id is None:
-                return 0, None
-            mine = sa.select(o.c.ts).where(o.c.series_id == series_id, o.c.ts >= start)
-            bound = conn.execute(mine.order_by(o.c.ts).offset(batch).limit(1)).scalar_one_or_none()
-            older = o.c.ts < bound if bound is not None else sa.true()
-            deleted = conn.execute(sa.delete(o).where(o.c.series_id == series_id, o.c.ts >= start, older)).rowcount
-            if bound is None:
-                conn.execute(sa.delete(drift_events).where(drift_events.c.series_id == series_id))
-        return int(deleted), None if bound is None else float(bound)
+        series_id = self._series_id(name)
+        return (0, None) if series_id is None else self.prune_before(series_id, math.inf, batch, start)
 
     def drop_state(self, names: Iterable[str]) -> int:
         """Delete the checkpoints, stored forecasts and drift events of these series if they have

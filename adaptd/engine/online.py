@@ -88,8 +88,8 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
         self.names: list[str] = []          # by slot ("": the slot of a forgotten series)
         self.slots: dict[str, int] = {}
         self._vacated: deque[tuple[float, int]] = deque()   # (when, slot) of forgotten series
-        self._forgotten: deque[str] = deque()   # series whose slots learning drops at its next step
-        self.forgetting: set[str] = set()        # the same, for answering: no longer its slot's
+        # Forgotten series whose slots learning drops at its next step; answers no longer use them.
+        self.forgetting: set[str] = set()
         self._cache_lock = threading.Lock()    # held briefly: forecasts never wait for learning
         self._state_lock = threading.RLock()   # learning vs checkpointing
         self._pool = (ThreadPoolExecutor(c.adapt_workers, "adaptd-adapt", initializer=use_torch_threads,
@@ -183,17 +183,15 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
         step or checkpoint (the ingest writer, which calls this, must not wait for a learning step)."""
         self.forgetting.add(series)
         self.naive.forget(series)
-        self._forgotten.append(series)
 
     def _drop_forgotten(self) -> None:
         """(Under the state lock.) The forgotten series' slots return to a fresh state and,
         SLOT_REUSE_DELAY later, to new series; an adaptation still owed or running is dropped.
         Regimes a series stored in the shared library stay there for every series (until a
         restart: they travelled in its checkpoints)."""
-        while self._forgotten:
-            series = self._forgotten.popleft()
+        for series in list(self.forgetting):   # (a copy: the ingest writer adds to it meanwhile)
             slot = self.slots.pop(series, None)
-            self.forgetting.discard(series)
+            self.forgetting.discard(series)   # (after the pop: an answer never reads the old slot)
             if slot is None:
                 continue
             self._running.pop(slot, None)   # its result is never applied
@@ -204,8 +202,12 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
             self.names[slot] = ""
             self._vacated.append((time.monotonic(), slot))
 
+    def _live_slot(self, series: str) -> int | None:
+        """The series' slot, unless it was forgotten (a series back since then has none yet)."""
+        return self.slots.get(series) if series not in self.forgetting else None
+
     def caught_up(self, series: str) -> bool:
-        slot = self.slots.get(series) if series not in self.forgetting else None
+        slot = self._live_slot(series)
         newest = self.naive.last_ts(series)
         if slot is None or newest is None:
             return False

@@ -23,7 +23,7 @@ class Serving:
         return found if found is not None else self._fallback(series, horizon)
 
     def forecast_current(self, series: str, horizon: int) -> Forecast | None:
-        slot = self.slots.get(series) if series not in self.forgetting else None   # (a comeback's is not)
+        slot = self._live_slot(series)
         if slot is not None and self.caught_up(series):
             if self.naive.revised(series) >= self.fc_origin[slot]:
                 # The value the models forecast from was re-sent with another value since: they
@@ -40,7 +40,7 @@ class Serving:
         """The naive fallback's forecast, with what the series' models have been through: a
         fallback answer does not undo its drifts and adaptations in the client's eyes."""
         fc = self.naive.forecast(series, horizon)
-        slot = self.slots.get(series) if series not in self.forgetting else None
+        slot = self._live_slot(series)
         if slot is None:
             return fc
         # A new model dict: the fallback's own may be shared with its cache (Forecast.head).
