@@ -47,7 +47,7 @@ REQUIRED_ALERTS = {
     "AdaptdDriftStorm",
     "AdaptdAdaptationsFailing", "AdaptdIngestRejectedHigh", "AdaptdStaleSeries", "AdaptdCheckpointStale",
     "AdaptdCheckpointFailures", "AdaptdLearningBacklog", "AdaptdOverloaded", "AdaptdStoreCommitFailures",
-    "AdaptdMetaTrainingFailing", "AdaptdMetaTrainingOverdue", "AdaptdRetentionStalled",
+    "AdaptdMetaTrainingFailing", "AdaptdMetaTrainingOverdue", "AdaptdRetentionStalled", "AdaptdRestarting",
 }
 
 
@@ -173,7 +173,8 @@ def test_alert_rules_pass_promtool_and_conventions() -> None:
     assert REQUIRED_ALERTS <= set(names), REQUIRED_ALERTS - set(names)
     for rule in rules:
         where = rule["alert"]
-        assert "adaptd_" in rule["expr"] or "up{" in rule["expr"], where
+        # adaptd's own metrics, or the scrape's and the process's of the adaptd job only.
+        assert "adaptd_" in rule["expr"] or 'job="adaptd"' in rule["expr"], where
         assert re.fullmatch(r"\d+[smh]", str(rule.get("for", ""))), f"{where}: needs a `for:` duration"
         assert rule["labels"]["severity"] in ("critical", "warning"), where
         assert rule["annotations"]["summary"].strip(), where
@@ -193,6 +194,16 @@ SCENARIOS: list[tuple[str, list[tuple[str, str]], list[tuple[Any, ...]]]] = [
     ("target down for 2 minutes", [(f"up{{{LABELS}}}", "1 1 0 0 0 0 0 0 0 0")], [
         ("3m", "AdaptdDown", []),                       # down since 2m: pending, not firing yet
         ("5m", "AdaptdDown", [({"job": "adaptd", "instance": INSTANCE}, None)]),
+    ]),
+    ("restarts at 10, 40 and 70 minutes; another daemon restarted twice; a third never", [
+        (f"process_start_time_seconds{{{LABELS}}}", "0x9 600x29 2400x29 4200x100"),
+        (f"process_start_time_seconds{{{QUIET}}}", "0x9 600x29 2400x130"),
+        (f"process_start_time_seconds{{{STARTED}}}", "0x170"),
+    ], [
+        ("69m", "AdaptdRestarting", []),                # 2 restarts so far
+        ("70m", "AdaptdRestarting", []),                # the third: pending for a minute
+        ("71m", "AdaptdRestarting", [({"job": "adaptd", "instance": INSTANCE}, "3")]),
+        ("131m", "AdaptdRestarting", []),               # the first restart left the 2-hour window
     ]),
     ("the store lock lost and not taken back", [(f"adaptd_store_claim_held{{{LABELS}}}", "1 1 0 0 0 0 0 0 0 0")], [
         ("3m", "AdaptdStoreClaimLost", []),
