@@ -279,7 +279,7 @@ CHECKS: dict[str, dict[str, Check]] = {
         "patch": (lambda v: 1 <= v <= 64, "an integer from 1 to 64 dividing model.window"),
         "hidden": (lambda v: 1 <= v <= 512, "an integer from 1 to 512"),
         "learning_rate": (lambda v: 0 <= v <= 1, "a number from 0 (no online learning) to 1"),
-        "train_every": (lambda v: 1 <= v <= 10_000, "an integer >= 1"),
+        "train_every": (lambda v: 1 <= v <= 10_000, "an integer from 1 to 10000"),
         "rls_lags": (lambda v: 1 <= v <= 256, "an integer from 1 to 256, at most model.window - 1"),
         "rls_forgetting": (lambda v: 0.9 <= v <= 1, "a number from 0.9 to 1"),
         "mixture_eta": (lambda v: 0 <= v <= 100, "a number from 0 (equal weights) to 100"),

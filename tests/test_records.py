@@ -68,6 +68,8 @@ def test_length_counts_characters_not_bytes() -> None:
     ("2024-01-01 00:00:00", JAN_1_2024),
     ("2024-01-01", JAN_1_2024),
     ("2024-01-01T00:00:00.250Z", JAN_1_2024 + 0.25),
+    ("2024-01-01t00:00:00", JAN_1_2024),            # any one character separates date and time
+    ("2024-01-01_00:00:00", JAN_1_2024),
     ("  2024-01-01T00:00:00Z \n", JAN_1_2024),
     ("1970-01-01T00:00:00Z", 0.0),
     ("0001-01-01T00:00:00", MIN_TS),
@@ -103,6 +105,8 @@ def test_naive_iso_is_utc_whatever_the_local_timezone(monkeypatch: pytest.Monkey
     ("1704067200", "not an ISO-8601 timestamp"),    # epoch seconds must be a JSON number
     ("1/1/2010 0:00", "not an ISO-8601 timestamp"),  # only files accept the WTH form
     ("2024-01-01T00:00:00+25:00", "not an ISO-8601 timestamp"),
+    ("2024-01-01T00:00:00z", "not an ISO-8601 timestamp"),   # UTC is a capital Z (README)
+    ("2024-01-01T24:00:00", "not an ISO-8601 timestamp"),
     ("0001-01-01T00:00:00+01:00", "out of range"),   # parses, but is before year 1 in UTC
     ("9999-12-31T23:59:59-01:00", "out of range"),
     (float("nan"), "out of range"),
