@@ -312,10 +312,11 @@ def test_report_takes_extra_models() -> None:
     assert "| zero |" in text and "*published:* OneNet (NeurIPS 2023) | 0.380 |" in text
 
 
-def test_the_engine_row_runs_the_daemon_engine_leak_free_and_beats_repeat_last() -> None:
+def test_the_engine_row_runs_the_daemon_engine_and_beats_repeat_last() -> None:
     """adaptd's row goes through OnlineEngine under the same runner as every baseline."""
     from adaptd.bench.accuracy.engine_model import engine_specs
     from adaptd.config import load_config
+    from adaptd.engine.online import OnlineEngine
 
     rng = np.random.default_rng(0)
     T = 420
@@ -324,13 +325,17 @@ def test_the_engine_row_runs_the_daemon_engine_leak_free_and_beats_repeat_last()
                   np.cos(2 * np.pi * t / 24) + 0.1 * rng.normal(size=T)], axis=1)
     ctx = BenchContext("synthetic", "fsnet", 1, ("a", "b"), 24, 3600.0, 300, T - 300, T)
     spec = {s.name: s for s in engine_specs(load_config(None))}["adaptd-init-pretrained"]
-    engine_row = evaluate(spec.build(ctx), Y, 300, T, 1)
+    model = spec.build(ctx)
+    engine_row = evaluate(model, Y, 300, T, 1)
+    assert isinstance(model.engine, OnlineEngine) and model.engine.init.kind == "pretrained"
     last = evaluate(RepeatLast(), Y, 300, T, 1)
     assert np.isfinite(engine_row.mse)
     assert engine_row.mse < last.mse
 
 
 def test_the_meta_row_is_meta_trained_on_the_warm_up_rows_only() -> None:
+    import torch
+
     from adaptd.bench.accuracy.engine_model import engine_specs
     from adaptd.config import parse_config
 
@@ -338,14 +343,24 @@ def test_the_meta_row_is_meta_trained_on_the_warm_up_rows_only() -> None:
     T = 700
     t = np.arange(T)
     Y = np.stack([np.sin(2 * np.pi * t / 24 + k) + 0.1 * rng.normal(size=T) for k in range(4)], axis=1)
-    Y[500:] += 50.0   # a scored range no initializer could have been fitted on
+    changed = Y.copy()
+    changed[500:] += 50.0   # the scored rows, changed as no initializer fitted on them would ignore
     ctx = BenchContext("synthetic", "fsnet", 1, tuple("abcd"), 24, 3600.0, 500, T - 500, T)
     settings = parse_config({"meta": {"iterations": 5, "meta_batch": 4, "validation_tasks": 16}})
     specs = {s.name: s for s in engine_specs(settings)}
-    model = specs["adaptd"].build(ctx)
-    model.fit_warmup(Y[:500].copy())
-    assert model.extra["init"] in ("meta", "pretrained")        # the better one on warm-up validation
-    assert set(model.extra["init_validation"]) == {"meta-trained", "warm start"}
+    models = []
+    for values in (Y, changed):   # through the runner, as the report runs it (a few scored rows)
+        model = specs["adaptd"].build(ctx)
+        evaluate(model, values, 500, 504, 1)
+        models.append(model)
+    first, second = models
+    assert first.extra["init"] in ("meta", "pretrained")        # the better one on warm-up validation
+    assert set(first.extra["init_validation"]) == {"meta-trained", "warm start"}
+    # The same initializer whatever the scored rows hold: it never saw them.
+    assert first.extra["init_validation"] == second.extra["init_validation"]
+    assert first.engine.init.kind == second.engine.init.kind
+    for name, weights in first.engine.init.params.items():
+        assert torch.equal(weights, second.engine.init.params[name]), name
     assert {"adaptd-init-pretrained", "adaptd-init-random", "adaptd-no-adapt"} <= specs.keys()
 
 

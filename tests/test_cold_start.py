@@ -130,11 +130,17 @@ def test_a_restored_young_series_forecasts_exactly_as_before():
 
 
 def test_young_series_raise_no_drift_events():
-    engine = make_engine()
-    y = seasonal(COLD.window, seed=4)
-    y[8:] += 200.0   # a huge change while young
-    observe(engine, y)
-    assert engine.take_drift_events() == []
+    """The detector watches full windows' forecasts only. A detector that fires within a few
+    values (ADWIN, the default, cannot before 32) sees a huge change in a warm series, and the
+    same change while the series is young does not reach it."""
+    quick = dataclasses.replace(COLD, detector="page_hinkley",
+                                detector_params={"min_instances": 1, "threshold": 5.0, "delta": 0.005})
+    young, warm = make_engine(quick), make_engine(quick)
+    y = seasonal(2 * COLD.window + 8, seed=4)
+    observe(young, np.concatenate([y[:8], y[8:COLD.window] + 200.0]))     # a huge change while young
+    observe(warm, np.concatenate([y[:2 * COLD.window], y[2 * COLD.window:] + 200.0]))   # ... and once warm
+    assert young.take_drift_events() == []
+    assert warm.take_drift_events(), "the control: the same change in a warm series is detected"
 
 
 REPLAY_CONFIG = """

@@ -314,6 +314,54 @@ SCENARIOS: list[tuple[str, list[tuple[str, str]], list[tuple[Any, ...]]]] = [
         ("55m", "AdaptdRetentionStalled", []),          # pending for 5 minutes
         ("56m", "AdaptdRetentionStalled", [({"job": "adaptd", "instance": INSTANCE}, "3.6")]),
     ]),
+    ("store commits fail every minute from 10 minutes; another daemon's never", [
+        (f"adaptd_store_commit_failures_total{{{LABELS}}}", "0x10 1+1x30"),
+        (f"adaptd_store_commit_failures_total{{{QUIET}}}", "0x40"),
+    ], [
+        ("10m", "AdaptdStoreCommitFailures", []),        # the first: pending for a minute
+        ("22m", "AdaptdStoreCommitFailures", [({"job": "adaptd", "instance": INSTANCE}, "10")]),
+    ]),
+    ("a learning backlog growing 5,000 records a minute; another large but shrinking", [
+        (f"adaptd_learning_backlog_records{{{LABELS}}}", "50000+5000x60"),
+        (f"adaptd_learning_backlog_records{{{QUIET}}}", "300000-1000x60"),
+    ], [
+        ("20m", "AdaptdLearningBacklog", []),           # over 100,000 since 11m: pending for 15 minutes
+        ("30m", "AdaptdLearningBacklog", [({"job": "adaptd", "instance": INSTANCE}, "200k")]),
+    ]),
+    ("a checkpoint fails every minute from 10 minutes", [
+        (f"adaptd_checkpoint_failures_total{{{LABELS}}}", "0x10 1+1x60"),
+        (f"adaptd_checkpoint_failures_total{{{QUIET}}}", "0x70"),
+    ], [
+        ("14m", "AdaptdCheckpointFailures", []),        # pending for 5 minutes
+        ("45m", "AdaptdCheckpointFailures", [({"job": "adaptd", "instance": INSTANCE}, "30")]),
+    ]),
+    ("half the adaptations of the last hour failed; on another daemon none", [
+        (f'adaptd_adaptations_total{{{LABELS},outcome="failed"}}', "0+1x90"),
+        (f'adaptd_adaptations_total{{{LABELS},outcome="adapted"}}', "0+1x90"),
+        (f'adaptd_adaptations_total{{{QUIET},outcome="failed"}}', "0x90"),
+        (f'adaptd_adaptations_total{{{QUIET},outcome="adapted"}}', "0+2x90"),
+    ], [
+        ("10m", "AdaptdAdaptationsFailing", []),        # pending for 15 minutes
+        ("60m", "AdaptdAdaptationsFailing", [({"job": "adaptd", "instance": INSTANCE}, "50%")]),
+    ]),
+    ("3 of 10 series silent; on another daemon none", [
+        (f"adaptd_series_stale{{{LABELS}}}", "3x60"),
+        (f"adaptd_series{{{LABELS}}}", "10x60"),
+        (f"adaptd_series_stale{{{QUIET}}}", "0x60"),
+        (f"adaptd_series{{{QUIET}}}", "10x60"),
+    ], [
+        ("20m", "AdaptdStaleSeries", []),               # pending for 30 minutes
+        ("40m", "AdaptdStaleSeries", [({"job": "adaptd", "instance": INSTANCE}, "30%")]),
+    ]),
+    ("scaled errors double after a day at 1; another daemon's stay at 1", [
+        (f"adaptd_forecast_scaled_error_count{{{LABELS}}}", "0+10x1600"),
+        (f"adaptd_forecast_scaled_error_sum{{{LABELS}}}", "0+10x1440 14410+20x160"),
+        (f"adaptd_forecast_scaled_error_count{{{QUIET}}}", "0+10x1600"),
+        (f"adaptd_forecast_scaled_error_sum{{{QUIET}}}", "0+10x1600"),
+    ], [
+        ("1470m", "AdaptdAccuracyDegraded", []),        # half an hour after: 1.5x only just
+        ("1560m", "AdaptdAccuracyDegraded", [({"job": "adaptd", "instance": INSTANCE}, "1.847")]),   # 2 / (26 / 24)
+    ]),
     ("overloaded answers, and none at all", [
         (f'adaptd_requests_total{{{LABELS},op="ingest",outcome="ok"}}', "0+90x40"),
         (f'adaptd_requests_total{{{LABELS},op="ingest",outcome="overloaded"}}', "0+10x40"),

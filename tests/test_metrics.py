@@ -115,7 +115,8 @@ def test_gaps_are_counted_by_how_the_models_handled_them():
 
 def test_series_gauges_count_warm_and_stale_series():
     metrics, engine, catalog = watched(stale_after=1.0)
-    feed(engine, catalog, {"warm": seasonal(40), "young": seasonal(40)[:40]})
+    feed(engine, catalog, {"warm": seasonal(40), "warm too": seasonal(40) + 1})
+    feed(engine, catalog, {"young": seasonal(SMALL.window - 1)})   # not yet a full window
     engine.observe([Observation("fresh", 0.0, 1.0)])
     values = samples(metrics)
     assert values[("adaptd_series_warm", ())] == 2

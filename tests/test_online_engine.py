@@ -17,6 +17,7 @@ from adaptd.engine.base import UnknownSeries
 from adaptd.engine.checkpointing import CHECKPOINT_FORMAT
 from adaptd.engine.conformal import lead_units
 from adaptd.engine.features import LEVEL_CLIP, VALUE_CLIP, rls_level, windows
+from adaptd.engine.layout import COMBINED, GRU, RLS
 from adaptd.engine.learner import Initializer
 from adaptd.engine.online import OnlineConfig, OnlineEngine
 from adaptd.engine.snapshot import decode, encode
@@ -113,14 +114,42 @@ def level_shift(n: int, at: int, seed: int = 0) -> np.ndarray:
     return y
 
 
+def ar_then_cycle(n: int, at: int, seed: int = 0) -> np.ndarray:
+    """AR(1) noise around 5, then from `at` a clean cycle of 8 steps around 40: a change of
+    dynamics, not only of level and scale (which the normalisation absorbs)."""
+    rng = np.random.default_rng(seed)
+    ar = np.zeros(n)
+    for t in range(1, n):
+        ar[t] = 0.6 * ar[t - 1] + rng.normal(0, 1)
+    y = 5 + ar
+    t = np.arange(at, n)
+    y[at:] = 40 + 10 * np.sin(2 * np.pi * t / 8) + 0.1 * rng.normal(size=n - at)
+    return y
+
+
 def test_a_regime_change_is_detected_recorded_and_changes_the_model():
-    y = level_shift(600, 400)
-    engine = make_engine()
-    feed(engine, y)
-    events = engine.take_drift_events()
-    assert any(400 <= e.ts / HOUR < 460 for e in events), [e.ts / HOUR for e in events]
-    assert engine.counters["adapted"] + engine.counters["kept"] >= 1
-    assert engine.take_drift_events() == []
+    """The change is detected and recorded, the series restarts from θ* (here: weights that know
+    the new regime's kind of dynamics, learnt on another stretch of it), and that is what the
+    forecasts after it show: far better than the same engine with adaptation off."""
+    y = ar_then_cycle(600, 400)
+    teacher = make_engine()
+    feed(teacher, ar_then_cycle(600, 0, seed=7))
+    init = Initializer({k: v[:1].clone() for k, v in teacher.gru.params.items()},
+                       {k: 0.05 for k in teacher.gru.params}, "pretrained")
+    errors = {}
+    for adapt in (True, False):
+        engine = make_engine(dataclasses.replace(SMALL, adapt=adapt))
+        feed(engine, y[:400])
+        engine.set_initializer(init)   # as a promoted θ* arrives: what adaptations start from
+        forecasts = feed(engine, y[400:], start=400)   # index i: issued after observing 400 + i
+        events = engine.take_drift_events()
+        assert any(400 <= e.ts / HOUR < 460 for e in events), [e.ts / HOUR for e in events]
+        errors[adapt] = np.mean([(forecasts[i][0] - y[401 + i]) ** 2 for i in range(32, 80)])
+        if adapt:
+            assert engine.counters["adapted"] >= 1, engine.counters   # new weights won, not only tried
+            assert engine.adaptations[engine.slots["s"]] >= 1
+        assert engine.take_drift_events() == []
+    assert errors[True] < 0.2 * errors[False], errors   # one-step errors, 32 to 80 steps after the change
 
 
 def test_with_adaptation_off_changes_are_still_detected_and_recorded():
@@ -756,8 +785,17 @@ def test_the_mixture_anchor_reaches_the_forecasts():
         engine = make_engine(dataclasses.replace(SMALL, mixture_anchor=anchor))
         forecasts[anchor] = feed(engine, y)[-1]
     assert not np.allclose(forecasts[0.0], forecasts[0.5])
+    assert not np.allclose(forecasts[0.5], forecasts[1.0])
     weights = engine.mixture.weights(np.array([engine.slots["s"]]), engine.spread)
     assert np.allclose(weights[0], np.array([0.5, 0.5, 0.0])[:, None])
+    # The newest origin's forecasts at the scored leads (normalised), as the engine issued them.
+    slot = engine.slots["s"]
+    issued = engine.preds[slot, -1]                                   # (experts + combined, leads)
+    assert np.allclose(issued[COMBINED], 0.5 * issued[RLS] + 0.5 * issued[GRU])
+    assert not np.allclose(issued[RLS], issued[GRU])                  # a blend, not one expert
+    last, scale = engine.hist[slot, -1], engine.scale_h[slot, -1]
+    lead = int(engine.leads[0])
+    assert forecasts[1.0][lead - 1] == pytest.approx(last + scale * issued[COMBINED, 0])
 
 
 def test_a_learnt_blend_leans_to_the_expert_whose_errors_have_been_smaller():
