@@ -102,6 +102,28 @@ def cmd_forecast(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
+    """Remove each series whole; exit 1 if any was not removed (the others still are)."""
+    route = Route.of(settings)
+    failed = 0
+    for series in args.series:
+        member = route.member_of(series)
+        client = route.connect(member, timeout=None)   # a long history takes a while to delete
+        try:
+            response = client.request({"op": "forget", "series": series})
+        finally:
+            client.close()
+        if args.json:
+            print(json.dumps(response))
+        elif response.get("ok"):
+            print(f"{series}: removed ({response['deleted']} observations deleted)")
+        if not response.get("ok"):
+            failed += 1
+            if not args.json:
+                _fail(route.label(member) + _error_text(response))
+    return 1 if failed else 0
+
+
 def _ask_members(settings: Settings, request: dict[str, Any], only: int | None = None
                  ) -> tuple[Route, dict[int, dict[str, Any]], dict[int, str]]:
     """The daemons asked (every member given [cluster] sockets, or member `only`), their answers
@@ -251,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-H", "--horizon", type=int, default=None,
                    help="steps ahead (default 24, or the daemon's [model] max_horizon if that is less)")
     p.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
+    p = add("forget", cmd_forget, "remove series whole: their observations, drift events, checkpoints and models")
+    p.epilog = ("A record sent for a series while it is being removed is kept and stops its removal. With "
+                "[cluster] sockets in the config, the member that owns each series removes it.")
+    p.add_argument("series", nargs="+")
+    p.add_argument("--json", action="store_true", help="print the daemon's JSON answer, one line per series")
     p = add("series", cmd_series, "list series with counts and last timestamps")
     p.epilog = ("With [cluster] sockets in the config, every member's series, in one list (exit 1, "
                 "naming it, if a member cannot answer).")

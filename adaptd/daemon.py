@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -72,6 +73,9 @@ class Daemon:
         self._metrics_server = None
         self._initializer_jobs: InitializerJobs | None = None
         self._retention: Retention | None = None
+        # Held while a checkpoint is taken and saved, and while a removed series' state is
+        # deleted: so a checkpoint taken before a removal is never saved after its deletion.
+        self._checkpoint_lock = threading.Lock()
         self._claim: int | None = None   # the socket's lock file, held while this process lives
         self._share: Claim | None = None   # this daemon's hold on its series in the store
         self.ours = settings.membership()   # with [cluster], only the series that hash to this daemon
@@ -119,7 +123,7 @@ class Daemon:
         self._start_scheduler(catalog)
         service = Service(s, self.store, self.writer, engine, catalog, self.metrics, self.learner,
                           meta_training=self._meta_training if self._initializer_jobs is not None else None,
-                          retention=self._retention_state)
+                          retention=self._retention_state, drop_state=self.drop_state)
         try:
             self._metrics_server = self.metrics.serve(s.metrics.listen)
         except OSError as exc:
@@ -218,7 +222,8 @@ class Daemon:
             assert self.store is not None
             self._retention = Retention(self.store, s.store.retention, s.model.history, self.metrics,
                                         owns=None if self.ours.alone else self.ours.owns, catalog=catalog,
-                                        forget_after=s.store.forget_after, writer=self.writer)
+                                        forget_after=s.store.forget_after, writer=self.writer,
+                                        drop_state=self.drop_state)
             first = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=RETENTION_DELAY)
             self.scheduler.add_job(self._retention.prune, seconds=sched.retention_interval, id="retention",
                                    next_run_time=first, **every)
@@ -266,19 +271,27 @@ class Daemon:
         """Save every series' model state (runs on the scheduler's thread and at shutdown)."""
         if self.engine is None or self.store is None:
             return
-        started = time.monotonic()
-        try:
-            items = self.engine.checkpoint()
-            self.store.save_checkpoints(items)
-        except Exception:
-            self.metrics.checkpoint_failures.inc()
-            log.exception("checkpoint failed; the previous one stays in the store")
-            return
-        self.metrics.checkpoint_seconds.observe(time.monotonic() - started)
-        self.metrics.last_checkpoint.set_to_current_time()
-        if items:
-            log.info("checkpointed %d series in %.2fs", len(items), time.monotonic() - started)
-        self.save_forecasts()
+        with self._checkpoint_lock:
+            started = time.monotonic()
+            try:
+                items = self.engine.checkpoint()
+                self.store.save_checkpoints(items)
+            except Exception:
+                self.metrics.checkpoint_failures.inc()
+                log.exception("checkpoint failed; the previous one stays in the store")
+                return
+            self.metrics.checkpoint_seconds.observe(time.monotonic() - started)
+            self.metrics.last_checkpoint.set_to_current_time()
+            if items:
+                log.info("checkpointed %d series in %.2fs", len(items), time.monotonic() - started)
+            self.save_forecasts()
+
+    def drop_state(self, names: list[str]) -> int:
+        """Delete removed series' checkpoints, stored forecasts and drift events (`Store.drop_state`),
+        never while a checkpoint is being taken and saved."""
+        assert self.store is not None
+        with self._checkpoint_lock:
+            return self.store.drop_state(names)
 
     def save_forecasts(self) -> None:
         """Store the current forecasts of the series exported to metrics, for Grafana's curves."""

@@ -34,10 +34,17 @@ class _Batch(NamedTuple):
     done: Future[int]
 
 
+# Why a removal stopped unfinished (`Removal.stopped`).
+ARRIVED = "arrived"     # a record for the series arrived after the cutoff: it is kept
+LEARNING = "learning"   # its newest records are not learnt yet, or it is being adapted
+STOPPED = "stopped"     # the writer is shutting down
+
+
 class Removal(NamedTuple):
     """How a removal (`IngestWriter.forget`) ended."""
-    removed: bool   # whole; False: a record arrived, learning had not caught up, or shutdown came
+    removed: bool   # whole; False: see `stopped`
     deleted: int    # observations deleted (also by a removal that stopped: they stay deleted)
+    stopped: str = ""   # why it did not finish: ARRIVED, LEARNING or STOPPED
 
 
 class _Forget(NamedTuple):
@@ -106,7 +113,8 @@ class IngestWriter:
         return done
 
     def forget(self, series: str, cutoff: float, batch: int) -> Future[Removal]:
-        """Remove a series that has received nothing since `cutoff` (`[store] forget_after`):
+        """Remove a series that has received nothing since `cutoff` (`[store] forget_after`, or
+        `adaptd forget`):
         its observations `batch` at a time, oldest first, with commits of records in between,
         then its drift events, then its state in the engine and the catalog (its checkpoint:
         `Store.drop_state`).
@@ -203,7 +211,7 @@ class IngestWriter:
             arrived = info is not None and (info.received >= item.cutoff or
                                             (item.received is not None and info.received != item.received))
             if arrived or (info is not None and not self.engine.forgettable(name)):
-                self._forget_stopped(item)
+                self._forget_stopped(item, why=ARRIVED if arrived else LEARNING)
                 return
             count, start = self.store.forget_step(name, item.batch, item.start)
             if start is not None:
@@ -220,7 +228,7 @@ class IngestWriter:
             return
         _resolve(item.done, Removal(True, item.deleted + count))   # type: ignore[arg-type]
 
-    def _forget_stopped(self, item: _Forget, exc: BaseException | None = None) -> None:
+    def _forget_stopped(self, item: _Forget, exc: BaseException | None = None, why: str = STOPPED) -> None:
         """A removal ends unfinished: what it deleted stays deleted, and the catalog counts that."""
         if item.deleted:
             try:
@@ -231,7 +239,7 @@ class IngestWriter:
         if exc is not None:
             _resolve(item.done, exception=exc)   # type: ignore[arg-type]
         else:
-            _resolve(item.done, Removal(False, item.deleted))   # type: ignore[arg-type]
+            _resolve(item.done, Removal(False, item.deleted, why))   # type: ignore[arg-type]
 
     def _already_stored(self, conn: object, rows: list[Observation]) -> set[tuple[str, float]]:
         """(series, ts) pairs that were stored before this group (only late records can be)."""

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OPS = ("ping", "ingest", "forecast", "series", "stats")
+OPS = ("ping", "ingest", "forecast", "series", "stats", "forget")
 OUTCOMES = ("adapted", "kept", "failed")
 META_TRAINING_OUTCOMES = ("promoted", "not_promoted", "not_enough_data", "failed")
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -129,7 +129,7 @@ class Metrics(Telemetry):
             "adaptd_retention_deleted_observations", "Observations deleted by `[store] retention`", registry=r)
         self.series_forgotten = Counter(
             "adaptd_series_forgotten", "Series removed whole from the store and memory after receiving nothing "
-            "for [store] forget_after seconds", registry=r)
+            "for [store] forget_after seconds, or on request (adaptd forget)", registry=r)
         self.retention_seconds = Gauge(
             "adaptd_retention_last_pass_seconds", "How long the newest retention pass took", registry=r)
         self.retention_failures = Counter(

@@ -22,7 +22,7 @@ import logging
 import math
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import sqlalchemy as sa
 
@@ -39,9 +39,12 @@ BATCH = 5000   # observations per delete transaction: tens of milliseconds of SQ
 class Retention:
     def __init__(self, store: Store, keep_seconds: float, keep_newest: int, metrics: Metrics,
                  owns: Owns | None = None, catalog: SeriesCatalog | None = None,
-                 forget_after: float = 0.0, writer: IngestWriter | None = None):
+                 forget_after: float = 0.0, writer: IngestWriter | None = None,
+                 drop_state: Callable[[list[str]], int] | None = None):
         """`catalog`: the daemon's counts of each series' observations, kept exact (and when its
-        series last received a record: `forget_after` needs it, and the `writer`)."""
+        series last received a record: `forget_after` needs it, and the `writer`). `drop_state`:
+        what deletes removed series' checkpoints (default `Store.drop_state`; the daemon's keeps
+        clear of its checkpoints)."""
         if forget_after > 0 and (catalog is None or writer is None):
             raise ValueError("forgetting silent series needs the catalog and the ingest writer")
         self.store = store
@@ -50,6 +53,7 @@ class Retention:
         self.keep_newest = keep_newest
         self.forget_after = forget_after
         self.writer = writer
+        self.drop_state = drop_state or store.drop_state
         self.metrics = metrics
         self.owns = owns
         self._stopping = threading.Event()
@@ -121,8 +125,8 @@ class Retention:
         checkpoints. Not one when no series at all has received anything for that long: then
         the feed is down, not the series."""
         assert self.catalog is not None and self.writer is not None
-        if self._removed_before:   # a checkpoint taken before a removal may have saved it back since
-            self.store.drop_state(self._removed_before)
+        if self._removed_before:   # learning may have stored drift events of theirs since (a step under way)
+            self.drop_state(self._removed_before)
             self._removed_before = []
         cutoff = time.monotonic() - self.forget_after
         silent = self.catalog.silent_since(cutoff)
@@ -148,7 +152,7 @@ class Retention:
         finally:
             if removed:
                 self._removed_before = removed
-                self.store.drop_state(removed)
+                self.drop_state(removed)
 
     def _wait(self, pending: concurrent.futures.Future[Removal]) -> Removal | None:
         """The removal's outcome; None at shutdown."""

@@ -13,7 +13,7 @@ from .catalog import SeriesCatalog
 from .config import Settings
 from .engine import Engine, Forecast, NotReady, UnknownSeries
 from .engine.naive import KINDS as FALLBACK_KINDS
-from .ingest import IngestWriter
+from .ingest import ARRIVED, LEARNING, STOPPED, IngestWriter, Removal
 from .learning import LearningWorker
 from .metrics import OPS, Metrics
 from .protocol import (BAD_REQUEST, INTERNAL, NO_ID, NOT_READY, OVERLOADED, TOO_LARGE, UNKNOWN_OP, Conversation,
@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 PROVISIONAL_SHARE = 0.25
 PROVISIONAL_BURST = 0.05
 LEARNT_WAIT = 0.01
+# `forget` waits up to FORGET_WAIT seconds for learning to reach the series' newest records,
+# trying again every FORGET_RETRY; it deletes FORGET_BATCH observations per transaction, as
+# retention does.
+FORGET_WAIT = 30.0
+FORGET_RETRY = 0.1
+FORGET_BATCH = 5000
 # The connection of the request being answered (protocol.Conversation), set by `handle_line`
 # for the op it calls: only `ingest` reads it.
 _CONVERSATION: ContextVar[Conversation | None] = ContextVar("adaptd_conversation", default=None)
@@ -79,7 +85,8 @@ class Service:
     def __init__(self, settings: Settings, store: Store, writer: IngestWriter, engine: Engine,
                  catalog: SeriesCatalog, metrics: Metrics, learner: LearningWorker | None = None,
                  meta_training: Callable[[], dict[str, Any]] | None = None,
-                 retention: Callable[[], dict[str, Any]] | None = None):
+                 retention: Callable[[], dict[str, Any]] | None = None,
+                 drop_state: Callable[[list[str]], int] | None = None):
         self.settings = settings
         self.membership = settings.membership()
         self.store = store
@@ -90,11 +97,12 @@ class Service:
         self.learner = learner
         self.meta_training = meta_training   # the scheduled meta-training's state (online engine)
         self.retention = retention           # `[store] retention` and its newest pass
+        self.drop_state = drop_state or store.drop_state   # a removed series' checkpoints and the like
         self.started = time.time()
         self.provisional_budget = TimeBudget(PROVISIONAL_SHARE, PROVISIONAL_BURST)
         self.ops: dict[str, Op] = {
             "ping": self.ping, "ingest": self.ingest, "forecast": self.forecast,
-            "series": self.series, "stats": self.stats,
+            "series": self.series, "stats": self.stats, "forget": self.forget,
         }
 
     async def handle_line(self, line: bytes, conversation: Conversation | None = None) -> bytes:
@@ -185,11 +193,21 @@ class Service:
             return f"the models are {self.learner.backlog} records behind ([model] learning_backlog)"
         return None
 
-    async def forecast(self, request: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _series_of(request: dict[str, Any]) -> str:
         try:
-            series = check_series(request.get("series"))
+            return check_series(request.get("series"))
         except Rejected as exc:
             raise RequestError(BAD_REQUEST, str(exc)) from None
+
+    def _unknown(self, series: str) -> RequestError:
+        why = self.membership.refusal(series)
+        if why:   # another member's: say which, for programs to ask it (as ingest's rejections do)
+            return RequestError(UNKNOWN_SERIES, why, {"member": self.membership.owner_of(series)})
+        return RequestError(UNKNOWN_SERIES, f"no observations of series {series!r}")
+
+    async def forecast(self, request: dict[str, Any]) -> dict[str, Any]:
+        series = self._series_of(request)
         horizon = request.get("horizon")
         top = self.settings.model.max_horizon
         if isinstance(horizon, bool) or not isinstance(horizon, int) or not 1 <= horizon <= top:
@@ -199,10 +217,7 @@ class Service:
         try:
             fc = await self._models_forecast(series, horizon)
         except UnknownSeries:
-            why = self.membership.refusal(series)
-            if why:   # another member's: say which, for programs to ask it (as ingest's rejections do)
-                raise RequestError(UNKNOWN_SERIES, why, {"member": self.membership.owner_of(series)}) from None
-            raise RequestError(UNKNOWN_SERIES, f"no observations of series {series!r}") from None
+            raise self._unknown(series) from None
         except NotReady as exc:
             raise RequestError(NOT_READY, str(exc)) from None
         source = ("fallback" if fc.model.get("kind") in FALLBACK_KINDS else
@@ -244,6 +259,49 @@ class Service:
                                    and self.learner.catch_up_seconds > deadline - now):
                 return self.engine.forecast(series, horizon)
             await asyncio.sleep(0.002)
+
+    async def forget(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Remove a series whole (extension; `adaptd forget`): its observations, drift events,
+        checkpoint and models, as `[store] forget_after` removes a silent one. Records it is sent
+        after this request arrived are never deleted: they stop the removal. Once begun, the
+        removal goes on if the client goes away."""
+        series = self._series_of(request)
+        if series not in self.catalog:
+            raise self._unknown(series)
+        removal = await asyncio.shield(asyncio.ensure_future(self._remove(series, time.monotonic())))
+        if removal.removed:
+            return {"ok": True, "series": series, "removed": True, "deleted": removal.deleted}
+        kept = f" ({removal.deleted} older observations were deleted)" if removal.deleted else ""
+        detail = {"deleted": removal.deleted}
+        if removal.stopped == ARRIVED:
+            raise RequestError(NOT_READY, f"records of series {series!r} arrived during its removal and are "
+                               f"kept{kept}: stop sending it, then retry", detail)
+        if removal.stopped == LEARNING:
+            backlog = self.learner.backlog if self.learner is not None else 0
+            raise RequestError(NOT_READY, f"the models have not learnt series {series!r}'s newest records "
+                               f"within {FORGET_WAIT:g}s (learning backlog: {backlog} records){kept}: retry "
+                               "once it has caught up", detail)
+        raise RequestError(OVERLOADED, f"the daemon is shutting down; series {series!r} was not removed{kept}: "
+                           "re-send when the daemon is back", detail)
+
+    async def _remove(self, series: str, asked: float) -> Removal:
+        """The ingest writer's removal of everything acknowledged for `series` before `asked`;
+        tried again while learning has not reached its newest records, up to FORGET_WAIT."""
+        deleted = 0
+        while True:
+            try:
+                removal = await asyncio.wrap_future(self.writer.forget(series, asked, FORGET_BATCH))
+            except RuntimeError:   # the writer stopped: shutdown
+                return Removal(False, deleted, STOPPED)
+            deleted += removal.deleted
+            if removal.stopped != LEARNING or time.monotonic() - asked >= FORGET_WAIT:
+                break
+            await asyncio.sleep(FORGET_RETRY)
+        if removal.removed:
+            await asyncio.to_thread(self.drop_state, [series])
+            self.metrics.series_forgotten.inc()
+            log.info("removed series %r on request: %d observations deleted", series, deleted)
+        return removal._replace(deleted=deleted)
 
     async def series(self, _request: dict[str, Any]) -> dict[str, Any]:
         listing = [{"series": name, "observations": info.observations, "first_ts": info.first_ts,

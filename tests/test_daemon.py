@@ -222,7 +222,7 @@ def test_malformed_request_gets_its_code(conn: Client, daemon: DaemonProcess, li
 def test_unknown_op_message_lists_the_ops(conn: Client) -> None:
     message = raw(conn, b'{"op": "fly"}')["error"]["message"]
     assert "fly" in message
-    for op in ("ping", "ingest", "forecast", "series", "stats"):
+    for op in ("ping", "ingest", "forecast", "series", "stats", "forget"):
         assert op in message
 
 

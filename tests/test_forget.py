@@ -3,18 +3,21 @@ memory, and nothing acknowledged meanwhile is lost."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import threading
 import time
 import urllib.request
 from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
 
 from adaptd.catalog import SeriesCatalog
+from adaptd.config import parse_config
 from adaptd.engine import UnknownSeries
 from adaptd.engine import online as online_module
 from adaptd.engine.adapting import DriftEvent
@@ -22,10 +25,12 @@ from adaptd.engine.learner import Initializer
 from adaptd.engine.naive import KINDS as NAIVE_KINDS
 from adaptd.engine.naive import NaiveEngine
 from adaptd.engine.online import OnlineConfig, OnlineEngine
-from adaptd.ingest import IngestWriter, Removal
+from adaptd.ingest import ARRIVED, LEARNING, STOPPED, IngestWriter, Removal
 from adaptd.metrics import Metrics
 from adaptd.records import Observation
 from adaptd.retention import Retention
+from adaptd import service as service_module
+from adaptd.service import Service
 from adaptd.schema import drift_events, model_checkpoints, observations, series_table
 from adaptd.store import Checkpoint, Store
 from daemon_harness import DaemonProcess, preload, run_cli, short_tempdir, write_config
@@ -108,7 +113,8 @@ def test_the_writer_removes_a_silent_series_from_store_catalog_and_engine(store:
     try:
         engine.record(hourly("gone", 30) + hourly("kept", 30))
         assert writer.forget("gone", time.monotonic() + 1, batch=7).result(timeout=20) == Removal(True, 30)   # 5 steps
-        assert writer.forget("kept", time.monotonic() - 3600, batch=7).result(timeout=20) == Removal(False, 0)   # not silent
+        assert (writer.forget("kept", time.monotonic() - 3600, batch=7).result(timeout=20)
+                == Removal(False, 0, ARRIVED))   # not silent
     finally:
         writer.stop(timeout=20)
     assert "gone" not in catalog and catalog.get("kept").observations == 30
@@ -125,7 +131,7 @@ def test_a_record_arriving_during_the_removal_stops_it_and_is_kept(store: Store)
     try:
         engine.record(hourly("s", 20))
         cutoff = time.monotonic() + 1   # silent: nothing arrived since start-up
-        assert writer.forget("s", cutoff, batch=3).result(timeout=20) == Removal(False, 6)   # stopped
+        assert writer.forget("s", cutoff, batch=3).result(timeout=20) == Removal(False, 6, ARRIVED)   # stopped
         assert engine.sent is not None and engine.sent.result(timeout=20) == 1  # acknowledged
     finally:
         writer.stop(timeout=20)
@@ -143,7 +149,7 @@ def test_a_series_the_models_have_not_learnt_yet_is_not_removed(store: Store) ->
     writer, catalog, _ = writer_for(store, engine)
     try:
         engine.record(hourly("s", 30))   # as a restart's catch-up leaves it: recorded, learning behind
-        assert writer.forget("s", time.monotonic() + 1, batch=7).result(timeout=20) == Removal(False, 0)
+        assert writer.forget("s", time.monotonic() + 1, batch=7).result(timeout=20) == Removal(False, 0, LEARNING)
         engine.learn(hourly("s", 30))
         assert writer.forget("s", time.monotonic() + 1, batch=7).result(timeout=20) == Removal(True, 30)
     finally:
@@ -181,7 +187,7 @@ def test_a_removal_cut_off_by_shutdown_is_reported_as_stopped_with_what_it_delet
     engine.gate.set()
     stopping.join(20)
     assert acked.result(timeout=1) == 1 and not writer.alive
-    assert removal.result(timeout=1) == Removal(False, 1)   # one step went, then the writer stopped
+    assert removal.result(timeout=1) == Removal(False, 1, STOPPED)   # one step went, then the writer stopped
     assert len(store.history("s")) == 49 and catalog.get("s").observations == 49
     assert writer.forget("s", time.monotonic() + 1, batch=1).exception(timeout=5) is not None   # writer gone
 
@@ -371,6 +377,117 @@ def test_the_daemon_forgets_a_series_that_stopped_and_keeps_the_ones_that_report
         d.ingest([{"series": "stopped", "ts": 500 * HOUR, "value": 3.0}])
         [again] = [s for s in json.loads(run_cli("series", "--json", config=config).stdout) if s["series"] == "stopped"]
         assert (again["observations"], again["first_ts"]) == (1, 500 * HOUR)
+    finally:
+        d.kill()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- `adaptd forget`: a series removed on request ----------------------------------------------
+
+def forget_request(service: Service, series: Any) -> dict[str, Any]:
+    return json.loads(asyncio.run(service.handle_line(json.dumps({"op": "forget", "series": series}).encode())))
+
+
+def test_forget_waits_for_learning_to_reach_the_series_then_removes_it(store: Store) -> None:
+    """Recorded but not learnt (a bulk load): the op waits for learning, then removes the series."""
+    store.write(hourly("s", 30) + hourly("other", 30))
+    engine = OnlineEngine(CONFIG, fresh_init(CONFIG))
+    writer, catalog, metrics = writer_for(store, engine)
+    service = Service(parse_config({}), store, writer, engine, catalog, metrics)
+    engine.record(hourly("s", 30) + hourly("other", 30))
+    learning = threading.Timer(0.5, engine.learn, [hourly("s", 30) + hourly("other", 30)])
+    learning.start()
+    try:
+        started = time.monotonic()
+        answer = forget_request(service, "s")
+        assert answer == {"ok": True, "series": "s", "removed": True, "deleted": 30}
+        assert time.monotonic() - started >= 0.4   # it waited for learning
+        assert forget_request(service, "s")["error"]["code"] == "unknown_series"
+    finally:
+        learning.join()
+        writer.stop(timeout=20)
+    assert "s" not in catalog and store.history("s") == [] and len(store.history("other")) == 30
+    assert metrics.value("adaptd_series_forgotten_total") == 1
+
+
+def test_forget_stopped_by_an_arriving_record_says_so_and_keeps_it(store: Store, monkeypatch) -> None:
+    monkeypatch.setattr(service_module, "FORGET_BATCH", 3)
+    store.write(hourly("s", 20))
+    engine = ArrivingEngine()
+    writer, catalog, metrics = writer_for(store, engine)
+    engine.writer = writer
+    service = Service(parse_config({}), store, writer, engine, catalog, metrics)
+    engine.record(hourly("s", 20))
+    try:
+        answer = forget_request(service, "s")
+    finally:
+        writer.stop(timeout=20)
+    assert answer["ok"] is False and answer["error"]["code"] == "not_ready"
+    assert "arrived during its removal and are kept (6 older observations were deleted)" in answer["error"]["message"]
+    assert answer["error"]["deleted"] == 6   # two steps of 3 went before the record came
+    assert store.history("s")[-1] == (100 * HOUR, 42.0) and catalog.get("s").observations == 15
+
+def stored(url: str, table: sa.Table, name: str) -> int:
+    """Rows of `table` for series `name` in the daemon's SQLite store, read beside it."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            ids = sa.select(series_table.c.id).where(series_table.c.name == name)
+            return int(conn.execute(sa.select(sa.func.count()).select_from(table)
+                                    .where(table.c.series_id.in_(ids))).scalar_one())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.integration
+def test_adaptd_forget_removes_a_series_whole_and_it_stays_gone_after_a_restart():
+    """A series sent by mistake is removed on request, right after a bulk load (the request
+    waits for learning to reach it): its observations, checkpoint and models, in the listing,
+    forecasts, the store and the metrics; the other series are untouched; after a restart it
+    stays gone, and a new record starts it afresh. Bad and unknown names get clear errors."""
+    directory = short_tempdir()
+    url = f"sqlite:///{directory}/adaptd.db"
+    config = write_config(directory, store_url=url, metrics=True, naive=False, sections={
+        "model": {"window": 16, "patch": 4, "hidden": 8, "rls_lags": 8, "max_horizon": 4, "history": 64}})
+    d = DaemonProcess(config)
+    try:
+        d.start(timeout=60)
+        d.ingest([{"series": name, "ts": t * HOUR, "value": float(t % 5)} for t in range(400)
+                  for name in ("typo", "load")])
+        d.stop()   # checkpoints both series at shutdown
+        assert stored(url, model_checkpoints, "typo") == 1
+        d = DaemonProcess(config)
+        d.start(timeout=60)
+        d.ingest([{"series": "typo", "ts": t * HOUR, "value": 1.0} for t in range(400, 3400)])
+        removed = run_cli("forget", "typo", config=config)   # 3,000 records may still be learning
+        assert removed.returncode == 0, removed.stderr
+        assert removed.stdout.strip() == "typo: removed (3400 observations deleted)"
+        assert {s["series"] for s in json.loads(run_cli("series", "--json", config=config).stdout)} == {"load"}
+        assert d.forecast("typo", 2)["error"]["code"] == "unknown_series"
+        assert d.forecast("load", 2)["ok"]
+        for table in (observations, model_checkpoints):
+            assert stored(url, table, "typo") == 0, table.name
+        assert stored(url, observations, "load") == 400
+        scraped = urllib.request.urlopen(f"http://{d.settings.metrics.listen}/metrics", timeout=10).read().decode()
+        assert "adaptd_series_forgotten_total 1.0" in scraped
+        assert 'adaptd_requests_total{op="forget",outcome="ok"} 1.0' in scraped
+
+        again = run_cli("forget", "typo", "load", "--json", config=config)
+        assert again.returncode == 1
+        first, second = (json.loads(line) for line in again.stdout.splitlines())
+        assert first["error"] == {"code": "unknown_series", "message": "no observations of series 'typo'"}
+        assert second == {"ok": True, "series": "load", "removed": True, "deleted": 400}
+        for bad in ({"op": "forget"}, {"op": "forget", "series": 7}, {"op": "forget", "series": "x" * 201}):
+            assert d.request(bad)["error"]["code"] == "bad_request", bad
+        d.stop()
+        assert stored(url, model_checkpoints, "load") == 0 and stored(url, model_checkpoints, "typo") == 0
+
+        d = DaemonProcess(config)
+        d.start(timeout=60)
+        assert json.loads(run_cli("series", "--json", config=config).stdout) == []
+        d.ingest([{"series": "typo", "ts": 9000 * HOUR, "value": 3.0}])
+        [back] = json.loads(run_cli("series", "--json", config=config).stdout)
+        assert (back["series"], back["observations"], back["first_ts"]) == ("typo", 1, 9000 * HOUR)
     finally:
         d.kill()
         shutil.rmtree(directory, ignore_errors=True)

@@ -250,6 +250,12 @@ def expect_for(line: bytes, known: set[str] = frozenset({KNOWN})) -> Expect:
             return Expect(request_id=request_id)
         # A name some other example may have stored: any of the three is right.
         return Expect(codes={"ok", "unknown_series", "not_ready"}, request_id=request_id)
+    if op == "forget":
+        series = request.get("series")
+        if not valid_series(series):
+            return Expect("bad_request", request_id=request_id)
+        assert series not in known, "the examples never remove the series the others rely on"
+        return Expect(codes={"ok", "unknown_series", "not_ready"}, request_id=request_id)
     return Expect("unknown_op", request_id=request_id)
 
 
@@ -409,6 +415,8 @@ def valid_request_fields(op: str, series: str) -> list[tuple[str, str]]:
         fields.append(("records", "[" + ",".join(json.dumps(r) for r in hourly(series, 2)) + "]"))
     elif op == "forecast":
         fields += [("series", json.dumps(KNOWN)), ("horizon", "3")]
+    elif op == "forget":   # the example's own series, never one the others rely on
+        fields.append(("series", json.dumps(series)))
     return fields
 
 
@@ -420,6 +428,7 @@ FIELDS = {
     "ingest": ["op", "id", "<extra>", "records", "records[0]", "records[0].series", "records[0].ts",
                "records[0].value", "records[0].<extra>"],
     "forecast": ["op", "id", "<extra>", "series", "horizon"],
+    "forget": ["op", "id", "<extra>", "series"],
 }
 TARGETS = [(op, field) for op, fields in FIELDS.items() for field in fields]
 
