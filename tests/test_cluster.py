@@ -168,6 +168,15 @@ def test_adaptd_ingest_sends_each_record_of_a_mixed_file_to_its_owner_and_foreca
         assert answer["points"] == d.forecast(name, 3)["points"]
     listed = run_cli("series", "--json", config=pair[0].config)
     assert [item["series"] for item in json.loads(listed.stdout) if item["series"] in names] == sorted(names)
+    # Removed by their owners, through one member's config; a member asked directly names the owner.
+    gone = [ours[0][1], ours[1][1]]
+    out = run_cli("forget", *gone, config=pair[0].config)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"{name}: removed (50 observations deleted)" for name in gone]
+    for k in (0, 1):
+        assert pair.stored(k, names) == {name: 50 for name in ours[k] if name not in gone}
+    refused = pair[0].request({"op": "forget", "series": ours[1][2]})["error"]
+    assert refused["code"] == "unknown_series" and refused["member"] == 1
 
 
 @pytest.mark.postgres
