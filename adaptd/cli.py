@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "exit 1 unless all answer and are healthy. --member K asks only member K (a host's own check).")
     p.add_argument("--json", action="store_true")
     p.add_argument("--member", type=int, help="with [cluster] sockets: ask only this member")
-    p = add("replay", cmd_replay, "backtest the engine on a CSV, leak-free (a forecast sees only rows before its origin)")
+    p = add("replay", cmd_replay, "backtest the engine on a CSV, leak-free (a forecast sees only rows up to its origin)")
     p.add_argument("data", metavar="DATA.csv", help="wide (time column + one column per series) or long CSV")
     p.add_argument("--horizon", type=int, required=True, help="steps ahead forecast after every observation")
     p.add_argument("--warmup-frac", type=float, default=0.25,

@@ -13,8 +13,10 @@ import io
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +29,7 @@ from .engine import Engine, NotReady
 from .engine.factory import build_engine, online_config
 from .engine.history import infer_season
 from .meta.fit import initializer_for
-from .records import Observation, Rejected, format_ts, validate_record
+from .records import MAX_TS, MIN_TS, Observation, Rejected, format_ts, validate_record
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,8 @@ class ReplayResult:
     engine_stats: dict[str, Any]
     seconds: float
     target_ts: np.ndarray              # (T, S, H) the time each forecast is for (the series' own steps)
+    drifts: dict[str, int] = field(default_factory=dict)        # changes detected, per series
+    adaptations: dict[str, int] = field(default_factory=dict)   # of them, adaptations that replaced its model
 
     @cached_property
     def target_rows(self) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +147,11 @@ def run_replay(table: Table, settings: Settings, horizon: int, warmup_frac: floa
                                    settings.adapt.step_size, prefer_packaged=True)
         engine = build_engine(settings, init, horizon, seed, inline_adaptation=True)
     T, S = table.values.shape
-    forecasts = np.full((T, S, horizon), np.nan, dtype=np.float32)
+    drifts: dict[str, int] = {name: 0 for name in table.names}
+    adaptations = dict(drifts)
+    # float64, as the daemon answers: float32 keeps 7 digits, too few for a series far from 0
+    # (a counter at 1e9 would be forecast to the nearest 64).
+    forecasts = np.full((T, S, horizon), np.nan)
     lo, hi = np.full_like(forecasts, np.nan), np.full_like(forecasts, np.nan)
     target_ts = np.full((T, S, horizon), np.nan)
     for t in range(T):
@@ -161,10 +169,14 @@ def run_replay(table: Table, settings: Settings, horizon: int, warmup_frac: floa
             lo[t, s] = [p.lo for p in fc.points]
             hi[t, s] = [p.hi for p in fc.points]
             target_ts[t, s] = [p.ts for p in fc.points]
+            adaptations[table.names[s]] = int(fc.model.get("adaptations") or 0)
+        for event in engine.take_drift_events():
+            drifts[event.series] += 1
         if progress is not None:
             progress(1)
     stats = engine.stats()
-    return ReplayResult(table, horizon, warmup, forecasts, lo, hi, stats, time.perf_counter() - started, target_ts)
+    return ReplayResult(table, horizon, warmup, forecasts, lo, hi, stats, time.perf_counter() - started, target_ts,
+                        drifts, adaptations)
 
 
 def report(result: ReplayResult) -> dict[str, Any]:
@@ -177,7 +189,7 @@ def report(result: ReplayResult) -> dict[str, Any]:
         warm = warm[np.isfinite(warm)]
         mean, std = (float(warm.mean()), float(warm.std())) if warm.size else (0.0, 1.0)
         std = std if std > 0 else 1.0
-        pred, target = result.forecasts[:, s].astype(np.float64), targets[:, s]
+        pred, target = result.forecasts[:, s], targets[:, s]
         scored = np.isfinite(pred) & np.isfinite(target)
         if not scored.any():
             continue
@@ -197,6 +209,7 @@ def report(result: ReplayResult) -> dict[str, Any]:
             "interval_width": float(width[scored].mean()),
             "mse_by_step": per_step, "coverage_by_step": _by_step(covered, scored),
             "interval_width_by_step": _by_step(width, scored),
+            "drifts": result.drifts.get(name, 0), "adaptations": result.adaptations.get(name, 0),
         }
     rows = list(per_series.values())
 
@@ -233,28 +246,54 @@ def _mase_scale(warm: np.ndarray, season: int) -> float:
 
 
 def write_forecasts(result: ReplayResult, out: io.TextIOBase | Any) -> int:
-    """`series,origin,target,step,forecast,lo,hi` with timestamps as written in the input
-    (a target time the input has no row for, such as past its end, in ISO-8601); returns the row
-    count."""
+    """`series,origin,target,step,forecast,lo,hi` with timestamps as written in the input (a
+    target time the input has no row for, such as past its end, in the style of its first row:
+    `time_style`); numbers as the shortest text that reads back as the same float. Returns the
+    row count."""
     writer = csv.writer(out)
     writer.writerow(["series", "origin", "target", "step", "forecast", "lo", "hi"])
     table = result.table
     T, rows = len(table.ts), 0
     label = table.labels if len(table.labels) == T else [format_ts(t) for t in table.ts]
+    unlisted = time_style(label[0], float(table.ts[0])) if T else format_ts
     at, found = result.target_rows
     for s, name in enumerate(table.names):
         origins = np.flatnonzero(np.isfinite(result.forecasts[:, s, 0]))
         for t in origins:
             for h in range(result.horizon):
-                target = label[at[t, s, h]] if found[t, s, h] else format_ts(result.target_ts[t, s, h])
-                writer.writerow([name, label[t], target, h + 1, _num(result.forecasts[t, s, h]),
-                                 _num(result.lo[t, s, h]), _num(result.hi[t, s, h])])
+                target = label[at[t, s, h]] if found[t, s, h] else unlisted(float(result.target_ts[t, s, h]))
+                writer.writerow([name, label[t], target, h + 1, repr(float(result.forecasts[t, s, h])),
+                                 repr(float(result.lo[t, s, h])), repr(float(result.hi[t, s, h]))])
                 rows += 1
     return rows
 
 
-def _num(x: float) -> str:
-    return f"{float(x):.7g}"
+_US_TIME = re.compile(r"\d{1,2}/\d{1,2}/\d{4} \d{1,2}:\d{2}")
+
+
+def time_style(label: str, ts: float) -> Callable[[float], str]:
+    """How to write other times as the input wrote `label` (its time `ts`): epoch seconds,
+    M/D/YYYY H:MM (WTH.csv), or else ISO-8601 in UTC.
+
+    >>> [time_style(text, ts)(ts + 3600) for text, ts in [("3600", 3600.0), ("1/2/2010 0:00", 1262390400.0),
+    ...                                                    ("2010-01-02 00:00:00", 1262390400.0)]]
+    ['7200', '1/2/2010 1:00', '2010-01-02T01:00:00Z']
+    """
+    text = label.strip()
+    try:
+        epoch = float(text) == ts   # not a date YYYYMMDD, whose number is not its time
+    except ValueError:
+        epoch = False
+    if epoch:
+        return lambda t: str(int(t)) if float(t).is_integer() else repr(float(t))
+    if _US_TIME.fullmatch(text):
+        def us(t: float) -> str:
+            if not MIN_TS <= t <= MAX_TS or not float(t).is_integer() or t % 60:
+                return format_ts(t)   # seconds, or beyond year 9999: the form has no place for them
+            d = datetime.fromtimestamp(t, timezone.utc)
+            return f"{d.month}/{d.day}/{d.year} {d.hour}:{d.minute:02d}"
+        return us
+    return format_ts
 
 
 MAX_HORIZON = 10_000

@@ -67,6 +67,17 @@ def test_outputs_follow_the_contract(tmp_path: Path) -> None:
     assert {"drifts", "adaptations", "wall_seconds"} <= set(report)
 
 
+def test_the_report_counts_drifts_and_adaptations_per_series(tmp_path: Path) -> None:
+    values = series(400)
+    values[250:, 0] += 5.0    # a level shift in a
+    values[250:, 1] *= -3.0   # b turned over and stretched
+    report = replay(tmp_path, values, "changes")[1]
+    per_series = report["per_series"]
+    assert report["drifts"] >= 2 and all(per_series[name]["drifts"] >= 1 for name in "ab"), per_series
+    for key in ("drifts", "adaptations"):   # the overall counts, series by series
+        assert sum(per_series[name][key] for name in "ab") == report[key]
+
+
 def test_the_report_says_how_wide_the_intervals_were_at_each_lead(tmp_path: Path) -> None:
     values = series(160)
     rows, report = replay(tmp_path, values, "a")
@@ -210,3 +221,30 @@ def test_monthly_timestamps_are_scored_though_months_differ_in_length(tmp_path: 
     scored = json.loads(rep.read_text())["per_series"]["m"]
     assert None not in scored["mse_by_step"]
     assert scored["forecasts"] == 96 - 24 - 1    # every origin after the warm-up whose first target is in the file
+
+
+def test_a_series_far_from_zero_is_forecast_to_its_own_precision_and_epoch_times_stay_epoch(tmp_path: Path) -> None:
+    """A counter near 1e9 that rises by 0.5 a step, with epoch-second times: the last-value
+    fallback forecasts it exactly (floats of 7 digits would round it to the nearest 64), and a
+    target past the input's end is written in epoch seconds, as the input's times are."""
+    data, config = tmp_path / "counter.csv", tmp_path / "config.toml"
+    config.write_text('[model]\nengine = "naive"\nseason = 1\n')
+    t0 = 1_700_000_000
+    with data.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["series", "ts", "value"])
+        for t in range(40):
+            w.writerow(["c", t0 + 60 * t, 1e9 + 0.5 * t])
+    out, rep = tmp_path / "f.csv", tmp_path / "r.json"
+    assert main(["replay", str(data), "--horizon", "2", "--config", str(config), "--forecasts-out", str(out),
+                 "--report-out", str(rep), "--no-progress"]) == 0
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        origin = (int(row["origin"]) - t0) // 60
+        assert float(row["forecast"]) == 1e9 + 0.5 * origin, row   # the last value, to the digit
+    last = [r for r in rows if int(r["origin"]) == t0 + 60 * 39]
+    assert [r["target"] for r in last] == [str(t0 + 60 * 40), str(t0 + 60 * 41)]   # past the end
+    report = json.loads(rep.read_text())
+    # Off by 0.5 at lead 1 (29 scored origins), 1.0 at lead 2 (28: the last one's target is past the end).
+    assert report["per_series"]["c"]["raw_mae"] == pytest.approx((29 * 0.5 + 28 * 1.0) / 57)
