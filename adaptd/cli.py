@@ -108,11 +108,18 @@ def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
     failed = 0
     for series in args.series:
         member = route.member_of(series)
-        client = route.connect(member, timeout=None)   # a long history takes a while to delete
         try:
-            response = client.request({"op": "forget", "series": series})
-        finally:
-            client.close()
+            client = route.connect(member, timeout=None)   # a long history takes a while to delete
+            try:
+                response = client.request({"op": "forget", "series": series})
+            finally:
+                client.close()
+        except ClusterMismatch:
+            raise
+        except ClientError as exc:   # that member is down: the series of the others still go
+            failed += 1
+            _fail(f"{series}: {route.label(member)}{exc}")
+            continue
         if args.json:
             print(json.dumps(response))
         elif response.get("ok"):

@@ -67,6 +67,7 @@ class Daemon:
         self.store: Store | None = None
         self.writer: IngestWriter | None = None
         self.server: SocketServer | None = None
+        self.service: Service | None = None
         self.engine: Engine | None = None
         self.learner: LearningWorker | None = None
         self.scheduler = None
@@ -121,9 +122,10 @@ class Daemon:
                                    self.learner)
         self.writer.start()
         self._start_scheduler(catalog)
-        service = Service(s, self.store, self.writer, engine, catalog, self.metrics, self.learner,
-                          meta_training=self._meta_training if self._initializer_jobs is not None else None,
-                          retention=self._retention_state, drop_state=self.drop_state)
+        self.service = service = Service(
+            s, self.store, self.writer, engine, catalog, self.metrics, self.learner,
+            meta_training=self._meta_training if self._initializer_jobs is not None else None,
+            retention=self._retention_state, drop_state=self.drop_state)
         try:
             self._metrics_server = self.metrics.serve(s.metrics.listen)
         except OSError as exc:
@@ -320,6 +322,8 @@ class Daemon:
         def left() -> float:
             return max(0.1, deadline - time.monotonic())
 
+        if self.service is not None:
+            self.service.stopping = True   # a removal waiting for learning stops waiting
         if self.server is not None:
             await self.server.close(left())
         if self._retention is not None:   # before the writer: a removal in progress stops, not fails

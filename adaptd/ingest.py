@@ -38,13 +38,14 @@ class _Batch(NamedTuple):
 ARRIVED = "arrived"     # a record for the series arrived after the cutoff: it is kept
 LEARNING = "learning"   # its newest records are not learnt yet, or it is being adapted
 STOPPED = "stopped"     # the writer is shutting down
+GONE = "gone"           # it has no observations (left): removed already, by another removal
 
 
 class Removal(NamedTuple):
     """How a removal (`IngestWriter.forget`) ended."""
     removed: bool   # whole; False: see `stopped`
     deleted: int    # observations deleted (also by a removal that stopped: they stay deleted)
-    stopped: str = ""   # why it did not finish: ARRIVED, LEARNING or STOPPED
+    stopped: str = ""   # why it did not finish: ARRIVED, LEARNING, STOPPED or GONE
 
 
 class _Forget(NamedTuple):
@@ -207,16 +208,17 @@ class IngestWriter:
         """One transaction of a removal; queued again (behind waiting records) until it is done."""
         name = item.series
         info = self.catalog.get(name)
+        if info is None:   # removed by another removal (before this one, or between its steps)
+            self._forget_stopped(item, why=GONE)
+            return
         try:
-            arrived = info is not None and (info.received >= item.cutoff or
-                                            (item.received is not None and info.received != item.received))
-            if arrived or (info is not None and not self.engine.forgettable(name)):
+            arrived = info.received >= item.cutoff or (item.received is not None and info.received != item.received)
+            if arrived or not self.engine.forgettable(name):
                 self._forget_stopped(item, why=ARRIVED if arrived else LEARNING)
                 return
             count, start = self.store.forget_step(name, item.batch, item.start)
             if start is not None:
-                self._queue.put(item._replace(deleted=item.deleted + count, start=start,
-                                              received=info.received if info is not None else -math.inf))
+                self._queue.put(item._replace(deleted=item.deleted + count, start=start, received=info.received))
                 return
             self.engine.forget(name)   # before the catalog: the next pass finds what this left
             self.catalog.forget(name)

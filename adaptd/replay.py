@@ -272,28 +272,50 @@ _US_TIME = re.compile(r"\d{1,2}/\d{1,2}/\d{4} \d{1,2}:\d{2}")
 
 
 def time_style(label: str, ts: float) -> Callable[[float], str]:
-    """How to write other times as the input wrote `label` (its time `ts`): epoch seconds,
-    M/D/YYYY H:MM (WTH.csv), or else ISO-8601 in UTC.
+    """How to write other times as the input wrote `label` (its time `ts`): epoch seconds, a date
+    YYYYMMDD, M/D/YYYY H:MM (WTH.csv), a naive ISO-8601 date and time with its separator and
+    precision; a time the style cannot hold (seconds where it has minutes, say), or any other
+    style, in ISO-8601 UTC.
 
-    >>> [time_style(text, ts)(ts + 3600) for text, ts in [("3600", 3600.0), ("1/2/2010 0:00", 1262390400.0),
-    ...                                                    ("2010-01-02 00:00:00", 1262390400.0)]]
-    ['7200', '1/2/2010 1:00', '2010-01-02T01:00:00Z']
+    >>> [time_style(text, ts)(ts + 3600) for text, ts in [
+    ...     ("3600", 3600.0), ("1/2/2010 0:00", 1262390400.0), ("2010-01-02 00:00:00", 1262390400.0),
+    ...     ("2010-01-02T00:00", 1262390400.0), ("2010-01-02T00:00:00Z", 1262390400.0)]]
+    ['7200', '1/2/2010 1:00', '2010-01-02 01:00:00', '2010-01-02T01:00', '2010-01-02T01:00:00Z']
+    >>> day = time_style("20100102", 1262390400.0)
+    >>> day(1262390400.0 + 86400), day(1262390400.0 + 3600)
+    ('20100103', '2010-01-02T01:00:00Z')
     """
     text = label.strip()
     try:
-        epoch = float(text) == ts   # not a date YYYYMMDD, whose number is not its time
+        number: float | None = float(text)
     except ValueError:
-        epoch = False
-    if epoch:
+        number = None
+    if number == ts:
         return lambda t: str(int(t)) if float(t).is_integer() else repr(float(t))
+    if number is not None and len(text) == 8 and text.isdigit():   # a date YYYYMMDD
+        return _styled("%Y%m%d", 86400)
     if _US_TIME.fullmatch(text):
-        def us(t: float) -> str:
-            if not MIN_TS <= t <= MAX_TS or not float(t).is_integer() or t % 60:
-                return format_ts(t)   # seconds, or beyond year 9999: the form has no place for them
-            d = datetime.fromtimestamp(t, timezone.utc)
-            return f"{d.month}/{d.day}/{d.year} {d.hour}:{d.minute:02d}"
-        return us
+        return _styled("{d.month}/{d.day}/{d.year} {d.hour}:{d.minute:02d}", 60)
+    try:
+        naive = number is None and datetime.fromisoformat(text).tzinfo is None
+    except ValueError:
+        naive = False
+    if naive and len(text) in (10, 16, 19):
+        sep = text[10:11]
+        return _styled({10: "%Y-%m-%d", 16: f"%Y-%m-%d{sep}%H:%M", 19: f"%Y-%m-%d{sep}%H:%M:%S"}[len(text)],
+                       {10: 86400, 16: 60, 19: 1}[len(text)])
     return format_ts
+
+
+def _styled(pattern: str, unit: int) -> Callable[[float], str]:
+    """Times in `pattern` (strftime's, or str.format's of `d`) when whole `unit`s of seconds
+    within years 1 to 9999; others in ISO-8601 UTC."""
+    def write(t: float) -> str:
+        if not MIN_TS <= t <= MAX_TS or not float(t).is_integer() or t % unit:
+            return format_ts(t)
+        d = datetime.fromtimestamp(t, timezone.utc)
+        return pattern.format(d=d) if "{" in pattern else d.strftime(pattern)
+    return write
 
 
 MAX_HORIZON = 10_000

@@ -13,7 +13,7 @@ from .catalog import SeriesCatalog
 from .config import Settings
 from .engine import Engine, Forecast, NotReady, UnknownSeries
 from .engine.naive import KINDS as FALLBACK_KINDS
-from .ingest import ARRIVED, LEARNING, STOPPED, IngestWriter, Removal
+from .ingest import ARRIVED, GONE, LEARNING, STOPPED, IngestWriter, Removal
 from .learning import LearningWorker
 from .metrics import OPS, Metrics
 from .protocol import (BAD_REQUEST, INTERNAL, NO_ID, NOT_READY, OVERLOADED, TOO_LARGE, UNKNOWN_OP, Conversation,
@@ -34,6 +34,9 @@ LEARNT_WAIT = 0.01
 FORGET_WAIT = 30.0
 FORGET_RETRY = 0.1
 FORGET_BATCH = 5000
+# ... and up to SETTLE_WAIT seconds, once it is removed, for a learning step under way to store
+# the drift events it found for it (then deleted with its checkpoint).
+SETTLE_WAIT = 10.0
 # The connection of the request being answered (protocol.Conversation), set by `handle_line`
 # for the op it calls: only `ingest` reads it.
 _CONVERSATION: ContextVar[Conversation | None] = ContextVar("adaptd_conversation", default=None)
@@ -97,8 +100,11 @@ class Service:
         self.learner = learner
         self.meta_training = meta_training   # the scheduled meta-training's state (online engine)
         self.retention = retention           # `[store] retention` and its newest pass
-        self.drop_state = drop_state or store.drop_state   # a removed series' checkpoints and the like
+        # A removed series' checkpoint and the like (the daemon's: clear of its checkpoints).
+        self.drop_state = drop_state or (lambda names: self.store.drop_state(names))
         self.started = time.time()
+        self.stopping = False   # set at shutdown: removals stop waiting for learning
+        self._removing: dict[str, asyncio.Task[Removal]] = {}   # by series: one removal at a time
         self.provisional_budget = TimeBudget(PROVISIONAL_SHARE, PROVISIONAL_BURST)
         self.ops: dict[str, Op] = {
             "ping": self.ping, "ingest": self.ingest, "forecast": self.forecast,
@@ -268,7 +274,13 @@ class Service:
         series = self._series_of(request)
         if series not in self.catalog:
             raise self._unknown(series)
-        removal = await asyncio.shield(asyncio.ensure_future(self._remove(series, time.monotonic())))
+        task = self._removing.get(series)
+        if task is None:   # a second request for it while one runs shares its outcome
+            task = self._removing[series] = asyncio.ensure_future(self._remove(series, time.monotonic()))
+            task.add_done_callback(lambda _: self._removing.pop(series, None))
+        removal = await asyncio.shield(task)
+        if removal.stopped == GONE:   # removed meanwhile by `[store] forget_after`
+            raise self._unknown(series)
         if removal.removed:
             return {"ok": True, "series": series, "removed": True, "deleted": removal.deleted}
         kept = f" ({removal.deleted} older observations were deleted)" if removal.deleted else ""
@@ -289,19 +301,38 @@ class Service:
         tried again while learning has not reached its newest records, up to FORGET_WAIT."""
         deleted = 0
         while True:
-            try:
-                removal = await asyncio.wrap_future(self.writer.forget(series, asked, FORGET_BATCH))
-            except RuntimeError:   # the writer stopped: shutdown
-                return Removal(False, deleted, STOPPED)
+            removal = await self._writer_removal(series, asked)
             deleted += removal.deleted
+            if removal.stopped == LEARNING and self.stopping:   # no waiting for learning at shutdown
+                removal = removal._replace(stopped=STOPPED)
             if removal.stopped != LEARNING or time.monotonic() - asked >= FORGET_WAIT:
                 break
             await asyncio.sleep(FORGET_RETRY)
         if removal.removed:
-            await asyncio.to_thread(self.drop_state, [series])
+            if self.learner is not None:
+                await asyncio.to_thread(self.learner.settle, SETTLE_WAIT)
+            try:
+                await asyncio.to_thread(self.drop_state, [series])
+            except Exception as exc:   # the series is gone; a leftover checkpoint is never restored
+                log.warning("series %r was removed, but its checkpoint and drift events could not be "
+                            "deleted: %s", series, exc)
             self.metrics.series_forgotten.inc()
             log.info("removed series %r on request: %d observations deleted", series, deleted)
         return removal._replace(deleted=deleted)
+
+    async def _writer_removal(self, series: str, asked: float) -> Removal:
+        """One `IngestWriter.forget`, given up (STOPPED) if the writer stops before it answers."""
+        pending = asyncio.wrap_future(self.writer.forget(series, asked, FORGET_BATCH))
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=1.0)
+            if done:
+                try:
+                    return pending.result()
+                except RuntimeError:   # "the store writer is not running": shutdown
+                    return Removal(False, 0, STOPPED)
+            if not self.writer.alive:
+                pending.cancel()
+                return Removal(False, 0, STOPPED)
 
     async def series(self, _request: dict[str, Any]) -> dict[str, Any]:
         listing = [{"series": name, "observations": info.observations, "first_ts": info.first_ts,

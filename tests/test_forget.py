@@ -25,7 +25,7 @@ from adaptd.engine.learner import Initializer
 from adaptd.engine.naive import KINDS as NAIVE_KINDS
 from adaptd.engine.naive import NaiveEngine
 from adaptd.engine.online import OnlineConfig, OnlineEngine
-from adaptd.ingest import ARRIVED, LEARNING, STOPPED, IngestWriter, Removal
+from adaptd.ingest import ARRIVED, GONE, LEARNING, STOPPED, IngestWriter, Removal
 from adaptd.metrics import Metrics
 from adaptd.records import Observation
 from adaptd.retention import Retention
@@ -408,6 +408,57 @@ def test_forget_waits_for_learning_to_reach_the_series_then_removes_it(store: St
         writer.stop(timeout=20)
     assert "s" not in catalog and store.history("s") == [] and len(store.history("other")) == 30
     assert metrics.value("adaptd_series_forgotten_total") == 1
+
+
+def test_two_removals_of_one_series_end_once_removed_once_gone(store: Store) -> None:
+    """A request and `forget_after` (or two requests) removing one series at once: one removes
+    it, the other finds it gone; the observations are deleted once between them."""
+    store.write(hourly("s", 30))
+    engine = NaiveEngine(history=64, max_horizon=8)
+    writer, catalog, _ = writer_for(store, engine)
+    engine.record(hourly("s", 30))
+    try:
+        first, second = (writer.forget("s", time.monotonic() + 1, batch=7) for _ in range(2))
+        outcomes = [first.result(timeout=20), second.result(timeout=20)]
+    finally:
+        writer.stop(timeout=20)
+    assert sorted((r.removed, r.stopped) for r in outcomes) == [(False, GONE), (True, "")]
+    assert sum(r.deleted for r in outcomes) == 30 and store.history("s") == []
+
+
+def test_requests_for_one_series_at_once_share_one_removal(store: Store) -> None:
+    store.write(hourly("s", 30))
+    engine = NaiveEngine(history=64, max_horizon=8)
+    writer, catalog, metrics = writer_for(store, engine)
+    service = Service(parse_config({}), store, writer, engine, catalog, metrics)
+    engine.record(hourly("s", 30))
+
+    async def both() -> list[bytes]:
+        line = json.dumps({"op": "forget", "series": "s"}).encode()
+        return await asyncio.gather(service.handle_line(line), service.handle_line(line))
+    try:
+        answers = [json.loads(a) for a in asyncio.run(both())]
+    finally:
+        writer.stop(timeout=20)
+    assert answers == [{"ok": True, "series": "s", "removed": True, "deleted": 30}] * 2
+    assert metrics.value("adaptd_series_forgotten_total") == 1
+
+
+def test_at_shutdown_a_removal_stops_waiting_for_learning(store: Store) -> None:
+    store.write(hourly("s", 30))
+    engine = OnlineEngine(CONFIG, fresh_init(CONFIG))
+    writer, catalog, metrics = writer_for(store, engine)
+    service = Service(parse_config({}), store, writer, engine, catalog, metrics)
+    engine.record(hourly("s", 30))   # never learnt: the removal would wait FORGET_WAIT
+    service.stopping = True
+    try:
+        started = time.monotonic()
+        answer = forget_request(service, "s")
+    finally:
+        writer.stop(timeout=20)
+    assert time.monotonic() - started < 5
+    assert answer["error"]["code"] == "overloaded" and "shutting down" in answer["error"]["message"]
+    assert len(store.history("s")) == 30
 
 
 def test_forget_stopped_by_an_arriving_record_says_so_and_keeps_it(store: Store, monkeypatch) -> None:

@@ -79,6 +79,29 @@ class GatedEngine(OnlineEngine):
         super().learn(batch, shed)
 
 
+def test_settle_waits_for_the_chunk_being_learnt_and_its_drift_events(tmp_path: Path) -> None:
+    """What `adaptd forget` waits for before deleting a removed series' drift events."""
+    store = Store.open(f"sqlite:///{tmp_path}/a.db")
+    engine = GatedEngine()
+    worker = LearningWorker(engine, store, Metrics(), max_backlog=10_000)
+    worker.start()
+    try:
+        assert worker.settle(0.01)   # nothing being learnt
+        rows = shifted(300, 200)
+        store.write(rows)
+        engine.record(rows)
+        worker.submit(rows)
+        wait_until(lambda: worker._learning)
+        assert not worker.settle(0.2)   # the chunk is held at the gate
+        engine.gate.set()
+        assert worker.settle(30)
+        assert store.drift_history("s"), "settled: the chunk's drift events are stored"
+    finally:
+        engine.gate.set()
+        worker.stop(10)
+        store.close()
+
+
 def test_a_full_backlog_makes_submit_wait_instead_of_growing(tmp_path: Path) -> None:
     store = Store.open(f"sqlite:///{tmp_path}/b.db")
     engine = GatedEngine()
