@@ -26,6 +26,8 @@ from .records import Observation
 from .store import Store
 
 log = logging.getLogger(__name__)
+# How long `settle` waits by default: a learning step of 20,000 records takes a few seconds.
+SETTLE_WAIT = 10.0
 SHED_WARNING_EVERY = 60.0   # seconds
 
 
@@ -114,9 +116,10 @@ class LearningWorker:
             self._learning = True
             return chunk, waited  # still counted in the backlog until learnt
 
-    def settle(self, timeout: float) -> bool:
+    def settle(self, timeout: float = SETTLE_WAIT) -> bool:
         """Wait until the chunk being learnt now, if any, is learnt and its drift events stored
-        (False: not within `timeout` seconds)."""
+        (False: not within `timeout` seconds). A removed series' drift events are deleted after
+        this: the step under way may still store some of its own."""
         with self._cond:
             if not self._learning:
                 return True

@@ -16,7 +16,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
@@ -281,6 +281,8 @@ def time_style(label: str, ts: float) -> Callable[[float], str]:
     ...     ("3600", 3600.0), ("1/2/2010 0:00", 1262390400.0), ("2010-01-02 00:00:00", 1262390400.0),
     ...     ("2010-01-02T00:00", 1262390400.0), ("2010-01-02T00:00:00Z", 1262390400.0)]]
     ['7200', '1/2/2010 1:00', '2010-01-02 01:00:00', '2010-01-02T01:00', '2010-01-02T01:00:00Z']
+    >>> time_style("2010-01-02T01:00:00+01:00", 1262390400.0)(1262390400.0 + 3600)
+    '2010-01-02T02:00:00+01:00'
     >>> day = time_style("20100102", 1262390400.0)
     >>> day(1262390400.0 + 86400), day(1262390400.0 + 3600)
     ('20100103', '2010-01-02T01:00:00Z')
@@ -297,24 +299,30 @@ def time_style(label: str, ts: float) -> Callable[[float], str]:
     if _US_TIME.fullmatch(text):
         return _styled("{d.month}/{d.day}/{d.year} {d.hour}:{d.minute:02d}", 60)
     try:
-        naive = number is None and datetime.fromisoformat(text).tzinfo is None
+        zone = datetime.fromisoformat(text).tzinfo if number is None else None
+        iso = number is None
     except ValueError:
-        naive = False
-    if naive and len(text) in (10, 16, 19):
+        zone, iso = None, False
+    # A date and time (naive, or with an offset other than Z), with its separator and precision.
+    body = len(text) - (6 if zone is not None else 0)
+    if iso and body in (10, 16, 19) and not (zone is not None and body == 10) and not text.endswith(("Z", "z")):
         sep = text[10:11]
-        return _styled({10: "%Y-%m-%d", 16: f"%Y-%m-%d{sep}%H:%M", 19: f"%Y-%m-%d{sep}%H:%M:%S"}[len(text)],
-                       {10: 86400, 16: 60, 19: 1}[len(text)])
+        pattern = {10: "%Y-%m-%d", 16: f"%Y-%m-%d{sep}%H:%M", 19: f"%Y-%m-%d{sep}%H:%M:%S"}[body]
+        return _styled(pattern + ("%z" if zone is not None else ""), {10: 86400, 16: 60, 19: 1}[body], zone)
     return format_ts
 
 
-def _styled(pattern: str, unit: int) -> Callable[[float], str]:
-    """Times in `pattern` (strftime's, or str.format's of `d`) when whole `unit`s of seconds
-    within years 1 to 9999; others in ISO-8601 UTC."""
+def _styled(pattern: str, unit: int, zone: tzinfo | None = None) -> Callable[[float], str]:
+    """Times in `pattern` (strftime's, or str.format's of `d`) at `zone` (default UTC) when whole
+    `unit`s of seconds there, within years 1 to 9999; others in ISO-8601 UTC."""
     def write(t: float) -> str:
-        if not MIN_TS <= t <= MAX_TS or not float(t).is_integer() or t % unit:
+        if not MIN_TS + 86400 <= t <= MAX_TS - 86400 or not float(t).is_integer():
             return format_ts(t)
-        d = datetime.fromtimestamp(t, timezone.utc)
-        return pattern.format(d=d) if "{" in pattern else d.strftime(pattern)
+        d = datetime.fromtimestamp(t, zone or timezone.utc)
+        if (d.hour * 3600 + d.minute * 60 + d.second) % unit:
+            return format_ts(t)
+        text = pattern.format(d=d) if "{" in pattern else d.strftime(pattern)
+        return text[:-2] + ":" + text[-2:] if pattern.endswith("%z") else text   # +0100 -> +01:00
     return write
 
 

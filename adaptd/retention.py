@@ -40,11 +40,12 @@ class Retention:
     def __init__(self, store: Store, keep_seconds: float, keep_newest: int, metrics: Metrics,
                  owns: Owns | None = None, catalog: SeriesCatalog | None = None,
                  forget_after: float = 0.0, writer: IngestWriter | None = None,
-                 drop_state: Callable[[list[str]], int] | None = None):
+                 drop_state: Callable[[list[str]], int] | None = None,
+                 settle: Callable[[], object] | None = None):
         """`catalog`: the daemon's counts of each series' observations, kept exact (and when its
         series last received a record: `forget_after` needs it, and the `writer`). `drop_state`:
         what deletes removed series' checkpoints (default `Store.drop_state`; the daemon's keeps
-        clear of its checkpoints)."""
+        clear of its checkpoints); `settle`: waits for the learning step under way (`LearningWorker.settle`)."""
         if forget_after > 0 and (catalog is None or writer is None):
             raise ValueError("forgetting silent series needs the catalog and the ingest writer")
         self.store = store
@@ -54,6 +55,7 @@ class Retention:
         self.forget_after = forget_after
         self.writer = writer
         self.drop_state = drop_state or store.drop_state
+        self.settle = settle
         self.metrics = metrics
         self.owns = owns
         self._stopping = threading.Event()
@@ -125,7 +127,7 @@ class Retention:
         checkpoints. Not one when no series at all has received anything for that long: then
         the feed is down, not the series."""
         assert self.catalog is not None and self.writer is not None
-        if self._removed_before:   # learning may have stored drift events of theirs since (a step under way)
+        if self._removed_before:   # drift events a step stored after `settle` gave up waiting
             self.drop_state(self._removed_before)
             self._removed_before = []
         cutoff = time.monotonic() - self.forget_after
@@ -151,6 +153,8 @@ class Retention:
                     self.metrics.retention_progress.set(time.time())
         finally:
             if removed:
+                if self.settle is not None:   # its drift events first, then they are deleted
+                    self.settle()
                 self._removed_before = removed
                 self.drop_state(removed)
 

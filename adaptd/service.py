@@ -34,9 +34,6 @@ LEARNT_WAIT = 0.01
 FORGET_WAIT = 30.0
 FORGET_RETRY = 0.1
 FORGET_BATCH = 5000
-# ... and up to SETTLE_WAIT seconds, once it is removed, for a learning step under way to store
-# the drift events it found for it (then deleted with its checkpoint).
-SETTLE_WAIT = 10.0
 # The connection of the request being answered (protocol.Conversation), set by `handle_line`
 # for the op it calls: only `ingest` reads it.
 _CONVERSATION: ContextVar[Conversation | None] = ContextVar("adaptd_conversation", default=None)
@@ -310,7 +307,7 @@ class Service:
             await asyncio.sleep(FORGET_RETRY)
         if removal.removed:
             if self.learner is not None:
-                await asyncio.to_thread(self.learner.settle, SETTLE_WAIT)
+                await asyncio.to_thread(self.learner.settle)
             try:
                 await asyncio.to_thread(self.drop_state, [series])
             except Exception as exc:   # the series is gone; a leftover checkpoint is never restored

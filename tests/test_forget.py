@@ -310,7 +310,9 @@ def test_a_pass_forgets_the_silent_series_and_counts_them(store: Store, monkeypa
     writer, catalog, metrics = writer_for(store, engine)
     try:
         engine.record(hourly("silent", 40) + hourly("live", 40))
-        job = Retention(store, 0.0, 16, metrics, catalog=catalog, forget_after=60.0, writer=writer)
+        settled: list[int] = []   # the learning step under way, waited for before the state goes
+        job = Retention(store, 0.0, 16, metrics, catalog=catalog, forget_after=60.0, writer=writer,
+                        settle=lambda: settled.append(len(store.history("silent"))))
         job.prune()
         assert job.last_pass["forgotten"] == 0   # both arrived (were loaded) just now
         monkeypatch.setattr(time, "monotonic", lambda real=time.monotonic: real() + 90)
@@ -323,6 +325,7 @@ def test_a_pass_forgets_the_silent_series_and_counts_them(store: Store, monkeypa
     assert job.last_pass == {**job.last_pass, "forgotten": 1, "deleted": 40, "series": 0, "error": None}
     assert set(catalog.snapshot()) == {"live"} and len(store.history("live")) == 41
     assert rows(store, model_checkpoints, "silent") == 0 and rows(store, model_checkpoints, "live") == 1
+    assert settled == [0]   # once, after its observations went
     assert metrics.value("adaptd_series") == 1.0
     assert metrics.value("adaptd_series_forgotten_total") == 1.0
     assert metrics.value("adaptd_retention_deleted_observations_total") == 40.0
