@@ -303,9 +303,12 @@ def time_style(label: str, ts: float) -> Callable[[float], str]:
         iso = number is None
     except ValueError:
         zone, iso = None, False
-    # A date and time (naive, or with an offset other than Z), with its separator and precision.
+    # A date and time, naive or with an offset written ±HH:MM (a fixed one: after a daylight
+    # saving change the times are right but not the local wall clock), with its separator and
+    # precision.
     body = len(text) - (6 if zone is not None else 0)
-    if iso and body in (10, 16, 19) and not (zone is not None and body == 10) and not text.endswith(("Z", "z")):
+    offset = zone is None or re.fullmatch(r".*[+-]\d\d:\d\d", text) is not None
+    if iso and offset and body in (10, 16, 19) and not (zone is not None and body == 10):
         sep = text[10:11]
         pattern = {10: "%Y-%m-%d", 16: f"%Y-%m-%d{sep}%H:%M", 19: f"%Y-%m-%d{sep}%H:%M:%S"}[body]
         return _styled(pattern + ("%z" if zone is not None else ""), {10: 86400, 16: 60, 19: 1}[body], zone)
@@ -319,7 +322,7 @@ def _styled(pattern: str, unit: int, zone: tzinfo | None = None) -> Callable[[fl
         if not MIN_TS + 86400 <= t <= MAX_TS - 86400 or not float(t).is_integer():
             return format_ts(t)
         d = datetime.fromtimestamp(t, zone or timezone.utc)
-        if (d.hour * 3600 + d.minute * 60 + d.second) % unit:
+        if (d.hour * 3600 + d.minute * 60 + d.second) % unit or d.year < 1000:   # (strftime's %Y: no padding)
             return format_ts(t)
         text = pattern.format(d=d) if "{" in pattern else d.strftime(pattern)
         return text[:-2] + ":" + text[-2:] if pattern.endswith("%z") else text   # +0100 -> +01:00

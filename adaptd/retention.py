@@ -153,10 +153,12 @@ class Retention:
                     self.metrics.retention_progress.set(time.time())
         finally:
             if removed:
-                if self.settle is not None:   # its drift events first, then they are deleted
-                    self.settle()
                 self._removed_before = removed
-                self.drop_state(removed)
+                try:
+                    if self.settle is not None:   # its drift events first, then they are deleted
+                        self.settle()
+                finally:
+                    self.drop_state(removed)
 
     def _wait(self, pending: concurrent.futures.Future[Removal]) -> Removal | None:
         """The removal's outcome; None at shutdown."""
