@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 import time
 from contextvars import ContextVar
@@ -270,7 +271,14 @@ class Service:
         removal goes on if the client goes away."""
         series = self._series_of(request)
         if series not in self.catalog:
-            raise self._unknown(series)
+            unknown = self._unknown(series)
+            # A name mistyped in a command that deletes: say which of ours it may have meant.
+            similar = [] if unknown.detail else difflib.get_close_matches(series, list(self.catalog.snapshot()),
+                                                                          n=3, cutoff=0.75)
+            if similar:
+                named = ", ".join(map(repr, similar))
+                raise RequestError(UNKNOWN_SERIES, f"{unknown.message} (similar names: {named})")
+            raise unknown
         task = self._removing.get(series)
         if task is None:   # a second request for it while one runs shares its outcome
             task = self._removing[series] = asyncio.ensure_future(self._remove(series, time.monotonic()))

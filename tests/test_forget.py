@@ -406,6 +406,9 @@ def test_forget_waits_for_learning_to_reach_the_series_then_removes_it(store: St
         assert answer == {"ok": True, "series": "s", "removed": True, "deleted": 30}
         assert time.monotonic() - started >= 0.4   # it waited for learning
         assert forget_request(service, "s")["error"]["code"] == "unknown_series"
+        mistyped = forget_request(service, "othr")["error"]
+        assert mistyped == {"code": "unknown_series",
+                            "message": "no observations of series 'othr' (similar names: 'other')"}
     finally:
         learning.join()
         writer.stop(timeout=20)
