@@ -299,10 +299,9 @@ def time_style(label: str, ts: float) -> Callable[[float], str]:
     if _US_TIME.fullmatch(text):
         return _styled("{d.month}/{d.day}/{d.year} {d.hour}:{d.minute:02d}", 60)
     try:
-        zone = datetime.fromisoformat(text).tzinfo if number is None else None
-        iso = number is None
+        iso, zone = number is None, datetime.fromisoformat(text).tzinfo
     except ValueError:
-        zone, iso = None, False
+        iso, zone = False, None
     # A date and time, naive or with an offset written ±HH:MM (a fixed one: after a daylight
     # saving change the times are right but not the local wall clock), with its separator and
     # precision.

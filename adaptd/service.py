@@ -20,6 +20,7 @@ from .metrics import OPS, Metrics
 from .protocol import (BAD_REQUEST, INTERNAL, NO_ID, NOT_READY, OVERLOADED, TOO_LARGE, UNKNOWN_OP, Conversation,
                        UNKNOWN_SERIES, RequestError, decode, encode, error, with_id)
 from .records import Rejected, check_series, json_kind, validate_batch
+from .retention import BATCH as RETENTION_BATCH
 from .store import Store, redact
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,10 @@ PROVISIONAL_SHARE = 0.25
 PROVISIONAL_BURST = 0.05
 LEARNT_WAIT = 0.01
 # `forget` waits up to FORGET_WAIT seconds for learning to reach the series' newest records,
-# trying again every FORGET_RETRY; it deletes FORGET_BATCH observations per transaction, as
-# retention does.
+# trying again every FORGET_RETRY; it deletes as many observations per transaction as retention.
 FORGET_WAIT = 30.0
 FORGET_RETRY = 0.1
-FORGET_BATCH = 5000
+FORGET_BATCH = RETENTION_BATCH
 # The connection of the request being answered (protocol.Conversation), set by `handle_line`
 # for the op it calls: only `ingest` reads it.
 _CONVERSATION: ContextVar[Conversation | None] = ContextVar("adaptd_conversation", default=None)
