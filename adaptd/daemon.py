@@ -225,8 +225,7 @@ class Daemon:
             self._retention = Retention(self.store, s.store.retention, s.model.history, self.metrics,
                                         owns=None if self.ours.alone else self.ours.owns, catalog=catalog,
                                         forget_after=s.store.forget_after, writer=self.writer,
-                                        drop_state=self.drop_state,
-                                        settle=self.learner.settle if self.learner is not None else None)
+                                        drop_state=self.drop_state)
             first = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=RETENTION_DELAY)
             self.scheduler.add_job(self._retention.prune, seconds=sched.retention_interval, id="retention",
                                    next_run_time=first, **every)

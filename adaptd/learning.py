@@ -26,8 +26,6 @@ from .records import Observation
 from .store import Store
 
 log = logging.getLogger(__name__)
-# How long `settle` waits by default: a learning step of 20,000 records takes a few seconds.
-SETTLE_WAIT = 10.0
 SHED_WARNING_EVERY = 60.0   # seconds
 
 
@@ -52,8 +50,6 @@ class LearningWorker:
         self._thread = threading.Thread(target=self._run, name="adaptd-learner", daemon=True)
         self.last_beat = time.monotonic()
         self._rate = 0.0   # records learnt per second, smoothed over chunks (0: not measured yet)
-        self._learning = False   # a chunk is being learnt (its drift events not stored yet)
-        self._chunks = 0         # chunks learnt and recorded so far
 
     @property
     def backlog(self) -> int:
@@ -113,23 +109,10 @@ class LearningWorker:
             chunk: list[Observation] = []
             while self._queue and len(chunk) < self.max_chunk:
                 chunk.extend(self._queue.popleft()[1])
-            self._learning = True
             return chunk, waited  # still counted in the backlog until learnt
-
-    def settle(self, timeout: float = SETTLE_WAIT) -> bool:
-        """Wait until the chunk being learnt now, if any, is learnt and its drift events stored
-        (False: not within `timeout` seconds). A removed series' drift events are deleted after
-        this: the step under way may still store some of its own."""
-        with self._cond:
-            if not self._learning:
-                return True
-            chunks = self._chunks
-            return self._cond.wait_for(lambda: self._chunks != chunks or self._stopping, timeout)
 
     def _done(self, n: int) -> None:
         with self._cond:
-            self._learning = False
-            self._chunks += 1
             self._backlog = max(0, self._backlog - n)
             self.metrics.learning_backlog.set(self._backlog)
             self._cond.notify_all()

@@ -40,12 +40,11 @@ class Retention:
     def __init__(self, store: Store, keep_seconds: float, keep_newest: int, metrics: Metrics,
                  owns: Owns | None = None, catalog: SeriesCatalog | None = None,
                  forget_after: float = 0.0, writer: IngestWriter | None = None,
-                 drop_state: Callable[[list[str]], int] | None = None,
-                 settle: Callable[[], object] | None = None):
+                 drop_state: Callable[[list[str]], int] | None = None):
         """`catalog`: the daemon's counts of each series' observations, kept exact (and when its
         series last received a record: `forget_after` needs it, and the `writer`). `drop_state`:
         what deletes removed series' checkpoints (default `Store.drop_state`; the daemon's keeps
-        clear of its checkpoints); `settle`: waits for the learning step under way (`LearningWorker.settle`)."""
+        clear of its checkpoints)."""
         if forget_after > 0 and (catalog is None or writer is None):
             raise ValueError("forgetting silent series needs the catalog and the ingest writer")
         self.store = store
@@ -55,11 +54,9 @@ class Retention:
         self.forget_after = forget_after
         self.writer = writer
         self.drop_state = drop_state or store.drop_state
-        self.settle = settle
         self.metrics = metrics
         self.owns = owns
         self._stopping = threading.Event()
-        self._removed_before: list[str] = []   # by the last pass: their checkpoints are swept again
         self._last_success = 0.0   # when the newest pass that went through every series ended
         self.last_pass: dict[str, Any] | None = None   # for `adaptd status`
 
@@ -127,9 +124,6 @@ class Retention:
         checkpoints. Not one when no series at all has received anything for that long: then
         the feed is down, not the series."""
         assert self.catalog is not None and self.writer is not None
-        if self._removed_before:   # drift events a step stored after `settle` gave up waiting
-            self.drop_state(self._removed_before)
-            self._removed_before = []
         cutoff = time.monotonic() - self.forget_after
         silent = self.catalog.silent_since(cutoff)
         if silent and len(silent) == len(self.catalog):
@@ -153,12 +147,7 @@ class Retention:
                     self.metrics.retention_progress.set(time.time())
         finally:
             if removed:
-                self._removed_before = removed
-                try:
-                    if self.settle is not None:   # its drift events first, then they are deleted
-                        self.settle()
-                finally:
-                    self.drop_state(removed)
+                self.drop_state(removed)
 
     def _wait(self, pending: concurrent.futures.Future[Removal]) -> Removal | None:
         """The removal's outcome; None at shutdown."""

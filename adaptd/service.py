@@ -314,8 +314,6 @@ class Service:
                 break
             await asyncio.sleep(FORGET_RETRY)
         if removal.removed:
-            if self.learner is not None:
-                await asyncio.to_thread(self.learner.settle)
             try:
                 await asyncio.to_thread(self.drop_state, [series])
             except Exception as exc:   # the series is gone; a leftover checkpoint is never restored

@@ -320,13 +320,21 @@ class Store:
             return [tuple(row) for row in conn.execute(query)]
 
     def add_drift_events(self, events: Sequence[Any]) -> None:
-        """Record detections: objects with series, ts, detector and statistic."""
+        """Record detections: objects with series, ts, detector and statistic. Only for series
+        that still have observations: learning may store a step's detections after the series
+        was removed (`adaptd forget`, `forget_after`), and one statement decides both, so they
+        are never left behind without a wait for learning."""
         if not events:
             return
         now = time.time()
+        d, o = drift_events, observations
+        columns = ["series_id", "ts", "detector", "statistic", "created_at"]
+        row = sa.select(*(sa.bindparam(c, type_=d.c[c].type) for c in columns)).where(
+            sa.exists().where(o.c.series_id == sa.bindparam("series_id", type_=d.c.series_id.type)))
+        insert = d.insert().from_select(columns, row)
         with self.engine.begin() as conn:
             ids = self.series_ids(conn, {e.series for e in events})
-            conn.execute(drift_events.insert(), [
+            conn.execute(insert, [
                 {"series_id": ids[e.series], "ts": e.ts, "detector": e.detector, "statistic": e.statistic,
                  "created_at": now} for e in events])
 

@@ -185,6 +185,8 @@ class Adapting:
             self.regimes.source[slot] = source
 
     def take_drift_events(self) -> list[DriftEvent]:
+        """The detections since the last call, except those of series being forgotten (nor does
+        the store keep a removed series', `Store.add_drift_events`)."""
         with self._state_lock:
             events, self.drift_events = self.drift_events, []
-            return events
+            return [e for e in events if e.series not in self.forgetting]
