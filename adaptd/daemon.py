@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from .catalog import SeriesCatalog
+from .catch_up import with_unlearnt
 from .cluster import CLAIM_CHECK, Claim, ClaimRefused
 from .config import Settings
 from .engine.base import Engine, NotReady, UnknownSeries
@@ -110,6 +111,8 @@ class Daemon:
         recent = await asyncio.to_thread(self.store.recent, s.model.history, owns)
         checkpoints = await asyncio.to_thread(self.store.load_checkpoints, owns)
         pending = await asyncio.to_thread(engine.restore, recent, checkpoints)
+        pending = await asyncio.to_thread(with_unlearnt, self.store, engine, recent, pending,
+                                          s.model.learning_backlog)
         self.metrics.series.set(len(catalog))
         self._watch(engine, catalog)
         self.learner = LearningWorker(engine, self.store, self.metrics, s.model.learning_backlog,

@@ -282,6 +282,27 @@ class Store:
                     out.setdefault(name, []).append((float(ts), float(value)))
         return out
 
+    def count_between(self, spans: dict[str, tuple[float, float]]) -> dict[str, int]:
+        """How many observations each series has strictly inside its span (after, before)."""
+        o = observations
+        out: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            for names, inside in _inside_spans(conn, spans):
+                query = sa.select(o.c.series_id, sa.func.count()).where(inside).group_by(o.c.series_id)
+                out.update({names[sid]: int(n) for sid, n in conn.execute(query)})
+        return out
+
+    def between(self, spans: dict[str, tuple[float, float]]) -> dict[str, list[tuple[float, float]]]:
+        """Each series' observations strictly inside its span (after, before), in time order."""
+        o = observations
+        out: dict[str, list[tuple[float, float]]] = {}
+        with self.engine.connect() as conn:
+            for names, inside in _inside_spans(conn, spans):
+                query = sa.select(o.c.series_id, o.c.ts, o.c.value).where(inside).order_by(o.c.series_id, o.c.ts)
+                for sid, ts, value in conn.execute(query):
+                    out.setdefault(names[sid], []).append((float(ts), float(value)))
+        return out
+
     # -- model checkpoints ----------------------------------------------------------------
     def save_checkpoints(self, items: Sequence[Checkpoint]) -> None:
         if not items:
@@ -530,6 +551,22 @@ class Store:
 Owns = Callable[[str], bool]   # whether a series is this daemon's (cluster.Membership.owns)
 KEPT_CANDIDATES = 3            # initializers not promoted that keep their weights (Store.save_initializer)
 ID_CHUNK = 1000                # series ids per IN (...) list: SQLite binds at most 32,766
+
+
+SPAN_CHUNK = 200   # series per query of `between`: one (id, ts range) condition each
+
+
+def _inside_spans(conn: Connection, spans: dict[str, tuple[float, float]]) -> Iterable[tuple[dict[int, str], Any]]:
+    """Per chunk of series: their names by id, and a condition matching their observations
+    inside their spans (a primary-key range scan each)."""
+    o, s = observations, series_table
+    listed = sorted(spans)
+    for at in range(0, len(listed), SPAN_CHUNK):
+        names = {sid: name for sid, name in conn.execute(
+            sa.select(s.c.id, s.c.name).where(s.c.name.in_(listed[at:at + SPAN_CHUNK])))}
+        if names:
+            yield names, sa.or_(*(sa.and_(o.c.series_id == sid, o.c.ts > spans[name][0], o.c.ts < spans[name][1])
+                                  for sid, name in names.items()))
 
 
 def _kept_ids(conn: Connection, owns: Owns | None) -> list[list[int] | None]:

@@ -80,6 +80,12 @@ class Engine(ABC):
     @abstractmethod
     def forecast(self, series: str, horizon: int) -> Forecast: ...
 
+    def unlearnt_before(self, history: dict[str, list[tuple[float, float]]]) -> dict[str, tuple[float, float]]:
+        """After `restore(history, ...)`: the series whose checkpoint ends before their first
+        `history` row, each with the span (checkpoint's newest ts, that row's ts) whose stored
+        records the models have still to learn first (none for engines without checkpoints)."""
+        return {}
+
     def restore(self, history: dict[str, list[tuple[float, float]]],
                 checkpoints: Sequence[Checkpoint] = ()) -> list[Observation]:
         """Rebuild state from checkpoints and the newest stored observations of every series;

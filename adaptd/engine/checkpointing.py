@@ -149,6 +149,15 @@ class Checkpointing:
                      fresh_detectors)
         return pending
 
+    def unlearnt_before(self, history: dict[str, list[tuple[float, float]]]) -> dict[str, tuple[float, float]]:
+        spans = {}
+        with self._state_lock:
+            for name, rows in history.items():
+                slot = self.slots.get(name)
+                if slot is not None and rows and self.last_ts[slot] < rows[0][0]:
+                    spans[name] = (float(self.last_ts[slot]), rows[0][0])
+        return spans
+
     def _load_slot(self, slot: int, arrays: dict[str, np.ndarray], version: int) -> bool:
         """Load one series' checkpoint of format `version` (SnapshotError: unusable); False if its
         drift detector could not be restored and starts empty."""
