@@ -62,7 +62,7 @@ def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
 def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
     import grp
 
-    from .store import redact
+    from .store import driver_problem, redact
 
     group = settings.server.socket_group
     if group:   # checked here, not when any command reads the config: clients need not have it
@@ -71,7 +71,7 @@ def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
         except KeyError:
             return _fail(f"{settings.source}: server.socket_group: no group {group!r} on this machine", 2)
     from .libraries import engine_problem
-    problem = engine_problem(settings.model.engine)
+    problem = engine_problem(settings.model.engine) or driver_problem(settings.store.url)
     if problem is not None:
         return _fail(f"{settings.source}: {problem}", 2)
     print(f"{settings.source}: OK (store {redact(settings.store.url)}, socket {settings.server.socket})")

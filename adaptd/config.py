@@ -232,7 +232,8 @@ CHECKS: dict[str, dict[str, Check]] = {
         "url": (lambda v: "://" in v and v.split("://")[0].split("+")[0] in ("sqlite", "postgresql")
                 and not _in_memory(v),
                 "an SQLAlchemy URL of an SQLite or PostgreSQL database, such as sqlite:///state/adaptd.db "
-                "or postgresql+psycopg://user:password@host/adaptd (not an in-memory SQLite database: "
+                "or postgresql+psycopg://user:password@host/adaptd (postgres:// is not one: write "
+                "postgresql+psycopg://; and not an in-memory SQLite database: "
                 "every acknowledged record would be lost at exit)"),
         "sqlite_synchronous": (lambda v: v in ("normal", "full"), "'normal' or 'full'"),
         "retention": (lambda v: v == 0 or 60 <= v <= MAX_RETENTION,
@@ -407,9 +408,15 @@ def _build_section(name: str, cls: type, raw: Any, source: str) -> Any:
         predicate, allowed = CHECKS[name][key]
         annotation = str(fields[key].type)
         if not _type_ok(value, annotation) or not predicate(value):
-            raise ConfigError(f"{where} = {value!r}: must be {allowed}")
+            raise ConfigError(f"{where} = {_shown(value)!r}: must be {allowed}")
         values[key] = float(value) if annotation == "float" else tuple(value) if isinstance(value, list) else value
     return cls(**values)
+
+
+def _shown(value: Any) -> Any:
+    """A value for an error message, without a password in a URL (`user:secret@host`): the
+    message goes to the terminal and the journal."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", value) if isinstance(value, str) else value
 
 
 def _in_state_dir(settings: Settings, data: dict[str, Any]) -> Settings:

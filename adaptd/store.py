@@ -91,6 +91,16 @@ def redact(url: str) -> str:
     return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
+def driver_problem(url: str) -> str | None:
+    """Why `Store.open` could not load the URL's database driver (None: it can)."""
+    parsed = sa.engine.make_url(url)
+    try:
+        parsed.get_dialect().import_dbapi()
+    except (ImportError, sa.exc.NoSuchModuleError) as exc:
+        return f"store.url: no driver for {parsed.drivername!r}: {exc}"
+    return None
+
+
 class Store:
     def __init__(self, engine: Engine):
         self.engine = engine

@@ -545,12 +545,15 @@ def test_check_config_does_not_print_the_store_password(tmp_path: Path, capsys: 
 @pytest.mark.parametrize("text, expected", [
     ('[store]\nurl = "postgres://u@h/db"\n', "store.url"),
     ('[store]\nurl = "mysql+pymysql://u@h/db"\n', "SQLite or PostgreSQL"),
+    ('[store]\nurl = "postgresql+pg8000://u@h/db"\n', "store.url: no driver for 'postgresql+pg8000'"),
+    ('[store]\nurl = "postgres://adaptd:s3cret@h/db"\n', "postgres://adaptd:***@h/db"),
     ('[server]\nsocket_group = "no-such-group-here"\n', "no group 'no-such-group-here'"),
 ])
 def test_check_config_refuses_what_serve_would(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                text: str, expected: str) -> None:
     assert main(["check-config", "--config", str(write(tmp_path, text))]) == 2
-    assert expected in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert expected in err and "s3cret" not in err
 
 
 def test_check_config_with_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
