@@ -29,11 +29,11 @@ NO_ID: Any = _NoId()
 
 class Conversation:
     """One connection's state between requests: the server sets `behind_refusal` for each line,
-    the service sets `refused` when it refuses the line's ingest as overloaded. `closing`: the
-    daemon is shutting down; the requests it had received are answered, not served.
+    the service sets `refused` when it refuses the line's ingest (overloaded, or not committed).
+    `closing`: the daemon is shutting down; the requests it had received are answered, not served.
 
     A request is behind a refusal when its first byte had reached the daemon by the time an
-    earlier ingest's `overloaded` answer on the same connection was sent: the client sent it
+    earlier ingest's refusal on the same connection was sent: the client sent it
     without having read that answer (a client sending batches ahead of their answers). Stored,
     it would go ahead of the refused batch, whose records would then be late to the models.
     """

@@ -9,6 +9,8 @@ import time
 from contextvars import ContextVar
 from typing import Any, Awaitable, Callable
 
+import sqlalchemy as sa
+
 from . import __version__
 from .catalog import SeriesCatalog
 from .config import Settings
@@ -150,7 +152,7 @@ class Service:
         conversation = _CONVERSATION.get()
         if conversation is not None and conversation.behind_refusal:
             conversation.refused = True
-            raise RequestError(OVERLOADED, "sent before this connection's answer `overloaded` to an earlier batch "
+            raise RequestError(OVERLOADED, "sent before this connection's answer refusing an earlier batch "
                                "reached the client; re-send the refused batches in order, after a short pause")
         accepted, problems = validate_batch(records, None if self.membership.alone else self.membership.refusal)
         rejected = [self._rejection(records, index, exc) for index, exc in problems[:MAX_REJECTIONS_LISTED]]
@@ -165,7 +167,13 @@ class Service:
                 raise
         try:
             await asyncio.wrap_future(self.writer.submit(accepted))
-        except Exception:
+        except Exception as exc:
+            if conversation is not None:   # a later batch stored ahead of this one would be late to the models
+                conversation.refused = True
+            if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+                # The database busy, restarting or unreachable: the writer goes on, so does the client.
+                raise RequestError(OVERLOADED, f"the store could not commit this batch ({_first_line(exc)}); "
+                                   "nothing of it was acknowledged: retry after a short pause") from None
             log.exception("ingest of %d records failed", len(accepted))
             raise RequestError(INTERNAL, "the store could not commit this batch; nothing of it was "
                                "acknowledged, re-send it") from None
@@ -367,3 +375,9 @@ class Service:
             "config": self.settings.source,
             **({"meta_training": self.meta_training()} if self.meta_training is not None else {}),
         }
+
+
+def _first_line(exc: BaseException) -> str:
+    """A database error's own message, without SQLAlchemy's statement and parameters."""
+    inner = getattr(exc, "orig", None) or exc
+    return (str(inner).strip().splitlines() or [type(inner).__name__])[0]

@@ -76,12 +76,15 @@ class Checkpoint:
     payload: bytes
 
 
+SQLITE_BUSY_MS = 10_000   # how long a statement waits for another connection's write lock
+
+
 def _sqlite_pragmas(synchronous: str) -> Callable[..., None]:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
         cursor.close()
     return on_connect
 
