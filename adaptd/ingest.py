@@ -198,6 +198,7 @@ class IngestWriter:
         try:
             self.engine.record(rows)
         except Exception:  # the records are durable; a model that failed to see them must not lose the ack
+            self.metrics.learning_failed.labels("record").inc(len(rows))
             log.exception("engine failed to record %d committed records", len(rows))
         if self.learner is not None:
             self.learner.submit(rows)

@@ -131,6 +131,7 @@ class LearningWorker:
                 if shed:
                     self.metrics.learning_shed.inc(len(chunk))
             except Exception:
+                self.metrics.learning_failed.labels("learn").inc(len(chunk))
                 log.exception("models failed to learn %d records; they stay stored", len(chunk))
             seconds = time.perf_counter() - started
             self.metrics.learn_seconds.observe(seconds)

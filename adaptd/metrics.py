@@ -146,6 +146,12 @@ class Metrics(Telemetry):
         self.learning_shed = Counter(
             "adaptd_learning_shed_records", "Records learnt without the recurrent models' gradient steps because "
             "learning was more than [model] shed_lag behind the acks", registry=r)
+        self.learning_failed = Counter(
+            "adaptd_learning_failed_records", "Committed records the models failed to learn (stage=learn) or to "
+            "record for forecasts (stage=record): they stay stored, but the models go on without them; the log "
+            "has the error", ["stage"], registry=r)
+        for stage in ("learn", "record"):
+            self.learning_failed.labels(stage)
         self.learn_seconds = Histogram(
             "adaptd_learn_duration_seconds", "Time the models took to learn one chunk of records",
             buckets=LATENCY_BUCKETS, registry=r)

@@ -48,6 +48,7 @@ REQUIRED_ALERTS = {
     "AdaptdAdaptationsFailing", "AdaptdIngestRejectedHigh", "AdaptdStaleSeries", "AdaptdCheckpointStale",
     "AdaptdCheckpointFailures", "AdaptdLearningBacklog", "AdaptdOverloaded", "AdaptdStoreCommitFailures",
     "AdaptdMetaTrainingFailing", "AdaptdMetaTrainingOverdue", "AdaptdRetentionStalled", "AdaptdRestarting",
+    "AdaptdLearningFailing",
 }
 
 
@@ -327,6 +328,14 @@ SCENARIOS: list[tuple[str, list[tuple[str, str]], list[tuple[Any, ...]]]] = [
     ], [
         ("20m", "AdaptdLearningBacklog", []),           # over 100,000 since 11m: pending for 15 minutes
         ("30m", "AdaptdLearningBacklog", [({"job": "adaptd", "instance": INSTANCE}, "200k")]),
+    ]),
+    ("one learning step fails at 10 minutes; another daemon's never", [
+        (f'adaptd_learning_failed_records_total{{{LABELS},stage="learn"}}', "0x10 500x40"),
+        (f'adaptd_learning_failed_records_total{{{QUIET},stage="learn"}}', "0x50"),
+    ], [
+        ("10m", "AdaptdLearningFailing", []),           # pending for a minute
+        ("12m", "AdaptdLearningFailing", [({"job": "adaptd", "instance": INSTANCE}, "500")]),
+        ("30m", "AdaptdLearningFailing", []),           # 15 minutes without another
     ]),
     ("a checkpoint fails every minute from 10 minutes", [
         (f"adaptd_checkpoint_failures_total{{{LABELS}}}", "0x10 1+1x60"),

@@ -106,6 +106,41 @@ def test_a_series_removed_while_its_records_are_learnt_leaves_no_drift_events(tm
         store.close()
 
 
+class BrokenEngine(OnlineEngine):
+    """Learning raises for chunks holding series "bad" (a bug in the models)."""
+
+    def __init__(self) -> None:
+        super().__init__(SMALL, Initializer.random(SMALL.shape, 0, 0.05))
+
+    def learn(self, batch, shed=False):  # type: ignore[no-untyped-def]
+        if any(o.series == "bad" for o in batch):
+            raise RuntimeError("a bug in the models")
+        super().learn(batch, shed)
+
+
+def test_records_the_models_fail_to_learn_are_counted_and_learning_goes_on(tmp_path: Path, caplog) -> None:
+    """What alert AdaptdLearningFailing watches: the failure is not hidden in the log alone."""
+    store = Store.open(f"sqlite:///{tmp_path}/f.db")
+    engine, metrics = BrokenEngine(), Metrics()
+    worker = LearningWorker(engine, store, metrics, max_backlog=10_000)
+    worker.start()
+    try:
+        bad = [Observation("bad", t * HOUR, 1.0) for t in range(7)]
+        engine.record(bad)
+        worker.submit(bad)
+        wait_until(lambda: worker.backlog == 0)
+        good = shifted(40, 30)
+        engine.record(good)
+        worker.submit(good)
+        wait_until(lambda: engine.caught_up("s"))
+    finally:
+        worker.stop(10)
+        store.close()
+    assert metrics.value("adaptd_learning_failed_records_total", {"stage": "learn"}) == 7
+    assert metrics.value("adaptd_learning_failed_records_total", {"stage": "record"}) == 0
+    assert "models failed to learn 7 records" in caplog.text
+
+
 def test_a_full_backlog_makes_submit_wait_instead_of_growing(tmp_path: Path) -> None:
     store = Store.open(f"sqlite:///{tmp_path}/b.db")
     engine = GatedEngine()
