@@ -185,16 +185,17 @@ class Daemon:
             watchdog.cancel()
 
     async def _watchdog(self) -> None:
-        """Ping systemd only while the event loop turns and the store writer lives."""
+        """Ping systemd only while the event loop turns and the store writer and the learning
+        thread do their jobs (`liveness`): else systemd restarts the daemon."""
         interval = self.notifier.watchdog_interval()
         if interval is None:
             return
         while True:
-            workers = (self.writer, self.learner)
-            if all(w is not None and w.alive for w in workers):
+            problems = [w.problem() if w is not None else "not started" for w in (self.writer, self.learner)]
+            if not any(problems):
                 self.notifier.notify("WATCHDOG=1")
             else:
-                log.error("the store writer or the learning thread stopped; withholding the watchdog ping")
+                log.error("%s; withholding the watchdog ping", "; ".join(p for p in problems if p))
             await asyncio.sleep(interval)
 
     def _watch(self, engine: Engine, catalog: SeriesCatalog) -> None:

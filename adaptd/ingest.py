@@ -15,10 +15,11 @@ import queue
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
-from typing import NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import sqlalchemy as sa
 
+from . import liveness
 from .catalog import SeriesCatalog
 from .engine import Engine
 from .learning import LearningWorker
@@ -97,6 +98,10 @@ class IngestWriter:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def problem(self) -> str | None:
+        """Why it is not committing (stopped, or stuck in the store); None: it is."""
+        return liveness.problem("store writer", self.alive, self._pending, self.last_beat)
+
     def start(self) -> None:
         self._thread.start()
 
@@ -148,7 +153,7 @@ class IngestWriter:
             if item is _STOP:
                 break
             if isinstance(item, _Forget):
-                self._forget_step(item)
+                self._guarded(self._forget_step, item, [item])
                 continue
             group = [item]
             size = len(item.rows)  # type: ignore[union-attr]
@@ -165,7 +170,7 @@ class IngestWriter:
                     break
                 group.append(item)
                 size += len(item.rows)  # type: ignore[union-attr]
-            self._commit(group)  # type: ignore[arg-type]
+            self._guarded(self._commit, group, group)
             self._add_pending(-size)
         while True:   # removals not finished: whoever waits for them learns they stopped
             try:
@@ -174,6 +179,17 @@ class IngestWriter:
                 break
             if isinstance(item, _Forget):
                 self._forget_stopped(item)
+
+    def _guarded(self, step: Callable[[Any], None], item: Any, waiting: Sequence[_Batch] | Sequence[_Forget]) -> None:
+        """Run one step; an error past the store's own (a bug) fails the clients waiting on it
+        (unless answered already) instead of ending the thread, which would leave every later
+        client waiting for ever."""
+        try:
+            step(item)
+        except Exception as exc:
+            log.exception("the store writer failed on a step; its clients get an error")
+            for work in waiting:
+                _resolve(work.done, exception=exc)  # type: ignore[arg-type]
 
     def _commit(self, group: list[_Batch]) -> None:
         # The last value of a (series, ts) within a group wins, as across groups. Then time

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from typing import Sequence
 
+from . import liveness
 from .engine import Engine
 from .metrics import Metrics
 from .records import Observation
@@ -68,6 +69,10 @@ class LearningWorker:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def problem(self) -> str | None:
+        """Why it is not learning (stopped, or stuck in a step); None: it is."""
+        return liveness.problem("learning thread", self.alive, self._backlog, self.last_beat)
 
     def start(self) -> None:
         self._thread.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import difflib
 import logging
 import time
@@ -166,7 +167,7 @@ class Service:
                     conversation.refused = True
                 raise
         try:
-            await asyncio.wrap_future(self.writer.submit(accepted))
+            await self._writer_answer(self.writer.submit(accepted))
         except Exception as exc:
             if conversation is not None:   # a later batch stored ahead of this one would be late to the models
                 conversation.refused = True
@@ -333,17 +334,22 @@ class Service:
 
     async def _writer_removal(self, series: str, asked: float) -> Removal:
         """One `IngestWriter.forget`, given up (STOPPED) if the writer stops before it answers."""
-        pending = asyncio.wrap_future(self.writer.forget(series, asked, FORGET_BATCH))
+        try:
+            return await self._writer_answer(self.writer.forget(series, asked, FORGET_BATCH))
+        except RuntimeError:   # "the store writer is not running": shutdown
+            return Removal(False, 0, STOPPED)
+
+    async def _writer_answer(self, pending: concurrent.futures.Future[Any]) -> Any:
+        """The writer's answer to `pending`; RuntimeError if it stops without giving one (then
+        nobody else would, and the client would wait for ever)."""
+        waiting = asyncio.wrap_future(pending)
         while True:
-            done, _ = await asyncio.wait({pending}, timeout=1.0)
+            done, _ = await asyncio.wait({waiting}, timeout=1.0)
             if done:
-                try:
-                    return pending.result()
-                except RuntimeError:   # "the store writer is not running": shutdown
-                    return Removal(False, 0, STOPPED)
+                return waiting.result()
             if not self.writer.alive:
-                pending.cancel()
-                return Removal(False, 0, STOPPED)
+                waiting.cancel()
+                raise RuntimeError("the store writer is not running")
 
     async def series(self, _request: dict[str, Any]) -> dict[str, Any]:
         listing = [{"series": name, "observations": info.observations, "first_ts": info.first_ts,
@@ -353,10 +359,10 @@ class Service:
 
     async def stats(self, _request: dict[str, Any]) -> dict[str, Any]:
         m = self.metrics
-        healthy = self.writer.alive and (self.learner is None or self.learner.alive)
+        problems = [w.problem() for w in (self.writer, self.learner) if w is not None]
         return {
             "ok": True,
-            "health": "ok" if healthy else "store writer or learning thread stopped",
+            "health": "; ".join(p for p in problems if p) or "ok",
             "version": __version__,
             "uptime_s": round(time.time() - self.started, 3),
             "series": len(self.catalog),
