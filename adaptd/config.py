@@ -149,6 +149,8 @@ class MetaSettings:
     query: int = 24
     validation_series: float = 0.2
     validation_tasks: int = 256
+    max_series: int = 2000
+    max_history: int = 10_000
     retrain_interval: float = 86_400.0
     refresh_interval: float = 60.0
     torch_threads: int = 1
@@ -331,6 +333,8 @@ CHECKS: dict[str, dict[str, Check]] = {
         "query": (lambda v: 1 <= v <= 10_000, "an integer from 1 to 10000 (steps after a drift)"),
         "validation_series": (lambda v: 0 < v < 1, "a fraction between 0 and 1"),
         "validation_tasks": (lambda v: 1 <= v <= 100_000, "an integer from 1 to 100000"),
+        "max_series": (lambda v: 10 <= v <= 1_000_000, "an integer from 10 to 1000000"),
+        "max_history": (lambda v: 1000 <= v <= 1_000_000, "an integer from 1000 to 1000000 values per series"),
         "retrain_interval": (lambda v: v == 0 or 60 <= v <= MAX_SCHEDULE,
                              f"0 (never) or a number of seconds from 60 to {MAX_SCHEDULE}"),
         "refresh_interval": (lambda v: 1 <= v <= MAX_SCHEDULE, f"a number of seconds from 1 to {MAX_SCHEDULE}"),

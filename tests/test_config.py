@@ -202,6 +202,8 @@ BAD_VALUES = [
     ("meta", "query", "0"),
     ("meta", "validation_series", "1"),
     ("meta", "validation_tasks", "0"),
+    ("meta", "max_series", "5"),
+    ("meta", "max_history", "100"),
     ("meta", "retrain_interval", "30"),
     ("meta", "torch_threads", "0"),
     ("meta", "nice", "-1"),      # raising priority needs root, and would take cores from forecasts

@@ -143,11 +143,28 @@ def test_meta_training_reads_the_recorded_detections_from_the_store(tmp_path: Pa
         store.write([Observation(name, 3600.0 * (10 + k), float(k)) for name in ("a", "b") for k in range(50)])
         store.add_drift_events([DriftEvent("a", 3600.0 * 30, "adwin", 0.1), DriftEvent("a", 3600.0 * 55, "adwin", 0.2),
                                 DriftEvent("b", 3600.0 * 5, "adwin", 0.3)])   # b's is older than its values
-        series, detections = series_from_store(store, limit=40)      # the newest 40: k = 10..49
+        series, detections = series_from_store(store, max_history=40)   # the newest 40: k = 10..49
     finally:
         store.close()
     assert sorted(series) == ["a", "b"] and series["a"][0] == 10.0 and len(series["a"]) == 40
     assert detections == {"a": [10, 35], "b": []}                  # the index of the value each came with
+
+
+def test_meta_training_reads_at_most_max_series_series_the_same_ones_every_run(tmp_path: Path):
+    """A store of many series is read in part, so a run's memory does not grow with the store."""
+    from adaptd.meta.sources import READ_CHUNK, series_from_store
+    from adaptd.records import Observation
+    n = READ_CHUNK + 30   # more than one read
+    store = Store.open(f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        store.write([Observation(f"s{i:03d}", 3600.0 * k, float(i)) for i in range(n) for k in range(20)])
+        every, _ = series_from_store(store, max_series=n, max_history=5)
+        some, _ = series_from_store(store, max_series=40, max_history=5)
+        again, _ = series_from_store(store, max_series=40, max_history=5)
+    finally:
+        store.close()
+    assert len(every) == n and all(len(v) == 5 and v[0] == int(name[1:]) for name, v in every.items())
+    assert len(some) == 40 and set(some) <= set(every) and list(some) == list(again)
 
 
 def test_too_short_series_are_refused_with_what_is_needed():

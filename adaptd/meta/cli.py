@@ -33,7 +33,8 @@ def meta_train(settings: Settings, args: argparse.Namespace) -> int:
         return _fail(str(exc), 2)
     try:
         try:
-            series, detections = (series_from_m4(args.m4), {}) if args.m4 else series_from_store(store)
+            series, detections = (series_from_m4(args.m4), {}) if args.m4 else series_from_store(
+                store, settings.meta.max_series, settings.meta.max_history)
         except (OSError, ValueError) as exc:
             return _fail(f"{args.m4}: {exc}", 2)
         bar = None

@@ -25,16 +25,29 @@ def series_from_m4(path: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
-def series_from_store(store: Store, limit: int = 100_000) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
-    """Every stored series' newest `limit` values, in time order, and where the daemon's drift
-    detectors fired in them: the index of the value each recorded detection came with."""
+# Series read per query: their rows are held as Python tuples only that long.
+READ_CHUNK = 100
+
+
+def series_from_store(store: Store, max_series: int = 2000, max_history: int = 10_000,
+                      seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
+    """At most `max_series` stored series (a fixed random choice of them when there are more),
+    each one's newest `max_history` values in time order, and where the daemon's drift
+    detectors fired in them: the index of the value each recorded detection came with.
+    (`[meta] max_series` and `max_history`: a store of years of many series must not have to
+    fit in memory.)"""
+    names = sorted(s.name for s in store.series_summary())
+    if len(names) > max_series:
+        names = sorted(np.random.default_rng(seed).choice(names, max_series, replace=False).tolist())
     series, detections = {}, {}
     fired = store.drift_times()
-    for name, rows in store.recent(limit).items():
-        if not rows:
-            continue
-        ts = np.array([t for t, _ in rows])
-        series[name] = np.array([v for _, v in rows], dtype=np.float64)
-        at = np.searchsorted(ts, fired.get(name, []))
-        detections[name] = [int(i) for i, e in zip(at, fired.get(name, [])) if i < ts.size and ts[i] == e]
+    for at in range(0, len(names), READ_CHUNK):
+        chunk = set(names[at:at + READ_CHUNK])
+        for name, rows in store.recent(max_history, owns=chunk.__contains__).items():
+            if not rows:
+                continue
+            ts = np.array([t for t, _ in rows])
+            series[name] = np.array([v for _, v in rows], dtype=np.float64)
+            hit = np.searchsorted(ts, fired.get(name, []))
+            detections[name] = [int(i) for i, e in zip(hit, fired.get(name, [])) if i < ts.size and ts[i] == e]
     return series, detections
