@@ -120,6 +120,9 @@ def test_unit_waits_for_a_graceful_shutdown(service: dict[str, str], settings: S
     """SIGTERM gives requests, the store writer and the learning thread shutdown_timeout in
     all, then checkpoints: systemd must not SIGKILL the daemon before the checkpoint is saved."""
     assert seconds(service["TimeoutStopSec"]) >= settings.daemon.shutdown_timeout + 60
+    # SIGTERM to the daemon alone: its scheduled meta-training run is its to stop (and record
+    # as stopped), not killed beside it and recorded as failed.
+    assert service["KillMode"] == "mixed"
 
 
 def test_unit_gives_startup_time_to_wait_for_the_database(service: dict[str, str], settings: Settings) -> None:

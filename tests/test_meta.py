@@ -716,6 +716,8 @@ def test_a_run_stopped_at_shutdown_is_kept_as_stopped_and_not_counted(tmp_path: 
         [running] = store.meta_runs(5)
         assert running["outcome"] is None and running["started_at"] == jobs.running_since
         trainer = jobs._proc
+        # Its own session: a Ctrl-C at the daemon's terminal reaches the daemon, whose stop() ends it.
+        assert trainer is not None and os.getsid(trainer.pid) == trainer.pid != os.getsid(0)
         jobs.stop()
         training.join(timeout=60)
         assert not training.is_alive() and trainer is not None and trainer.poll() is not None

@@ -171,8 +171,10 @@ class InitializerJobs:
         progress line (with when it came); its stdout without those lines. Its stderr goes to
         a file: a pipe nobody reads while stdout is read could fill and stall it."""
         with tempfile.TemporaryFile() as errors:
+            # Its own session: a Ctrl-C at the daemon's terminal is the daemon's to handle (stop()
+            # ends the run and records it as stopped), not the trainer's to die of first.
             self._proc = proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True,
-                                                 errors="replace")
+                                                 errors="replace", start_new_session=True)
             rest = []
             try:
                 if self._stopping:   # stop() came between the start of this run and here
