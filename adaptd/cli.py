@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 from . import __version__
 from .bench import arguments
 from .client import ClientError
-from .config import MAX_NICE, ConfigError, Settings, load_config
+from .config import ENV_VAR, MAX_NICE, ConfigError, Settings, load_config
 from .route import ClusterMismatch, Route
 
 log = logging.getLogger("adaptd")
@@ -376,6 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClusterMismatch as exc:   # [cluster] sockets do not match the daemons: bad configuration
         return _fail(str(exc), 2)
     except ClientError as exc:
+        if settings.source == "<defaults>":   # e.g. on a server whose daemon has /etc/adaptd/config.toml
+            return _fail(f"{exc} [no config given, so the default socket: pass the daemon's with "
+                         f"--config or {ENV_VAR}]")
         return _fail(str(exc))
     except KeyboardInterrupt:
         return _fail("interrupted", 130)

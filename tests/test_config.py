@@ -596,3 +596,17 @@ def test_store_and_socket_default_to_files_in_state_dir(tmp_path: Path) -> None:
     assert settings.server.socket == "/var/lib/adaptd/adaptd.sock"
     explicit = load_config(str(write(tmp_path, '[daemon]\nstate_dir = "/x"\n[server]\nsocket = "/run/a.sock"\n')))
     assert explicit.server.socket == "/run/a.sock" and explicit.store.url == "sqlite:////x/adaptd.db"
+
+
+def test_a_client_command_without_a_config_says_how_to_give_the_daemons(tmp_path: Path, monkeypatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """On a server the daemon runs with /etc/adaptd/config.toml: a client that was given none
+    looked for the default socket and said only that adaptd is not running."""
+    monkeypatch.delenv("ADAPTD_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["status"]) == 1
+    err = capsys.readouterr().err
+    assert "not running" in err and "pass the daemon's with --config or ADAPTD_CONFIG" in err
+    config = write(tmp_path, "")
+    assert main(["status", "--config", str(config)]) == 1
+    assert "ADAPTD_CONFIG" not in capsys.readouterr().err   # a config was given: no such hint

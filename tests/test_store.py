@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -219,11 +220,18 @@ def test_recent_returns_the_newest_n_of_every_series_in_time_order(store: Store)
     store.write([Obs("long", float(t), float(t)) for t in (7, 3, 9, 1, 5, 8)]
                 + [Obs("short", 100.0, -1.0)]
                 + [Obs("other", float(t), 2.0 * t) for t in range(10, 0, -1)])
+    close = [1.0]   # times one double apart: the newest 3 begin exactly at the third newest
+    for _ in range(3):
+        close.append(math.nextafter(close[-1], 2.0))
+    store.write([Obs("exact", float(t), 0.0) for t in (1, 2, 3)] + [Obs("close", t, t) for t in close])
+    store.save_checkpoints([Checkpoint("no-observations", "naive", 1, b"")])
     recent = store.recent(3)
     assert recent == {
         "long": [(7.0, 7.0), (8.0, 8.0), (9.0, 9.0)],
         "short": [(100.0, -1.0)],
         "other": [(8.0, 16.0), (9.0, 18.0), (10.0, 20.0)],
+        "exact": [(1.0, 0.0), (2.0, 0.0), (3.0, 0.0)],
+        "close": [(t, t) for t in close[1:]],
     }
 
 
