@@ -133,7 +133,12 @@ class Store:
             raise StoreError(f"store.url: {exc}") from None
         if parsed.get_backend_name() == "sqlite":
             on_disk = bool(parsed.database) and parsed.database != ":memory:"
-            if must_exist and on_disk and not Path(parsed.database).is_file():   # type: ignore[arg-type]
+            try:
+                found = on_disk and Path(parsed.database).is_file()   # type: ignore[arg-type]
+            except PermissionError:   # e.g. /var/lib/private/adaptd (mode 0700) under DynamicUser
+                raise StoreError(f"cannot read the store at {parsed.database}: permission denied (commands "
+                                 "that read the store need the daemon's access to it, e.g. root)") from None
+            if must_exist and on_disk and not found:
                 raise StoreError(f"no store at {parsed.database} (the daemon creates it when it first starts; "
                                  "is --config the daemon's?)")
             if on_disk:

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -620,3 +621,14 @@ def test_stores_opened_at_once_on_a_new_postgresql_database_all_open(fresh_postg
     for thread in threads:
         thread.join(60)
     assert outcomes == [SCHEMA_VERSION] * 6, outcomes
+
+
+def test_a_store_the_user_cannot_read_is_a_clear_error_not_a_traceback(tmp_path: Path, monkeypatch) -> None:
+    """`adaptd initializers` by a member of adaptd-clients: the store sits in /var/lib/private
+    (mode 0700) under DynamicUser, and looking for it raises PermissionError. (Tests often run
+    as root, whom no mode stops: the OS's answer is given here.)"""
+    def denied(self: Path) -> bool:
+        raise PermissionError(13, "Permission denied", str(self))
+    monkeypatch.setattr(Path, "is_file", denied)
+    with pytest.raises(StoreError, match="permission denied .*need the daemon's access"):
+        Store.open(f"sqlite:///{tmp_path}/private/adaptd.db", must_exist=True)
