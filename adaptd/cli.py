@@ -108,6 +108,8 @@ def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
     failed = 0
     for series in args.series:
         member = route.member_of(series)
+        if not args.json and sys.stderr.isatty():   # a long history takes minutes: say what is under way
+            print(f"{series}: removing ...", file=sys.stderr, flush=True)
         try:
             client = route.connect(member, timeout=None)   # a long history takes a while to delete
             try:

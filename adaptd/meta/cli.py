@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ def meta_train(settings: Settings, args: argparse.Namespace) -> int:
     except StoreError as exc:
         return _fail(str(exc), 2)
     try:
+        if not args.no_progress:   # before the bar: reading a large store takes a while
+            print(f"meta-train: reading {args.m4 or 'the store'} ...", file=sys.stderr, flush=True)
         try:
             series, detections = (series_from_m4(args.m4), {}) if args.m4 else series_from_store(
                 store, settings.meta.max_series, settings.meta.max_history)
