@@ -4,7 +4,8 @@
 series whose checkpoint is older than those (more records than that arrived between its last
 checkpoint and a crash, or a stop that left learning behind) needs the records in between
 learnt first, or its models would see them as a gap and forecast unlike a daemon that never
-stopped. They are fetched here, as many as the learning backlog holds.
+stopped. They are fetched here, as many as half the learning backlog holds (the daemon's
+budget: ingest after the restart must still find room).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def with_unlearnt(store: Store, engine: Engine, history: dict[str, list[tuple[fl
     left = {name: n for name, n in counts.items() if name not in taken}
     if left:
         log.warning("%d stored records of %d series (%s) between their checkpoints and their newest "
-                    "records are not learnt: more than [model] learning_backlog holds; their models "
+                    "records are not learnt: more than half [model] learning_backlog holds; their models "
                     "continue across the gap", sum(left.values()), len(left), ", ".join(sorted(left)[:5]))
     if not taken:
         return pending

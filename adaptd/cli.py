@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 from . import __version__
 from .bench import arguments
-from .client import ClientError
+from .client import ClientError, NoDaemon
 from .config import ENV_VAR, MAX_NICE, ConfigError, Settings, load_config
 from .route import ClusterMismatch, Route
 
@@ -154,7 +154,7 @@ def _ask_members(settings: Settings, request: dict[str, Any], only: int | None =
             raise
         except ClientError as exc:
             if not route.cluster:
-                raise ClientError(route.label(member) + str(exc)) from None
+                raise type(exc)(route.label(member) + str(exc)) from None
             failed[member] = route.label(member) + str(exc)
             continue
         answers[member] = response
@@ -378,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClusterMismatch as exc:   # [cluster] sockets do not match the daemons: bad configuration
         return _fail(str(exc), 2)
     except ClientError as exc:
-        if settings.source == "<defaults>":   # e.g. on a server whose daemon has /etc/adaptd/config.toml
+        if isinstance(exc, NoDaemon) and settings.source == "<defaults>":   # e.g. its config is in /etc/adaptd
             return _fail(f"{exc} [no config given, so the default socket: pass the daemon's with "
                          f"--config or {ENV_VAR}]")
         return _fail(str(exc))

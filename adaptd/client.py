@@ -16,6 +16,10 @@ class ClientError(RuntimeError):
     """The daemon could not be reached or answered something that is not protocol v1."""
 
 
+class NoDaemon(ClientError):
+    """No daemon at the socket path: none is running, or this is not its path."""
+
+
 class ClientTimeout(ClientError):
     """The daemon did not accept, read or answer within the client's timeout: it may be hung."""
 
@@ -41,11 +45,11 @@ class Client:
             sock.connect(self.path)
         except FileNotFoundError:
             sock.close()
-            raise ClientError(f"no daemon socket at {self.path}: adaptd is not running "
-                              "(start it with `adaptd serve`)") from None
+            raise NoDaemon(f"no daemon socket at {self.path}: adaptd is not running "
+                           "(start it with `adaptd serve`)") from None
         except ConnectionRefusedError:
             sock.close()
-            raise ClientError(f"nothing is listening on {self.path}: adaptd is not running") from None
+            raise NoDaemon(f"nothing is listening on {self.path}: adaptd is not running") from None
         except PermissionError:
             sock.close()
             raise ClientError(f"permission denied on {self.path}: join the socket's group") from None

@@ -420,7 +420,8 @@ def _build_section(name: str, cls: type, raw: Any, source: str) -> Any:
 def _shown(value: Any) -> Any:
     """A value for an error message, without a password in a URL (`user:secret@host`): the
     message goes to the terminal and the journal."""
-    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", value) if isinstance(value, str) else value
+    # Up to the last "@": a password may hold "@" or "/" itself.
+    return re.sub(r"(://[^/@:]*:).*@", r"\1***@", value) if isinstance(value, str) else value
 
 
 def _in_state_dir(settings: Settings, data: dict[str, Any]) -> Settings:

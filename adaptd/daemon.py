@@ -111,8 +111,9 @@ class Daemon:
         recent = await asyncio.to_thread(self.store.recent, s.model.history, owns)
         checkpoints = await asyncio.to_thread(self.store.load_checkpoints, owns)
         pending = await asyncio.to_thread(engine.restore, recent, checkpoints)
+        # Half the backlog at most: ingest after the restart must still find room.
         pending = await asyncio.to_thread(with_unlearnt, self.store, engine, recent, pending,
-                                          s.model.learning_backlog)
+                                          s.model.learning_backlog // 2)
         self.metrics.series.set(len(catalog))
         self._watch(engine, catalog)
         self.learner = LearningWorker(engine, self.store, self.metrics, s.model.learning_backlog,

@@ -30,6 +30,10 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 
+class WriterStopped(RuntimeError):
+    """The writer is not running (shutdown): what was asked of it was not done."""
+
+
 class _Batch(NamedTuple):
     rows: Sequence[Observation]
     done: Future[int]
@@ -112,8 +116,10 @@ class IngestWriter:
             done.set_result(0)
             return done
         if not self.alive:
-            done.set_exception(RuntimeError("the store writer is not running"))
+            done.set_exception(WriterStopped("the store writer is not running"))
             return done
+        if self._pending == 0:   # idle until now: its wait for work is not a stuck commit
+            self.last_beat = time.monotonic()
         self._add_pending(len(rows))
         self._queue.put(_Batch(rows, done))
         return done
@@ -129,7 +135,7 @@ class IngestWriter:
         deleted, as retention would have), and so does learning or adapting still going on."""
         done: Future[Removal] = Future()
         if not self.alive:
-            done.set_exception(RuntimeError("the store writer is not running"))
+            done.set_exception(WriterStopped("the store writer is not running"))
         else:
             self._queue.put(_Forget(series, cutoff, batch, done))
         return done

@@ -51,6 +51,7 @@ class LearningWorker:
         self._thread = threading.Thread(target=self._run, name="adaptd-learner", daemon=True)
         self.last_beat = time.monotonic()
         self._rate = 0.0   # records learnt per second, smoothed over chunks (0: not measured yet)
+        self._progress = (0.0, time.monotonic())   # the engine's progress(), when it last changed
 
     @property
     def backlog(self) -> int:
@@ -71,8 +72,13 @@ class LearningWorker:
         return self._thread.is_alive()
 
     def problem(self) -> str | None:
-        """Why it is not learning (stopped, or stuck in a step); None: it is."""
-        return liveness.problem("learning thread", self.alive, self._backlog, self.last_beat)
+        """Why it is not learning (stopped, or stuck in a step); None: it is. A long step that
+        keeps taking rounds or finishing adaptations is moving."""
+        now, progress = time.monotonic(), self.engine.progress()
+        if progress != self._progress[0]:
+            self._progress = (progress, now)
+        moved = max(self.last_beat, self._progress[1])
+        return liveness.problem("learning thread", self.alive, self._backlog, moved, now)
 
     def start(self) -> None:
         self._thread.start()
@@ -82,6 +88,8 @@ class LearningWorker:
             while self._backlog >= self.max_backlog + self.headroom and not self._stopping and self.alive:
                 self._cond.wait(0.5)
             now = time.monotonic()
+            if self._backlog == 0:   # idle until now: its wait for work is not a stuck step
+                self.last_beat = now
             for start in range(0, len(rows), self.max_chunk):   # a restart's catch-up: many chunks, so it sheds too
                 self._queue.append((now, rows[start:start + self.max_chunk]))
             self._backlog += len(rows)

@@ -17,7 +17,7 @@ from .catalog import SeriesCatalog
 from .config import Settings
 from .engine import Engine, Forecast, NotReady, UnknownSeries
 from .engine.naive import KINDS as FALLBACK_KINDS
-from .ingest import ARRIVED, GONE, LEARNING, STOPPED, IngestWriter, Removal
+from .ingest import ARRIVED, GONE, LEARNING, STOPPED, IngestWriter, Removal, WriterStopped
 from .learning import LearningWorker
 from .metrics import OPS, Metrics
 from .protocol import (BAD_REQUEST, INTERNAL, NO_ID, NOT_READY, OVERLOADED, TOO_LARGE, UNKNOWN_OP, Conversation,
@@ -171,8 +171,7 @@ class Service:
         except Exception as exc:
             if conversation is not None:   # a later batch stored ahead of this one would be late to the models
                 conversation.refused = True
-            if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
-                # The database busy, restarting or unreachable: the writer goes on, so does the client.
+            if _passing(exc):   # the writer goes on, so does the client
                 raise RequestError(OVERLOADED, f"the store could not commit this batch ({_first_line(exc)}); "
                                    "nothing of it was acknowledged: retry after a short pause") from None
             log.exception("ingest of %d records failed", len(accepted))
@@ -336,20 +335,20 @@ class Service:
         """One `IngestWriter.forget`, given up (STOPPED) if the writer stops before it answers."""
         try:
             return await self._writer_answer(self.writer.forget(series, asked, FORGET_BATCH))
-        except RuntimeError:   # "the store writer is not running": shutdown
+        except WriterStopped:   # shutdown
             return Removal(False, 0, STOPPED)
 
     async def _writer_answer(self, pending: concurrent.futures.Future[Any]) -> Any:
-        """The writer's answer to `pending`; RuntimeError if it stops without giving one (then
+        """The writer's answer to `pending`; WriterStopped if it stops without giving one (then
         nobody else would, and the client would wait for ever)."""
         waiting = asyncio.wrap_future(pending)
         while True:
             done, _ = await asyncio.wait({waiting}, timeout=1.0)
             if done:
                 return waiting.result()
-            if not self.writer.alive:
+            if not self.writer.alive and not pending.done():   # (done: its answer is on its way here)
                 waiting.cancel()
-                raise RuntimeError("the store writer is not running")
+                raise WriterStopped("the store writer is not running")
 
     async def series(self, _request: dict[str, Any]) -> dict[str, Any]:
         listing = [{"series": name, "observations": info.observations, "first_ts": info.first_ts,
@@ -381,6 +380,26 @@ class Service:
             "config": self.settings.source,
             **({"meta_training": self.meta_training()} if self.meta_training is not None else {}),
         }
+
+
+# PostgreSQL SQLSTATEs of a server restarting, unreachable or contended: retrying helps.
+# Classes 08 (connection) and 40 (a transaction rolled back: serialization, deadlock).
+PASSING_SQLSTATES = {"57P01", "57P02", "57P03", "55P03", "53300"}
+
+
+def _passing(exc: BaseException) -> bool:
+    """Whether a failed commit is the database busy, restarting or unreachable (retry soon),
+    not full, read-only or broken (which retrying does not mend)."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated or isinstance(exc, sa.exc.InterfaceError):   # the connection went
+        return True
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if sqlstate:
+        return sqlstate[:2] in ("08", "40") or sqlstate in PASSING_SQLSTATES
+    message = str(orig).lower()   # SQLite: "database is locked", "database table is locked"
+    return isinstance(exc, sa.exc.OperationalError) and ("locked" in message or "busy" in message)
 
 
 def _first_line(exc: BaseException) -> str:

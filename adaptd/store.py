@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,8 +135,10 @@ class Store:
             raise StoreError(f"store.url: {exc}") from None
         if parsed.get_backend_name() == "sqlite":
             on_disk = bool(parsed.database) and parsed.database != ":memory:"
-            try:
-                found = on_disk and Path(parsed.database).is_file()   # type: ignore[arg-type]
+            try:   # (os.stat, not Path.is_file: from Python 3.13 that answers False to EACCES)
+                found = on_disk and stat.S_ISREG(os.stat(parsed.database).st_mode)   # type: ignore[arg-type]
+            except FileNotFoundError:
+                found = False
             except PermissionError:   # e.g. /var/lib/private/adaptd (mode 0700) under DynamicUser
                 raise StoreError(f"cannot read the store at {parsed.database}: permission denied (commands "
                                  "that read the store need the daemon's access to it, e.g. root)") from None

@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
 import torch
 
 from adaptd.catch_up import with_unlearnt
+from adaptd.engine.checkpointing import CHECKPOINT_FORMAT
 from adaptd.engine.learner import Initializer
 from adaptd.engine.online import OnlineConfig, OnlineEngine
+from adaptd.engine.snapshot import decode, encode
 from adaptd.records import Observation
 from adaptd.store import Store
 
@@ -33,10 +36,11 @@ def rows(name: str, start: int, n: int, seed: int) -> list[Observation]:
 
 
 def crash_and_restart(store: Store, budget: int = 1_000_000) -> tuple[OnlineEngine, OnlineEngine]:
-    """Series "far" gets 300 records after its checkpoint (more than HISTORY), "near" 20; the
-    daemon dies before learning them. Returns (one that never stopped, the restarted one)."""
+    """Series "far" gets 300 records after its checkpoint, "near" 100 (both more than HISTORY:
+    236 and 36 before their newest HISTORY); the daemon dies before learning them. Returns
+    (one that never stopped, the restarted one)."""
     early = rows("far", 0, 100, 1) + rows("near", 0, 100, 2)
-    late = rows("far", 100, 300, 1) + rows("near", 100, 20, 2)
+    late = rows("far", 100, 300, 1) + rows("near", 100, 100, 2)
     store.write(early + late)
     running = make_engine()
     running.observe(early)
@@ -75,10 +79,10 @@ def test_without_them_the_models_would_forecast_otherwise(store: Store) -> None:
 
 
 def test_more_than_the_learning_backlog_holds_is_named_and_the_rest_still_learnt(store: Store, caplog) -> None:
-    """With room for "near"'s records but not "far"'s 236 older ones, "near" restores exactly and
+    """With room for "near"'s 36 older records but not "far"'s 236, "near" restores exactly and
     the warning names "far"."""
     with caplog.at_level(logging.WARNING, logger="adaptd.catch_up"):
-        running, restarted = crash_and_restart(store, budget=HISTORY + 20 + 100)
+        running, restarted = crash_and_restart(store, budget=2 * HISTORY + 36 + 100)
     # ("near" learns beside fewer "far" rows than before the crash: batched sums round apart.)
     assert np.allclose(values(restarted, "near"), values(running, "near"), rtol=1e-7, atol=0)
     assert not np.allclose(values(restarted, "far"), values(running, "far"), rtol=1e-3, atol=0)
@@ -92,3 +96,23 @@ def test_between_reads_each_series_own_span_only(store: Store) -> None:
     got = store.between(spans)
     assert [ts / HOUR for ts, _ in got["a"]] == [3, 4, 5] and [ts / HOUR for ts, _ in got["b"]] == [0, 1]
     assert set(got) == {"a", "b"}
+
+
+def test_a_refused_checkpoint_learns_the_newest_history_only_without_counting_the_store(store: Store) -> None:
+    """A checkpoint refused while it loads (here: broken interval widths) leaves a fresh slot:
+    that series starts afresh from its newest records, like one without a checkpoint, and
+    start-up does not read its whole history."""
+    early, late = rows("far", 0, 100, 1), rows("far", 100, 300, 1)
+    store.write(early + late)
+    running = make_engine()
+    running.observe(early)
+    [good] = running.checkpoint()
+    arrays, header = decode(good.payload, running.fingerprint(), CHECKPOINT_FORMAT)
+    arrays["conformal_q"].flat[0] = np.nan
+    broken = dataclasses.replace(good, payload=encode(arrays, header, CHECKPOINT_FORMAT))
+    restarted = make_engine()
+    recent = store.recent(HISTORY)
+    pending = restarted.restore(recent, [broken])
+    assert "far" in restarted.slots and restarted.unlearnt_before(recent) == {}
+    assert with_unlearnt(store, restarted, recent, pending, 1_000_000) == pending
+    assert len(pending) == HISTORY

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from adaptd import liveness
 from adaptd import service as service_module
 from adaptd.catalog import SeriesCatalog
 from adaptd.config import load_config
@@ -139,6 +140,49 @@ def test_records_the_models_fail_to_learn_are_counted_and_learning_goes_on(tmp_p
     assert metrics.value("adaptd_learning_failed_records_total", {"stage": "learn"}) == 7
     assert metrics.value("adaptd_learning_failed_records_total", {"stage": "record"}) == 0
     assert "models failed to learn 7 records" in caplog.text
+
+
+class SlowEngine(OnlineEngine):
+    """Each learning step takes its records a few at a time, slowly: long, but moving."""
+
+    def __init__(self) -> None:
+        super().__init__(SMALL, Initializer.random(SMALL.shape, 0, 0.05))
+
+    def learn(self, batch, shed=False):  # type: ignore[no-untyped-def]
+        for start in range(0, len(batch), 10):
+            super().learn(batch[start:start + 10], shed)
+            time.sleep(0.05)
+
+
+def test_a_long_learning_step_that_moves_is_not_stuck_and_one_that_does_not_is(tmp_path: Path, monkeypatch) -> None:
+    """What `stats` health and the systemd watchdog read (liveness.STUCK_AFTER, here 0.3 s)."""
+    monkeypatch.setattr(liveness, "STUCK_AFTER", 0.3)
+    store = Store.open(f"sqlite:///{tmp_path}/p.db")
+    slow, gated = SlowEngine(), GatedEngine()
+    workers = [LearningWorker(e, store, Metrics(), max_backlog=10_000) for e in (slow, gated)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(0.5)   # idle longer than STUCK_AFTER: not stuck, nothing waits
+        rows = shifted(300, 200)
+        for engine, worker in zip((slow, gated), workers):
+            engine.record(rows)
+            worker.submit(rows)
+            assert worker.problem() is None   # (an idle wait before this work does not count)
+        seen = []
+        while slow.forecast("s", 1).model["kind"] != "online" or workers[0].backlog:   # one step, ~1.5 s
+            seen.append(workers[0].problem())
+            time.sleep(0.1)
+        assert len(seen) > 5 and seen == [None] * len(seen)
+        assert "learning thread has not moved for" in (workers[1].problem() or "")   # held at the gate
+        gated.gate.set()
+        wait_until(lambda: workers[1].backlog == 0)
+        assert workers[1].problem() is None
+    finally:
+        gated.gate.set()
+        for worker in workers:
+            worker.stop(10)
+        store.close()
 
 
 def test_a_full_backlog_makes_submit_wait_instead_of_growing(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 import uuid
@@ -627,8 +628,15 @@ def test_a_store_the_user_cannot_read_is_a_clear_error_not_a_traceback(tmp_path:
     """`adaptd initializers` by a member of adaptd-clients: the store sits in /var/lib/private
     (mode 0700) under DynamicUser, and looking for it raises PermissionError. (Tests often run
     as root, whom no mode stops: the OS's answer is given here.)"""
-    def denied(self: Path) -> bool:
-        raise PermissionError(13, "Permission denied", str(self))
-    monkeypatch.setattr(Path, "is_file", denied)
+    store_file = f"{tmp_path}/private/adaptd.db"
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if str(path) == store_file:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+    monkeypatch.setattr(os, "stat", stat)
     with pytest.raises(StoreError, match="permission denied .*need the daemon's access"):
-        Store.open(f"sqlite:///{tmp_path}/private/adaptd.db", must_exist=True)
+        Store.open(f"sqlite:///{store_file}", must_exist=True)
+    with pytest.raises(StoreError, match="no store at"):   # missing, not unreadable
+        Store.open(f"sqlite:///{tmp_path}/elsewhere/adaptd.db", must_exist=True)

@@ -11,7 +11,11 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+import sqlalchemy as sa
+
 from adaptd import liveness
+from adaptd import service as service_module
 from adaptd import store as store_module
 from adaptd.catalog import SeriesCatalog
 from adaptd.config import parse_config
@@ -80,6 +84,7 @@ def test_a_writer_stuck_in_the_database_is_reported_until_it_moves(tmp_path: Pat
         assert writer.problem() is None and stats(service)["health"] == "ok"   # idle is not stuck
         locker.execute("BEGIN IMMEDIATE")
         committed = writer.submit([Observation("s", 0.0, 1.0)])   # waits up to busy_timeout (10 s)
+        assert writer.problem() is None   # its long idle wait before this work is not a stuck commit
         time.sleep(0.8)
         assert "store writer has not moved for" in (writer.problem() or "")
         assert "store writer has not moved for" in stats(service)["health"]
@@ -127,3 +132,28 @@ def test_a_bug_in_a_writer_step_fails_its_clients_and_the_writer_goes_on(tmp_pat
         writer.stop(timeout=20)
     assert store.history("good") == [(0.0, 1.0)]
     store.close()
+
+
+class _Orig(Exception):
+    """A driver's exception, as psycopg raises them (with the server's SQLSTATE)."""
+
+    def __init__(self, message: str, sqlstate: str | None = None):
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize("exc, passing", [
+    (sa.exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked")), True),
+    (sa.exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full")), False),
+    (sa.exc.OperationalError("INSERT", {}, sqlite3.OperationalError("attempt to write a readonly database")), False),
+    (sa.exc.OperationalError("INSERT", {}, _Orig("terminating connection", "57P01")), True),   # server restart
+    (sa.exc.OperationalError("INSERT", {}, _Orig("connection failure", "08006")), True),
+    (sa.exc.OperationalError("INSERT", {}, _Orig("could not serialize", "40001")), True),
+    (sa.exc.OperationalError("INSERT", {}, _Orig("disk full", "53100")), False),
+    (sa.exc.InterfaceError("INSERT", {}, _Orig("the connection is closed")), True),
+    (sa.exc.IntegrityError("INSERT", {}, _Orig("null value", "23502")), False),
+    (RuntimeError("a bug"), False),
+])
+def test_only_a_busy_restarting_or_unreachable_database_is_worth_a_retry(exc: BaseException, passing: bool) -> None:
+    """`overloaded` (back off, re-send) for those; `internal` for a full, read-only or broken one."""
+    assert service_module._passing(exc) is passing

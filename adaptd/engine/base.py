@@ -73,6 +73,11 @@ class Engine(ABC):
         fallback). Raises like `forecast`."""
         return self.forecast(series, horizon) if self.caught_up(series) else None
 
+    def progress(self) -> float:
+        """A number that grows while `learn` is getting somewhere (its rounds, its adaptations):
+        how the learning thread shows it is busy, not stuck, within one long step."""
+        return 0.0
+
     def halt_learning(self) -> None:
         """Make a `learn` in progress return soon (shutdown): what it leaves unlearnt is in the
         store and is learnt after the next start, from the series' checkpoint on."""

@@ -154,7 +154,9 @@ class Checkpointing:
         with self._state_lock:
             for name, rows in history.items():
                 slot = self.slots.get(name)
-                if slot is not None and rows and self.last_ts[slot] < rows[0][0]:
+                # (A refused checkpoint leaves a fresh slot, -inf: it learns `history` only, as
+                # a series without one does.)
+                if slot is not None and rows and np.isfinite(self.last_ts[slot]) and self.last_ts[slot] < rows[0][0]:
                     spans[name] = (float(self.last_ts[slot]), rows[0][0])
         return spans
 

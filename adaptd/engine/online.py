@@ -104,6 +104,7 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
                          "adapted_init": 0, "adapted_memory": 0, "late_skipped": 0,
                          "gap_steps_filled": 0, "gaps_unfilled": 0, "nonfinite": 0, "gru_steps_shed": 0,
                          "adapt_seconds": 0.0}
+        self.rounds = 0   # learning steps taken (`progress`)
         self.regimes = RegimeMemory(c.regime_memory, c.regime_shared, c.regime_lookup, c.regime_pool)
         self._allocate(0)
 
@@ -238,7 +239,12 @@ class OnlineEngine(Adapting, Checkpointing, Serving, Engine):
                 y = np.fromiter((r.value for r in records), dtype=np.float64, count=len(records))
                 self._step(slots, ts, y)
 
+    def progress(self) -> float:
+        done = self.counters
+        return self.rounds + done["adapted"] + done["kept"] + done["failed"]
+
     def _step(self, slots: np.ndarray, ts: np.ndarray, y: np.ndarray) -> None:
+        self.rounds += 1
         self._apply_finished_adaptations()
         fresh = ts > self.last_ts[slots]
         if not fresh.all():
