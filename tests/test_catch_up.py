@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import shutil
 
 import numpy as np
+import pytest
 import torch
 
 from adaptd.catch_up import with_unlearnt
@@ -16,9 +19,11 @@ from adaptd.engine.online import OnlineConfig, OnlineEngine
 from adaptd.engine.snapshot import decode, encode
 from adaptd.records import Observation
 from adaptd.store import Store
+from daemon_harness import DaemonProcess, hourly, metric_samples, short_tempdir, write_config
 
 torch.set_num_threads(1)
 HOUR = 3600.0
+T0 = 1_700_000_000.0   # daemon_harness.hourly's first time
 SMALL = OnlineConfig(window=16, patch=4, hidden=8, horizon=4, rls_lags=8, adapt_window=32,
                      adapt_validation=4, cooldown=16, adapt_steps=3, history=64)
 HISTORY = 64   # the daemon's [model] history: how many newest records restore is given
@@ -116,3 +121,35 @@ def test_a_refused_checkpoint_learns_the_newest_history_only_without_counting_th
     assert "far" in restarted.slots and restarted.unlearnt_before(recent) == {}
     assert with_unlearnt(store, restarted, recent, pending, 1_000_000) == pending
     assert len(pending) == HISTORY
+
+
+@pytest.mark.integration
+def test_a_daemon_killed_with_more_unlearnt_records_than_history_learns_them_all_after_restart() -> None:
+    """The real daemon: a checkpoint, then 300 acknowledged records and kill -9 before the next
+    checkpoint. The restarted daemon learns all 300, not only its newest `history` (64): its
+    models meet no gap (adaptd_model_gaps_total), and the log says what it caught up."""
+    directory = short_tempdir()
+    sections = {"model": {"max_horizon": 6, "window": 16, "patch": 4, "rls_lags": 8, "history": HISTORY},
+                "server": {"forecast_wait": 30.0}}
+    y = [10 + 3 * math.sin(i / 4) for i in range(400)]
+    d = DaemonProcess(write_config(directory, metrics=True, sections=sections, naive=False))
+    try:
+        d.start()
+        d.ingest(hourly("s", 100, values=y[:100]))
+        d.wait_learnt()
+        assert d.stop()[0] == 0                              # its checkpoint: the first 100
+        d.start()
+        later = hourly("s", 300, start=T0 + 100 * HOUR, values=y[100:])
+        assert sum(d.ingest(later[i:i + 100])["accepted"] for i in range(0, 300, 100)) == 300
+        d.kill()                                             # acknowledged, never checkpointed
+        d.start()
+        d.wait_learnt()
+        assert "learning 236 more stored records of 1 series" in d.stderr, d.stderr
+        gaps = {k: v for k, v in metric_samples(d).items() if k.startswith("adaptd_model_gaps_total")}
+        assert gaps['adaptd_model_gaps_total{handling="unfilled"}'] == 0, gaps
+        answer = d.forecast("s", 1)
+        assert answer["model"]["kind"] == "online" and answer["origin"] == T0 + 399 * HOUR
+        assert d.stop()[0] == 0
+    finally:
+        d.kill()
+        shutil.rmtree(directory, ignore_errors=True)
