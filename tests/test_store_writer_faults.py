@@ -10,6 +10,7 @@ import json
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -28,6 +29,16 @@ from adaptd.service import Service
 from adaptd.store import Store
 
 
+def serving(path: Path, learner: Any = None) -> tuple[Store, IngestWriter, Service, Metrics]:
+    """A store at `path`, its running ingest writer (over a naive engine) and the service."""
+    store = Store.open(f"sqlite:///{path}")
+    engine = NaiveEngine(history=64, max_horizon=8)
+    catalog, metrics = SeriesCatalog(store.series_summary()), Metrics()
+    writer = IngestWriter(store, engine, catalog, metrics, learner=learner)
+    writer.start()
+    return store, writer, Service(parse_config({}), store, writer, engine, catalog, metrics), metrics
+
+
 def ingest(service: Service, records: list[dict], conversation: Conversation) -> dict:
     line = json.dumps({"op": "ingest", "records": records}).encode()
     return json.loads(asyncio.run(service.handle_line(line, conversation)))
@@ -37,12 +48,7 @@ def test_a_batch_the_locked_database_cannot_commit_is_overloaded_and_the_next_on
         tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(store_module, "SQLITE_BUSY_MS", 200)
     path = tmp_path / "a.db"
-    store = Store.open(f"sqlite:///{path}")
-    engine = NaiveEngine(history=64, max_horizon=8)
-    catalog, metrics = SeriesCatalog(store.series_summary()), Metrics()
-    writer = IngestWriter(store, engine, catalog, metrics)
-    writer.start()
-    service = Service(parse_config({}), store, writer, engine, catalog, metrics)
+    store, writer, service, metrics = serving(path)
     batch = [{"series": "s", "ts": 3600.0 * t, "value": float(t)} for t in range(5)]
     locker = sqlite3.connect(path, isolation_level=None)   # another program holding the write lock
     try:
@@ -72,12 +78,7 @@ def test_a_writer_stuck_in_the_database_is_reported_until_it_moves(tmp_path: Pat
     """What withholds systemd's watchdog ping (so systemd restarts a daemon whose store hangs)."""
     monkeypatch.setattr(liveness, "STUCK_AFTER", 0.3)
     path = tmp_path / "a.db"
-    store = Store.open(f"sqlite:///{path}")
-    engine = NaiveEngine(history=64, max_horizon=8)
-    catalog, metrics = SeriesCatalog(store.series_summary()), Metrics()
-    writer = IngestWriter(store, engine, catalog, metrics)
-    writer.start()
-    service = Service(parse_config({}), store, writer, engine, catalog, metrics)
+    store, writer, service, metrics = serving(path)
     locker = sqlite3.connect(path, isolation_level=None)
     try:
         time.sleep(0.5)
@@ -117,12 +118,7 @@ class BrokenLearner:
 
 def test_a_bug_in_a_writer_step_fails_its_clients_and_the_writer_goes_on(tmp_path: Path) -> None:
     """Before, the writer thread died and every later ingest waited for ever."""
-    store = Store.open(f"sqlite:///{tmp_path}/b.db")
-    engine = NaiveEngine(history=64, max_horizon=8)
-    catalog, metrics = SeriesCatalog(store.series_summary()), Metrics()
-    writer = IngestWriter(store, engine, catalog, metrics, learner=BrokenLearner())  # type: ignore[arg-type]
-    writer.start()
-    service = Service(parse_config({}), store, writer, engine, catalog, metrics)
+    store, writer, service, _ = serving(tmp_path / "b.db", learner=BrokenLearner())
     try:
         failed = ingest(service, [{"series": "bad", "ts": 0.0, "value": 1.0}], Conversation())
         assert failed["error"]["code"] == "internal" and "re-send it" in failed["error"]["message"]
