@@ -341,12 +341,12 @@ class Daemon:
                 log.warning("the learning thread did not stop in time; checkpointing what it has learnt")
         if self._initializer_jobs is not None:
             self._initializer_jobs.stop()
-        if self.scheduler is not None:
-            self.scheduler.shutdown(wait=True)
+        if self.scheduler is not None:   # waits for a job under way (a checkpoint) off the event
+            await asyncio.to_thread(self.scheduler.shutdown, True)   # loop: a second Ctrl-C still ends it
         if self._initializer_jobs is not None:
             self._initializer_jobs.record_ends()   # a run's end the store did not take before
         if self.engine is not None:
-            self.engine.close()
+            await asyncio.to_thread(self.engine.close)   # waits for an adaptation under way
             if self.server is not None:
                 await asyncio.to_thread(self.checkpoint)
             else:   # it never served: nothing was acknowledged here, and the store may be another's
