@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horizon", type=int, required=True, help="steps ahead forecast after every observation")
     p.add_argument("--warmup-frac", type=float, default=0.25,
                    help="first fraction of each series used for fitting only, never scored (default 0.25)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=arguments.seed, default=0)
     p.add_argument("--forecasts-out", metavar="OUT.csv", help="write series,origin,target,step,forecast,lo,hi")
     p.add_argument("--report-out", metavar="OUT.json", help="write the per-series and overall report")
     p.add_argument("--no-progress", action="store_true")
@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--m4", metavar="FILE.csv", help="train on an M4-layout file (one row per series) instead")
     p.add_argument("--iterations", type=int, help="override [meta] iterations")
     p.add_argument("--algorithm", choices=("meta_sgd", "reptile"), help="override [meta] algorithm")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=arguments.seed, default=0)
     p.add_argument("--no-promote", action="store_true", help="store the result but never promote it")
     p.add_argument("--from-pretrained", action="store_true",
                    help="start from a pretrained initializer (the store's, else one fitted on this data), not "
@@ -340,9 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
         return bench.add_parser(name, parents=[after], help=help)
 
     b = benchmark("ingest", "records/s through the socket vs raw sqlite3 executemany")
-    b.add_argument("--clients", type=int, default=8)
-    b.add_argument("--batch", type=int, default=1000)
-    b.add_argument("--records", type=int, default=400_000, help="records in all, over all clients")
+    b.add_argument("--clients", type=arguments.at_least(1), default=8)
+    b.add_argument("--batch", type=arguments.at_least(1), default=1000)
+    b.add_argument("--records", type=arguments.at_least(1), default=400_000, help="records in all, over all clients")
     b.add_argument("--synchronous", choices=("normal", "full"), default="full")
     lat = benchmark("latency", "forecast answer times over the socket while ingest runs")
     lat.add_argument("--series", type=int, default=2000)
@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="first measure the same clients against a stand-in process that only answers ready "
                           "bytes (alone, with the feed, with the feed and a busy core): what the machine leaves")
     a = benchmark("adapt", "time of one drift adaptation (k steps) of one series")
-    a.add_argument("--repeats", type=int, default=50)
+    a.add_argument("--repeats", type=arguments.at_least(2), default=50)
     arguments.accuracy(benchmark("accuracy", "H=1/24/48 MSE of adaptd vs baselines and published results"))
     arguments.meta(benchmark("meta", "post-change error of random/pretrained/meta initializers vs RLS"))
     arguments.coldstart(benchmark("coldstart", "young series: naive fallback vs θ* vs the cold-start engine"))

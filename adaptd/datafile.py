@@ -64,7 +64,10 @@ def _eight_digits(text: str) -> bool:
 class TimeColumn:
     """One file's time cells. Eight digits are either a date YYYYMMDD (`20240101`, as the socket
     reads that string) or epoch seconds of 1970-73 / a seconds counter: the column's first time
-    decides for the whole column, so one file is never read both ways.
+    decides for the whole column, so one file is never read both ways. In a column of dates
+    (its first time ISO-8601, YYYYMMDD or M/D/YYYY), a plain number before 1973 (`20240102`
+    after `2024-01-01`, or a year) is refused rather than read as epoch seconds of 1970; epoch
+    seconds of later years may be mixed in, as the socket allows.
 
     >>> column = TimeColumn()
     >>> column.parse("20240101") == column.parse("2024-01-01")
@@ -76,18 +79,56 @@ class TimeColumn:
 
     def __init__(self) -> None:
         self.yyyymmdd: bool | None = None
+        self.style: str | None = None
+        self.first = ""
 
     def parse(self, text: str) -> float:
+        cell = text.strip()
         if self.yyyymmdd is None:
-            cell = text.strip()
             self.yyyymmdd = _eight_digits(cell) and _is_date(cell)
-        return parse_time_cell(text, self.yyyymmdd)
+        seconds = parse_time_cell(text, self.yyyymmdd)
+        style = _style(cell, self.yyyymmdd)
+        if self.style is None:
+            self.style, self.first = style, cell
+        elif self.style != EPOCH and style == EPOCH and abs(seconds) < AMBIGUOUS_EPOCH:
+            raise Rejected(f"time {cell[:40]!r} would be epoch seconds in {1970 + int(seconds // 31_557_600)}, "
+                           f"in a column of dates ({self.first[:40]!r}): write it as a date", "ts")
+        return seconds
+
+
+EPOCH = "epoch seconds"
+# Plain numbers below this (1973-03-03) in a column of dates are dates or years written
+# otherwise, not times of 1970-73.
+AMBIGUOUS_EPOCH = 1e8
+
+
+def _style(cell: str, yyyymmdd: bool) -> str:
+    """How a time cell that parsed is written (a date YYYYMMDD is ISO-8601's basic form)."""
+    if yyyymmdd and _eight_digits(cell):
+        return "ISO-8601"
+    try:
+        float(cell)
+        return EPOCH
+    except ValueError:
+        return "M/D/YYYY" if "/" in cell else "ISO-8601"
 
 
 def _is_date(text: str) -> bool:
     try:
         parse_ts(text)
     except Rejected:
+        return False
+    return True
+
+
+def _looks_like_data(header: list[str]) -> bool:
+    """A first line whose first cell is a time and every other one a number: a file without
+    a header, whose first row would otherwise be taken for one (and lost)."""
+    try:
+        parse_time_cell(header[0])
+        for cell in header[1:]:
+            float(cell)
+    except (Rejected, ValueError):
         return False
     return True
 
@@ -122,6 +163,9 @@ class DataReader:
         if not first:
             self.format = "empty"
             return
+        if "\r" in first.rstrip("\r\n"):
+            raise FormatError(f"line {line_no} holds a carriage return (\\r) inside it: lines that end in \\r "
+                              "alone (old Mac files) are not read; convert them to \\n line ends")
         if first.lstrip().startswith("{"):
             self.format = "jsonl"
             yield from self._jsonl(first, line_no)
@@ -147,15 +191,30 @@ class DataReader:
             line = self.stream.readline() or None
             line_no += 1
 
-    def _rows(self, line_no: int) -> Iterator[tuple[int, list[str]]]:
-        for row in csv.reader(self.stream):
-            line_no += 1
+    def _rows(self, line_no: int) -> Iterator[tuple[int, list[str] | str]]:
+        """(line number, cells) of each non-blank row after line `line_no`, or (line number,
+        problem) for a line the csv module cannot read (a field over its 128 KiB limit, a stray
+        carriage return): that line is reported and the read goes on. A row's number is its
+        first physical line (a quoted cell may hold line breaks)."""
+        reader = csv.reader(self.stream)
+        while True:
+            first = line_no + reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield first, f"not readable as CSV: {exc}"
+                continue
             if row and any(cell.strip() for cell in row):
-                yield line_no, row
+                yield first, row
 
     def _long(self, header: list[str], line_no: int) -> Iterator[Item]:
         where = {name.lower(): i for i, name in enumerate(header)}
         for n, row in self._rows(line_no):
+            if isinstance(row, str):
+                yield n, row
+                continue
             if len(row) != 3:
                 yield n, f"expected 3 cells (series, ts, value), got {len(row)}"
                 continue
@@ -180,8 +239,14 @@ class DataReader:
             if name in seen:
                 raise FormatError(f"column {name!r} appears twice in the header")
             seen.add(name)
+        if _looks_like_data(header):
+            raise FormatError(f"line {line_no} looks like data ({','.join(header)[:60]}), not a header: a wide "
+                              "CSV needs a first line naming its columns, e.g. date,series1,series2")
         self.columns = names
         for n, row in self._rows(line_no):
+            if isinstance(row, str):
+                yield n, row
+                continue
             if len(row) != len(header):
                 yield n, f"expected {len(header)} cells, got {len(row)}"
                 continue

@@ -29,7 +29,7 @@ from .engine import Engine, NotReady
 from .engine.factory import build_engine, online_config
 from .engine.history import infer_season
 from .meta.fit import initializer_for
-from .records import MAX_TS, MIN_TS, Observation, Rejected, format_ts, validate_record
+from .records import MAX_TS, MIN_TS, Observation, Rejected, check_series, format_ts, validate_record
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,20 @@ def load_table(path: str | Path) -> Table:
                     raise FormatError(f"line {line}: {exc}") from None
                 item = {"series": record.series, "ts": record.ts, "value": record.value,
                         "label": str(item["ts"])}
+            else:   # a CSV's names: as the socket checks them
+                try:
+                    check_series(item["series"])
+                except Rejected as exc:
+                    raise FormatError(f"line {line}: {exc}") from None
             ts = float(item["ts"])
             name = str(item["series"])
             order.setdefault(name, None)
-            cells.setdefault(ts, {})[name] = float(item["value"])
+            row = cells.setdefault(ts, {})
+            value = float(item["value"])
+            if row.get(name, value) != value:   # a repeated identical line is harmless
+                raise FormatError(f"line {line}: series {name!r} at {item['label']} already has the value "
+                                  f"{row[name]!r} on an earlier line; replay needs one value per series and time")
+            row[name] = value
             labels.setdefault(ts, str(item["label"]))
     if not cells:
         raise FormatError("no records to replay")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -278,3 +279,36 @@ def test_real_files_read_cleanly(parts: tuple[str, ...], columns: list[str] | No
     times = sorted({r["ts"] for _, r in got})
     assert len(times) == lines - 1
     assert all(b - a == HOUR for a, b in zip(times, times[1:]))  # hourly, no gaps
+
+
+def test_a_line_the_csv_module_cannot_read_is_reported_and_the_read_goes_on() -> None:
+    """A field over csv's 128 KiB limit stopped the whole read with a traceback."""
+    text = "series,ts,value\na,1704067200," + "1" * 200_000 + "\na,1704070800,2\n"
+    items = list(DataReader(io.StringIO(text)))
+    assert items[0][0] == 2 and "not readable as CSV: field larger than field limit" in items[0][1]
+    assert items[1] == (3, {"series": "a", "ts": JAN_1_2024 + HOUR, "value": 2.0})
+
+
+def test_line_numbers_count_the_lines_a_quoted_cell_spans() -> None:
+    text = 'series,ts,value\n"a\nb",1704067200,1\nc,1704070800,x\n'
+    assert problems(list(DataReader(io.StringIO(text)))) == [(4, "column 'value': 'x' is not a number")]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("1704067200,1,2\n1704070800,3,4\n", "line 1 looks like data (1704067200,1,2), not a header"),
+    ("2024-01-01 00:00,1.5\n2024-01-01 01:00,2\n", "line 1 looks like data"),
+    ("series,ts,value\ra,1704067200,1\r", "line 1 holds a carriage return"),
+])
+def test_a_file_read_wrong_as_a_whole_is_refused(text: str, expected: str) -> None:
+    """No header (its first row would be taken for one, and lost), or old Mac line ends."""
+    with pytest.raises(FormatError, match=re.escape(expected)):
+        list(DataReader(io.StringIO(text)))
+
+
+def test_a_date_written_as_a_number_in_a_column_of_dates_is_refused_not_read_as_1970() -> None:
+    text = "date,a\n2024-01-01,1\n20240102,2\n2024,3\n1704088800,4\n1/5/2024 0:00,5\n"
+    items = list(DataReader(io.StringIO(text)))
+    assert [(n, r["ts"]) for n, r in items if isinstance(r, dict)] == [
+        (2, JAN_1_2024), (5, 1704088800.0), (6, JAN_1_2024 + 4 * DAY)]   # epoch seconds of 2024 may mix in
+    assert [n for n, _ in problems(items)] == [3, 4]
+    assert "time '20240102' would be epoch seconds in 1970, in a column of dates" in problems(items)[0][1]

@@ -248,3 +248,36 @@ def test_a_series_far_from_zero_is_forecast_to_its_own_precision_and_epoch_times
     report = json.loads(rep.read_text())
     # Off by 0.5 at lead 1 (29 scored origins), 1.0 at lead 2 (28: the last one's target is past the end).
     assert report["per_series"]["c"]["raw_mae"] == pytest.approx((29 * 0.5 + 28 * 1.0) / 57)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("series,ts,value\na,1704067200,1\na,1704067200,99\n",
+     "line 3: series 'a' at 1704067200 already has the value 1.0 on an earlier line"),
+    ("series,ts,value\n,1704067200,1\n", "line 2: series name must be 1 to"),
+    ("series,ts,value\na\x01,1704067200,1\n", "line 2: series name must contain only printable characters"),
+    ("date,a\n2024-01-01,1\n20240102,2\n", "line 3: time '20240102' would be epoch seconds in 1970"),
+    ("1704067200,1,2\n1704070800,3,4\n", "line 1 looks like data"),
+])
+def test_input_replay_would_misread_stops_it_with_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           text: str, expected: str) -> None:
+    """A duplicate with another value, a name the socket refuses, a date written as a number,
+    a file without its header: each was replayed silently (a value lost, or read wrong)."""
+    data = tmp_path / "bad.csv"
+    data.write_text(text)
+    assert main(["replay", str(data), "--horizon", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+
+
+def test_a_repeated_identical_line_is_harmless(tmp_path: Path) -> None:
+    from adaptd.replay import load_table
+    data = tmp_path / "twice.csv"
+    data.write_text("series,ts,value\na,1704067200,1\na,1704067200,1\na,1704070800,2\n")
+    assert load_table(data).values[:, 0].tolist() == [1.0, 2.0]
+
+
+def test_the_naive_engine_replays_a_horizon_past_the_daemons_max_horizon(tmp_path: Path) -> None:
+    data, config = tmp_path / "d.csv", tmp_path / "config.toml"
+    config.write_text('[model]\nengine = "naive"\nmax_horizon = 8\n')
+    write_wide(data, series(60))
+    assert main(["replay", str(data), "--horizon", "20", "--config", str(config), "--no-progress"]) == 0

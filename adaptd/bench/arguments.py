@@ -23,6 +23,32 @@ DEFAULT_RIVER_BUDGET = 900.0
 REGIME_POOL = 16   # engine.regimes.POOL, the engine's own default
 
 
+def at_least(low: int):  # type: ignore[no-untyped-def]
+    """An argparse type: a whole number from `low` up (argparse then names the flag and exits 2)."""
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text}: expected a whole number from {low} up")
+        return value
+    return whole
+
+
+def seed(text: str) -> int:
+    """An argparse type: a random seed numpy takes, 0 to 2**32 - 1."""
+    value = at_least(0)(text)
+    if value >= 2 ** 32:
+        raise argparse.ArgumentTypeError(f"{text}: expected a whole number from 0 to {2 ** 32 - 1}")
+    return value
+
+
+def ages(text: str) -> list[int]:
+    """An argparse type: comma-separated ages (observations seen), each at least 1."""
+    return [at_least(1)(part.strip()) for part in text.split(",") if part.strip()]
+
+
 def accuracy(p: argparse.ArgumentParser) -> None:
     """The flags of `adaptd bench accuracy` (for the CLI to register)."""
     p.add_argument("--datasets", default=",".join(DEFAULT_DATASETS),
@@ -45,11 +71,11 @@ def accuracy(p: argparse.ArgumentParser) -> None:
 def meta(p: argparse.ArgumentParser) -> None:
     """The flags of `adaptd bench meta`."""
     p.add_argument("--datasets", default="synthetic,m4", help="comma-separated: synthetic, m4 (default both)")
-    p.add_argument("--iterations", type=int, default=300, help="meta-training iterations per algorithm")
-    p.add_argument("--tasks", type=int, default=400, help="test tasks per dataset")
-    p.add_argument("--period", type=int, default=24, help="steps per season (M4 Hourly: 24)")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the ratio intervals")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iterations", type=at_least(1), default=300, help="meta-training iterations per algorithm")
+    p.add_argument("--tasks", type=at_least(1), default=400, help="test tasks per dataset")
+    p.add_argument("--period", type=at_least(1), default=24, help="steps per season (M4 Hourly: 24)")
+    p.add_argument("--bootstrap", type=at_least(1), default=2000, help="bootstrap resamples for the ratio intervals")
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--data-dir", help="where ett/, wth/ and m4/ are (default ../shared/data)")
     p.add_argument("--regime-memory", type=int, default=4, help="remembered regimes per series (0: arm off)")
     p.add_argument("--regime-shared", type=int, default=64, help="remembered regimes shared by all series (0: arm off)")
@@ -62,11 +88,12 @@ def meta(p: argparse.ArgumentParser) -> None:
 def coldstart(p: argparse.ArgumentParser) -> None:
     """The flags of `adaptd bench coldstart`."""
     p.add_argument("--datasets", default="m4,etth2,wth,ettm1", help="comma-separated: m4, etth2, wth, ettm1")
-    p.add_argument("--ages", default="4,8,12,24,36,47", help="observations seen when the forecasts are issued")
+    p.add_argument("--ages", type=ages, default="4,8,12,24,36,47",
+                   help="observations seen when the forecasts are issued")
     p.add_argument("--stride", type=int, default=0,
                    help="steps between cold starts in one series (default: 96 for M4, 240 ETTh2, 480 others)")
-    p.add_argument("--max-starts", type=int, default=0, help="at most this many cold starts per dataset (0: all)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the ratio intervals")
+    p.add_argument("--max-starts", type=at_least(0), default=0, help="at most this many cold starts per dataset (0: all)")
+    p.add_argument("--bootstrap", type=at_least(1), default=1000, help="bootstrap resamples for the ratio intervals")
     p.add_argument("--data-dir", help="where ett/, wth/ and m4/ are (default ../shared/data)")
     p.add_argument("--rows", choices=("test", "validation"), default="test",
                    help="validation: rows no reported figure uses, for choosing settings")
@@ -102,5 +129,5 @@ def soak(p: argparse.ArgumentParser) -> None:
                         "the filling per-series history buffers explain (default 2)")
     p.add_argument("--store-url", default=None,
                    help="SQLAlchemy URL of an empty PostgreSQL database to use instead of SQLite in a temp dir")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -154,7 +154,7 @@ def render(label: str, starts: int, table: dict[str, Any]) -> str:
 def main(settings: Settings, args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     config = replace(online_config(settings), adapt_workers=0)
-    ages = sorted(int(a) for a in args.ages.split(","))
+    ages = sorted(set(args.ages))
     if not config.cold or not all(2 <= a < config.window for a in ages):
         print(f"adaptd: bench coldstart needs [model] cold_start between 2 and model.window - 1 "
               f"(it is {settings.model.cold_start}) and ages from 2 to {config.window - 1}", file=sys.stderr)
@@ -185,5 +185,5 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(report))
     else:
         print(f"\n{report['seconds']:.0f} s; cold_start {config.cold_start}, window {config.window}; reproduce: "
-              f"adaptd bench coldstart --datasets {args.datasets} --ages {args.ages} --rows {args.rows}")
+              f"adaptd bench coldstart --datasets {args.datasets} --ages {','.join(map(str, ages))} --rows {args.rows}")
     return 0

@@ -44,8 +44,8 @@ def online_config(settings: Settings, horizon: int | None = None, seed: int = 0)
 def build_engine(settings: Settings, init: Initializer | None = None, horizon: int | None = None,
                  seed: int = 0, inline_adaptation: bool = False) -> Engine:
     m = settings.model
-    if m.engine == "naive":
-        return NaiveEngine.for_model(m)
+    if m.engine == "naive":   # (replay's horizon may pass the daemon's max_horizon, as the online engine's may)
+        return NaiveEngine.for_model(m if horizon is None else replace(m, max_horizon=max(horizon, m.max_horizon)))
     use_torch_threads(m.torch_threads)
     config = online_config(settings, horizon, seed)
     if inline_adaptation:
