@@ -174,6 +174,10 @@ class DataReader:
         if [c.lower() for c in header] and sorted(c.lower() for c in header) == sorted(LONG_COLUMNS):
             self.format = "long"
             yield from self._long(header, line_no)
+        elif set(LONG_COLUMNS) <= {c.lower() for c in header}:   # read as wide, every row would fail
+            extra = [c for c in header if c.lower() not in LONG_COLUMNS]
+            raise FormatError(f"line {line_no}: a long CSV has exactly the columns series,ts,value; this "
+                              f"header also has {', '.join(map(repr, extra))[:80]}: remove them")
         else:
             self.format = "wide"
             yield from self._wide(header, line_no)

@@ -298,6 +298,8 @@ def test_line_numbers_count_the_lines_a_quoted_cell_spans() -> None:
     ("1704067200,1,2\n1704070800,3,4\n", "line 1 looks like data (1704067200,1,2), not a header"),
     ("2024-01-01 00:00,1.5\n2024-01-01 01:00,2\n", "line 1 looks like data"),
     ("series,ts,value\ra,1704067200,1\r", "line 1 holds a carriage return"),
+    ("series,ts,value,unit\na,1704067200,1,kW\n", "a long CSV has exactly the columns series,ts,value; this "
+                                                   "header also has 'unit'"),
 ])
 def test_a_file_read_wrong_as_a_whole_is_refused(text: str, expected: str) -> None:
     """No header (its first row would be taken for one, and lost), or old Mac line ends."""
