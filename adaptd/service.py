@@ -382,8 +382,9 @@ class Service:
         }
 
 
-# PostgreSQL SQLSTATEs of a server restarting, unreachable or contended: retrying helps.
-# Classes 08 (connection) and 40 (a transaction rolled back: serialization, deadlock).
+# PostgreSQL SQLSTATEs of a server restarting, refusing connections for now or contended, where
+# retrying helps; so do the whole classes 08 (connection) and 40 (a transaction rolled back:
+# serialization failure, deadlock).
 PASSING_SQLSTATES = {"57P01", "57P02", "57P03", "55P03", "53300"}
 
 
