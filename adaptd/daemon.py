@@ -31,7 +31,7 @@ from .ingest import IngestWriter
 from .learning import LearningWorker
 from .metrics import Metrics
 from .retention import Retention
-from .sdnotify import Notifier
+from .sdnotify import Notifier, StillStarting
 from .server import SocketServer, claim_socket, refuse_if_served
 from .service import Service
 from .store import Store, redact
@@ -106,14 +106,25 @@ class Daemon:
             return False
         self.metrics.store_claim.set(1)
         owns = None if ours.alone else ours.owns   # a cluster member reads its own share of the store
-        catalog = SeriesCatalog(await asyncio.to_thread(self.store.series_summary, owns))
-        self.engine = engine = await asyncio.to_thread(self._build_engine)
-        recent = await asyncio.to_thread(self.store.recent, s.model.history, owns)
-        checkpoints = await asyncio.to_thread(self.store.load_checkpoints, owns)
-        pending = await asyncio.to_thread(engine.restore, recent, checkpoints)
-        # Half the backlog at most: ingest after the restart must still find room.
-        pending = await asyncio.to_thread(with_unlearnt, self.store, engine, recent, pending,
-                                          s.model.learning_backlog // 2)
+        # Reading a large store takes minutes (each series' count and times, its newest records):
+        # systemd is told so, phase by phase, instead of killing the start at TimeoutStartSec.
+        starting = StillStarting(self.notifier, "counting each series' stored records")
+        still = asyncio.create_task(starting.run())
+        try:
+            catalog = SeriesCatalog(await asyncio.to_thread(self.store.series_summary, owns))
+            starting.phase = "building the models"
+            self.engine = engine = await asyncio.to_thread(self._build_engine)
+            starting.phase = f"reading the newest records of {len(catalog)} series"
+            recent = await asyncio.to_thread(self.store.recent, s.model.history, owns)
+            starting.phase = "restoring checkpoints"
+            checkpoints = await asyncio.to_thread(self.store.load_checkpoints, owns)
+            pending = await asyncio.to_thread(engine.restore, recent, checkpoints)
+            starting.phase = "reading the records checkpoints missed"
+            # Half the backlog at most: ingest after the restart must still find room.
+            pending = await asyncio.to_thread(with_unlearnt, self.store, engine, recent, pending,
+                                              s.model.learning_backlog // 2)
+        finally:
+            still.cancel()
         self.metrics.series.set(len(catalog))
         self._watch(engine, catalog)
         self.learner = LearningWorker(engine, self.store, self.metrics, s.model.learning_backlog,

@@ -6,9 +6,11 @@ False
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
+import time
 from typing import Mapping
 
 log = logging.getLogger(__name__)
@@ -48,3 +50,27 @@ class Notifier:
             log.warning("ignoring WATCHDOG_USEC=%r: not an integer", self._watchdog_usec)
             return None
         return usec / 2 / 1e6 if usec > 0 else None
+
+
+# While start-up reads a large store: a message every EXTEND_EVERY seconds asks for EXTEND_BY
+# more seconds past TimeoutStartSec, for at most MAX_EXTENSION seconds in all (a store that
+# hangs still ends the start).
+EXTEND_EVERY = 20.0
+EXTEND_BY = 60.0
+MAX_EXTENSION = 1800.0
+
+
+class StillStarting:
+    """Tells the supervisor that start-up is still getting somewhere: `run` (a task, cancelled
+    when start-up is done) sends EXTEND_TIMEOUT_USEC with a STATUS naming `phase`."""
+
+    def __init__(self, notifier: Notifier, phase: str):
+        self.notifier = notifier
+        self.phase = phase
+
+    async def run(self) -> None:
+        began = time.monotonic()
+        while time.monotonic() - began + EXTEND_BY <= MAX_EXTENSION:
+            await asyncio.sleep(EXTEND_EVERY)
+            self.notifier.notify(f"EXTEND_TIMEOUT_USEC={int(EXTEND_BY * 1e6)}\n"
+                                 f"STATUS=starting: {self.phase} ({time.monotonic() - began:.0f}s)")

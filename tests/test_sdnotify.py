@@ -87,6 +87,33 @@ def test_messages_arrive_verbatim(which: str, supervisor: Supervisor, abstract_s
         assert target.receive(5) == message
 
 
+def test_a_long_start_asks_for_more_time_naming_its_phase_and_stops_asking_at_the_limit(
+        supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What keeps systemd from killing the start of a daemon with a large store at
+    TimeoutStartSec, while a store that hangs still ends it (MAX_EXTENSION)."""
+    import asyncio
+
+    from adaptd import sdnotify
+    monkeypatch.setattr(sdnotify, "EXTEND_EVERY", 0.05)
+    monkeypatch.setattr(sdnotify, "EXTEND_BY", 0.2)
+    monkeypatch.setattr(sdnotify, "MAX_EXTENSION", 0.5)
+    starting = sdnotify.StillStarting(Notifier({"NOTIFY_SOCKET": supervisor.address}), "counting records")
+
+    async def start() -> float:
+        began = time.monotonic()
+        await asyncio.wait_for(starting.run(), timeout=10)   # ends by itself at the limit
+        return time.monotonic() - began
+    took = asyncio.run(start())
+    messages = []
+    while True:
+        try:
+            messages.append(supervisor.receive(timeout=0.2))
+        except socket.timeout:
+            break
+    assert 0.25 <= took <= 2.0 and 3 <= len(messages) <= 8, (took, messages)
+    assert all(m.startswith("EXTEND_TIMEOUT_USEC=200000\nSTATUS=starting: counting records (") for m in messages)
+
+
 def test_without_notify_socket_notify_is_a_quiet_no_op() -> None:
     assert Notifier({}).notify("READY=1") is False
     assert Notifier({"NOTIFY_SOCKET": ""}).notify("READY=1") is False
