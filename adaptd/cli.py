@@ -229,7 +229,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
                       args.report_out, progress=not args.no_progress)
     except UsageError as exc:
         return _fail(str(exc), 2)
-    except (FormatError, UnicodeDecodeError) as exc:
+    except FormatError as exc:
         return _fail(f"{args.data}: {exc}", 2)
 
 

@@ -58,6 +58,23 @@ class Table:
 
 def load_table(path: str | Path) -> Table:
     """Read a wide or long CSV (or JSON lines) into a Table; bad lines stop the replay."""
+    try:
+        return _load_table(path)
+    except UnicodeDecodeError:   # its position is in a decoder's block: name the line instead
+        raise FormatError(f"line {_first_non_utf8_line(path)} is not UTF-8 text") from None
+
+
+def _first_non_utf8_line(path: str | Path) -> int:
+    with open(path, "rb") as raw:
+        for number, line in enumerate(raw, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 0
+
+
+def _load_table(path: str | Path) -> Table:
     with open(path, encoding="utf-8", newline="") as stream:
         reader = DataReader(stream, keep_labels=True)
         cells: dict[float, dict[str, float]] = {}

@@ -281,3 +281,11 @@ def test_the_naive_engine_replays_a_horizon_past_the_daemons_max_horizon(tmp_pat
     config.write_text('[model]\nengine = "naive"\nmax_horizon = 8\n')
     write_wide(data, series(60))
     assert main(["replay", str(data), "--horizon", "20", "--config", str(config), "--no-progress"]) == 0
+
+
+def test_a_line_that_is_not_utf8_is_named_by_its_number(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "latin1.csv"
+    data.write_bytes(b"series,ts,value\na,1704067200,1\n" + b"a,1704070800,2\n" * 3000 + b"caf\xe9,1704067200,1\n")
+    assert main(["replay", str(data), "--horizon", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "line 3003 is not UTF-8 text" in err and "Traceback" not in err
