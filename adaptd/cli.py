@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--m4", metavar="FILE.csv", help="train on an M4-layout file (one row per series) instead")
     p.add_argument("--iterations", type=int, help="override [meta] iterations")
     p.add_argument("--algorithm", choices=("meta_sgd", "reptile"), help="override [meta] algorithm")
-    p.add_argument("--seed", type=arguments.seed, default=0)
+    p.add_argument("--seed", type=arguments.at_least(0), default=0)
     p.add_argument("--no-promote", action="store_true", help="store the result but never promote it")
     p.add_argument("--from-pretrained", action="store_true",
                    help="start from a pretrained initializer (the store's, else one fitted on this data), not "

@@ -20,9 +20,14 @@ import math
 from datetime import datetime, timezone
 from typing import Iterator, TextIO
 
-from .records import Rejected, parse_ts
+from .records import Rejected, check_series, parse_ts
 
 LONG_COLUMNS = ("series", "ts", "value")
+# Cells longer than this are refused by their line. The csv module's own limit (the same by
+# default) raises mid-cell, and inside quotes its parser then swallows the lines that follow:
+# so its limit is lifted and this one checked on whole rows instead.
+MAX_CELL = 131_072
+csv.field_size_limit(2**31 - 1)
 # Besides epoch seconds and ISO-8601: the US month/day/year form used by WTH.csv.
 EXTRA_TIME_FORMATS = ("%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S", "%m/%d/%Y")
 
@@ -197,8 +202,8 @@ class DataReader:
 
     def _rows(self, line_no: int) -> Iterator[tuple[int, list[str] | str]]:
         """(line number, cells) of each non-blank row after line `line_no`, or (line number,
-        problem) for a line the csv module cannot read (a field over its 128 KiB limit, a stray
-        carriage return): that line is reported and the read goes on. A row's number is its
+        problem) for a line the csv module cannot read (a stray carriage return) or with a cell
+        over MAX_CELL characters: that line is reported and the read goes on. A row's number is its
         first physical line (a quoted cell may hold line breaks)."""
         reader = csv.reader(self.stream)
         while True:
@@ -210,7 +215,10 @@ class DataReader:
             except csv.Error as exc:
                 yield first, f"not readable as CSV: {exc}"
                 continue
-            if row and any(cell.strip() for cell in row):
+            longest = max(map(len, row), default=0)
+            if longest > MAX_CELL:
+                yield first, f"a cell of {longest} characters (at most {MAX_CELL})"
+            elif row and any(cell.strip() for cell in row):
                 yield first, row
 
     def _long(self, header: list[str], line_no: int) -> Iterator[Item]:
@@ -236,16 +244,20 @@ class DataReader:
         names = header[1:]
         if not names:
             raise FormatError("a wide CSV needs a time column and at least one series column")
+        if _looks_like_data(header):
+            raise FormatError(f"line {line_no} looks like data ({','.join(header)[:60]}), not a header: a wide "
+                              "CSV needs a first line naming its columns, e.g. date,series1,series2")
         seen: set[str] = set()
-        for name in names:
+        for k, name in enumerate(names, start=2):
             if not name:
                 raise FormatError("a series column has an empty name in the header")
             if name in seen:
                 raise FormatError(f"column {name!r} appears twice in the header")
+            try:
+                check_series(name)
+            except Rejected as exc:   # named here, once, not on every row of that column
+                raise FormatError(f"line {line_no}, column {k} of the header: {exc}") from None
             seen.add(name)
-        if _looks_like_data(header):
-            raise FormatError(f"line {line_no} looks like data ({','.join(header)[:60]}), not a header: a wide "
-                              "CSV needs a first line naming its columns, e.g. date,series1,series2")
         self.columns = names
         for n, row in self._rows(line_no):
             if isinstance(row, str):

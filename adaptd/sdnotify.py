@@ -70,7 +70,7 @@ class StillStarting:
 
     async def run(self) -> None:
         began = time.monotonic()
-        while time.monotonic() - began + EXTEND_BY <= MAX_EXTENSION:
-            await asyncio.sleep(EXTEND_EVERY)
+        while time.monotonic() - began + EXTEND_BY <= MAX_EXTENSION:   # at once: the start may be near its timeout
             self.notifier.notify(f"EXTEND_TIMEOUT_USEC={int(EXTEND_BY * 1e6)}\n"
                                  f"STATUS=starting: {self.phase} ({time.monotonic() - began:.0f}s)")
+            await asyncio.sleep(EXTEND_EVERY)

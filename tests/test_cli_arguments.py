@@ -16,6 +16,7 @@ from adaptd.cli import main
     (["bench", "ingest", "--batch", "x"], "--batch"),
     (["bench", "adapt", "--repeats", "1"], "--repeats"),
     (["bench", "coldstart", "--ages", "4,x"], "--ages"),
+    (["bench", "coldstart", "--ages", ""], "--ages"),
     (["bench", "coldstart", "--max-starts", "-5"], "--max-starts"),
     (["bench", "meta", "--bootstrap", "0"], "--bootstrap"),
     (["bench", "meta", "--seed", "-3"], "--seed"),

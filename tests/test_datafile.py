@@ -281,12 +281,14 @@ def test_real_files_read_cleanly(parts: tuple[str, ...], columns: list[str] | No
     assert all(b - a == HOUR for a, b in zip(times, times[1:]))  # hourly, no gaps
 
 
-def test_a_line_the_csv_module_cannot_read_is_reported_and_the_read_goes_on() -> None:
-    """A field over csv's 128 KiB limit stopped the whole read with a traceback."""
-    text = "series,ts,value\na,1704067200," + "1" * 200_000 + "\na,1704070800,2\n"
+@pytest.mark.parametrize("cell", ["1" * 200_000, '"' + "1" * 140_000 + '\n\n"'])
+def test_a_cell_over_128_kib_is_reported_by_its_line_and_the_read_goes_on(cell: str) -> None:
+    """It stopped the whole read with a traceback; quoted, csv's own limit then swallowed the
+    lines after it."""
+    text = "date,a\n2024-01-01," + cell + "\n2024-01-02,2\n2024-01-03,3\n"
     items = list(DataReader(io.StringIO(text)))
-    assert items[0][0] == 2 and "not readable as CSV: field larger than field limit" in items[0][1]
-    assert items[1] == (3, {"series": "a", "ts": JAN_1_2024 + HOUR, "value": 2.0})
+    assert items[0][0] == 2 and items[0][1].startswith("a cell of ") and "(at most 131072)" in items[0][1]
+    assert [(n, r["value"]) for n, r in items[1:]] == [(3 + cell.count("\n"), 2.0), (4 + cell.count("\n"), 3.0)]
 
 
 def test_line_numbers_count_the_lines_a_quoted_cell_spans() -> None:
@@ -298,6 +300,8 @@ def test_line_numbers_count_the_lines_a_quoted_cell_spans() -> None:
     ("1704067200,1,2\n1704070800,3,4\n", "line 1 looks like data (1704067200,1,2), not a header"),
     ("2024-01-01 00:00,1.5\n2024-01-01 01:00,2\n", "line 1 looks like data"),
     ("series,ts,value\ra,1704067200,1\r", "line 1 holds a carriage return"),
+    ("2024-01-01,1,1\n2024-01-02,2,2\n", "line 1 looks like data"),   # (not "column '1' appears twice")
+    ("date," + "x" * 300 + "\n2024-01-01,1\n", "line 1, column 2 of the header: series name must be 1 to"),
     ("series,ts,value,unit\na,1704067200,1,kW\n", "a long CSV has exactly the columns series,ts,value; this "
                                                    "header also has 'unit'"),
 ])

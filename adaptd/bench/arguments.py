@@ -37,7 +37,7 @@ def at_least(low: int):  # type: ignore[no-untyped-def]
 
 
 def seed(text: str) -> int:
-    """An argparse type: a random seed numpy takes, 0 to 2**32 - 1."""
+    """An argparse type: a seed np.random.seed takes, 0 to 2**32 - 1 (replay's)."""
     value = at_least(0)(text)
     if value >= 2 ** 32:
         raise argparse.ArgumentTypeError(f"{text}: expected a whole number from 0 to {2 ** 32 - 1}")
@@ -46,7 +46,10 @@ def seed(text: str) -> int:
 
 def ages(text: str) -> list[int]:
     """An argparse type: comma-separated ages (observations seen), each at least 1."""
-    return [at_least(1)(part.strip()) for part in text.split(",") if part.strip()]
+    found = [at_least(1)(part.strip()) for part in text.split(",") if part.strip()]
+    if not found:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ages such as 4,8,12")
+    return found
 
 
 def accuracy(p: argparse.ArgumentParser) -> None:
@@ -75,7 +78,7 @@ def meta(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", type=at_least(1), default=400, help="test tasks per dataset")
     p.add_argument("--period", type=at_least(1), default=24, help="steps per season (M4 Hourly: 24)")
     p.add_argument("--bootstrap", type=at_least(1), default=2000, help="bootstrap resamples for the ratio intervals")
-    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--data-dir", help="where ett/, wth/ and m4/ are (default ../shared/data)")
     p.add_argument("--regime-memory", type=int, default=4, help="remembered regimes per series (0: arm off)")
     p.add_argument("--regime-shared", type=int, default=64, help="remembered regimes shared by all series (0: arm off)")
@@ -129,5 +132,5 @@ def soak(p: argparse.ArgumentParser) -> None:
                         "the filling per-series history buffers explain (default 2)")
     p.add_argument("--store-url", default=None,
                    help="SQLAlchemy URL of an empty PostgreSQL database to use instead of SQLite in a temp dir")
-    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
