@@ -21,6 +21,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
+from . import liveness
 from .catalog import SeriesCatalog
 from .catch_up import with_unlearnt
 from .cluster import CLAIM_CHECK, Claim, ClaimRefused
@@ -203,11 +204,11 @@ class Daemon:
         if interval is None:
             return
         while True:
-            problems = [w.problem() if w is not None else "not started" for w in (self.writer, self.learner)]
-            if not any(problems):
+            problem = liveness.health((self.writer, self.learner))
+            if problem is None:
                 self.notifier.notify("WATCHDOG=1")
             else:
-                log.error("%s; withholding the watchdog ping", "; ".join(p for p in problems if p))
+                log.error("%s; withholding the watchdog ping", problem)
             await asyncio.sleep(interval)
 
     def _watch(self, engine: Engine, catalog: SeriesCatalog) -> None:

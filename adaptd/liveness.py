@@ -9,6 +9,7 @@ nothing acknowledged is lost by that (acks follow commits).
 from __future__ import annotations
 
 import time
+from typing import Any, Iterable
 
 # Far beyond any legitimate step: a group commit, a removal transaction, a learning chunk of
 # 20,000 records with its inline adaptations each take seconds.
@@ -24,3 +25,9 @@ def problem(worker: str, alive: bool, waiting: int, last_beat: float, now: float
     if waiting > 0 and still > STUCK_AFTER:
         return f"the {worker} has not moved for {still:.0f}s with {waiting} records waiting"
     return None
+
+
+def health(workers: Iterable[Any]) -> str | None:
+    """The problems of these workers (each with `problem()`; None: not started), or None."""
+    problems = [w.problem() if w is not None else "not started" for w in workers]
+    return "; ".join(p for p in problems if p) or None

@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Callable
 
 import sqlalchemy as sa
 
-from . import __version__
+from . import __version__, liveness
 from .catalog import SeriesCatalog
 from .config import Settings
 from .engine import Engine, Forecast, NotReady, UnknownSeries
@@ -358,10 +358,9 @@ class Service:
 
     async def stats(self, _request: dict[str, Any]) -> dict[str, Any]:
         m = self.metrics
-        problems = [w.problem() for w in (self.writer, self.learner) if w is not None]
         return {
             "ok": True,
-            "health": "; ".join(p for p in problems if p) or "ok",
+            "health": liveness.health(w for w in (self.writer, self.learner) if w is not None) or "ok",
             "version": __version__,
             "uptime_s": round(time.time() - self.started, 3),
             "series": len(self.catalog),

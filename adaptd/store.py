@@ -292,14 +292,16 @@ class Store:
         since = (sa.select(o.c.ts).where(o.c.series_id == s.c.id).order_by(o.c.ts.desc())
                  .offset(per_series - 1).limit(1).scalar_subquery())
         spans: dict[str, tuple[float, float]] = {}
+        ids: dict[str, int] = {}
         with self.engine.connect() as conn:
             for chunk in _kept_ids(conn, owns):
-                query = sa.select(s.c.name, since)
+                query = sa.select(s.c.id, s.c.name, since)
                 if chunk is not None:
                     query = query.where(s.c.id.in_(chunk))
-                for name, first in conn.execute(query):   # None: fewer than per_series, all of them
+                for sid, name, first in conn.execute(query):   # None: fewer than per_series, all of them
                     spans[name] = (-math.inf if first is None else math.nextafter(first, -math.inf), math.inf)
-        return self.between(spans)
+                    ids[name] = sid
+        return self.between(spans, ids)
 
     def count_between(self, spans: dict[str, tuple[float, float]]) -> dict[str, int]:
         """How many observations each series has strictly inside its span (after, before)."""
@@ -311,12 +313,14 @@ class Store:
                 out.update({names[sid]: int(n) for sid, n in conn.execute(query)})
         return out
 
-    def between(self, spans: dict[str, tuple[float, float]]) -> dict[str, list[tuple[float, float]]]:
-        """Each series' observations strictly inside its span (after, before), in time order."""
+    def between(self, spans: dict[str, tuple[float, float]], ids: dict[str, int] | None = None
+                ) -> dict[str, list[tuple[float, float]]]:
+        """Each series' observations strictly inside its span (after, before), in time order
+        (`ids`: the series' ids, when the caller has just read them)."""
         o = observations
         out: dict[str, list[tuple[float, float]]] = {}
         with self.engine.connect() as conn:
-            for names, inside in _inside_spans(conn, spans):
+            for names, inside in _inside_spans(conn, spans, ids):
                 query = sa.select(o.c.series_id, o.c.ts, o.c.value).where(inside).order_by(o.c.series_id, o.c.ts)
                 for sid, ts, value in conn.execute(query):
                     out.setdefault(names[sid], []).append((float(ts), float(value)))
@@ -575,14 +579,16 @@ ID_CHUNK = 1000                # series ids per IN (...) list: SQLite binds at m
 SPAN_CHUNK = 200   # series per query of `between`: one (id, ts range) condition each
 
 
-def _inside_spans(conn: Connection, spans: dict[str, tuple[float, float]]) -> Iterable[tuple[dict[int, str], Any]]:
-    """Per chunk of series: their names by id, and a condition matching their observations
-    inside their spans (a primary-key range scan each)."""
+def _inside_spans(conn: Connection, spans: dict[str, tuple[float, float]], ids: dict[str, int] | None = None
+                  ) -> Iterable[tuple[dict[int, str], Any]]:
+    """Per chunk of series: their names by id (looked up unless `ids` gives them), and a
+    condition matching their observations inside their spans (a primary-key range scan each)."""
     o, s = observations, series_table
     listed = sorted(spans)
     for at in range(0, len(listed), SPAN_CHUNK):
-        names = {sid: name for sid, name in conn.execute(
-            sa.select(s.c.id, s.c.name).where(s.c.name.in_(listed[at:at + SPAN_CHUNK])))}
+        part = listed[at:at + SPAN_CHUNK]
+        names = ({ids[name]: name for name in part} if ids is not None else
+                 {sid: name for sid, name in conn.execute(sa.select(s.c.id, s.c.name).where(s.c.name.in_(part)))})
         if names:
             yield names, sa.or_(*(sa.and_(o.c.series_id == sid, o.c.ts > spans[name][0], o.c.ts < spans[name][1])
                                   for sid, name in names.items()))
